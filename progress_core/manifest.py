@@ -1,0 +1,542 @@
+"""LLaVA instruction pool (JSON) <-> Parquet manifest, with validation.
+
+DESIGN §2 "manifest": every later stage (features, clustering, selection, training) addresses samples by
+a dense integer ``sample_id`` (0..N-1 in input order) read from this one Parquet file, instead of by
+list position in a 1 GB JSON file as the original scripts do (PROGRESS_SPEC §7.8: set operations on
+``sample_id`` replace O(N·M) dict comparisons).
+
+The JSON is streamed: rows are decoded one at a time with :meth:`json.JSONDecoder.raw_decode` over a
+buffered read and turned into Arrow columns in record batches, so peak memory stays a small multiple of
+one batch (plus the set of ids seen) rather than of the whole ``llava_v1_5_mix665k.json`` (665K rows,
+~1 GB). The original row is kept losslessly (``conversations`` as JSON text, other keys in ``extra``,
+key order and non-string ids in ``layout``), so exporting gives rows equal to the input, which is what
+the original scripts consume (``Top_50K.json``, ``fastest_acc_data_7500.json``, PROGRESS_SPEC §3.5).
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from progress_core.errors import ProgressError
+from progress_core.io import atomic_path
+
+IMAGE_TOKEN = "<image>"
+TEXT_SOURCE = "text"
+BARE_IMAGE_SOURCE = "image"
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("image", pa.string()),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("n_turns", pa.int32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("conversations", pa.string(), nullable=False),
+        pa.field("extra", pa.string()),
+        pa.field("layout", pa.string()),
+    ],
+    metadata={b"progress.manifest_version": b"1"},
+)
+"""Manifest columns (BRIEF contract). ``layout`` is null for rows shaped ``{id, [image,] conversations,
+...extra}`` with a string id; otherwise a JSON object with the original key order (``keys``) and/or the
+original non-string ``id`` value, so the export reproduces the row exactly."""
+
+REQUIRED_COLUMNS = ("sample_id", "id", "image", "question", "answer", "n_turns", "source",
+                    "conversations", "extra")
+
+_CORE_KEYS = frozenset(("id", "image", "conversations"))
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_COMPACT = (",", ":")
+
+
+class ManifestError(ProgressError):
+    """A pool or manifest cannot be read as a LLaVA pool; ``row`` is the 0-based row of the JSON list."""
+
+    def __init__(self, reason: str, row: int | None = None, path: str | os.PathLike | None = None,
+                 sample: str | None = None):
+        self.reason = reason
+        self.row = row
+        self.path = None if path is None else str(path)
+        self.sample = sample
+        where = []
+        if self.path:
+            where.append(self.path)
+        if row is not None:
+            where.append(f"row {row}" + (f" (id {sample!r})" if sample is not None else ""))
+        prefix = ": ".join(where)
+        super().__init__(f"{prefix}: {reason}" if prefix else reason)
+
+
+class ManifestFileError(ManifestError):
+    """The pool or manifest file is missing or is not a manifest (wrong columns)."""
+
+
+class MalformedJSONError(ManifestError):
+    """Not valid JSON, not a list, a row that is not an object, or a row without a usable ``id``/``image``."""
+
+
+class MissingConversationsError(ManifestError):
+    """A row has no ``conversations`` list, or an empty one."""
+
+
+class TurnOrderError(ManifestError):
+    """Turns do not alternate human/gpt starting with human, lack a string ``value``, or have no answer."""
+
+
+class DuplicateIdError(ManifestError):
+    """A row reuses the ``id`` of an earlier row."""
+
+
+class MissingImageError(ManifestError):
+    """A row's ``image`` does not exist under the image root (or points outside it)."""
+
+
+class ManifestReport(BaseModel):
+    """What :func:`build_manifest` wrote and what it dropped (skip mode), per error class."""
+
+    manifest_path: str = Field(description="Parquet manifest written")
+    rejected_path: str | None = Field(None, description="JSON-lines file of dropped rows (skip mode)")
+    n_input_rows: int = Field(description="rows in the input JSON list")
+    n_rows: int = Field(description="rows in the manifest")
+    n_rejected: int = Field(0, description="rows dropped in skip mode")
+    rejected_by_error: dict[str, int] = Field(default_factory=dict, description="dropped rows per error")
+    n_text_only: int = Field(0, description="manifest rows without an image")
+    rows_by_source: dict[str, int] = Field(default_factory=dict, description="manifest rows per source")
+
+    def summary(self) -> str:
+        """Human-readable multi-line summary (CLI output)."""
+        lines = [f"manifest: {self.manifest_path} ({self.n_rows} of {self.n_input_rows} rows)"]
+        lines.append("sources: " + ", ".join(f"{k}={v}" for k, v in sorted(self.rows_by_source.items())))
+        if self.rejected_path is not None:
+            per = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected_by_error.items())) or "none"
+            lines.append(f"rejected: {self.n_rejected} ({per}) -> {self.rejected_path}")
+        return "\n".join(lines)
+
+
+def rejected_path_for(manifest_path: str | os.PathLike) -> Path:
+    """Where skip mode writes dropped rows: ``<manifest stem>.rejected.jsonl`` beside the manifest."""
+    p = Path(manifest_path)
+    return p.with_name(p.stem + ".rejected.jsonl")
+
+
+def iter_json_array(path: str | os.PathLike, chunk_bytes: int = 1 << 22, max_row_chars: int = 1 << 26,
+                    on_bytes=None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(row index, decoded value)`` for each element of a top-level JSON list, streaming.
+
+    Only the current read buffer (``chunk_bytes``, grown up to ``max_row_chars`` for one huge row) is
+    held in memory. Syntax errors raise :class:`MalformedJSONError` with the row index and character
+    offset: past a syntax error, row boundaries are unknown, so this is fatal in skip mode too.
+    """
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+    state = {"buf": "", "pos": 0, "offset": 0, "eof": False}
+
+    with open(path, "rb") as f:
+
+        def fill() -> None:
+            data = f.read(chunk_bytes)
+            if on_bytes is not None and data:
+                on_bytes(len(data))
+            try:
+                text = utf8.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                raise MalformedJSONError(f"not UTF-8 text: {exc.reason}", path=path) from None
+            state["offset"] += state["pos"]
+            state["buf"] = state["buf"][state["pos"]:] + text
+            state["pos"] = 0
+            state["eof"] = not data
+
+        def skip_ws() -> None:
+            while True:
+                state["pos"] = _WHITESPACE.match(state["buf"], state["pos"]).end()
+                if state["pos"] < len(state["buf"]) or state["eof"]:
+                    return
+                fill()
+
+        def here() -> str:
+            return state["buf"][state["pos"]:state["pos"] + 1]
+
+        fill()
+        skip_ws()
+        if here() != "[":
+            raise MalformedJSONError("a LLaVA pool is a JSON list of rows; the file does not start with '['",
+                                     path=path)
+        state["pos"] += 1
+        skip_ws()
+        if here() == "]":
+            state["pos"] += 1
+            _expect_end(state, skip_ws, path, 0)
+            return
+        row = 0
+        while True:
+            skip_ws()
+            try:
+                value, end = decoder.raw_decode(state["buf"], state["pos"])
+                truncated = end == len(state["buf"]) and not state["eof"] and not isinstance(
+                    value, (dict, list, str))
+            except json.JSONDecodeError as exc:
+                if state["eof"] or len(state["buf"]) - state["pos"] > max_row_chars:
+                    raise MalformedJSONError(
+                        f"invalid JSON at character {state['offset'] + exc.pos}: {exc.msg}", row=row, path=path
+                    ) from None
+                truncated = True
+            if truncated:
+                fill()
+                continue
+            yield row, value
+            state["pos"] = end
+            skip_ws()
+            c = here()
+            if c == ",":
+                state["pos"] += 1
+                row += 1
+            elif c == "]":
+                state["pos"] += 1
+                _expect_end(state, skip_ws, path, row + 1)
+                return
+            else:
+                found = repr(c) if c else "end of file"
+                raise MalformedJSONError(
+                    f"invalid JSON at character {state['offset'] + state['pos']}: expected ',' or ']' after the "
+                    f"row, found {found}", row=row, path=path)
+
+
+def _expect_end(state: dict, skip_ws, path, n_rows: int) -> None:
+    skip_ws()
+    if state["pos"] < len(state["buf"]):
+        raise MalformedJSONError(
+            f"invalid JSON at character {state['offset'] + state['pos']}: extra data after the list of "
+            f"{n_rows} rows", path=path)
+
+
+class _Row:
+    __slots__ = ("id", "image", "question", "answer", "n_turns", "source", "conversations", "extra", "layout")
+
+
+def _parse_row(value: Any, row: int) -> _Row:
+    """Validate one LLaVA row and derive its manifest fields (raises a :class:`ManifestError` subclass)."""
+    if not isinstance(value, dict):
+        raise MalformedJSONError(f"row is a JSON {type(value).__name__}, not an object", row=row)
+    if "id" not in value:
+        raise MalformedJSONError("row has no 'id'", row=row)
+    raw_id = value["id"]
+    if isinstance(raw_id, str):
+        sample = raw_id
+    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        sample = str(raw_id)
+    else:
+        raise MalformedJSONError(f"'id' must be a string or an integer, got {raw_id!r}", row=row)
+    image = value.get("image")
+    if image is not None and not isinstance(image, str):
+        raise MalformedJSONError(f"'image' must be a path string, got {type(image).__name__}", row=row,
+                                 sample=sample)
+    if "conversations" not in value:
+        raise MissingConversationsError("row has no 'conversations'", row=row, sample=sample)
+    conv = value["conversations"]
+    if not isinstance(conv, list) or not conv:
+        what = "empty" if isinstance(conv, list) else f"a {type(conv).__name__}, not a list"
+        raise MissingConversationsError(f"'conversations' is {what}", row=row, sample=sample)
+    for t, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            raise TurnOrderError(f"turn {t} is a {type(turn).__name__}, not an object", row=row, sample=sample)
+        expected = "human" if t % 2 == 0 else "gpt"
+        if turn.get("from") != expected:
+            raise TurnOrderError(f"turn {t} is from {turn.get('from')!r}, expected {expected!r} (turns must "
+                                 "alternate human/gpt starting with human)", row=row, sample=sample)
+        if not isinstance(turn.get("value"), str):
+            raise TurnOrderError(f"turn {t} has no string 'value'", row=row, sample=sample)
+    if len(conv) < 2:
+        raise TurnOrderError("the human turn has no gpt answer", row=row, sample=sample)
+
+    r = _Row()
+    r.id = sample
+    r.image = image
+    r.question = conv[0]["value"].replace(IMAGE_TOKEN, "").strip()
+    r.answer = conv[1]["value"]
+    r.n_turns = len(conv)
+    if image is None:
+        r.source = TEXT_SOURCE
+    else:
+        head, sep, _ = image.partition("/")
+        r.source = head if sep else BARE_IMAGE_SOURCE
+    r.conversations = json.dumps(conv, ensure_ascii=False, separators=_COMPACT)
+    keys = list(value)
+    extra_keys = [k for k in keys if k not in _CORE_KEYS]
+    r.extra = (json.dumps({k: value[k] for k in extra_keys}, ensure_ascii=False, separators=_COMPACT)
+               if extra_keys else None)
+    canonical = ["id", "image", "conversations"] if "image" in value else ["id", "conversations"]
+    layout = {}
+    if keys[: len(canonical)] != canonical or ("image" in value and image is None):
+        layout["keys"] = keys
+    if not isinstance(raw_id, str):
+        layout["id"] = raw_id
+    r.layout = json.dumps(layout, ensure_ascii=False, separators=_COMPACT) if layout else None
+    return r
+
+
+def _check_image(image: str | None, image_root: Path | None, row: int, sample: str) -> None:
+    if image is None or image_root is None:
+        return
+    if os.path.isabs(image) or ".." in Path(image).parts:
+        raise MissingImageError(f"image {image!r} is not a path under the image root {str(image_root)!r}",
+                                row=row, sample=sample)
+    if not os.path.isfile(os.path.join(image_root, image)):
+        raise MissingImageError(f"image {image!r} not found under {str(image_root)!r}", row=row, sample=sample)
+
+
+class _BatchBuilder:
+    """Collects manifest rows and flushes them as Arrow record batches (bounded memory)."""
+
+    def __init__(self, writer: pq.ParquetWriter, batch_rows: int):
+        self.writer = writer
+        self.batch_rows = batch_rows
+        self.n_written = 0
+        self.columns: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names if name != "sample_id"}
+
+    def add(self, r: _Row) -> None:
+        c = self.columns
+        c["id"].append(r.id)
+        c["image"].append(r.image)
+        c["question"].append(r.question)
+        c["answer"].append(r.answer)
+        c["n_turns"].append(r.n_turns)
+        c["source"].append(r.source)
+        c["conversations"].append(r.conversations)
+        c["extra"].append(r.extra)
+        c["layout"].append(r.layout)
+        if len(c["id"]) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        n = len(self.columns["id"])
+        if n == 0:
+            return
+        arrays = [pa.array(np.arange(self.n_written, self.n_written + n, dtype=np.int64))]
+        for field in list(MANIFEST_SCHEMA)[1:]:
+            arrays.append(pa.array(self.columns[field.name], type=field.type))
+        self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=MANIFEST_SCHEMA))
+        self.n_written += n
+        for values in self.columns.values():
+            values.clear()
+
+
+def build_manifest(pool_json: str | os.PathLike, out: str | os.PathLike,
+                   image_root: str | os.PathLike | None = None,
+                   mode: Literal["strict", "skip"] = "strict", *, allow_duplicate_ids: bool = False,
+                   batch_rows: int = 50_000, verbose: bool = False) -> ManifestReport:
+    """Convert a LLaVA-format JSON pool into the Parquet manifest (DESIGN §2, BRIEF manifest contract).
+
+    ``mode="strict"`` raises the first row's :class:`ManifestError`; ``mode="skip"`` drops bad rows and
+    writes each, with its row index, id, error class, reason and raw value, to
+    ``<manifest stem>.rejected.jsonl`` beside the manifest. ``image_root`` enables the image-exists check.
+    ``allow_duplicate_ids`` accepts reused ``id`` values (LLaVA pools often key rows by image id; rows
+    are addressed by ``sample_id`` downstream). Invalid JSON syntax is fatal in both modes.
+    Outputs are written atomically; a failed strict run leaves no manifest behind.
+    """
+    if mode not in ("strict", "skip"):
+        raise ManifestError(f"mode must be 'strict' or 'skip', got {mode!r}")
+    pool_json = Path(pool_json)
+    if not pool_json.is_file():
+        raise ManifestFileError(f"pool JSON not found: {str(pool_json)!r}")
+    root = None
+    if image_root is not None:
+        root = Path(image_root)
+        if not root.is_dir():
+            raise ManifestFileError(f"image root is not a directory: {str(root)!r}")
+    out = Path(out)
+    rejected_out = rejected_path_for(out) if mode == "skip" else None
+
+    first_row_of_id: dict[str, int] = {}
+    rejected_by_error: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    n_input = 0
+    n_text = 0
+
+    progress = None
+    if verbose:
+        from tqdm import tqdm
+
+        progress = tqdm(total=pool_json.stat().st_size, unit="B", unit_scale=True, desc="manifest")
+
+    try:
+        with atomic_path(out) as tmp, _maybe_atomic(rejected_out) as rejected_tmp:
+            rejected_file = open(rejected_tmp, "w", encoding="utf-8") if rejected_tmp is not None else None
+            try:
+                with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
+                    batches = _BatchBuilder(writer, batch_rows)
+                    for row, value in iter_json_array(pool_json, on_bytes=progress.update if progress else None):
+                        n_input += 1
+                        try:
+                            r = _parse_row(value, row)
+                            if not allow_duplicate_ids and r.id in first_row_of_id:
+                                raise DuplicateIdError(f"id already used by row {first_row_of_id[r.id]}",
+                                                       row=row, sample=r.id)
+                            _check_image(r.image, root, row, r.id)
+                            if not allow_duplicate_ids:
+                                first_row_of_id[r.id] = row
+                        except ManifestError as exc:
+                            if exc.path is None:
+                                exc = type(exc)(exc.reason, row=exc.row, path=pool_json, sample=exc.sample)
+                            if rejected_file is None:
+                                raise exc from None
+                            name = type(exc).__name__
+                            rejected_by_error[name] += 1
+                            record = {"row": row, "id": exc.sample, "error": name, "reason": exc.reason,
+                                      "raw": value}
+                            rejected_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                            continue
+                        sources[r.source] += 1
+                        n_text += r.image is None
+                        batches.add(r)
+                    batches.flush()
+            finally:
+                if rejected_file is not None:
+                    rejected_file.close()
+    finally:
+        if progress is not None:
+            progress.close()
+
+    n_rejected = sum(rejected_by_error.values())
+    return ManifestReport(
+        manifest_path=str(out), rejected_path=None if rejected_out is None else str(rejected_out),
+        n_input_rows=n_input, n_rows=n_input - n_rejected, n_rejected=n_rejected,
+        rejected_by_error=dict(rejected_by_error), n_text_only=n_text, rows_by_source=dict(sources))
+
+
+class _NoPath:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _maybe_atomic(path: Path | None):
+    return atomic_path(path) if path is not None else _NoPath()
+
+
+def read_manifest(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a manifest written by :func:`build_manifest`, checking it has the contract's columns."""
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestFileError(f"manifest not found: {str(p)!r}")
+    try:
+        schema = pq.read_schema(p)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestFileError(f"{str(p)!r} is not a Parquet file: {exc}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise ManifestFileError(f"{str(p)!r} is not a manifest: missing columns {missing}")
+    if columns is not None:
+        unknown = [c for c in columns if c not in schema.names]
+        if unknown:
+            raise ManifestFileError(f"{str(p)!r} has no columns {unknown}")
+    return pq.read_table(p, columns=list(columns) if columns is not None else None)
+
+
+def _as_list(values: Any) -> list:
+    if hasattr(values, "to_pylist"):
+        return values.to_pylist()
+    if hasattr(values, "tolist"):
+        return values.tolist()
+    return list(values)
+
+
+def manifest_rows_to_llava(table: pa.Table, extra_fields: Mapping[str, Sequence] | None = None) -> list[dict]:
+    """Rebuild the original LLaVA rows of ``table`` (equal to the input rows, key order included).
+
+    ``extra_fields`` maps a key to one value per table row, appended to each row, as the original scripts
+    annotate rows with ``cluster_id``/``dist_to_cent``/``index`` (PROGRESS_SPEC §2.2).
+    """
+    missing = [c for c in ("id", "image", "conversations", "extra") if c not in table.column_names]
+    if missing:
+        raise ManifestFileError(f"table is not a manifest: missing columns {missing}")
+    n = table.num_rows
+    extras: dict[str, list] = {}
+    for key, values in (extra_fields or {}).items():
+        values = _as_list(values)
+        if len(values) != n:
+            raise ManifestError(f"extra field {key!r} has {len(values)} values for {n} rows")
+        extras[key] = values
+    ids = table.column("id").to_pylist()
+    images = table.column("image").to_pylist()
+    convs = table.column("conversations").to_pylist()
+    extra_json = table.column("extra").to_pylist()
+    layouts = table.column("layout").to_pylist() if "layout" in table.column_names else [None] * n
+    loads = json.loads
+    rows = []
+    for i in range(n):
+        values = {"id": ids[i]}
+        if layouts[i] is None:
+            if images[i] is not None:
+                values["image"] = images[i]
+            values["conversations"] = loads(convs[i])
+            if extra_json[i] is not None:
+                values.update(loads(extra_json[i]))
+            row = values
+        else:
+            layout = loads(layouts[i])
+            if "id" in layout:
+                values["id"] = layout["id"]
+            values["image"] = images[i]
+            values["conversations"] = loads(convs[i])
+            extra = loads(extra_json[i]) if extra_json[i] is not None else {}
+            values.update(extra)
+            keys = layout.get("keys")
+            if keys is None:
+                keys = ["id"] + (["image"] if images[i] is not None else []) + ["conversations"] + list(extra)
+            row = {k: values[k] for k in keys}
+        for key, vals in extras.items():
+            row[key] = vals[i]
+        rows.append(row)
+    return rows
+
+
+def export_llava(table: pa.Table | str | os.PathLike, out_json: str | os.PathLike,
+                 extra_fields: Mapping[str, Sequence] | None = None, *, batch_rows: int = 50_000,
+                 verbose: bool = False) -> Path:
+    """Write the manifest's rows back as a LLaVA JSON list, atomically and batch by batch.
+
+    The output is what ``json.dump(rows, f, ensure_ascii=False)`` writes for the original rows (plus
+    ``extra_fields``), the format the original training and selection scripts read.
+    """
+    if not isinstance(table, pa.Table):
+        table = read_manifest(table)
+    n = table.num_rows
+    extras = {k: _as_list(v) for k, v in (extra_fields or {}).items()}
+    for key, values in extras.items():
+        if len(values) != n:
+            raise ManifestError(f"extra field {key!r} has {len(values)} values for {n} rows")
+    progress = None
+    if verbose:
+        from tqdm import tqdm
+
+        progress = tqdm(total=n, unit="row", desc="export")
+    try:
+        with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write("[")
+            for start in range(0, n, batch_rows):
+                stop = min(start + batch_rows, n)
+                rows = manifest_rows_to_llava(table.slice(start, stop - start),
+                                              {k: v[start:stop] for k, v in extras.items()})
+                text = ", ".join(json.dumps(r, ensure_ascii=False) for r in rows)
+                f.write(text if start == 0 else ", " + text)
+                if progress is not None:
+                    progress.update(stop - start)
+            f.write("]")
+    finally:
+        if progress is not None:
+            progress.close()
+    return Path(out_json)
