@@ -1,0 +1,375 @@
+"""The LLaVA model that PROGRESS trains and probes, in two modes (DESIGN §4, SPEC §3.1).
+
+*real*: a LLaVA checkpoint by hub name or local path (``llava-hf/llava-1.5-7b-hf``), wrapped with a peft
+LoRA adapter following the LLaVA-1.5 recipe (r 128, alpha 256 on the language model's linear layers; the
+projector fully trainable with its own learning rate), bf16.
+
+*tiny* (the embedded default): the same ``transformers`` LLaVA classes with a small config (CLIP-style
+vision tower, Llama-style language model, ~1M parameters, 32 px images) and a word-level tokenizer built
+locally with the ``tokenizers`` library from the pool's text. Both are saved with ``save_pretrained``, so
+every checkpoint is a plain HF directory that ``LlavaForConditionalGeneration.from_pretrained`` and
+``AutoProcessor.from_pretrained`` load offline.
+
+Conversations are rendered in the vicuna-v1 style LLaVA-1.5 uses: ``USER: <image>\\n{q} ASSISTANT: {a}</s>``;
+:func:`encode_conversation` is the one place the training and probing token layout is defined.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+from pydantic import BaseModel, Field
+
+from progress_core.errors import ConfigError, ProgressError
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+USER_TAG, ASSISTANT_TAG = "USER:", "ASSISTANT:"
+IGNORE_INDEX = -100
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+class ModelError(ProgressError):
+    """A model or processor cannot be built or loaded from the given path or config."""
+
+
+class ModelConfig(BaseModel):
+    """Which LLaVA to train (SPEC §3.1 for real mode, DESIGN §4 for the tiny default)."""
+
+    mode: Literal["tiny", "real"] = Field("tiny", description="tiny: small local LLaVA; real: LLaVA checkpoint + LoRA")
+    base_model: str = Field(
+        "llava-hf/llava-1.5-7b-hf", description="real mode: hub name or local path of the LLaVA checkpoint"
+    )
+    image_size: int = Field(32, description="tiny: input image side in pixels")
+    patch_size: int = Field(4, description="tiny: ViT patch side; 4 gives 64 image tokens at 32 px (small objects need it)")
+    vision_hidden_size: int = Field(64, description="tiny: vision tower width")
+    vision_layers: int = Field(2, description="tiny: vision tower depth")
+    vision_heads: int = Field(4, description="tiny: vision attention heads")
+    text_hidden_size: int = Field(128, description="tiny: language model width")
+    text_layers: int = Field(2, description="tiny: language model depth")
+    text_heads: int = Field(4, description="tiny: language model attention heads")
+    max_position_embeddings: int = Field(512, description="tiny: longest sequence in tokens")
+    max_vocab: int = Field(20000, description="tiny: keep at most this many pool words (most frequent first)")
+    init_seed: int = Field(0, description="tiny: seed of the random initialisation")
+    lora: bool | None = Field(None, description="wrap the language model with LoRA; default: on in real mode")
+    lora_r: int = Field(128, description="LoRA rank (LLaVA-1.5: 128)")
+    lora_alpha: int = Field(256, description="LoRA alpha (LLaVA-1.5: 256)")
+    lora_dropout: float = Field(0.05, description="LoRA dropout (LLaVA-1.5: 0.05)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype; auto = bfloat16 in real mode, float32 in tiny mode"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations (real mode on GPU)")
+
+    def use_lora(self) -> bool:
+        return self.mode == "real" if self.lora is None else self.lora
+
+    def torch_dtype(self):
+        import torch
+
+        name = self.dtype if self.dtype != "auto" else ("bfloat16" if self.mode == "real" else "float32")
+        return getattr(torch, name)
+
+
+def _word_counts(texts: Iterable[str]) -> collections.Counter:
+    counts: collections.Counter = collections.Counter()
+    for text in texts:
+        if text:
+            counts.update(str(text).replace(IMAGE_TOKEN, " ").split())
+    return counts
+
+
+def build_word_tokenizer(texts: Iterable[str], max_vocab: int = 20000):
+    """A word-level fast tokenizer over the pool's whitespace-separated words (DESIGN §4).
+
+    ``WhitespaceSplit`` keeps ``USER:`` one token; ``<image>`` is a special token so the processor's
+    expanded ``<image><image>...`` splits into one id per image feature; a post-processor adds BOS.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, UNK, BOS, EOS, IMAGE_TOKEN]
+    counts = _word_counts(texts)
+    for tag in (USER_TAG, ASSISTANT_TAG):
+        counts[tag] += 1 << 30
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in specials]
+    vocab = {tok: i for i, tok in enumerate(specials + words[: max(0, max_vocab - len(specials))])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+    )
+
+
+def _image_processor(image_size: int):
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers
+        from transformers import CLIPImageProcessor as ImageProcessor
+    return ImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+    )
+
+
+def build_tiny_model(texts: Iterable[str], cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
+    """Build, randomly initialise and save the tiny LLaVA + processor as a plain HF directory.
+
+    ``texts`` are all conversation strings of the pool (for the vocabulary). The directory is written
+    beside ``out_dir`` and renamed into place, so a crash leaves no half-saved model.
+    """
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    if cfg.image_size % cfg.patch_size:
+        raise ConfigError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+    tokenizer = build_word_tokenizer(texts, cfg.max_vocab)
+    n_image_tokens = (cfg.image_size // cfg.patch_size) ** 2
+    vision = CLIPVisionConfig(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        hidden_size=cfg.vision_hidden_size,
+        intermediate_size=4 * cfg.vision_hidden_size,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        projection_dim=cfg.vision_hidden_size,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_hidden_size,
+        intermediate_size=4 * cfg.text_hidden_size,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        num_key_value_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=n_image_tokens,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(cfg.init_seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    processor = LlavaProcessor(
+        image_processor=_image_processor(cfg.image_size),
+        tokenizer=tokenizer,
+        patch_size=cfg.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    out = Path(out_dir)
+    save_model_dir(model, processor, out)
+    return out
+
+
+def save_model_dir(model, processor, out_dir: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Save model + processor (+ extra files) to a temp dir and atomically rename it onto ``out_dir``."""
+    import shutil
+    import tempfile
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds a peft adapter (real-mode checkpoint) rather than full weights."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_processor(path_or_name: str | os.PathLike):
+    """Load the LLaVA processor saved beside a checkpoint (tokenizer padding on the left for generation)."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(path_or_name))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a processor from {path_or_name}: {exc}") from exc
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_model(path_or_name: str | os.PathLike, cfg: ModelConfig, trainable: bool = True):
+    """Load ``(model, processor)`` from a tiny dir, a LLaVA hub name/path, or a LoRA checkpoint dir.
+
+    A LoRA checkpoint (``adapter_config.json`` present) is loaded on top of its base model
+    (``cfg.base_model``) with the adapter trainable. A full checkpoint is wrapped with a fresh LoRA
+    adapter when ``cfg.use_lora()`` (SPEC §3.1: r 128, alpha 256, projector trained in full).
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    path = str(path_or_name)
+    dtype = cfg.torch_dtype()
+    adapter = is_adapter_dir(path)
+    base = cfg.base_model if adapter else path
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(base, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a LLaVA model from {base}: {exc}") from exc
+    has_processor = any((Path(path) / f).is_file() for f in ("processor_config.json", "preprocessor_config.json"))
+    processor = load_processor(path if has_processor or not adapter else base)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
+    elif cfg.use_lora() and trainable:
+        model = add_lora(model, cfg)
+    if cfg.gradient_checkpointing and trainable:
+        model.gradient_checkpointing_enable()
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    model.train(trainable)
+    return model, processor
+
+
+def lora_target_modules(model) -> list[str]:
+    """Names of the language model's linear layers (LLaVA-1.5 targets every linear of the LLM)."""
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "language_model" in name and "lm_head" not in name:
+            names.add(name)
+    return sorted(names)
+
+
+def add_lora(model, cfg: ModelConfig):
+    """Wrap with peft LoRA on the language model; the multimodal projector stays fully trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_target_modules(model),
+        modules_to_save=["multi_modal_projector"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def image_token_count(processor) -> int:
+    """Image placeholder tokens per image, exactly as ``LlavaProcessor`` expands ``<image>``."""
+    crop = processor.image_processor.crop_size
+    n = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
+    n += processor.num_additional_image_tokens
+    if processor.vision_feature_select_strategy == "default":
+        n -= 1
+    return n
+
+
+def _encode_text(tokenizer, text: str, image_id: int, n_image_tokens: int) -> list[int]:
+    pieces = text.split(IMAGE_TOKEN)
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i:
+            ids.extend([image_id] * n_image_tokens)
+        if piece.strip():
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def normalise_turns(conversations: Sequence[dict], has_image: bool) -> list[tuple[str, str | None]]:
+    """(human, gpt) pairs of a LLaVA conversation; ``<image>`` put first in turn 1 iff there is an image.
+
+    LLaVA's preprocessing moves the image tag to the start of the first human turn; a text-only row keeps
+    no tag, so its batch needs no pixel values for it.
+    """
+    pairs: list[tuple[str, str | None]] = []
+    human: str | None = None
+    for turn in conversations:
+        who = turn.get("from")
+        value = str(turn.get("value", ""))
+        if who in ("human", "user"):
+            human = value.replace(IMAGE_TOKEN, "").strip()
+        elif who in ("gpt", "assistant") and human is not None:
+            pairs.append((human, value.strip()))
+            human = None
+    if human is not None:
+        pairs.append((human, None))
+    if pairs and has_image:
+        pairs[0] = (f"{IMAGE_TOKEN}\n{pairs[0][0]}", pairs[0][1])
+    return pairs
+
+
+def encode_conversation(
+    tokenizer, pairs: Sequence[tuple[str, str | None]], n_image_tokens: int, image_id: int, prompt_only: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels for ``USER: q ASSISTANT: a</s>`` rounds; labels only on answers + EOS.
+
+    LLaVA trains every round of the conversation and masks the human side (SPEC §3.1). With
+    ``prompt_only`` the first human turn is rendered with a trailing ``ASSISTANT:`` for generation
+    (SPEC §3.2b: the probe answers the first human turn).
+    """
+    ids = [tokenizer.bos_token_id]
+    labels = [IGNORE_INDEX]
+    for human, answer in pairs:
+        prompt = _encode_text(tokenizer, f"{USER_TAG} {human} {ASSISTANT_TAG}", image_id, n_image_tokens)
+        ids.extend(prompt)
+        labels.extend([IGNORE_INDEX] * len(prompt))
+        if prompt_only:
+            break
+        if answer is None:
+            continue
+        reply = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids.extend(reply)
+        labels.extend(reply)
+    return ids, labels

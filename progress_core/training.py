@@ -1,0 +1,551 @@
+"""One continuous LLaVA training run, advanced piece by piece (PROGRESS §3, SPEC §3.1, §3.4).
+
+The paper trains a single run to FINAL_STEP in pieces: W1 to step 391, W2 to 469, then each round's newly
+selected samples only. :func:`train_to_step` advances that run from a checkpoint to a target step on the
+samples it is given. Model weights, optimizer, scheduler (ONE cosine schedule over ``final_step``, fixing
+SPEC §7.7), RNG states and the global step live in the checkpoint directory (a standard HF model dir plus
+``training_state.pt`` / ``training_state.json``), so training to step 20 in two pieces equals training to
+step 20 at once on the same data stream.
+
+Data stream of a piece: a plain iterator over the given samples (not HF Trainer's resume skip logic, SPEC
+§3.1 caveat). With ``shuffle`` the order is a permutation seeded by ``(seed, start_step, epoch)``; when a
+piece needs more batches than it has samples, it cycles with a fresh permutation per pass; samples left
+over after the last full global batch are not trained (step = cumulative_samples // global_batch).
+
+Text-only rows carry no ``<image>`` tag and no pixel values: a batch's ``pixel_values`` stacks the images
+of its image rows only, in row order, which is how LLaVA scatters image features onto image tokens.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from progress_core.errors import ConfigError, ProgressError
+from progress_core.model import (
+    IGNORE_INDEX,
+    ModelConfig,
+    encode_conversation,
+    image_token_count,
+    load_model,
+    normalise_turns,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.pt"
+STATE_JSON = "training_state.json"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ZERO3 = REPO_ROOT / "deployments" / "zero3.json"
+
+
+class TrainingDataError(ProgressError):
+    """A training or probe row cannot be used (bad conversations JSON, missing image file)."""
+
+
+class TrainingConfig(BaseModel):
+    """The training recipe (SPEC §3.1: LLaVA-1.5 LoRA; tiny defaults tuned for the bundled pool)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="which LLaVA to train")
+    global_batch_size: int = Field(16, description="samples per optimizer step (paper: 128)")
+    per_device_batch_size: int | None = Field(
+        None, description="samples per forward pass; default = global batch / devices (no accumulation)"
+    )
+    learning_rate: float | None = Field(None, description="peak LR; default 2e-4 (real, paper) or 1e-3 (tiny)")
+    projector_lr: float | None = Field(
+        None, description="projector LR; default 2e-5 (real, paper) or the model LR (tiny)"
+    )
+    warmup_ratio: float = Field(0.03, description="linear warm-up as a fraction of final_step")
+    lr_scheduler: Literal["cosine", "constant"] = Field("cosine", description="schedule after warm-up")
+    weight_decay: float = Field(0.0, description="AdamW weight decay (paper: 0)")
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping norm (HF default 1.0); None = off")
+    final_step: int = Field(1000, description="schedule horizon: the last step of the whole planned run")
+    seed: int = Field(42, description="seed of initial RNG state and of each piece's data order")
+    shuffle: bool = Field(True, description="shuffle each piece's samples (seeded by seed and start step)")
+    max_length: int | None = Field(None, description="truncate sequences to this many tokens; None = model max")
+    deepspeed_config: str | None = Field(
+        str(DEFAULT_ZERO3), description="DeepSpeed config, used only when deepspeed is installed and CUDA present"
+    )
+    num_threads: int | None = Field(None, description="torch CPU threads; None = torch default")
+
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-4 if self.model.mode == "real" else 1e-3
+
+    def proj_lr(self) -> float:
+        if self.projector_lr is not None:
+            return self.projector_lr
+        return 2e-5 if self.model.mode == "real" else self.lr()
+
+    def micro_batches(self, world_size: int = 1) -> tuple[int, int]:
+        """(per-device batch, gradient accumulation) with per_device × accum × world = global batch."""
+        per_device = self.per_device_batch_size or max(1, self.global_batch_size // world_size)
+        denom = per_device * world_size
+        if self.global_batch_size % denom:
+            raise ConfigError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
+                f"{per_device} x {world_size} devices"
+            )
+        return per_device, self.global_batch_size // denom
+
+
+@dataclass
+class TrainResult:
+    """What a piece of training produced."""
+
+    checkpoint: Path
+    step: int
+    losses: list[float] = field(default_factory=list)
+    samples_seen: int = 0
+
+
+def steps_for(cumulative_samples: int, global_batch: int) -> int:
+    """Optimizer step reached after ``cumulative_samples`` (SPEC §3.1: step = cumulative // 128)."""
+    if global_batch <= 0:
+        raise ConfigError(f"global batch must be positive, got {global_batch}")
+    if cumulative_samples < 0:
+        raise ConfigError(f"cumulative samples must be >= 0, got {cumulative_samples}")
+    return int(cumulative_samples) // int(global_batch)
+
+
+def read_train_state(checkpoint: str | os.PathLike | None) -> dict[str, Any]:
+    """The checkpoint's human-readable state (step, samples_seen, final_step); step 0 for a plain model."""
+    if checkpoint is None:
+        return {"step": 0, "samples_seen": 0}
+    path = Path(checkpoint) / STATE_JSON
+    if not path.is_file():
+        return {"step": 0, "samples_seen": 0}
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class EncodedRow:
+    input_ids: list[int]
+    labels: list[int]
+    image: str | None
+
+
+def _column(samples: Any, name: str) -> list:
+    import pyarrow as pa
+
+    if isinstance(samples, pa.Table):
+        return samples.column(name).to_pylist() if name in samples.column_names else [None] * samples.num_rows
+    if hasattr(samples, "columns"):
+        return samples[name].tolist() if name in samples.columns else [None] * len(samples)
+    return [row.get(name) for row in samples]
+
+
+def _n_rows(samples: Any) -> int:
+    return samples.num_rows if hasattr(samples, "num_rows") else len(samples)
+
+
+def parse_conversations(value: Any, row: int) -> list[dict]:
+    """The conversations list of a row (JSON text in the manifest, SPEC §3.5; a list is accepted too)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise TrainingDataError(f"row {row}: conversations is not valid JSON ({exc})") from exc
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TrainingDataError(f"row {row}: conversations must be a non-empty list, got {type(value).__name__}")
+    return list(value)
+
+
+def samples_rows(samples: Any) -> list[tuple[list[dict], str | None]]:
+    """(conversations, image) per row of a DataFrame, Arrow table or list of dicts."""
+    convs = _column(samples, "conversations")
+    images = _column(samples, "image")
+    rows = []
+    for i, (conv, image) in enumerate(zip(convs, images)):
+        if conv is None:
+            raise TrainingDataError(f"row {i}: missing conversations")
+        if isinstance(image, float) and math.isnan(image):
+            image = None
+        rows.append((parse_conversations(conv, i), image or None))
+    return rows
+
+
+class Encoder:
+    """Tokenises rows once (cached) and loads images per batch."""
+
+    def __init__(self, processor, image_token_id: int, image_root: str | os.PathLike | None, max_length: int):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_token_id = image_token_id
+        self.n_image_tokens = image_token_count(processor)
+        self.image_root = Path(image_root) if image_root is not None else None
+        self.max_length = max_length
+
+    def image_path(self, image: str, row: int) -> Path:
+        if self.image_root is None:
+            raise TrainingDataError(f"row {row}: has image {image!r} but no image root was given")
+        path = self.image_root / image
+        if not path.is_file():
+            raise TrainingDataError(f"row {row}: image file not found: {path}")
+        return path
+
+    def encode(self, conversations: list[dict], image: str | None, row: int, prompt_only: bool = False) -> EncodedRow:
+        pairs = normalise_turns(conversations, has_image=image is not None)
+        if not pairs:
+            raise TrainingDataError(f"row {row}: conversations hold no human turn")
+        ids, labels = encode_conversation(
+            self.tokenizer, pairs, self.n_image_tokens, self.image_token_id, prompt_only=prompt_only
+        )
+        if len(ids) > self.max_length:
+            if image is not None and self.n_image_tokens + 1 > self.max_length:
+                raise ConfigError(f"max_length {self.max_length} is shorter than the image tokens of row {row}")
+            if prompt_only:
+                ids, labels = ids[-self.max_length :], labels[-self.max_length :]
+                if image is not None and ids.count(self.image_token_id) != self.n_image_tokens:
+                    raise TrainingDataError(f"row {row}: prompt longer than max_length {self.max_length}")
+            else:
+                ids, labels = ids[: self.max_length], labels[: self.max_length]
+        return EncodedRow(ids, labels, image)
+
+    def pixel_values(self, rows: Sequence[EncodedRow], row_ids: Sequence[int]):
+        from PIL import Image
+
+        images = []
+        for r, rid in zip(rows, row_ids):
+            if r.image is None:
+                continue
+            try:
+                with Image.open(self.image_path(r.image, rid)) as im:
+                    images.append(im.convert("RGB"))
+            except OSError as exc:
+                raise TrainingDataError(f"row {rid}: cannot read image {r.image!r}: {exc}") from exc
+        if not images:
+            return None
+        return self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+
+    def collate(self, rows: Sequence[EncodedRow], row_ids: Sequence[int], left_pad: bool = False) -> dict:
+        import torch
+
+        width = max(len(r.input_ids) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r.input_ids)
+            sl = slice(width - n, width) if left_pad else slice(0, n)
+            ids[i, sl] = torch.tensor(r.input_ids)
+            labels[i, sl] = torch.tensor(r.labels)
+            mask[i, sl] = 1
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        pixels = self.pixel_values(rows, row_ids)
+        if pixels is not None:
+            batch["pixel_values"] = pixels
+        return batch
+
+
+def data_order(n_rows: int, n_needed: int, seed: int, start_step: int, shuffle: bool) -> np.ndarray:
+    """Row indices of a piece's stream: seeded permutations of the rows, cycled to ``n_needed``."""
+    if n_needed == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n_rows == 0:
+        raise ConfigError("training needs samples but none were given")
+    passes = -(-n_needed // n_rows)
+    parts = []
+    for epoch in range(passes):
+        if shuffle:
+            rng = np.random.default_rng([seed, start_step, epoch])
+            parts.append(rng.permutation(n_rows))
+        else:
+            parts.append(np.arange(n_rows))
+    return np.concatenate(parts)[:n_needed]
+
+
+# ---------------------------------------------------------------------------------------- optimiser
+
+
+def _param_groups(model, cfg: TrainingConfig) -> list[dict]:
+    proj, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (proj if "multi_modal_projector" in name else rest).append(p)
+    groups = [{"params": rest, "lr": cfg.lr(), "weight_decay": cfg.weight_decay}]
+    if proj:
+        groups.append({"params": proj, "lr": cfg.proj_lr(), "weight_decay": cfg.weight_decay})
+    return groups
+
+
+def _scheduler(optimizer, cfg: TrainingConfig):
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    warmup = math.ceil(cfg.warmup_ratio * cfg.final_step)
+    if cfg.lr_scheduler == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, cfg.final_step)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _rng_state() -> dict:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _deepspeed_wanted(cfg: TrainingConfig) -> bool:
+    import importlib.util
+
+    import torch
+
+    return bool(cfg.deepspeed_config) and torch.cuda.is_available() and importlib.util.find_spec("deepspeed") is not None
+
+
+def _answer_tokens(labels) -> int:
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def _sum_loss(model, batch: dict):
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    labels = batch["labels"][:, 1:].to(logits.device)
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="sum",
+    )
+
+
+def _to_device(batch: dict, device, dtype) -> dict:
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device)
+        out[k] = v.to(dtype) if k == "pixel_values" else v
+    return out
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+def train_to_step(
+    checkpoint: str | os.PathLike | None,
+    samples: Any,
+    image_root: str | os.PathLike | None,
+    target_step: int,
+    cfg: TrainingConfig,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+) -> TrainResult:
+    """Continue the run in ``checkpoint`` to ``target_step`` on ``samples``; save to ``out_dir``.
+
+    ``checkpoint`` None starts from ``cfg.model.base_model`` at step 0 (any plain LLaVA dir or hub name,
+    e.g. the tiny model of :func:`progress_core.model.build_tiny_model`). ``samples`` has ``conversations``
+    (JSON text or list) and ``image`` (relative to ``image_root``, null for text-only rows). Losses are the
+    mean token loss of each optimizer step, over the answer tokens of the whole global batch.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    state_info = read_train_state(checkpoint)
+    start = int(state_info["step"])
+    if target_step < start:
+        raise ConfigError(f"target step {target_step} is before the checkpoint's step {start} ({checkpoint})")
+    if target_step > cfg.final_step:
+        raise ConfigError(f"target step {target_step} is past the schedule horizon final_step {cfg.final_step}")
+    rows = samples_rows(samples)
+    n_steps = target_step - start
+    use_ds = _deepspeed_wanted(cfg)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    per_device, accum = cfg.micro_batches(world)
+
+    saved = Path(checkpoint) / STATE_FILE if checkpoint is not None else None
+    if saved is None or not saved.is_file():
+        _seed_all(cfg.seed)
+    model, processor = load_model(checkpoint if checkpoint is not None else cfg.model.base_model, cfg.model)
+    model.train()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = next(model.parameters()).dtype
+    base_config = model.config
+    max_length = cfg.max_length or getattr(base_config.get_text_config(), "max_position_embeddings", 2048)
+    encoder = Encoder(processor, base_config.image_token_index, image_root, max_length)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), eps=1e-8)
+    scheduler = _scheduler(optimizer, cfg)
+    engine = None
+    if use_ds:
+        engine, optimizer, scheduler = _deepspeed_init(model, optimizer, scheduler, cfg, per_device, accum, world)
+        if saved is not None and (Path(checkpoint) / "deepspeed").is_dir():
+            engine.load_checkpoint(str(Path(checkpoint) / "deepspeed"), load_module_strict=False)
+    else:
+        model.to(device)
+    if saved is not None and saved.is_file():
+        blob = torch.load(saved, weights_only=False, map_location="cpu")
+        if engine is None:
+            optimizer.load_state_dict(blob["optimizer"])
+            scheduler.load_state_dict(blob["scheduler"])
+        _set_rng_state(blob["rng"])
+
+    order = data_order(len(rows), n_steps * cfg.global_batch_size, cfg.seed, start, cfg.shuffle)
+    cache: dict[int, EncodedRow] = {}
+
+    def encoded(i: int) -> EncodedRow:
+        if i not in cache:
+            cache[i] = encoder.encode(rows[i][0], rows[i][1], i)
+        return cache[i]
+
+    losses: list[float] = []
+    bar = tqdm(total=n_steps, desc=f"train {start}->{target_step}", disable=not progress, unit="step")
+    for k in range(n_steps):
+        step_rows = order[k * cfg.global_batch_size : (k + 1) * cfg.global_batch_size]
+        local = step_rows[rank * per_device * accum : (rank + 1) * per_device * accum]
+        micro = [local[j * per_device : (j + 1) * per_device] for j in range(accum)]
+        batches = [encoder.collate([encoded(int(i)) for i in m], [int(i) for i in m]) for m in micro]
+        n_tokens = sum(_answer_tokens(b["labels"]) for b in batches)
+        total = 0.0
+        for b in batches:
+            b = _to_device(b, device, dtype)
+            if engine is not None:
+                loss = _sum_loss(engine, b) / max(1, _answer_tokens(b["labels"]))
+                engine.backward(loss)
+                engine.step()
+                total += float(loss.detach()) / accum
+            else:
+                loss = _sum_loss(model, b) / max(1, n_tokens)
+                loss.backward()
+                total += float(loss.detach())
+        if engine is None:
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.3f}")
+    bar.close()
+
+    samples_seen = int(state_info.get("samples_seen", 0)) + n_steps * cfg.global_batch_size
+    info = {
+        "step": target_step,
+        "samples_seen": samples_seen,
+        "final_step": cfg.final_step,
+        "global_batch_size": cfg.global_batch_size,
+        "learning_rate": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else None,
+        "losses": losses,
+        "config": cfg.model_dump(mode="json"),
+    }
+    blob = {"rng": _rng_state(), "step": target_step, "samples_seen": samples_seen}
+    if engine is None:
+        blob["optimizer"] = optimizer.state_dict()
+        blob["scheduler"] = scheduler.state_dict()
+    out = _save_checkpoint(model if engine is None else engine, processor, out_dir, blob, info, engine is not None, rank)
+    return TrainResult(checkpoint=out, step=target_step, losses=losses, samples_seen=samples_seen)
+
+
+def _save_checkpoint(model, processor, out_dir, blob: dict, info: dict, deepspeed: bool, rank: int) -> Path:
+    """Write the model dir + training state to a temp dir, then rename it onto ``out_dir`` atomically."""
+    import io
+
+    import torch
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)) if rank == 0 else None
+    try:
+        if deepspeed:
+            _deepspeed_save(model, processor, tmp, rank)
+        if rank != 0:
+            return out
+        if not deepspeed:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        (tmp / STATE_FILE).write_bytes(buf.getvalue())
+        (tmp / STATE_JSON).write_text(json.dumps(info, indent=1))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------------- deepspeed (GPU)
+
+
+def _deepspeed_init(model, optimizer, scheduler, cfg: TrainingConfig, per_device: int, accum: int, world: int):
+    """ZeRO-3 engine from the repo's config (deployments/zero3.json), "auto" fields filled from cfg."""
+    import deepspeed
+
+    ds_cfg = json.loads(Path(cfg.deepspeed_config).read_text())
+    fill = {
+        "train_batch_size": per_device * accum * world,
+        "train_micro_batch_size_per_gpu": per_device,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": cfg.max_grad_norm or 0.0,
+    }
+    for key, value in fill.items():
+        if ds_cfg.get(key, "auto") == "auto":
+            ds_cfg[key] = value
+    for section in ("bf16", "fp16"):
+        if isinstance(ds_cfg.get(section), dict) and ds_cfg[section].get("enabled") == "auto":
+            ds_cfg[section]["enabled"] = (section == "bf16") == (cfg.model.torch_dtype().__repr__() == "torch.bfloat16")
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+    )
+    return engine, optimizer, scheduler
+
+
+def _deepspeed_save(engine, processor, tmp: Path | None, rank: int) -> None:
+    """Gather the ZeRO-3 shards into a 16-bit state dict on rank 0 and save the HF dir + engine state."""
+    import torch
+
+    state = engine._zero3_consolidated_16bit_state_dict()
+    ds_dir = tmp / "deepspeed" if tmp is not None else None
+    if torch.distributed.is_initialized():
+        shared = [str(ds_dir) if ds_dir else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        ds_dir = Path(shared[0])
+    engine.save_checkpoint(str(ds_dir))
+    if rank == 0:
+        engine.module.save_pretrained(tmp, state_dict=state)
+        processor.save_pretrained(tmp)

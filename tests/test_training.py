@@ -1,0 +1,80 @@
+"""Continuing training: one run in pieces equals one run at once (issue 5, SPEC §3.1)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from progress_core.errors import ConfigError
+from progress_core.model import ModelConfig, build_tiny_model
+from progress_core.training import (
+    STATE_JSON,
+    TrainingConfig,
+    TrainingDataError,
+    data_order,
+    read_train_state,
+    steps_for,
+    train_to_step,
+)
+from test_model import make_pool, pool_texts
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    pool = make_pool(root, n=48)
+    cfg = TrainingConfig(
+        model=ModelConfig(patch_size=8), global_batch_size=4, per_device_batch_size=2, final_step=40,
+        shuffle=False, learning_rate=3e-3,
+    )
+    init = build_tiny_model(pool_texts(pool), cfg.model, root / "init")
+    return root, pool, cfg, init
+
+
+def test_steps_follow_cumulative_samples():
+    assert steps_for(50_000, 128) == 390 and steps_for(60_000, 128) == 468 and steps_for(133_000, 128) == 1039
+    assert steps_for(127, 128) == 0
+    with pytest.raises(ConfigError):
+        steps_for(10, 0)
+
+
+def test_data_order_cycles_seeded_permutations():
+    a = data_order(5, 12, seed=1, start_step=3, shuffle=True)
+    assert len(a) == 12 and sorted(a[:5]) == list(range(5)) and sorted(a[5:10]) == list(range(5))
+    assert np.array_equal(a, data_order(5, 12, seed=1, start_step=3, shuffle=True))
+    assert not np.array_equal(a, data_order(5, 12, seed=1, start_step=4, shuffle=True))
+    assert list(data_order(3, 4, 0, 0, shuffle=False)) == [0, 1, 2, 0]
+
+
+def test_two_pieces_equal_one_piece(setup, tmp_path):
+    root, pool, cfg, init = setup
+    whole = train_to_step(init, pool.iloc[:40], root / "images", 10, cfg, tmp_path / "whole", progress=False)
+    first = train_to_step(init, pool.iloc[:20], root / "images", 5, cfg, tmp_path / "a", progress=False)
+    second = train_to_step(first.checkpoint, pool.iloc[20:40], root / "images", 10, cfg, tmp_path / "b", progress=False)
+    assert first.step == 5 and second.step == 10 and second.samples_seen == 40
+    assert len(whole.losses) == 10
+    np.testing.assert_allclose(first.losses + second.losses, whole.losses, rtol=1e-5, atol=1e-6)
+    assert whole.losses[-1] < whole.losses[0]
+    a = torch.load(whole.checkpoint / "training_state.pt", weights_only=False)
+    b = torch.load(second.checkpoint / "training_state.pt", weights_only=False)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 10
+    state = json.loads((second.checkpoint / STATE_JSON).read_text())
+    assert state["step"] == 10 and read_train_state(second.checkpoint)["final_step"] == 40
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_bad_requests_are_named_errors(setup, tmp_path):
+    root, pool, cfg, init = setup
+    piece = train_to_step(init, pool.iloc[:8], root / "images", 2, cfg, tmp_path / "c", progress=False)
+    with pytest.raises(ConfigError, match="before the checkpoint"):
+        train_to_step(piece.checkpoint, pool, root / "images", 1, cfg, tmp_path / "d", progress=False)
+    with pytest.raises(ConfigError, match="final_step"):
+        train_to_step(piece.checkpoint, pool, root / "images", 41, cfg, tmp_path / "d", progress=False)
+    bad = pool.iloc[:4].copy()
+    bad.loc[bad.index[0], "image"] = "colour/missing.png"
+    with pytest.raises(TrainingDataError, match="row 0: image file not found"):
+        train_to_step(init, bad, root / "images", 1, cfg, tmp_path / "e", progress=False)
+    with pytest.raises(ConfigError, match="multiple"):
+        cfg.model_copy(update={"per_device_batch_size": 3}).micro_batches()
