@@ -1,0 +1,191 @@
+"""Dual spherical k-means with faiss (SPEC §2.1-2.2).
+
+Two clusterings of the same features: the *annotation* clustering (paper: k=1000 on 665K) gives every
+sample the ``cluster_id`` that accuracy is tracked by, and the *selection* clustering (paper: k=5000)
+feeds the COINCIDE warm-up pruning. Both run ``faiss.Kmeans(spherical=True, niter=50, seed=1234)`` and
+assign each sample with ``kmeans.index.search(x, 1)``; since the index is an ``IndexFlatIP`` the returned
+score is the cosine similarity to the centre (the original calls it ``dist_to_cent``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from progress_core.errors import ProgressError
+from progress_core.io import write_npy, write_parquet
+
+PAPER_N = 665_298
+PAPER_ANNOTATION_K = 1000
+PAPER_SELECTION_K = 5000
+
+
+class ClusteringError(ProgressError):
+    """Base class of clustering failures."""
+
+
+class KTooLargeError(ClusteringError):
+    """More centres were requested than there are samples."""
+
+
+class NonFiniteFeaturesError(ClusteringError):
+    """The feature matrix holds NaN or inf."""
+
+
+class CollapsedClusteringError(ClusteringError):
+    """All centroids coincide or every sample fell into one cluster (COINCIDE issue #7)."""
+
+
+class ClusteringConfig(BaseModel):
+    """Parameters of the two k-means runs (SPEC §2.1); defaults are the original's."""
+
+    annotation_k: int | None = Field(
+        None, ge=1, description="centres of the annotation clustering; None = 1000 scaled to the pool (1000 per 665,298)"
+    )
+    selection_k: int | None = Field(
+        None, ge=1, description="centres of the selection clustering; None = 5000 scaled to the pool (5000 per 665,298)"
+    )
+    niter: int = Field(50, ge=1, description="k-means iterations (original: 50)")
+    seed: int = Field(1234, description="faiss k-means seed (original: 1234)")
+    max_points_per_centroid: int = Field(
+        256, ge=1, description="faiss trains on at most k * this many sampled points (faiss default 256)"
+    )
+    spherical: bool = Field(True, description="re-normalise centroids each iteration (cosine k-means, original)")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="auto = GPU when faiss was built with GPUs and sees one")
+
+
+@dataclass
+class KMeansResult:
+    """Centroids, the nearest centre of every row and the inner product with it."""
+
+    centroids: np.ndarray
+    assignment: np.ndarray
+    similarity: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+
+def scaled_k(n_samples: int, paper_k: int, paper_n: int = PAPER_N, minimum: int = 2) -> int:
+    """Number of centres keeping the paper's samples-per-centre ratio (``paper_k`` per ``paper_n``).
+
+    Rounded, at least ``minimum`` and at most ``n_samples``.
+    """
+    if n_samples < 1:
+        raise ClusteringError(f"cannot cluster an empty pool (n_samples={n_samples})")
+    k = int(round(n_samples * paper_k / paper_n))
+    return int(min(max(k, minimum), n_samples))
+
+
+def resolve_k(k: int | None, n_samples: int, paper_k: int) -> int:
+    """``k`` if set, otherwise :func:`scaled_k` of the paper's value."""
+    return int(k) if k is not None else scaled_k(n_samples, paper_k)
+
+
+def faiss_gpu_available() -> bool:
+    """True when the installed faiss has GPU support and sees at least one GPU."""
+    import faiss
+
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def _check_finite(x: np.ndarray, chunk: int = 1 << 16) -> None:
+    for s in range(0, x.shape[0], chunk):
+        ok = np.isfinite(x[s:s + chunk]).all(axis=1)
+        if not ok.all():
+            raise NonFiniteFeaturesError(f"features hold NaN/inf, first at row {s + int(np.flatnonzero(~ok)[0])}")
+
+
+def spherical_kmeans(features: np.ndarray, k: int, niter: int = 50, seed: int = 1234,
+                     max_points_per_centroid: int = 256, gpu: bool | Literal["auto"] = "auto",
+                     spherical: bool = True, verbose: bool = False) -> KMeansResult:
+    """``faiss.Kmeans`` + nearest-centre search, exactly the original's call (SPEC §2.1).
+
+    A float32 C-contiguous input is passed to faiss without a copy; float16 features (as stored) are
+    converted once. Raises :class:`KTooLargeError`, :class:`NonFiniteFeaturesError` or
+    :class:`CollapsedClusteringError` instead of returning a meaningless clustering.
+    """
+    import faiss
+
+    if features.ndim != 2:
+        raise ClusteringError(f"features must be 2-D, got shape {features.shape}")
+    n, d = features.shape
+    if k < 1:
+        raise ClusteringError(f"k must be >= 1, got {k}")
+    if k > n:
+        raise KTooLargeError(f"k={k} centres requested for only {n} samples")
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    _check_finite(x)
+    use_gpu = faiss_gpu_available() if gpu == "auto" else bool(gpu and faiss_gpu_available())
+    km = faiss.Kmeans(d, int(k), niter=int(niter), seed=int(seed), spherical=bool(spherical), gpu=use_gpu,
+                      verbose=verbose, max_points_per_centroid=int(max_points_per_centroid))
+    km.train(x)
+    sim, idx = km.index.search(x, 1)
+    result = KMeansResult(centroids=np.asarray(km.centroids, np.float32), assignment=idx[:, 0].astype(np.int64),
+                          similarity=sim[:, 0].astype(np.float32))
+    _check_collapse(result)
+    return result
+
+
+def _check_collapse(result: KMeansResult, tol: float = 1e-6) -> None:
+    if result.k < 2:
+        return
+    c = result.centroids
+    if not np.isfinite(c).all():
+        raise CollapsedClusteringError("k-means produced non-finite centroids")
+    spread = float(np.max(np.linalg.norm(c - c[0], axis=1)))
+    if spread < tol:
+        raise CollapsedClusteringError(
+            f"all {result.k} centroids are equal (max distance {spread:.2e}); check the features' dimensions"
+        )
+    if np.unique(result.assignment).size == 1:
+        raise CollapsedClusteringError(f"all samples fell into one of {result.k} clusters")
+
+
+def assignment_table(result: KMeansResult) -> pa.Table:
+    """Assignment Parquet table of the shared contract: sample_id, cluster_id, similarity."""
+    n = result.assignment.shape[0]
+    return pa.table({
+        "sample_id": pa.array(np.arange(n, dtype=np.int64)),
+        "cluster_id": pa.array(result.assignment.astype(np.int64)),
+        "similarity": pa.array(result.similarity.astype(np.float32)),
+    })
+
+
+def clustering_paths(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """``(<name>_assignment.parquet, <name>_centroids.npy)`` inside ``out_dir``."""
+    d = Path(out_dir)
+    return d / f"{name}_assignment.parquet", d / f"{name}_centroids.npy"
+
+
+def save_clustering(result: KMeansResult, out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """Write the assignment Parquet and the centroids .npy atomically."""
+    a_path, c_path = clustering_paths(out_dir, name)
+    write_parquet(assignment_table(result), a_path)
+    write_npy(result.centroids.astype(np.float32), c_path)
+    return a_path, c_path
+
+
+def load_clustering(out_dir: str | os.PathLike, name: str) -> KMeansResult:
+    """Read a clustering written by :func:`save_clustering`."""
+    a_path, c_path = clustering_paths(out_dir, name)
+    if not a_path.is_file() or not c_path.is_file():
+        raise ClusteringError(f"no clustering {name!r} in {out_dir} (expected {a_path.name}, {c_path.name})")
+    table = pq.read_table(a_path)
+    ids = table.column("sample_id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    if not np.array_equal(ids[order], np.arange(len(ids))):
+        raise ClusteringError(f"{a_path}: sample_id is not 0..N-1")
+    centroids = np.load(c_path)
+    assignment = table.column("cluster_id").to_numpy()[order].astype(np.int64)
+    if assignment.size and (assignment.min() < 0 or assignment.max() >= centroids.shape[0]):
+        raise ClusteringError(f"{a_path}: cluster_id outside 0..{centroids.shape[0] - 1}")
+    return KMeansResult(centroids=centroids.astype(np.float32), assignment=assignment,
+                        similarity=table.column("similarity").to_numpy()[order].astype(np.float32))
