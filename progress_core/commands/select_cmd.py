@@ -1,8 +1,125 @@
-"""``progress select``: one selection round by hand (SPEC §3.3)."""
+"""``progress select``: one selection round by hand, as the original's ``acc_sort.py`` call (SPEC §3.3)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
 import typer
+
+from progress_core.errors import ProgressError
+
+
+class SelectInputError(ProgressError):
+    """An input file of ``progress select`` is missing or does not fit the others."""
+
+
+def _load_assignment(path: Path, n_manifest: int | None) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise SelectInputError(f"cluster assignment not found: {str(path)!r}")
+    try:
+        table = pq.read_table(path, columns=["sample_id", "cluster_id"])
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise SelectInputError(f"{str(path)!r} is not a cluster assignment (sample_id, cluster_id): {exc}") from None
+    sid = table.column("sample_id").to_numpy()
+    cid = table.column("cluster_id").to_numpy()
+    order = np.argsort(sid, kind="stable")
+    if not np.array_equal(sid[order], np.arange(sid.size)):
+        raise SelectInputError(f"{str(path)!r}: sample_id is not exactly 0..{sid.size - 1}")
+    if n_manifest is not None and sid.size != n_manifest:
+        raise SelectInputError(f"{str(path)!r} has {sid.size} samples, the manifest {n_manifest}")
+    return cid[order].astype(np.int64)
+
+
+def _manifest_rows(path: Optional[Path]) -> int | None:
+    if path is None:
+        return None
+    from progress_core.manifest import read_manifest
+
+    return read_manifest(path, columns=["sample_id"]).num_rows
+
+
+def _summary(result, top: int) -> str:
+    t = result.cluster_table
+    lines = [f"strategy {result.strategy}: selected {result.sample_ids.size} "
+             f"(exploit {result.n_exploit}, explore {result.n_explore}) from {int(t['available'].sum())} remaining "
+             f"in {int((t['available'] > 0).sum())} clusters"]
+    lines += [f"note: {n}" for n in result.notes]
+    shown = t[t["selected"] > 0].sort_values(["selected", "cluster_id"], ascending=[False, True]).head(top)
+    if not shown.empty:
+        cols = [c for c in ("cluster_id", "acc_prev", "acc_now", "rel", "probability", "available", "quota",
+                            "selected") if not shown[c].isna().all()]
+        lines.append(shown[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``progress select`` to the progress app."""
+
+    @app.command("select")
+    def select_command(
+        strategy: str = typer.Option("progress", "--strategy", help="progress | random | coincide | tfs | full"),
+        manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest Parquet (checks the sample count)."),
+        clusters: Path = typer.Option(..., "--clusters", help="Cluster assignment Parquet (sample_id, cluster_id)."),
+        remaining: Path = typer.Option(..., "--remaining", help="Remaining pool: Parquet with a sample_id column."),
+        budget: int = typer.Option(..., "--budget", help="Samples to select (the original's SELECTION_NUM 7500)."),
+        out: Path = typer.Option(..., "--out", help="Output Parquet of the new sample_ids (with cluster_id)."),
+        acc_prev: Optional[Path] = typer.Option(None, "--acc-prev", help=(
+            "Accuracy at the previous probe: our Parquet or the original combined_results_internVL.json.")),
+        acc_now: Optional[Path] = typer.Option(None, "--acc-now", help="Accuracy at the current probe (same formats)."),
+        seed: int = typer.Option(0, "--seed", help="Random seed; same inputs and seed give the same ids."),
+        selected: Optional[Path] = typer.Option(None, "--selected", help="Selected-so-far Parquet (tfs counts it)."),
+        coincide_order: Optional[Path] = typer.Option(None, "--coincide-order", help=(
+            "Parquet of sample_ids in COINCIDE priority order (strategy coincide).")),
+        temperature: Optional[float] = typer.Option(None, "--temperature", help="progress: softmax temperature (0.5)."),
+        exploit_frac: Optional[float] = typer.Option(None, "--exploit-frac", help="progress: exploitation share (0.9)."),
+        measure: Optional[str] = typer.Option(None, "--measure", help=(
+            "progress: relative_change (original) | relative_error_reduction.")),
+        redistribute_overflow: bool = typer.Option(False, "--redistribute-overflow", help=(
+            "progress: give quota capped by availability to the other improving clusters.")),
+        fallback: Optional[str] = typer.Option(None, "--fallback-when-no-progress", help=(
+            "progress: original (explore share only) | explore (whole budget uniform).")),
+        cluster_table: Optional[Path] = typer.Option(None, "--cluster-table", help=(
+            "Also write the per-cluster table (accuracies, rel, probability, quota, selected) as Parquet.")),
+        top: int = typer.Option(10, "--top", help="Clusters shown in the printed summary."),
+    ) -> None:
+        """Select the next samples from the remaining pool (SPEC §3.3) and write them as Parquet."""
+        from tqdm import tqdm
+
+        from progress_core.accuracy_table import read_accuracy_table
+        from progress_core.io import write_parquet
+        from progress_core.rounds import read_ids, write_ids
+        from progress_core.selection import SelectionHistory, select
+
+        options: dict = {}
+        if strategy == "progress":
+            for key, value in (("temperature", temperature), ("exploit_frac", exploit_frac),
+                               ("progress_measure", measure), ("fallback_when_no_progress", fallback)):
+                if value is not None:
+                    options[key] = value
+            if redistribute_overflow:
+                options["redistribute_overflow"] = True
+        elif any(v is not None for v in (temperature, exploit_frac, measure, fallback)) or redistribute_overflow:
+            raise SelectInputError(f"--temperature/--exploit-frac/--measure/--redistribute-overflow/"
+                                   f"--fallback-when-no-progress apply to strategy 'progress', not {strategy!r}")
+        with tqdm(total=3, desc="select", unit="stage", leave=False, disable=None) as bar:
+            cluster_ids = _load_assignment(clusters, _manifest_rows(manifest))
+            history = SelectionHistory(
+                acc_prev=read_accuracy_table(acc_prev) if acc_prev is not None else None,
+                acc_now=read_accuracy_table(acc_now) if acc_now is not None else None,
+                selected=read_ids(selected) if selected is not None else np.empty(0, dtype=np.int64),
+                coincide_order=read_ids(coincide_order) if coincide_order is not None else None,
+            )
+            pool = read_ids(remaining)
+            bar.update()
+            result = select(strategy, pool, cluster_ids, history, budget, seed, **options)
+            bar.update()
+            write_ids(result.sample_ids, out, extra={"cluster_id": cluster_ids[result.sample_ids]})
+            if cluster_table is not None:
+                write_parquet(result.cluster_table, cluster_table)
+            bar.update()
+        typer.echo(_summary(result, top))
+        typer.echo(f"wrote {result.sample_ids.size} sample_ids to {out}")

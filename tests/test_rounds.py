@@ -1,0 +1,143 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from progress_core.accuracy_table import accuracy_from_verdicts
+from progress_core.manifest import build_manifest, read_manifest
+from progress_core.rounds import (
+    IdSetFileError,
+    RoundExport,
+    RoundFiles,
+    RoundInvariantError,
+    apply_round,
+    commit_round,
+    export_original,
+    next_step,
+    read_ids,
+    steps_for,
+    warmup_sets,
+)
+
+
+def test_step_bookkeeping_matches_the_paper():
+    assert steps_for(50_000, 128) == 390
+    assert steps_for(60_000, 128) == 468
+    assert next_step(469, 7_300, 128) == 469 + 57
+    assert next_step(469, 127, 128) == 469
+    with pytest.raises(RoundInvariantError):
+        steps_for(10, 0)
+
+
+def test_commit_round_writes_sets(tmp_path):
+    selected = np.array([5, 1])
+    remaining = np.array([0, 2, 3, 4, 6, 7])
+    sel, rem = commit_round(tmp_path, 1, 469, np.array([6, 2]), selected, remaining)
+    assert sel.tolist() == [5, 1, 6, 2]
+    assert rem.tolist() == [0, 3, 4, 7]
+    files = RoundFiles(tmp_path)
+    assert files.new(1).name == "new_1.parquet"
+    assert read_ids(files.new(1)).tolist() == [6, 2]
+    assert read_ids(tmp_path / "selected_until_469.parquet").tolist() == [5, 1, 6, 2]
+    assert read_ids(tmp_path / "remaining_after_469.parquet").tolist() == [0, 3, 4, 7]
+    assert pq.read_schema(files.new(1)).field("sample_id").type == pa.int64()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "new_1.parquet", "remaining_after_469.parquet", "selected_until_469.parquet"]
+
+
+@pytest.mark.parametrize("new, sel, rem, match", [
+    ([9], [1], [2, 3], "sample_id 9 is not in the remaining pool"),
+    ([2, 2], [1], [2, 3], "new: sample_id 2 appears more than once"),
+    ([2], [1, 3], [2, 3], "sample_id 3 is both selected and remaining"),
+])
+def test_round_invariants(tmp_path, new, sel, rem, match):
+    with pytest.raises(RoundInvariantError, match=match):
+        commit_round(tmp_path, 1, 10, np.array(new), np.array(sel), np.array(rem))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_ids_errors(tmp_path):
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "x.parquet")
+    with pytest.raises(IdSetFileError, match="no integer 'sample_id'"):
+        read_ids(tmp_path / "x.parquet")
+    with pytest.raises(IdSetFileError, match="not found"):
+        read_ids(tmp_path / "none.parquet")
+
+
+def test_warmup_sets():
+    w2_only, union, pool = warmup_sets(10, [4, 1, 7], [1, 8, 4, 2])
+    assert w2_only.tolist() == [8, 2]
+    assert union.tolist() == [4, 1, 7, 8, 2]
+    assert pool.tolist() == [0, 3, 5, 6, 9]
+
+
+def make_pool(tmp_path, n=12):
+    rows = []
+    for i in range(n):
+        row = {"id": f"s{i}"}
+        if i % 4:
+            row["image"] = f"coco/img{i}.png"
+        row["conversations"] = [{"from": "human", "value": ("<image>\n" if i % 4 else "") + f"q{i}?"},
+                                {"from": "gpt", "value": f"a{i}"}]
+        if i == 3:
+            row["model"] = "x"
+        rows.append(row)
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(rows))
+    build_manifest(pool, tmp_path / "manifest.parquet")
+    return rows, read_manifest(tmp_path / "manifest.parquet")
+
+
+def test_export_original_round_trip(tmp_path):
+    rows, manifest = make_pool(tmp_path)
+    n = len(rows)
+    cid = np.array([i % 3 for i in range(n)], dtype=np.int64)
+    sim = (np.arange(n) / 16).astype(np.float32)
+    assignment = pd.DataFrame({"sample_id": np.arange(n), "cluster_id": cid, "similarity": sim})
+    w1, w2 = np.array([0, 5]), np.array([5, 9, 2])
+    selected = np.array([0, 5, 9, 2])
+    remaining = np.array([1, 3, 4, 6, 7, 8, 10, 11])
+    new = np.array([7, 3, 11])
+    sel, rem = apply_round(new, selected, remaining)
+    out = tmp_path / "orig"
+    acc = accuracy_from_verdicts([0, 2, 2], [1, 0, 1])
+    counts = export_original(out, manifest, assignment, w1, w2,
+                             [RoundExport(469, new, sel, rem, num=7500, probabilities={1: 0.25, 2: 0.75})],
+                             step_list=[391, 469, 469], accuracy_tables={469: acc})
+
+    def load(name):
+        return json.loads((out / name).read_text())
+
+    def expected(i):
+        return {**rows[i], "cluster_id": int(cid[i]), "dist_to_cent": float(sim[i]), "index": i}
+
+    assert load("llava_665k_with_cluster_id.json") == [expected(i) for i in range(n)]
+    assert list(load("llava_665k_with_cluster_id.json")[3]) == ["id", "image", "conversations", "model",
+                                                                 "cluster_id", "dist_to_cent", "index"]
+    assert load("Top_50K.json") == [expected(i) for i in (0, 5)]
+    assert [r["index"] for r in load("Top_50K_to_60K.json")] == [9, 2]
+    assert [r["index"] for r in load("Top_60K.json")] == [0, 5, 9, 2]
+    assert [r["index"] for r in load("Remaining_605K.json")] == [1, 3, 4, 6, 7, 8, 10, 11]
+    assert load("selection_step_469/fastest_acc_data_7500.json") == [expected(i) for i in (7, 3, 11)]
+    assert [r["index"] for r in load("Selected_until_469.json")] == [0, 5, 9, 2, 7, 3, 11]
+    assert [r["index"] for r in load("Remaining_after_469.json")] == [1, 4, 6, 8, 10]
+    assert load("selection_step_469/fastest_selected_cluster_accuracies_7500.json") == {"2": 0.75, "1": 0.25}
+    assert load("selection_step_469/combined_results_internVL.json")["cluster_accuracies"] == {
+        "0": {"correct": 1, "total": 1, "accuracy": 1.0}, "2": {"correct": 1, "total": 2, "accuracy": 0.5}}
+    assert (out / "step_list.txt").read_bytes() == b"391\n469\n469"
+    summary = load("export_summary.json")
+    assert summary["n_samples"] == 12
+    assert summary["rows_per_file"]["Top_60K.json"] == 4 == counts["Top_60K.json"]
+    assert summary["rows_per_file"]["Remaining_after_469.json"] == 5
+
+
+def test_export_rejects_misaligned_assignment(tmp_path):
+    from progress_core.rounds import ExportError, OriginalExporter
+
+    _, manifest = make_pool(tmp_path, n=4)
+    bad = pd.DataFrame({"sample_id": [0, 1, 2], "cluster_id": [0, 0, 0], "similarity": [1.0, 1.0, 1.0]})
+    with pytest.raises(ExportError, match="does not cover"):
+        OriginalExporter(tmp_path / "o", manifest, bad)
