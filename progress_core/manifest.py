@@ -20,7 +20,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,9 @@ from pydantic import BaseModel, Field
 
 from progress_core.errors import ProgressError
 from progress_core.io import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IMAGE_TOKEN = "<image>"
 TEXT_SOURCE = "text"
@@ -540,3 +543,24 @@ def export_llava(table: pa.Table | str | os.PathLike, out_json: str | os.PathLik
         if progress is not None:
             progress.close()
     return Path(out_json)
+
+
+def source_statistics(table: pa.Table) -> "pd.DataFrame":
+    """Per-source summary of a manifest (rows, share, text-only, multi-turn, answer vocabulary, chance).
+
+    ``majority_rate`` is the accuracy of always giving the source's most frequent first answer, the
+    floor an exact-match probe (DESIGN §1 "Accuracy probe") measures against.
+    """
+    import pandas as pd
+
+    df = table.select(["source", "answer", "n_turns", "image"]).to_pandas()
+    grouped = df.groupby("source", sort=True)
+    stats = pd.DataFrame({
+        "n": grouped.size(),
+        "text_only": grouped["image"].agg(lambda s: int(s.isna().sum())),
+        "multi_turn": grouped["n_turns"].agg(lambda s: int((s > 2).sum())),
+        "answer_vocab": grouped["answer"].nunique(),
+        "majority_rate": grouped["answer"].agg(lambda s: s.value_counts().iloc[0] / len(s)),
+    })
+    stats["share"] = stats["n"] / max(len(df), 1)
+    return stats[["n", "share", "text_only", "multi_turn", "answer_vocab", "majority_rate"]]
