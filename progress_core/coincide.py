@@ -84,11 +84,13 @@ def gaussian_kernel(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 
 def cluster_density(features: np.ndarray, assignment: np.ndarray, k: int, sigma: float = 1.0,
-                    members: ClusterMembers | None = None) -> np.ndarray:
+                    members: ClusterMembers | None = None, progress: bool = False) -> np.ndarray:
     """Mean within-cluster Gaussian kernel per cluster (SPEC §2.4), NaN for an empty cluster."""
+    from tqdm.auto import tqdm
+
     members = members or cluster_members(assignment, k)
     density = np.full(k, np.nan, np.float64)
-    for c in np.flatnonzero(members.sizes):
+    for c in tqdm(np.flatnonzero(members.sizes), desc="cluster density", unit="cluster", disable=not progress):
         density[c] = gaussian_kernel(features[members.of(int(c))], sigma).mean()
     return density
 
@@ -137,7 +139,7 @@ def _softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
 def cluster_wise_prune(features: np.ndarray, assignment: np.ndarray, transfer: np.ndarray,
                        fraction: float | None = None, temperature: float = 0.1, sigma: float = 1.0,
                        n_target: int | None = None, density: np.ndarray | None = None,
-                       members: ClusterMembers | None = None) -> np.ndarray:
+                       members: ClusterMembers | None = None, progress: bool = False) -> np.ndarray:
     """COINCIDE cluster-wise pruning (SPEC §2.4); returns row indices in the original's order.
 
     ``target = int(fraction * N)`` (or ``n_target``). ``score = transfer / density``, ``ratio =
@@ -148,6 +150,8 @@ def cluster_wise_prune(features: np.ndarray, assignment: np.ndarray, transfer: n
     ``remaining`` drops by what was taken and the ratios of the clusters not yet visited are re-softmaxed,
     so any shortfall rolls down. Output: the clusters' picks concatenated in visiting order.
     """
+    from tqdm.auto import tqdm
+
     n = features.shape[0]
     transfer = np.asarray(transfer, np.float64)
     k = transfer.shape[0]
@@ -163,7 +167,7 @@ def cluster_wise_prune(features: np.ndarray, assignment: np.ndarray, transfer: n
         raise CoincideError(f"temperature must be > 0, got {temperature}")
     members = members or cluster_members(assignment, k)
     if density is None:
-        density = cluster_density(features, assignment, k, sigma, members)
+        density = cluster_density(features, assignment, k, sigma, members, progress)
     present = np.flatnonzero(members.sizes > 0)
     score = transfer[present] / density[present]
     ratio = _softmax(score, temperature)
@@ -171,6 +175,7 @@ def cluster_wise_prune(features: np.ndarray, assignment: np.ndarray, transfer: n
     clusters, score, ratio = present[visit], score[visit], ratio[visit]
     remaining = n_target
     picked: list[np.ndarray] = []
+    bar = tqdm(total=n_target, desc=f"prune to {n_target}", unit="sample", disable=not progress)
     for rank, c in enumerate(clusters):
         if remaining <= 0:
             break
@@ -184,8 +189,10 @@ def cluster_wise_prune(features: np.ndarray, assignment: np.ndarray, transfer: n
             chosen = rows[:0]
         picked.append(chosen)
         remaining -= chosen.size
+        bar.update(chosen.size)
         if rank + 1 < clusters.size:
             ratio[rank + 1:] = _softmax(score[rank + 1:], temperature)
+    bar.close()
     return np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, np.int64)
 
 
@@ -207,7 +214,8 @@ class WarmupPools:
 
 
 def warmup_pools(features: np.ndarray, fine: KMeansResult, fractions: tuple[float, float] = (0.075, 0.09),
-                 temperature: float = 0.1, sigma: float = 1.0, threshold: float = 0.9) -> WarmupPools:
+                 temperature: float = 0.1, sigma: float = 1.0, threshold: float = 0.9,
+                 progress: bool = False) -> WarmupPools:
     """Both warm-up runs of SPEC §2.2 on the selection clustering ``fine``.
 
     The two fractions are independent greedy runs (as the original), sharing transferability and
@@ -223,8 +231,8 @@ def warmup_pools(features: np.ndarray, fine: KMeansResult, fractions: tuple[floa
         raise CoincideError(f"clustering has {fine.assignment.shape[0]} rows, features {n}")
     transfer = cluster_transferability(fine.centroids, threshold)
     members = cluster_members(fine.assignment, fine.k)
-    density = cluster_density(features, fine.assignment, fine.k, sigma, members)
-    kwargs = dict(temperature=temperature, sigma=sigma, density=density, members=members)
+    density = cluster_density(features, fine.assignment, fine.k, sigma, members, progress)
+    kwargs = dict(temperature=temperature, sigma=sigma, density=density, members=members, progress=progress)
     first = cluster_wise_prune(features, fine.assignment, transfer, f1, **kwargs)
     second = cluster_wise_prune(features, fine.assignment, transfer, f2, **kwargs)
     in_first = np.zeros(n, bool)

@@ -1,20 +1,126 @@
-"""Stage commands run by hand, as the original's scripts are: ``features``, ``cluster``, ``warmup``
-(this module) and ``select`` (``progress_core.commands.select_cmd``)."""
+"""Stage commands run by hand, as the original's scripts are: ``features`` (SPEC §1), ``cluster``
+(SPEC §2.1), ``warmup`` (SPEC §2.3-2.4) from this module, and ``select`` (SPEC §3.3) from
+``progress_core.commands.select_cmd``."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from progress_core.errors import ProgressError
+
+
+class StageInputError(ProgressError):
+    """A stage command got a missing file or inconsistent inputs."""
+
+
+def _need_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise StageInputError(f"{what} not found: {path}")
+    return path
 
 
 def _register_features(app: typer.Typer) -> None:
     """Add ``progress features`` (SPEC §1)."""
 
+    @app.command("features")
+    def features(
+        manifest: Path = typer.Option(..., "--manifest", help="manifest Parquet (one row per sample)"),
+        images: Optional[Path] = typer.Option(None, "--images", help="image root the manifest's paths are relative to"),
+        out: Path = typer.Option(..., "--out", help="output float16 .npy, row i = sample_id i"),
+        image_encoder: str = typer.Option("descriptor", help="descriptor | dinov2 | local DINOv2 path"),
+        text_encoder: str = typer.Option("minilm", help="minilm (bundled all-MiniLM-L6-v2) | local HF encoder path"),
+        balanced: bool = typer.Option(False, "--balanced", help="normalise image and text parts separately"),
+        batch_size: int = typer.Option(64, min=1, help="encoder batch size"),
+        shard_size: int = typer.Option(4096, min=1, help="rows encoded and written per shard"),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    ) -> None:
+        """Extract image + question features for every manifest row (DINOv2/descriptor + MiniLM, SPEC §1)."""
+        from progress_core.features import FeatureConfig, extract_features
+
+        _need_file(manifest, "manifest")
+        cfg = FeatureConfig(image_encoder=image_encoder, text_encoder=text_encoder, balanced=balanced,
+                            batch_size=batch_size, device=device)
+        report = extract_features(manifest, images, out, cfg, shard_size=shard_size, progress=True)
+        typer.echo(f"wrote {report.path}: {report.n} x {report.dim} float16 "
+                   f"(image {report.image_dim} + text {report.text_dim}); text-only rows {report.n_text_only}; "
+                   f"unreadable images {report.n_image_failures}")
+        if report.failed_sample_ids:
+            shown = ", ".join(map(str, report.failed_sample_ids[:10]))
+            typer.echo(f"unreadable image sample_ids (first 10): {shown}")
+
 
 def _register_cluster(app: typer.Typer) -> None:
     """Add ``progress cluster`` (SPEC §2.1)."""
 
+    @app.command("cluster")
+    def cluster(
+        features: Path = typer.Option(..., "--features", help="feature .npy written by `progress features`"),
+        out: Path = typer.Option(..., "--out", help="output directory"),
+        name: str = typer.Option(..., "--name", help="annotation (paper k=1000) or selection (paper k=5000)"),
+        k: Optional[int] = typer.Option(None, "--k", min=1, help="number of centres; default: --paper-k scaled to the pool"),
+        paper_k: Optional[int] = typer.Option(
+            None, "--paper-k", min=1, help="paper's k for 665,298 samples (default 1000 annotation, 5000 selection)"),
+        niter: int = typer.Option(50, min=1, help="k-means iterations"),
+        seed: int = typer.Option(1234, help="faiss k-means seed"),
+        max_points_per_centroid: int = typer.Option(256, min=1, help="faiss training subsample per centre"),
+    ) -> None:
+        """Spherical k-means of the features with faiss; writes <name>_assignment.parquet and <name>_centroids.npy."""
+        import numpy as np
+
+        from progress_core.clustering import (PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k, save_clustering,
+                                              spherical_kmeans)
+        from progress_core.features import load_features
+
+        feats = load_features(_need_file(features, "features"))
+        default_paper_k = PAPER_SELECTION_K if name == "selection" else PAPER_ANNOTATION_K
+        k_used = resolve_k(k, feats.shape[0], paper_k or default_paper_k)
+        typer.echo(f"k-means: {feats.shape[0]} x {feats.shape[1]} features, k={k_used}, niter={niter}, seed={seed}")
+        result = spherical_kmeans(feats, k_used, niter=niter, seed=seed,
+                                  max_points_per_centroid=max_points_per_centroid)
+        a_path, c_path = save_clustering(result, out, name)
+        sizes = np.bincount(result.assignment, minlength=k_used)
+        typer.echo(f"wrote {a_path} and {c_path}; cluster sizes min {sizes.min()} max {sizes.max()}")
+
 
 def _register_warmup(app: typer.Typer) -> None:
     """Add ``progress warmup`` (SPEC §2.3-2.4)."""
+
+    @app.command("warmup")
+    def warmup(
+        features: Path = typer.Option(..., "--features", help="feature .npy written by `progress features`"),
+        clusters: Path = typer.Option(..., "--clusters", help="directory of the selection clustering"),
+        name: str = typer.Option("selection", "--name", help="clustering name inside --clusters"),
+        fractions: List[float] = typer.Option([0.075, 0.09], "--fractions",
+                                              help="two pool fractions (paper 0.075 and 0.09); repeat the option"),
+        temperature: float = typer.Option(0.1, min=1e-9, help="softmax temperature of the cluster quotas"),
+        out: Path = typer.Option(..., "--out", help="output directory for w1/w2/remaining Parquet"),
+    ) -> None:
+        """COINCIDE warm-up pools: W1 (Top_50K), W2 (Top_60K minus Top_50K) and the remaining pool."""
+        import numpy as np
+        import pyarrow as pa
+
+        from progress_core.clustering import load_clustering
+        from progress_core.coincide import warmup_pools
+        from progress_core.features import load_features
+        from progress_core.io import write_parquet
+
+        if len(fractions) != 2:
+            raise StageInputError(f"--fractions needs exactly two values, got {len(fractions)}")
+        feats = load_features(_need_file(features, "features"))
+        fine = load_clustering(_need_file(clusters, "clusters directory"), name)
+        if fine.assignment.shape[0] != feats.shape[0]:
+            raise StageInputError(f"clustering has {fine.assignment.shape[0]} rows but features {feats.shape[0]}")
+        pools = warmup_pools(feats, fine, (fractions[0], fractions[1]), temperature=temperature, progress=True)
+        parts = {"w1": pools.w1, "w2": pools.w2, "remaining": pools.remaining}
+        for part, ids in parts.items():
+            write_parquet(pa.table({"sample_id": pa.array(np.asarray(ids, np.int64))}), out / f"{part}.parquet")
+        order = pools.order
+        write_parquet(pa.table({"sample_id": pa.array(order), "rank": pa.array(np.arange(order.size, dtype=np.int64))}),
+                      out / "coincide_order.parquet")
+        typer.echo(f"w1={pools.w1.size} w2={pools.w2.size} remaining={pools.remaining.size} "
+                   f"(of {feats.shape[0]}); wrote {out}")
 
 
 def register(app: typer.Typer) -> None:
