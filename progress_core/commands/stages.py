@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional, Tuple
 
 import typer
 
@@ -92,8 +92,8 @@ def _register_warmup(app: typer.Typer) -> None:
         features: Path = typer.Option(..., "--features", help="feature .npy written by `progress features`"),
         clusters: Path = typer.Option(..., "--clusters", help="directory of the selection clustering"),
         name: str = typer.Option("selection", "--name", help="clustering name inside --clusters"),
-        fractions: List[float] = typer.Option([0.075, 0.09], "--fractions",
-                                              help="two pool fractions (paper 0.075 and 0.09); repeat the option"),
+        fractions: Tuple[float, float] = typer.Option((0.075, 0.09), "--fractions",
+                                                      help="the two pool fractions W1 and W1+W2 (paper 0.075 0.09)"),
         temperature: float = typer.Option(0.1, min=1e-9, help="softmax temperature of the cluster quotas"),
         out: Path = typer.Option(..., "--out", help="output directory for w1/w2/remaining Parquet"),
     ) -> None:
@@ -106,8 +106,6 @@ def _register_warmup(app: typer.Typer) -> None:
         from progress_core.features import load_features
         from progress_core.io import write_parquet
 
-        if len(fractions) != 2:
-            raise StageInputError(f"--fractions needs exactly two values, got {len(fractions)}")
         feats = load_features(_need_file(features, "features"))
         fine = load_clustering(_need_file(clusters, "clusters directory"), name)
         if fine.assignment.shape[0] != feats.shape[0]:
