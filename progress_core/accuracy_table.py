@@ -64,6 +64,9 @@ def validate_accuracy_table(table: pd.DataFrame, source: str = "accuracy table")
         raise AccuracyTableError(f"{source}: missing columns {missing} (need {list(COLUMNS)})")
     df = df[list(COLUMNS)]
     for col in ("cluster_id", "n", "correct", "unjudged"):
+        if pd.api.types.is_integer_dtype(df[col].dtype):
+            df[col] = df[col].astype(np.int64)
+            continue
         values = pd.to_numeric(df[col], errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy() | (values.to_numpy(dtype=float) % 1 != 0))
         if bad.size:

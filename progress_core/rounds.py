@@ -96,37 +96,48 @@ def read_ids(path: str | os.PathLike) -> np.ndarray:
     return col.to_numpy().astype(np.int64, copy=False)
 
 
-def _first_duplicate(ids: np.ndarray) -> int | None:
+def _first_duplicate(ids: np.ndarray, universe: int) -> int | None:
     if ids.size < 2:
         return None
-    s = np.sort(ids)
-    d = np.flatnonzero(s[1:] == s[:-1])
-    return int(s[d[0]]) if d.size else None
+    counts = np.bincount(ids, minlength=universe)
+    return int(np.argmax(counts)) if counts.max() > 1 else None
 
 
 def apply_round(new_ids, selected_before, remaining_before) -> tuple[np.ndarray, np.ndarray]:
     """``(selected_before + new, remaining_before - new)`` as sample-id arrays, order kept, invariants checked.
 
-    Invariants (else :class:`RoundInvariantError`): no duplicates in any input, new ⊆ remaining_before,
-    selected_before ∩ remaining_before = ∅, and the sizes add up.
+    Invariants (else :class:`RoundInvariantError`): ids are non-negative and unique in each input,
+    new ⊆ remaining_before, selected_before ∩ remaining_before = ∅, and the sizes add up. Membership uses
+    boolean masks over the sample_id range (O(N), no sort).
     """
     new = np.asarray(new_ids, dtype=np.int64)
     sel = np.asarray(selected_before, dtype=np.int64)
     rem = np.asarray(remaining_before, dtype=np.int64)
-    for name, arr in (("new", new), ("selected_before", sel), ("remaining_before", rem)):
-        dup = _first_duplicate(arr)
+    arrays = (("new", new), ("selected_before", sel), ("remaining_before", rem))
+    for name, arr in arrays:
+        if arr.ndim != 1:
+            raise RoundInvariantError(f"{name} must be 1-D, got shape {arr.shape}")
+        if arr.size and arr.min() < 0:
+            raise RoundInvariantError(f"{name}: sample_id {int(arr.min())} is negative")
+    universe = max((int(a.max()) + 1 for _, a in arrays if a.size), default=0)
+    for name, arr in arrays:
+        dup = _first_duplicate(arr, universe)
         if dup is not None:
             raise RoundInvariantError(f"{name}: sample_id {dup} appears more than once")
-    in_pool = np.isin(new, rem)
+    in_remaining = np.zeros(universe, dtype=bool)
+    in_remaining[rem] = True
+    in_pool = in_remaining[new]
     if not in_pool.all():
         raise RoundInvariantError(f"new: sample_id {int(new[~in_pool][0])} is not in the remaining pool "
                                   f"({int((~in_pool).sum())} such ids)")
-    overlap = np.isin(sel, rem)
+    overlap = in_remaining[sel]
     if overlap.any():
         raise RoundInvariantError(f"sample_id {int(sel[overlap][0])} is both selected and remaining "
                                   f"({int(overlap.sum())} such ids)")
+    is_new = np.zeros(universe, dtype=bool)
+    is_new[new] = True
     selected_until = np.concatenate([sel, new])
-    remaining_after = rem[~np.isin(rem, new)]
+    remaining_after = rem[~is_new[rem]]
     if selected_until.size != sel.size + new.size or remaining_after.size != rem.size - new.size:
         raise RoundInvariantError("round sizes do not add up")
     return selected_until, remaining_after
@@ -154,7 +165,7 @@ def warmup_sets(n_samples: int, w1, w2) -> tuple[np.ndarray, np.ndarray, np.ndar
     for name, arr in (("W1", w1), ("W2", w2)):
         if arr.size and (arr.min() < 0 or arr.max() >= n_samples):
             raise RoundInvariantError(f"{name}: sample_id outside 0..{n_samples - 1}")
-        dup = _first_duplicate(arr)
+        dup = _first_duplicate(arr, n_samples)
         if dup is not None:
             raise RoundInvariantError(f"{name}: sample_id {dup} appears more than once")
     w2_only = w2[~np.isin(w2, w1)]
