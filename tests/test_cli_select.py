@@ -81,3 +81,15 @@ def test_select_missing_acc_now_and_wrong_options(tmp_path, capsys):
                  "--remaining", str(tmp_path / "remaining.parquet"), "--budget", "7",
                  "--out", str(tmp_path / "r.parquet")]) == 0
     assert read_ids(tmp_path / "r.parquet").size == 7
+
+
+def test_select_checks_manifest_size(tmp_path, capsys):
+    from progress_core.manifest import build_manifest
+
+    inputs(tmp_path)
+    rows = [{"id": f"s{i}", "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}
+            for i in range(7)]
+    (tmp_path / "pool.json").write_text(json.dumps(rows))
+    build_manifest(tmp_path / "pool.json", tmp_path / "manifest.parquet")
+    assert main(args(tmp_path, "--manifest", str(tmp_path / "manifest.parquet"))) == 1
+    assert "has 155 samples, the manifest 7" in capsys.readouterr().err

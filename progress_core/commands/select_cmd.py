@@ -44,9 +44,9 @@ def _manifest_rows(path: Optional[Path]) -> int | None:
 
 def _summary(result, top: int) -> str:
     t = result.cluster_table
-    lines = [f"strategy {result.strategy}: selected {result.sample_ids.size} "
-             f"(exploit {result.n_exploit}, explore {result.n_explore}) from {int(t['available'].sum())} remaining "
-             f"in {int((t['available'] > 0).sum())} clusters"]
+    split = f" (exploit {result.n_exploit}, explore {result.n_explore})" if result.strategy == "progress" else ""
+    lines = [f"strategy {result.strategy}: selected {result.sample_ids.size}{split} from "
+             f"{int(t['available'].sum())} remaining in {int((t['available'] > 0).sum())} clusters"]
     lines += [f"note: {n}" for n in result.notes]
     shown = t[t["selected"] > 0].sort_values(["selected", "cluster_id"], ascending=[False, True]).head(top)
     if not shown.empty:
