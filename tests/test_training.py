@@ -78,3 +78,39 @@ def test_bad_requests_are_named_errors(setup, tmp_path):
         train_to_step(init, bad, root / "images", 1, cfg, tmp_path / "e", progress=False)
     with pytest.raises(ConfigError, match="multiple"):
         cfg.model_copy(update={"per_device_batch_size": 3}).micro_batches()
+
+
+def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from progress_core.cli import main
+    from progress_core.manifest import build_manifest
+    from progress_core.synthetic import generate_pool
+
+    pool = generate_pool(tmp_path / "pool", n=40, n_eval=0, seed=0)
+    manifest = tmp_path / "manifest.parquet"
+    build_manifest(pool.pool_json, manifest, image_root=pool.image_root)
+    pd.DataFrame({"sample_id": range(0, 16)}).to_parquet(tmp_path / "w1.parquet")
+    pd.DataFrame({"sample_id": range(16, 40)}).to_parquet(tmp_path / "w2.parquet")
+    pd.DataFrame({"sample_id": range(40), "cluster_id": [i % 3 for i in range(40)]}).to_parquet(tmp_path / "a.parquet")
+    common = ["--manifest", str(manifest), "--images", str(pool.image_root), "--global-batch-size", "8", "--patch-size", "8"]
+    assert main(["train", "--init", "--samples", str(tmp_path / "w1.parquet"), "--to-step", "2", "--final-step", "5",
+                 "--out", str(tmp_path / "s2"), *common]) == 0
+    assert main(["train", "--checkpoint", str(tmp_path / "s2"), "--samples", str(tmp_path / "w2.parquet"),
+                 "--to-step", "5", "--out", str(tmp_path / "s5"), *common]) == 0
+    assert read_train_state(tmp_path / "s5")["step"] == 5 and read_train_state(tmp_path / "s5")["samples_seen"] == 40
+    assert main(["probe", "--checkpoint", str(tmp_path / "s5"), "--manifest", str(manifest), "--images",
+                 str(pool.image_root), "--selected", str(tmp_path / "w1.parquet"), "--clusters", str(tmp_path / "a.parquet"),
+                 "--samples-per-cluster", "4", "--out", str(tmp_path / "probe")]) == 0
+    per_sample = pq.read_table(tmp_path / "probe" / "probe_samples.parquet").to_pandas()
+    assert len(per_sample) == 12 and set(per_sample.sample_id) <= set(range(16))
+    assert (per_sample.groupby("cluster_id").size() == 4).all()
+    acc = pq.read_table(tmp_path / "probe" / "accuracy.parquet").to_pandas()
+    assert acc["n"].tolist() == [4, 4, 4]
+    assert main(["train", "--samples", str(tmp_path / "w1.parquet"), "--to-step", "2", "--out", str(tmp_path / "x"),
+                 *common]) == 1
+    assert "exactly one of --checkpoint" in capsys.readouterr().err
+    assert main(["train", "--checkpoint", str(tmp_path / "s5"), "--samples", str(tmp_path / "w1.parquet"),
+                 "--to-step", "3", "--out", str(tmp_path / "x"), *common]) == 1
+    assert "before the checkpoint" in capsys.readouterr().err
