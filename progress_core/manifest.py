@@ -377,7 +377,7 @@ def build_manifest(pool_json: str | os.PathLike, out: str | os.PathLike,
         with atomic_path(out) as tmp, _maybe_atomic(rejected_out) as rejected_tmp:
             rejected_file = open(rejected_tmp, "w", encoding="utf-8") if rejected_tmp is not None else None
             try:
-                with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
+                with pq.ParquetWriter(tmp, MANIFEST_SCHEMA, compression="zstd") as writer:
                     batches = _BatchBuilder(writer, batch_rows)
                     for row, value in iter_json_array(pool_json, on_bytes=progress.update if progress else None):
                         n_input += 1
@@ -508,16 +508,23 @@ def manifest_rows_to_llava(table: pa.Table, extra_fields: Mapping[str, Sequence]
 
 
 def export_llava(table: pa.Table | str | os.PathLike, out_json: str | os.PathLike,
-                 extra_fields: Mapping[str, Sequence] | None = None, *, batch_rows: int = 50_000,
+                 extra_fields: Mapping[str, Sequence] | None = None, *, batch_rows: int = 10_000,
                  verbose: bool = False) -> Path:
     """Write the manifest's rows back as a LLaVA JSON list, atomically and batch by batch.
 
     The output is what ``json.dump(rows, f, ensure_ascii=False)`` writes for the original rows (plus
-    ``extra_fields``), the format the original training and selection scripts read.
+    ``extra_fields``), the format the original training and selection scripts read. Given a manifest
+    path, record batches are streamed from the Parquet file, so memory stays bounded by one batch.
     """
-    if not isinstance(table, pa.Table):
-        table = read_manifest(table)
-    n = table.num_rows
+    if isinstance(table, pa.Table):
+        n = table.num_rows
+        batches = (table.slice(start, batch_rows) for start in range(0, n, batch_rows))
+    else:
+        read_manifest(table, columns=["sample_id"])
+        parquet = pq.ParquetFile(table)
+        n = parquet.metadata.num_rows
+        columns = [c for c in ("id", "image", "conversations", "extra", "layout") if c in parquet.schema_arrow.names]
+        batches = (pa.Table.from_batches([b]) for b in parquet.iter_batches(batch_size=batch_rows, columns=columns))
     extras = {k: _as_list(v) for k, v in (extra_fields or {}).items()}
     for key, values in extras.items():
         if len(values) != n:
@@ -530,20 +537,22 @@ def export_llava(table: pa.Table | str | os.PathLike, out_json: str | os.PathLik
     try:
         with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write("[")
-            for start in range(0, n, batch_rows):
-                stop = min(start + batch_rows, n)
-                rows = manifest_rows_to_llava(table.slice(start, stop - start),
-                                              {k: v[start:stop] for k, v in extras.items()})
-                text = ", ".join(json.dumps(r, ensure_ascii=False) for r in rows)
-                f.write(text if start == 0 else ", " + text)
+            start = 0
+            for batch in batches:
+                stop = start + batch.num_rows
+                rows = manifest_rows_to_llava(batch, {k: v[start:stop] for k, v in extras.items()})
+                for i, row in enumerate(rows):
+                    if start + i:
+                        f.write(", ")
+                    f.write(json.dumps(row, ensure_ascii=False))
                 if progress is not None:
                     progress.update(stop - start)
+                start = stop
             f.write("]")
     finally:
         if progress is not None:
             progress.close()
     return Path(out_json)
-
 
 def source_statistics(table: pa.Table) -> "pd.DataFrame":
     """Per-source summary of a manifest (rows, share, text-only, multi-turn, answer vocabulary, chance).

@@ -77,6 +77,19 @@ def test_round_trip_hand_pool_equal_with_key_order(tmp_path, batch_rows):
     assert back == HAND_POOL
     assert [list(r) for r in back] == [list(r) for r in HAND_POOL]
     assert isinstance(back[3]["id"], int)
+    assert (tmp_path / "out.json").read_text(encoding="utf-8") == json.dumps(HAND_POOL, ensure_ascii=False)
+
+
+def test_export_streams_from_manifest_path_with_extra_fields(tmp_path):
+    pool = _write_pool(tmp_path / "pool.json", HAND_POOL)
+    build_manifest(pool, tmp_path / "m.parquet", batch_rows=4)
+    index = list(range(100, 100 + len(HAND_POOL)))
+    export_llava(tmp_path / "m.parquet", tmp_path / "out.json", {"index": index}, batch_rows=3)
+    expected = [dict(r, index=i) for r, i in zip(HAND_POOL, index)]
+    assert (tmp_path / "out.json").read_text(encoding="utf-8") == json.dumps(expected, ensure_ascii=False)
+    with pytest.raises(ManifestError, match="values for"):
+        export_llava(tmp_path / "m.parquet", tmp_path / "bad.json", {"index": index[:-1]})
+    assert not (tmp_path / "bad.json").exists()
 
 
 def test_manifest_columns_derived_from_rows(tmp_path):

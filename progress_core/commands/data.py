@@ -87,9 +87,9 @@ def register(app: typer.Typer) -> None:
         """Write a manifest back as a LLaVA JSON list, rows equal to the original input rows."""
         from progress_core.manifest import export_llava, read_manifest
 
-        table = read_manifest(manifest_path)
-        export_llava(table, out, verbose=True)
-        typer.echo(f"wrote {table.num_rows} rows to {out}")
+        n_rows = read_manifest(manifest_path, columns=["sample_id"]).num_rows
+        export_llava(manifest_path, out, verbose=True)
+        typer.echo(f"wrote {n_rows} rows to {out}")
 
     @app.command("stats")
     def stats(
