@@ -1,0 +1,164 @@
+"""Work pools, concurrency limits, deployments and workers for progress-flows.
+
+DESIGN §3/§6: the flow itself stays on CPU; a ``cpu`` process pool runs the demo, a ``gpu`` kubernetes pool
+(job template ``deployments/gpu-job-template.json``, image from ``deployments/Dockerfile``) runs real
+runs, and the tag concurrency limit ``gpu`` keeps GPU stages to the number of GPUs in that pool.
+
+Usable as a script::
+
+    python -m deployments.setup pools [--gpus N]      # create/update the pools and the gpu limit
+    python -m deployments.setup deploy [NAME ...]     # deploy from prefect.yaml (default: progress-demo)
+
+and as a library by ``deployments/ui.py`` and the tests (server, worker and deploy helpers).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GPU_TEMPLATE = REPO_ROOT / "deployments" / "gpu-job-template.json"
+
+
+def _prefect_bin() -> str:
+    candidate = Path(sys.executable).with_name("prefect")
+    return str(candidate) if candidate.exists() else "prefect"
+
+
+def prefect_env(api_url: str | None = None, home: str | Path | None = None) -> dict[str, str]:
+    """Environment for prefect subprocesses: analytics off, optional API URL and PREFECT_HOME."""
+    env = dict(os.environ)
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    if home:
+        env["PREFECT_HOME"] = str(home)
+    return env
+
+
+def prefect(*args: str, api_url: str | None = None, home: str | Path | None = None, check: bool = True,
+            cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    """Run one ``prefect`` CLI command against ``api_url``."""
+    env = prefect_env(api_url, home)
+    env["PWD"] = str(cwd)
+    proc = subprocess.run([_prefect_bin(), "--no-prompt", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(api_url: str, timeout: float = 90.0) -> None:
+    """Block until the server answers ``/health``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"Prefect server at {api_url} not healthy after {timeout:.0f}s")
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def prefect_server(home: str | Path, port: int | None = None, log: Path | None = None) -> Iterator[str]:
+    """Start ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME; yield the API URL."""
+    port = port or free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=prefect_env(None, home), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_healthy(api_url)
+        yield api_url
+    finally:
+        _stop(proc)
+        if log:
+            out.close()
+
+
+@contextlib.contextmanager
+def prefect_worker(pool: str, api_url: str, home: str | Path | None = None, log: Path | None = None,
+                   extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Start ``prefect worker start --pool POOL`` in the repository root; stop it on exit."""
+    env = prefect_env(api_url, home)
+    env.update(extra_env or {})
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([_prefect_bin(), "worker", "start", "--pool", pool, "--type", "process"],
+                            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+        if log:
+            out.close()
+
+
+def create_pools(api_url: str | None = None, gpus: int = 1, with_gpu_pool: bool = True,
+                 home: str | Path | None = None) -> None:
+    """Create (or update) the ``cpu`` process pool, the ``gpu`` kubernetes pool and the ``gpu`` tag limit."""
+    prefect("work-pool", "create", "cpu", "--type", "process", "--overwrite", api_url=api_url, home=home)
+    if with_gpu_pool:
+        prefect("work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template", str(GPU_TEMPLATE),
+                "--overwrite", api_url=api_url, home=home)
+    prefect("concurrency-limit", "delete", "gpu", api_url=api_url, home=home, check=False)
+    prefect("concurrency-limit", "create", "gpu", str(gpus), api_url=api_url, home=home)
+
+
+def deploy(names: list[str] | None = None, api_url: str | None = None, home: str | Path | None = None) -> None:
+    """Deploy from ``prefect.yaml`` in the repository root (default: ``progress-demo``)."""
+    for name in names or ["progress-demo"]:
+        prefect("deploy", "--name", name, api_url=api_url, home=home)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    pools = sub.add_parser("pools", help="create the cpu and gpu work pools and the gpu concurrency limit")
+    pools.add_argument("--gpus", type=int, default=1, help="GPUs in the gpu pool (= tag concurrency limit 'gpu')")
+    pools.add_argument("--no-gpu-pool", action="store_true", help="only the cpu pool")
+    dep = sub.add_parser("deploy", help="deploy from prefect.yaml")
+    dep.add_argument("names", nargs="*", help="deployment names (default: progress-demo)")
+    args = parser.parse_args(argv)
+    api_url = os.environ.get("PREFECT_API_URL")
+    if args.command == "pools":
+        create_pools(api_url, gpus=args.gpus, with_gpu_pool=not args.no_gpu_pool)
+    else:
+        deploy(args.names, api_url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""One typed configuration object for a whole PROGRESS run.
+
+The flow ``progress_selection`` takes a :class:`RunConfig` as its single parameter, so the Prefect UI renders
+a typed form from it, and ``progress run --config run.yaml`` reads a YAML file of the same shape. Every
+field has a default and a description; unknown keys and invalid values are rejected with the field's name.
+
+Two presets fill the defaults: ``demo`` (the bundled synthetic pool, the tiny LLaVA model, exact-match
+judge, a run that finishes in minutes on a laptop CPU) and ``paper`` (PROGRESS on LLaVA-665K: DINOv2 +
+MiniLM features, 1000/5000 centres, fractions 0.075/0.09, LLaVA-1.5-7B LoRA at global batch 128, an
+InternVL judge through lmdeploy, SELECTION_NUM 7500, SAMPLES_PER_CLUSTER 100, FINAL_STEP 1039). Values
+given explicitly always win over the preset.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from progress_core.accuracy import ProbeConfig
+from progress_core.clustering import ClusteringConfig
+from progress_core.errors import ConfigError
+from progress_core.features import FeatureConfig
+from progress_core.training import TrainingConfig
+
+Preset = Literal["demo", "paper"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _strict_copy(cls: type[BaseModel], name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    """``cls`` without the ``exclude`` fields, rejecting unknown keys, nested models made strict too.
+
+    The core modules own their configs; the run config shows them in the UI form minus the fields the run
+    sets itself (e.g. the schedule horizon), and a typo in a nested key is an error, not silently ignored.
+    """
+    fields: dict[str, Any] = {}
+    for key, info in cls.model_fields.items():
+        if key in exclude:
+            continue
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            annotation = _strict_copy(annotation, annotation.__name__.replace("Config", "Settings"))
+            info = copy.copy(info)
+            info.default_factory = annotation
+        fields[key] = (annotation, info)
+    model = create_model(name, __config__=ConfigDict(extra="forbid"), __module__=__name__, **fields)
+    model.__doc__ = cls.__doc__
+    return model
+
+
+FeatureSettings = _strict_copy(FeatureConfig, "FeatureSettings")
+ClusteringSettings = _strict_copy(ClusteringConfig, "ClusteringSettings")
+TrainingSettings = _strict_copy(TrainingConfig, "TrainingSettings", exclude=("final_step",))
+ProbeSettings = _strict_copy(ProbeConfig, "ProbeSettings", exclude=("model", "seed"))
+
+
+class DataConfig(_Strict):
+    """Where the instruction pool comes from (DESIGN §4: the bundled synthetic pool by default)."""
+
+    pool_json: str | None = Field(None, description="LLaVA-format pool JSON; empty = generate the bundled synthetic pool.")
+    image_root: str | None = Field(None, description="Folder the pool's image paths are relative to.")
+    manifest_mode: Literal["strict", "skip"] = Field(
+        "skip", description="strict: stop at the first malformed row; skip: drop, count and write out bad rows.")
+    synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
+    synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
+    synthetic_seed: int = Field(0, description="Seed of the synthetic pool generator.")
+
+
+class WarmupConfig(_Strict):
+    """COINCIDE warm-up pools (SPEC §2.4): W1 = fraction[0] of the pool, W2 = fraction[1] minus W1."""
+
+    fractions: tuple[float, float] = Field((0.075, 0.09), description="Pool fractions of the two warm-up stops.")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature over transfer/density scores.")
+    sigma: float = Field(1.0, gt=0, description="Gaussian kernel width of the density and MMD greedy.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "WarmupConfig":
+        lo, hi = self.fractions
+        if not (0 < lo <= hi < 1):
+            raise ValueError(f"fractions must satisfy 0 < first <= second < 1, got {self.fractions}")
+        return self
+
+
+class SelectionConfig(_Strict):
+    """Per-round selection (PROGRESS §3.3, SPEC §3.3 acc_sort.py) and its options."""
+
+    strategy: str = Field("progress", description="Strategy name: progress, random, coincide, tfs, full.")
+    selection_num: int = Field(7500, ge=1, description="SELECTION_NUM: samples drawn per round.")
+    temperature: float = Field(0.5, gt=0, description="Softmax temperature over relative accuracy change.")
+    exploit_fraction: float = Field(0.9, ge=0, le=1, description="Share of the budget given by softmax quotas.")
+    redistribute_overflow: bool = Field(False, description="Roll quota capped by availability over to other clusters.")
+    progress_measure: Literal["relative_change", "relative_error_reduction"] = Field(
+        "relative_change", description="(a_now-a_prev)/a_prev as the original, or (a_now-a_prev)/(1-a_prev).")
+    fallback_when_no_progress: Literal["original", "explore"] = Field(
+        "original", description="No cluster improved: original = only the exploration share; explore = whole budget.")
+
+
+class ScheduleConfig(_Strict):
+    """How far the run goes. Steps follow from cumulative samples and the global batch (SPEC §3.1)."""
+
+    final_step: int | None = Field(None, ge=1, description="FINAL_STEP; empty = budget_fraction of the pool.")
+    budget_fraction: float = Field(0.2, gt=0, le=1, description="Share of the pool trained on when final_step is empty.")
+    max_rounds: int | None = Field(None, ge=0, description="Stop after this many selection rounds (empty = no limit).")
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {
+        "run_dir": "runs/demo",
+        "warmup": {"fractions": (0.15, 0.2)},
+        "selection": {"selection_num": 300},
+        "schedule": {"budget_fraction": 0.5},
+        "probe": {"samples_per_cluster": 40},
+    },
+    "paper": {
+        "run_dir": "runs/paper",
+        "features": {"image_encoder": "dinov2"},
+        "clustering": {"annotation_k": 1000, "selection_k": 5000},
+        "warmup": {"fractions": (0.075, 0.09), "temperature": 0.1},
+        "selection": {"selection_num": 7500, "temperature": 0.5},
+        "schedule": {"final_step": 1039},
+        "training": {"global_batch_size": 128, "model": {"mode": "real"}},
+        "probe": {"samples_per_cluster": 100, "judge": {"kind": "llm", "backend": "lmdeploy"}},
+    },
+}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class RunConfig(_Strict):
+    """Every knob of one PROGRESS run; the flow's only parameter."""
+
+    preset: Preset = Field("demo", description="Defaults to start from: demo (laptop CPU) or paper (LLaVA-665K on GPUs).")
+    run_dir: str = Field("runs/demo", description="Directory of the run: every stage's outputs, per round.")
+    seed: int = Field(42, description="Seed of selection, probe sampling and training data order.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    clustering: ClusteringSettings = Field(default_factory=ClusteringSettings)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    shard_size: int = Field(4096, ge=1, description="Rows per feature-extraction shard (one task each).")
+    export_original: bool = Field(True, description="Also write the original scripts' JSON files (Top_50K.json, ...).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, BaseModel):
+            return data
+        data = dict(data or {})
+        preset = data.get("preset", "demo")
+        if preset not in _PRESETS:
+            return data
+        return _merge(_PRESETS[preset], data)
+
+    def final_step(self, pool_size: int) -> int:
+        """FINAL_STEP: explicit, or ``ceil(budget_fraction * pool / global_batch)``."""
+        if self.schedule.final_step is not None:
+            return self.schedule.final_step
+        return max(1, math.ceil(self.schedule.budget_fraction * pool_size / self.training.global_batch_size))
+
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig.model_validate(self.features.model_dump())
+
+    def clustering_config(self) -> ClusteringConfig:
+        return ClusteringConfig.model_validate(self.clustering.model_dump())
+
+    def training_config(self, final_step: int) -> TrainingConfig:
+        """The trainer's config: one schedule over the whole planned run (FINAL_STEP), SPEC §3.1 fixed."""
+        return TrainingConfig.model_validate({**self.training.model_dump(), "final_step": final_step})
+
+    def probe_config(self) -> ProbeConfig:
+        """The probe loads checkpoints the way the trainer wrote them (same model settings)."""
+        return ProbeConfig.model_validate({**self.probe.model_dump(), "model": self.training.model.model_dump(),
+                                           "seed": self.seed})
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config (same shape as :class:`RunConfig`), apply ``overrides``, validate.
+
+    Raises :class:`ConfigError` naming the offending field.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    data = _merge(data, overrides or {})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "config"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"invalid config field '{where}': {first['msg']}{more}") from None

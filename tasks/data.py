@@ -1,0 +1,48 @@
+"""Pool and manifest stages (DESIGN §2 ``manifest``/``synthetic``)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from prefect import task
+
+from progress_core.config import DataConfig
+from progress_core.manifest import build_manifest
+from progress_core.synthetic import generate_pool
+from tasks.stage import StageRecord, stage, stage_cache_key
+
+
+def pool_fingerprint(data: DataConfig) -> str:
+    """Size and mtime of a user's pool JSON: an edited pool file invalidates the run from the manifest on."""
+    if not data.pool_json:
+        return "synthetic"
+    st = os.stat(data.pool_json)
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+@task(name="pool", cache_key_fn=stage_cache_key, persist_result=True)
+@stage("pool", modules=["progress_core.synthetic"])
+def prepare_pool(data: DataConfig, fingerprint: str, out_dir: str) -> StageRecord:
+    """The bundled synthetic pool (generated into the run) or the user's LLaVA JSON as it is."""
+    if data.pool_json:
+        files = {"pool_json": str(Path(data.pool_json).resolve())}
+        image_root = str(Path(data.image_root).resolve()) if data.image_root else None
+        return StageRecord(stage="pool", out_dir=out_dir, files=files, meta={"image_root": image_root})
+    pool = generate_pool(Path(out_dir), n=data.synthetic_n, n_eval=data.synthetic_n_eval, seed=data.synthetic_seed)
+    files = {"pool_json": str(pool.pool_json), "eval_json": str(pool.eval_json), "labels": str(pool.labels_path)}
+    return StageRecord(stage="pool", out_dir=out_dir, files=files, rows={"pool": pool.n, "eval": pool.n_eval},
+                       meta={"image_root": str(pool.image_root)})
+
+
+@task(name="manifest", cache_key_fn=stage_cache_key, persist_result=True)
+@stage("manifest", modules=["progress_core.manifest"])
+def manifest_stage(pool: StageRecord, mode: str, out_dir: str) -> StageRecord:
+    """LLaVA JSON → Parquet manifest; bad rows are skipped, counted and written out in ``skip`` mode."""
+    out = Path(out_dir) / "manifest.parquet"
+    report = build_manifest(pool.files["pool_json"], out, image_root=pool.meta.get("image_root"), mode=mode)
+    files = {"manifest": str(out)}
+    meta = {"image_root": pool.meta.get("image_root"), "report": json.loads(report.model_dump_json())}
+    if "labels" in pool.files:
+        meta["labels"] = pool.files["labels"]
+    return StageRecord(stage="manifest", out_dir=out_dir, files=files, rows={"manifest": report.n_rows}, meta=meta)

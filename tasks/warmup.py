@@ -1,0 +1,44 @@
+"""COINCIDE warm-up pools (SPEC §2.3-2.4): W1, W2 = W(f2) − W(f1), the remaining pool, and the pruning
+order used by the ``coincide`` baseline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from progress_core.clustering import load_clustering
+from progress_core.coincide import coincide_selection, warmup_pools
+from progress_core.config import WarmupConfig
+from progress_core.features import load_features
+from progress_core.rounds import write_ids
+from tasks.stage import StageRecord, stage, stage_cache_key
+
+
+@task(name="warmup-pools", cache_key_fn=stage_cache_key, persist_result=True)
+@stage("warmup_pools", modules=["progress_core.coincide", "progress_core.rounds"])
+def warmup_stage(features: StageRecord, selection_clusters: StageRecord, settings: WarmupConfig,
+                 out_dir: str) -> StageRecord:
+    """Both pruning runs on the selection clustering; files ``w1``, ``w2``, ``remaining``, ``order``."""
+    x = load_features(features.files["features"], mmap=False)
+    fine = load_clustering(Path(selection_clusters.out_dir), selection_clusters.meta["name"])
+    pools = warmup_pools(x, fine, fractions=tuple(settings.fractions), temperature=settings.temperature,
+                         sigma=settings.sigma)
+    out = Path(out_dir)
+    files, rows = {}, {}
+    for name in ("w1", "w2", "remaining", "order"):
+        ids = getattr(pools, name)
+        files[name] = str(write_ids(ids, out / f"{name}.parquet"))
+        rows[name] = int(len(ids))
+    return StageRecord(stage="warmup_pools", out_dir=out_dir, files=files, rows=rows)
+
+
+@task(name="coincide-order", cache_key_fn=stage_cache_key, persist_result=True)
+@stage("coincide_order", modules=["progress_core.coincide", "progress_core.rounds"])
+def coincide_order_stage(features: StageRecord, selection_clusters: StageRecord, budget: int,
+                         settings: WarmupConfig, out_dir: str) -> StageRecord:
+    """The COINCIDE baseline's whole budget chosen at once by cluster-wise pruning (DESIGN §5)."""
+    x = load_features(features.files["features"], mmap=False)
+    fine = load_clustering(Path(selection_clusters.out_dir), selection_clusters.meta["name"])
+    ids = coincide_selection(x, fine, budget, temperature=settings.temperature, sigma=settings.sigma)
+    path = write_ids(ids, Path(out_dir) / "coincide_order.parquet")
+    return StageRecord(stage="coincide_order", out_dir=out_dir, files={"order": str(path)}, rows={"order": len(ids)})
