@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, Field
 
 from progress_core.errors import ConfigError, ProgressError
@@ -173,8 +174,11 @@ def samples_rows(samples: Any) -> list[tuple[list[dict], str | None]]:
     for i, (conv, image) in enumerate(zip(convs, images)):
         if conv is None:
             raise TrainingDataError(f"row {i}: missing conversations")
-        if isinstance(image, float) and math.isnan(image):
-            image = None
+        if image is not None and not isinstance(image, str):
+            if pd.isna(image):
+                image = None
+            else:
+                raise TrainingDataError(f"row {i}: image must be a path string, got {type(image).__name__}")
         rows.append((parse_conversations(conv, i), image or None))
     return rows
 
@@ -515,6 +519,7 @@ def _save_checkpoint(model, processor, out_dir, blob: dict, info: dict, deepspee
 def _deepspeed_init(model, optimizer, scheduler, cfg: TrainingConfig, per_device: int, accum: int, world: int):
     """ZeRO-3 engine from the repo's config (deployments/zero3.json), "auto" fields filled from cfg."""
     import deepspeed
+    import torch
 
     ds_cfg = json.loads(Path(cfg.deepspeed_config).read_text())
     fill = {
@@ -526,9 +531,10 @@ def _deepspeed_init(model, optimizer, scheduler, cfg: TrainingConfig, per_device
     for key, value in fill.items():
         if ds_cfg.get(key, "auto") == "auto":
             ds_cfg[key] = value
-    for section in ("bf16", "fp16"):
+    dtype = cfg.model.torch_dtype()
+    for section, wanted in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if isinstance(ds_cfg.get(section), dict) and ds_cfg[section].get("enabled") == "auto":
-            ds_cfg[section]["enabled"] = (section == "bf16") == (cfg.model.torch_dtype().__repr__() == "torch.bfloat16")
+            ds_cfg[section]["enabled"] = dtype == wanted
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
     )
