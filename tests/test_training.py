@@ -114,3 +114,25 @@ def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
     assert main(["train", "--checkpoint", str(tmp_path / "s5"), "--samples", str(tmp_path / "w1.parquet"),
                  "--to-step", "3", "--out", str(tmp_path / "x"), *common]) == 1
     assert "before the checkpoint" in capsys.readouterr().err
+
+
+def test_lora_run_in_two_pieces_equals_one_piece(setup, tmp_path):
+    """Real-mode code path (peft LoRA + projector LR group, adapter-only checkpoints) on the tiny base."""
+    root, pool, cfg, init = setup
+    lora = cfg.model_copy(update={
+        "model": ModelConfig(mode="real", base_model=str(init), lora_r=4, lora_alpha=8, dtype="float32"),
+        "learning_rate": 1e-3, "projector_lr": 1e-4,
+    })
+    whole = train_to_step(None, pool.iloc[:24], root / "images", 6, lora, tmp_path / "whole", progress=False)
+    first = train_to_step(None, pool.iloc[:12], root / "images", 3, lora, tmp_path / "a", progress=False)
+    second = train_to_step(first.checkpoint, pool.iloc[12:24], root / "images", 6, lora, tmp_path / "b", progress=False)
+    assert (second.checkpoint / "adapter_config.json").is_file()
+    assert not (second.checkpoint / "model.safetensors").exists()
+    np.testing.assert_allclose(first.losses + second.losses, whole.losses, rtol=1e-5, atol=1e-6)
+    state = torch.load(second.checkpoint / "training_state.pt", weights_only=False)
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]][1] < state["optimizer"]["param_groups"][0]["lr"]
+    from progress_core.accuracy import ProbeConfig, generate_answers
+
+    answers = generate_answers(second.checkpoint, pool.iloc[:3], root / "images",
+                               ProbeConfig(model=lora.model, max_new_tokens=3), progress=False)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
