@@ -130,13 +130,16 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
         print("matplotlib not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(9, 5))
-    for concept in frame.columns:
-        ax.plot(frame.index, frame[concept], marker="o", ms=3, label=concept)
+    colours = plt.cm.tab20.colors
+    for i, concept in enumerate(frame.columns):
+        ax.plot(frame.index, frame[concept], marker="o", ms=3, label=concept, color=colours[i % len(colours)],
+                linestyle="-" if i < 20 else "--")
     ax.set_xlabel("training step")
     ax.set_ylabel("accuracy (exact match, eval split)")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"plot: {path}")
 
@@ -153,7 +156,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="override the global batch size")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
-    parser.add_argument("--plot", type=Path, default=Path("bench_training_curve.png"), help="PNG path")
+    parser.add_argument("--plot", type=Path, default=Path("runs/bench/bench_training_curve.png"),
+                        help="PNG path")
     parser.add_argument("--seed", type=int, default=0, help="pool seed")
     args = parser.parse_args()
     n = args.n or (900 if args.quick else 3000)

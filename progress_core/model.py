@@ -16,6 +16,7 @@ Conversations are rendered in the vicuna-v1 style LLaVA-1.5 uses: ``USER: <image
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 from pathlib import Path
@@ -89,16 +90,31 @@ class ModelConfig(BaseModel):
         return getattr(torch, name)
 
 
+def _turn_values(text: str) -> list[str]:
+    """The turn texts of a manifest ``conversations`` JSON string; other text is returned as is."""
+    if text.lstrip().startswith("["):
+        try:
+            turns = json.loads(text)
+        except json.JSONDecodeError:
+            return [text]
+        if isinstance(turns, list) and all(isinstance(t, dict) for t in turns):
+            return [str(t.get("value", "")) for t in turns]
+    return [text]
+
+
 def _word_counts(texts: Iterable[str]) -> collections.Counter:
     counts: collections.Counter = collections.Counter()
     for text in texts:
         if text:
-            counts.update(str(text).replace(IMAGE_TOKEN, " ").split())
+            for value in _turn_values(str(text)):
+                counts.update(value.replace(IMAGE_TOKEN, " ").split())
     return counts
 
 
 def build_word_tokenizer(texts: Iterable[str], max_vocab: int = 20000):
     """A word-level fast tokenizer over the pool's whitespace-separated words (DESIGN §4).
+
+    ``texts`` may be plain strings or manifest ``conversations`` JSON strings (their turn values count).
 
     ``WhitespaceSplit`` keeps ``USER:`` one token; ``<image>`` is a special token so the processor's
     expanded ``<image><image>...`` splits into one id per image feature; a post-processor adds BOS.
@@ -144,7 +160,8 @@ def _image_processor(image_size: int):
 def build_tiny_model(texts: Iterable[str], cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
     """Build, randomly initialise and save the tiny LLaVA + processor as a plain HF directory.
 
-    ``texts`` are all conversation strings of the pool (for the vocabulary). The directory is written
+    ``texts`` are the pool's turn strings or its manifest ``conversations`` JSON strings (for the
+    vocabulary). The directory is written
     beside ``out_dir`` and renamed into place, so a crash leaves no half-saved model.
     """
     import torch

@@ -144,3 +144,11 @@ def test_lora_wraps_language_model_and_keeps_projector_trainable(tiny):
     assert any("multi_modal_projector" in n for n in trainable)
     assert not any("vision_tower" in n for n in trainable)
     assert not any("embed_tokens" in n for n in trainable)
+
+
+def test_vocabulary_from_manifest_conversation_json_equals_from_turn_texts(tiny):
+    root, pool, model_dir = tiny
+    from_json = build_word_tokenizer(pool["conversations"].tolist())
+    from_turns = build_word_tokenizer(pool_texts(pool))
+    assert from_json.get_vocab() == from_turns.get_vocab()
+    assert "What" in from_json.get_vocab() and not any('"' in w for w in from_json.get_vocab())
