@@ -78,10 +78,15 @@ class ModelConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = bfloat16 in real mode, float32 in tiny mode"
     )
-    gradient_checkpointing: bool = Field(False, description="recompute activations (real mode on GPU)")
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations to save memory; default: on in real mode (LLaVA-1.5 recipe)"
+    )
 
     def use_lora(self) -> bool:
         return self.mode == "real" if self.lora is None else self.lora
+
+    def use_gradient_checkpointing(self) -> bool:
+        return self.mode == "real" if self.gradient_checkpointing is None else self.gradient_checkpointing
 
     def torch_dtype(self):
         import torch
@@ -288,7 +293,7 @@ def load_model(path_or_name: str | os.PathLike, cfg: ModelConfig, trainable: boo
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
     elif cfg.use_lora() and trainable:
         model = add_lora(model, cfg)
-    if cfg.gradient_checkpointing and trainable:
+    if cfg.use_gradient_checkpointing() and trainable:
         model.gradient_checkpointing_enable()
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
