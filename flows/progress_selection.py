@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
 
@@ -164,7 +165,7 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
                            probes=probes, steps=steps, selection_num=cfg.selection.selection_num,
                            out_dir=run / "export")
     final_selection = commits[-1].files["selected_until"] if commits else None
-    summary = {"run_dir": str(run), "final_step": final_step, "step": step, "rounds": rows,
+    summary = {"run_dir": str(run), "flow_run_id": str(prefect_runtime.flow_run.id), "final_step": final_step, "step": step, "rounds": rows,
                "final_selection": final_selection, "export_dir": export.out_dir if export else None,
                "n_samples": n}
     publish_summary(str(run), rows, final_step, summary)

@@ -21,7 +21,7 @@ def pool_fingerprint(data: DataConfig) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-@task(name="pool", cache_key_fn=stage_cache_key, persist_result=True)
+@task(name="pool", task_run_name="pool", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("pool", modules=["progress_core.synthetic"])
 def prepare_pool(data: DataConfig, fingerprint: str, out_dir: str) -> StageRecord:
     """The bundled synthetic pool (generated into the run) or the user's LLaVA JSON as it is."""
@@ -35,7 +35,7 @@ def prepare_pool(data: DataConfig, fingerprint: str, out_dir: str) -> StageRecor
                        meta={"image_root": str(pool.image_root)})
 
 
-@task(name="manifest", cache_key_fn=stage_cache_key, persist_result=True)
+@task(name="manifest", task_run_name="manifest", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("manifest", modules=["progress_core.manifest"])
 def manifest_stage(pool: StageRecord, mode: str, out_dir: str) -> StageRecord:
     """LLaVA JSON → Parquet manifest; bad rows are skipped, counted and written out in ``skip`` mode."""

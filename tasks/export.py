@@ -8,7 +8,7 @@ from progress_core.rounds import RoundExport, export_original, read_ids
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
-@task(name="export-original", cache_key_fn=stage_cache_key, persist_result=True)
+@task(name="export-original", task_run_name="export-original", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("export_original", modules=["progress_core.rounds", "progress_core.manifest"])
 def export_stage(manifest: StageRecord, annotation: StageRecord, pools: StageRecord, rounds: list[StageRecord],
                  probes: list[StageRecord], steps: list[int], selection_num: int, out_dir: str) -> StageRecord:

@@ -36,7 +36,7 @@ def feature_shard(manifest: StageRecord, start: int, stop: int, settings: Featur
                                                       "failed_sample_ids": shard.failed_sample_ids.tolist()})
 
 
-@task(name="features", cache_key_fn=stage_cache_key, persist_result=True)
+@task(name="features", task_run_name="features", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("features", modules=["progress_core.features"])
 def combine_stage(shards: list[StageRecord], balanced: bool, out_dir: str) -> StageRecord:
     """Concatenate the shards into the float16 feature matrix (memory-mappable .npy)."""

@@ -17,7 +17,7 @@ from tasks._tables import ids_of, manifest_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
-@task(name="init-model", cache_key_fn=stage_cache_key, persist_result=True)
+@task(name="init-model", task_run_name="init-model", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("init_model", modules=["progress_core.model"], hash_outputs=False)
 def init_model_stage(manifest: StageRecord, settings: ModelConfig, out_dir: str) -> StageRecord:
     """Tiny mode: a randomly initialised LLaVA with a word-level tokenizer built from the pool's text."""

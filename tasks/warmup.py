@@ -14,7 +14,7 @@ from progress_core.rounds import write_ids
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
-@task(name="warmup-pools", cache_key_fn=stage_cache_key, persist_result=True)
+@task(name="warmup-pools", task_run_name="warmup-pools", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("warmup_pools", modules=["progress_core.coincide", "progress_core.rounds"])
 def warmup_stage(features: StageRecord, selection_clusters: StageRecord, settings: WarmupConfig,
                  out_dir: str) -> StageRecord:
@@ -32,7 +32,7 @@ def warmup_stage(features: StageRecord, selection_clusters: StageRecord, setting
     return StageRecord(stage="warmup_pools", out_dir=out_dir, files=files, rows=rows)
 
 
-@task(name="coincide-order", cache_key_fn=stage_cache_key, persist_result=True)
+@task(name="coincide-order", task_run_name="coincide-order", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("coincide_order", modules=["progress_core.coincide", "progress_core.rounds"])
 def coincide_order_stage(features: StageRecord, selection_clusters: StageRecord, budget: int,
                          settings: WarmupConfig, out_dir: str) -> StageRecord:
