@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -136,10 +137,15 @@ def create_pools(api_url: str | None = None, gpus: int = 1, with_gpu_pool: bool 
     prefect("concurrency-limit", "create", "gpu", str(gpus), api_url=api_url, home=home)
 
 
-def deploy(names: list[str] | None = None, api_url: str | None = None, home: str | Path | None = None) -> None:
-    """Deploy from ``prefect.yaml`` in the repository root (default: ``progress-demo``)."""
+def deploy(names: list[str] | None = None, api_url: str | None = None, home: str | Path | None = None,
+           params: dict | None = None) -> None:
+    """Deploy from ``prefect.yaml`` in the repository root (default: ``progress-demo``).
+
+    ``params`` overrides the deployment's parameter defaults (what the UI's Quick run uses).
+    """
+    extra = ["--params", json.dumps(params)] if params else []
     for name in names or ["progress-demo"]:
-        prefect("deploy", "--name", name, api_url=api_url, home=home)
+        prefect("deploy", "--name", name, *extra, api_url=api_url, home=home)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,8 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     log.info("run directory: %s", run)
 
     pool = run_stage(prepare_pool, data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=run / "data")
-    manifest = run_stage(manifest_stage, pool=pool, mode=cfg.data.manifest_mode, out_dir=run / "manifest")
+    manifest = run_stage(manifest_stage, pool=pool, mode=cfg.data.manifest_mode,
+                         allow_duplicate_ids=cfg.data.allow_duplicate_ids, out_dir=run / "manifest")
     n = manifest.rows["manifest"]
     features_cfg = cfg.feature_config()
     futures = [submit_stage(feature_shard, manifest=manifest, start=a, stop=b, settings=features_cfg,

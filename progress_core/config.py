@@ -67,6 +67,8 @@ class DataConfig(_Strict):
     image_root: str | None = Field(None, description="Folder the pool's image paths are relative to.")
     manifest_mode: Literal["strict", "skip"] = Field(
         "skip", description="strict: stop at the first malformed row; skip: drop, count and write out bad rows.")
+    allow_duplicate_ids: bool = Field(
+        False, description="Accept rows that repeat an id (rows stay distinct by sample_id); off = DuplicateIdError.")
     synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
     synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
     synthetic_seed: int = Field(0, description="Seed of the synthetic pool generator.")
@@ -112,13 +114,17 @@ class ScheduleConfig(_Strict):
 _PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "run_dir": "runs/demo",
+        "data": {"synthetic_n": 5000, "synthetic_n_eval": 0},
+        "clustering": {"annotation_k": 40, "selection_k": 150},
         "warmup": {"fractions": (0.15, 0.2)},
-        "selection": {"selection_num": 300},
+        "selection": {"selection_num": 250},
         "schedule": {"budget_fraction": 0.5},
-        "probe": {"samples_per_cluster": 40},
+        "training": {"global_batch_size": 8},
+        "probe": {"samples_per_cluster": 30},
     },
     "paper": {
         "run_dir": "runs/paper",
+        "data": {"allow_duplicate_ids": True},
         "features": {"image_encoder": "dinov2"},
         "clustering": {"annotation_k": 1000, "selection_k": 5000},
         "warmup": {"fractions": (0.075, 0.09), "temperature": 0.1},

@@ -37,10 +37,11 @@ def prepare_pool(data: DataConfig, fingerprint: str, out_dir: str) -> StageRecor
 
 @task(name="manifest", task_run_name="manifest", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("manifest", modules=["progress_core.manifest"])
-def manifest_stage(pool: StageRecord, mode: str, out_dir: str) -> StageRecord:
+def manifest_stage(pool: StageRecord, mode: str, allow_duplicate_ids: bool, out_dir: str) -> StageRecord:
     """LLaVA JSON → Parquet manifest; bad rows are skipped, counted and written out in ``skip`` mode."""
     out = Path(out_dir) / "manifest.parquet"
-    report = build_manifest(pool.files["pool_json"], out, image_root=pool.meta.get("image_root"), mode=mode)
+    report = build_manifest(pool.files["pool_json"], out, image_root=pool.meta.get("image_root"), mode=mode,
+                            allow_duplicate_ids=allow_duplicate_ids)
     files = {"manifest": str(out)}
     meta = {"image_root": pool.meta.get("image_root"), "report": json.loads(report.model_dump_json())}
     if "labels" in pool.files:

@@ -6,6 +6,7 @@ L2 normalisation (``balanced`` normalises each part first). Row i of ``features.
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 from prefect import task
@@ -16,10 +17,20 @@ from progress_core.io import write_npy
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
+_ENCODER_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=2)
-def _encoders(cfg_json: str):
+def _load_encoders(cfg_json: str):
     cfg = FeatureConfig.model_validate_json(cfg_json)
     return load_image_encoder(cfg), load_text_encoder(cfg)
+
+
+def _encoders(cfg_json: str):
+    """Encoders shared by the shards of one process, loaded once (transformers' lazy imports are not
+    thread-safe, and shards run in parallel threads)."""
+    with _ENCODER_LOCK:
+        return _load_encoders(cfg_json)
 
 
 @task(name="features-shard", cache_key_fn=stage_cache_key, persist_result=True, tags=["features"],

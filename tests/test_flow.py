@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deployments.setup import prefect_server
 from progress_core.rounds import read_ids
 from flowkit import (artifacts, run_cli, run_to_end, small_config, states_by_stage, task_runs,
                            write_config)
@@ -18,10 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    with prefect_server(home, log=home / "server.log") as api_url:
-        yield api_url, home
+def server(prefect_api):
+    return prefect_api
 
 
 @pytest.fixture(scope="module")
