@@ -177,7 +177,11 @@ class DinoV2Encoder:
         self._std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
     def preprocess(self, images: list) -> "np.ndarray":
-        """Resize(224, bicubic) -> CenterCrop(224) -> RGB -> [0,1] float32, NCHW (before normalisation)."""
+        """Resize(224, bicubic) -> CenterCrop(224) -> RGB -> [0,1] float32, NCHW (before normalisation).
+
+        Sizes as torchvision's ``Resize(int)`` (shorter side to 224, longer side truncated) and
+        ``CenterCrop`` (offsets rounded), which the original applies to PIL images.
+        """
         from PIL import Image
 
         s = self.image_size
@@ -185,8 +189,7 @@ class DinoV2Encoder:
         for i, im in enumerate(images):
             im = im.convert("RGB")
             w, h = im.size
-            scale = s / min(w, h)
-            nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
             im = im.resize((nw, nh), Image.BICUBIC)
             left, top = int(round((nw - s) / 2.0)), int(round((nh - s) / 2.0))
             im = im.crop((left, top, left + s, top + s))

@@ -97,7 +97,11 @@ def _register_warmup(app: typer.Typer) -> None:
         temperature: float = typer.Option(0.1, min=1e-9, help="softmax temperature of the cluster quotas"),
         out: Path = typer.Option(..., "--out", help="output directory for w1/w2/remaining Parquet"),
     ) -> None:
-        """COINCIDE warm-up pools: W1 (Top_50K), W2 (Top_60K minus Top_50K) and the remaining pool."""
+        """COINCIDE warm-up pools: W1 (Top_50K), W2 (Top_60K minus Top_50K) and the remaining pool.
+
+        Writes w1.parquet, w2.parquet, remaining.parquet (sample_id) and coincide_order.parquet (the second
+        fraction's picks with their pruning rank). The remaining pool excludes both runs' picks.
+        """
         import numpy as np
         import pyarrow as pa
 
