@@ -97,8 +97,10 @@ def prefect_server(home: str | Path, port: int | None = None, log: Path | None =
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     out = open(log, "w") if log else subprocess.DEVNULL
+    env = prefect_env(None, home)
+    env["PREFECT_UI_API_URL"] = api_url
     proc = subprocess.Popen([_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=prefect_env(None, home), stdout=out, stderr=subprocess.STDOUT,
+                            env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         wait_healthy(api_url)

@@ -2,7 +2,6 @@
 temporary Prefect server, and reading task runs and artifacts back through the Prefect client."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -70,19 +69,16 @@ def _client_call(api_url: str, fn):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    async def go():
-        async with get_client() as client:
-            return await fn(client)
-
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        return asyncio.run(go())
+        with get_client(sync_client=True) as client:
+            return fn(client)
 
 
 def task_runs(api_url: str, flow_run_id: str) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    async def fn(client):
-        return await client.read_task_runs(
+    def fn(client):
+        return client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200)
 
     return _client_call(api_url, fn)
@@ -91,8 +87,8 @@ def task_runs(api_url: str, flow_run_id: str) -> list:
 def artifacts(api_url: str, flow_run_id: str) -> list:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    async def fn(client):
-        return await client.read_artifacts(
+    def fn(client):
+        return client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=200)
 
     return _client_call(api_url, fn)

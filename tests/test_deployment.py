@@ -2,7 +2,6 @@
 triggered through the API as the UI's Run button does, once from the UI itself in headless Chromium."""
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import time
@@ -22,12 +21,9 @@ def _client(api_url: str, fn):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    async def go():
-        async with get_client() as client:
-            return await fn(client)
-
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        return asyncio.run(go())
+        with get_client(sync_client=True) as client:
+            return fn(client)
 
 
 def _deployment(api_url: str):
@@ -95,8 +91,8 @@ def test_quick_run_from_the_ui(deployed, tmp_path):
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{ui}/deployments/deployment/{dep.id}", wait_until="networkidle")
-        page.get_by_role("button", name="Run").first.click()
-        page.get_by_text("Quick run").first.click()
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.locator("button:has-text('Quick run'), [role=menuitem]:has-text('Quick run')").first.click()
         deadline = time.monotonic() + 30
         runs = []
         while not runs and time.monotonic() < deadline:
@@ -106,7 +102,8 @@ def test_quick_run_from_the_ui(deployed, tmp_path):
         assert runs, "Quick run created no flow run"
         final = _wait_final(api_url, runs[0].id)
         assert final.state.is_completed(), final.state
-        page.goto(f"{ui}/runs/flow-run/{final.id}?tab=Artifacts", wait_until="networkidle")
+        page.goto(f"{ui}/runs/flow-run/{final.id}", wait_until="networkidle")
+        page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
         page.get_by_text("ui-run-round-0-clusters").first.wait_for(timeout=30000)
         page.screenshot(path=str(shots / "flow-run-artifacts.png"), full_page=True)
         browser.close()
