@@ -68,27 +68,28 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     run = Path(cfg.run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(cfg.model_dump_json(indent=2))
+    shared = Path(cfg.shared_dir).resolve() if cfg.shared_dir else run
     log.info("run directory: %s", run)
 
-    pool = run_stage(prepare_pool, data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=run / "data")
+    pool = run_stage(prepare_pool, data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=shared / "data")
     manifest = run_stage(manifest_stage, pool=pool, mode=cfg.data.manifest_mode,
-                         allow_duplicate_ids=cfg.data.allow_duplicate_ids, out_dir=run / "manifest")
+                         allow_duplicate_ids=cfg.data.allow_duplicate_ids, out_dir=shared / "manifest")
     n = manifest.rows["manifest"]
     features_cfg = cfg.feature_config()
     futures = [submit_stage(feature_shard, manifest=manifest, start=a, stop=b, settings=features_cfg,
-                            out_dir=run / "features" / "shards" / f"{a:010d}")
+                            out_dir=shared / "features" / "shards" / f"{a:010d}")
                for a, b in shard_ranges(n, cfg.shard_size)]
     shards = [f.result() for f in futures]
-    features = run_stage(combine_stage, shards=shards, balanced=features_cfg.balanced, out_dir=run / "features")
+    features = run_stage(combine_stage, shards=shards, balanced=features_cfg.balanced, out_dir=shared / "features")
 
     k_annotation = resolve_k(cfg.clustering.annotation_k, n, PAPER_ANNOTATION_K)
     k_selection = resolve_k(cfg.clustering.selection_k, n, PAPER_SELECTION_K)
     annotation = run_stage(kmeans_stage, features=features, name="annotation", k=k_annotation,
-                           settings=cfg.clustering_config(), out_dir=run / "clusters" / "annotation")
+                           settings=cfg.clustering_config(), out_dir=shared / "clusters" / "annotation")
     selection_clusters = run_stage(kmeans_stage, features=features, name="selection", k=k_selection,
-                                   settings=cfg.clustering_config(), out_dir=run / "clusters" / "selection")
+                                   settings=cfg.clustering_config(), out_dir=shared / "clusters" / "selection")
     pools = run_stage(warmup_stage, features=features, selection_clusters=selection_clusters, settings=cfg.warmup,
-                      out_dir=run / "warmup")
+                      out_dir=shared / "warmup")
 
     gb = cfg.training.global_batch_size
     final_step = cfg.final_step(n)
@@ -97,12 +98,12 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     coincide_order = None
     if cfg.selection.strategy == "coincide":
         coincide_order = run_stage(coincide_order_stage, features=features, selection_clusters=selection_clusters,
-                                   budget=min(n, final_step * gb), settings=cfg.warmup, out_dir=run / "coincide")
+                                   budget=min(n, final_step * gb), settings=cfg.warmup, out_dir=shared / "coincide")
     log.info("pool %d samples, %d annotation / %d selection clusters, W1 %d, W2 %d, FINAL_STEP %d at batch %d",
              n, k_annotation, k_selection, pools.rows["w1"], pools.rows["w2"], final_step, gb)
 
     checkpoint = run_stage(init_model_stage, manifest=manifest, settings=training.model,
-                           out_dir=run / "model_init")
+                           out_dir=shared / "model_init")
     annotation_ids = cluster_ids(annotation)
     progress_id = start_progress(str(run))
     rows: list[dict] = []
@@ -168,7 +169,10 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     final_selection = commits[-1].files["selected_until"] if commits else None
     summary = {"run_dir": str(run), "flow_run_id": str(prefect_runtime.flow_run.id), "final_step": final_step, "step": step, "rounds": rows,
                "final_selection": final_selection, "export_dir": export.out_dir if export else None,
-               "n_samples": n}
+               "n_samples": n, "final_checkpoint": checkpoint.files.get("checkpoint"),
+               "final_checkpoint_key": checkpoint.content_hash,
+               "eval_json": pool.files.get("eval_json"), "labels": pool.files.get("labels"),
+               "image_root": pool.meta.get("image_root")}
     publish_summary(str(run), rows, final_step, summary)
     (run / "summary.json").write_text(_json(summary))
     return summary

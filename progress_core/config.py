@@ -151,6 +151,9 @@ class RunConfig(_Strict):
 
     preset: Preset = Field("demo", description="Defaults to start from: demo (laptop CPU) or paper (LLaVA-665K on GPUs).")
     run_dir: str = Field("runs/demo", description="Directory of the run: every stage's outputs, per round.")
+    shared_dir: str | None = Field(
+        None, description="Directory for the stages before the rounds (pool, manifest, features, clusters, "
+                          "warm-up pools, initial model); empty = run_dir. Runs that share it reuse those stages.")
     seed: int = Field(42, description="Seed of selection, probe sampling and training data order.")
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureSettings = Field(default_factory=FeatureSettings)

@@ -95,6 +95,40 @@ def register(app: typer.Typer) -> None:
         """Run the whole flow on the bundled synthetic pool with the tiny LLaVA model (a few minutes on CPU)."""
         _report(run_flow({"preset": "demo", "run_dir": out}, None))
 
+    @app.command("compare")
+    def compare_command(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (as for `progress run`)."),
+        run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Base directory: one sub-directory per strategy."),
+        strategies: list[str] = typer.Option(["progress", "random", "tfs", "coincide"], "--strategy", "-s",
+                                             help="Strategy to compare (repeatable)."),
+        set_: list[str] = typer.Option([], "--set", help="Override one config field (repeatable)."),
+    ) -> None:
+        """Compare selection strategies at equal budgets; report held-out accuracy per concept.
+
+        The stages before the rounds are computed once and shared; each strategy then runs its own rounds
+        from the same warm-up. With the bundled pool, every final model answers the evaluation split.
+        """
+        overrides = _parse_set(set_)
+        if run_dir:
+            overrides["run_dir"] = run_dir
+        cfg = load_config(config, overrides)
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from flows.compare_strategies import compare_strategies
+
+        result = compare_strategies(config=cfg, strategies=list(strategies))
+        typer.echo("")
+        for row in result["strategies"]:
+            acc = f"  held-out accuracy {row['eval_accuracy']:.3f}" if "eval_accuracy" in row else ""
+            typer.echo(f"{row['strategy']:<10} {row['rounds']:>3} rounds  step {row['final_step']:>5}  "
+                       f"{row['selected']:>7} selected{acc}")
+        if "per_concept" in result:
+            names = [r["strategy"] for r in result["strategies"]]
+            typer.echo("\n" + f"{'concept':<22}" + "".join(f"{n:>10}" for n in names))
+            for concept, accs in result["per_concept"].items():
+                typer.echo(f"{concept:<22}" + "".join(
+                    f"{'-' if accs.get(n) is None else format(accs[n], '.2f'):>10}" for n in names))
+            typer.echo(f"\ncomparison table: {result['comparison']}")
+
     @app.command("config")
     def config_command(
         preset: str = typer.Option("demo", "--preset", help="demo or paper."),
