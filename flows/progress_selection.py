@@ -15,6 +15,7 @@ is cut to what fits before FINAL_STEP.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
 from progress_core.config import RunConfig
 from progress_core.features import shard_ranges
+from progress_core.report import write_concept_report
 from progress_core.rounds import next_step
 from tasks._tables import cluster_ids
 from tasks.artifacts import publish_round, publish_summary, set_progress, start_progress
@@ -60,17 +62,20 @@ def round_dir(run: Path, round_index: int) -> Path:
     return run / "rounds" / f"r{round_index:02d}"
 
 
-@flow(name="progress-selection", log_prints=True, validate_parameters=True)
-def progress_selection(config: RunConfig = RunConfig()) -> dict:
-    """Run PROGRESS data selection end to end on ``config`` (resumable; see module docstring)."""
-    log = get_run_logger()
-    cfg = config
-    run = Path(cfg.run_dir).resolve()
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(cfg.model_dump_json(indent=2))
-    shared = Path(cfg.shared_dir).resolve() if cfg.shared_dir else run
-    log.info("run directory: %s", run)
+@dataclass
+class PreparedData:
+    """Records of the stages before the rounds (DESIGN §2: manifest → features → clusters → pools)."""
 
+    pool: StageRecord
+    manifest: StageRecord
+    features: StageRecord
+    annotation: StageRecord
+    selection_clusters: StageRecord
+    pools: StageRecord
+
+
+def prepare_stages(cfg: RunConfig, shared: Path) -> PreparedData:
+    """Pool, manifest, features (one task per shard), dual k-means and COINCIDE warm-up pools, under ``shared``."""
     pool = run_stage(prepare_pool, data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=shared / "data")
     manifest = run_stage(manifest_stage, pool=pool, mode=cfg.data.manifest_mode,
                          allow_duplicate_ids=cfg.data.allow_duplicate_ids, out_dir=shared / "manifest")
@@ -90,6 +95,26 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
                                    settings=cfg.clustering_config(), out_dir=shared / "clusters" / "selection")
     pools = run_stage(warmup_stage, features=features, selection_clusters=selection_clusters, settings=cfg.warmup,
                       out_dir=shared / "warmup")
+
+    return PreparedData(pool, manifest, features, annotation, selection_clusters, pools)
+
+
+@flow(name="progress-selection", log_prints=True, validate_parameters=True)
+def progress_selection(config: RunConfig = RunConfig()) -> dict:
+    """Run PROGRESS data selection end to end on ``config`` (resumable; see module docstring)."""
+    log = get_run_logger()
+    cfg = config
+    run = Path(cfg.run_dir).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(cfg.model_dump_json(indent=2))
+    shared = Path(cfg.shared_dir).resolve() if cfg.shared_dir else run
+    log.info("run directory: %s", run)
+
+    prepared = prepare_stages(cfg, shared)
+    pool, manifest, features = prepared.pool, prepared.manifest, prepared.features
+    annotation, selection_clusters, pools = prepared.annotation, prepared.selection_clusters, prepared.pools
+    n = manifest.rows["manifest"]
+    k_annotation, k_selection = annotation.meta["k"], selection_clusters.meta["k"]
 
     gb = cfg.training.global_batch_size
     final_step = cfg.final_step(n)
@@ -167,10 +192,18 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
                            probes=probes, steps=steps, selection_num=cfg.selection.selection_num,
                            out_dir=run / "export")
     final_selection = commits[-1].files["selected_until"] if commits else None
+    report = None
+    if commits and manifest.meta.get("labels"):
+        report = write_concept_report(
+            manifest.files["manifest"], manifest.meta["labels"],
+            [{"round": i, "to_step": t, "new_path": c.files["new"], "probe_path": p.files["per_sample"]}
+             for i, (c, p, t) in enumerate(zip(commits, probes, steps))], run)
+        log.info("concept report: %s", report["plot"])
     summary = {"run_dir": str(run), "flow_run_id": str(prefect_runtime.flow_run.id), "final_step": final_step, "step": step, "rounds": rows,
                "final_selection": final_selection, "export_dir": export.out_dir if export else None,
                "n_samples": n, "final_checkpoint": checkpoint.files.get("checkpoint"),
                "final_checkpoint_key": checkpoint.content_hash,
+               "concept_report": str(report["plot"]) if report else None,
                "eval_json": pool.files.get("eval_json"), "labels": pool.files.get("labels"),
                "image_root": pool.meta.get("image_root")}
     publish_summary(str(run), rows, final_step, summary)

@@ -61,6 +61,8 @@ def _report(summary: dict) -> None:
         typer.echo(f"original-format:    {summary['export_dir']}  (Top_50K.json, Selected_until_*.json, ...)")
     typer.echo(f"per-round files:    {summary['run_dir']}/rounds/rNN/{{select,train,probe}}")
     typer.echo(f"run summary:        {summary['run_dir']}/summary.json")
+    if summary.get("concept_report"):
+        typer.echo(f"per-concept plot:   {summary['concept_report']}  (probe accuracy and selection share per round)")
 
 
 def register(app: typer.Typer) -> None:
@@ -94,6 +96,28 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the whole flow on the bundled synthetic pool with the tiny LLaVA model (a few minutes on CPU)."""
         _report(run_flow({"preset": "demo", "run_dir": out}, None))
+
+    @app.command("prepare-run")
+    def prepare_run_command(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (as for `progress run`)."),
+        out: Optional[str] = typer.Option(None, "--out", help="Directory of the prepared data (sets shared_dir)."),
+        set_: list[str] = typer.Option([], "--set", help="Override one config field (repeatable)."),
+    ) -> None:
+        """Only the data preparation of a run: manifest, features, both clusterings, warm-up pools.
+
+        Later runs with the same `shared_dir` and settings reuse all of it.
+        """
+        overrides = _parse_set(set_)
+        if out:
+            overrides["shared_dir"] = out
+        cfg = load_config(config, overrides)
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from flows.prepare_data import prepare_data
+
+        result = prepare_data(config=cfg)
+        typer.echo("")
+        for key, value in result.items():
+            typer.echo(f"{key:<13} {value}")
 
     @app.command("compare")
     def compare_command(
