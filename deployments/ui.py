@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from deployments.setup import REPO_ROOT, create_pools, deploy, prefect_server, prefect_worker
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", default=str(REPO_ROOT / ".prefect"),
                         help="PREFECT_HOME of the server (database, results); default ./.prefect")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     home = Path(args.home)
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
