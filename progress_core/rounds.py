@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from progress_core.errors import ProgressError
+from progress_core.errors import ConfigError, ProgressError
 from progress_core.io import atomic_path, write_json, write_parquet
 
 
@@ -41,9 +41,11 @@ class ExportError(ProgressError):
 
 
 def steps_for(cumulative_samples: int, global_batch: int) -> int:
-    """Training step reached after ``cumulative_samples`` samples (SPEC §3.4: step = samples // batch)."""
+    """Training step reached after ``cumulative_samples`` samples (SPEC §3.1/§3.4: step = samples // batch)."""
     if global_batch <= 0:
-        raise RoundInvariantError(f"global_batch must be positive, got {global_batch}")
+        raise ConfigError(f"global batch must be positive, got {global_batch}")
+    if cumulative_samples < 0:
+        raise ConfigError(f"cumulative samples must be >= 0, got {cumulative_samples}")
     return int(cumulative_samples) // int(global_batch)
 
 

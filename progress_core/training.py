@@ -33,6 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from progress_core.errors import ConfigError, ProgressError
+from progress_core.rounds import steps_for  # noqa: F401  (re-exported: steps follow samples)
 from progress_core.model import (
     IGNORE_INDEX,
     ModelConfig,
@@ -109,15 +110,6 @@ class TrainResult:
     step: int
     losses: list[float] = field(default_factory=list)
     samples_seen: int = 0
-
-
-def steps_for(cumulative_samples: int, global_batch: int) -> int:
-    """Optimizer step reached after ``cumulative_samples`` (SPEC §3.1: step = cumulative // 128)."""
-    if global_batch <= 0:
-        raise ConfigError(f"global batch must be positive, got {global_batch}")
-    if cumulative_samples < 0:
-        raise ConfigError(f"cumulative samples must be >= 0, got {cumulative_samples}")
-    return int(cumulative_samples) // int(global_batch)
 
 
 def read_train_state(checkpoint: str | os.PathLike | None) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def run_to_end(config_path: Path, api_url: str, home: Path, log: Path, timeout: 
     return json.loads((Path(cfg["run_dir"]) / "summary.json").read_text())
 
 
-def _client_call(api_url: str, fn):
+def client_call(api_url: str, fn):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -81,7 +81,7 @@ def task_runs(api_url: str, flow_run_id: str) -> list:
         return client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200)
 
-    return _client_call(api_url, fn)
+    return client_call(api_url, fn)
 
 
 def artifacts(api_url: str, flow_run_id: str) -> list:
@@ -91,7 +91,7 @@ def artifacts(api_url: str, flow_run_id: str) -> list:
         return client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=200)
 
-    return _client_call(api_url, fn)
+    return client_call(api_url, fn)
 
 
 def states_by_stage(runs: list) -> dict[str, list[str]]:

@@ -5,35 +5,25 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 from deployments.setup import create_pools, deploy, prefect_worker
-from flowkit import artifacts, small_config
+from flowkit import artifacts, client_call, small_config
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _client(api_url: str, fn):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        with get_client(sync_client=True) as client:
-            return fn(client)
-
-
 def _deployment(api_url: str):
-    return _client(api_url, lambda c: c.read_deployment_by_name("progress-selection/progress-demo"))
+    return client_call(api_url, lambda c: c.read_deployment_by_name("progress-selection/progress-demo"))
 
 
 def _wait_final(api_url: str, flow_run_id, timeout: float = 400):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = _client(api_url, lambda c: c.read_flow_run(flow_run_id))
+        run = client_call(api_url, lambda c: c.read_flow_run(flow_run_id))
         if run.state and run.state.is_final():
             return run
         time.sleep(1)
@@ -55,12 +45,12 @@ def deployed(prefect_api, tmp_path_factory):
 
 def test_pools_and_gpu_limit(prefect_api, deployed):
     api_url, _ = prefect_api
-    pools = _client(api_url, lambda c: c.read_work_pools())
+    pools = client_call(api_url, lambda c: c.read_work_pools())
     by_name = {p.name: p for p in pools}
     assert by_name["cpu"].type == "process"
     gpu_template = json.dumps(by_name["gpu"].base_job_template)
     assert "nvidia.com/gpu" in gpu_template and "{{ gpu_count }}" in gpu_template
-    limit = _client(api_url, lambda c: c.read_concurrency_limit_by_tag("gpu"))
+    limit = client_call(api_url, lambda c: c.read_concurrency_limit_by_tag("gpu"))
     assert limit.concurrency_limit == 1
 
 
@@ -69,7 +59,7 @@ def test_deployment_run_through_api_completes(deployed, tmp_path):
     dep = _deployment(api_url)
     assert dep.entrypoint == "flows/progress_selection.py:progress_selection"
     params = {"config": small_config(tmp_path / "api-run", **{"schedule.final_step": 20})}
-    run = _client(api_url, lambda c: c.create_flow_run_from_deployment(dep.id, parameters=params))
+    run = client_call(api_url, lambda c: c.create_flow_run_from_deployment(dep.id, parameters=params))
     final = _wait_final(api_url, run.id)
     assert final.state.is_completed(), final.state
     summary = json.loads((tmp_path / "api-run" / "summary.json").read_text())
@@ -96,7 +86,7 @@ def test_quick_run_from_the_ui(deployed, tmp_path):
         deadline = time.monotonic() + 30
         runs = []
         while not runs and time.monotonic() < deadline:
-            runs = _client(api_url, lambda c: c.read_flow_runs(limit=50))
+            runs = client_call(api_url, lambda c: c.read_flow_runs(limit=50))
             runs = [r for r in runs if r.deployment_id == dep.id and r.parameters["config"]["run_dir"].endswith("ui-run")]
             time.sleep(0.5)
         assert runs, "Quick run created no flow run"

@@ -6,6 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from progress_core.errors import ConfigError
+
 from progress_core.accuracy_table import accuracy_from_verdicts
 from progress_core.manifest import build_manifest, read_manifest
 from progress_core.rounds import (
@@ -28,7 +30,7 @@ def test_step_bookkeeping_matches_the_paper():
     assert steps_for(60_000, 128) == 468
     assert next_step(469, 7_300, 128) == 469 + 57
     assert next_step(469, 127, 128) == 469
-    with pytest.raises(RoundInvariantError):
+    with pytest.raises(ConfigError):
         steps_for(10, 0)
 
 
