@@ -1,0 +1,63 @@
+"""The run config: presets, YAML, unknown keys and invalid values named, derived trainer/probe configs."""
+from __future__ import annotations
+
+import pytest
+
+from progress_core.cli import main
+from progress_core.config import RunConfig, load_config
+from progress_core.errors import ConfigError
+
+
+def test_presets_fill_defaults_and_explicit_values_win():
+    demo = RunConfig()
+    assert demo.preset == "demo" and demo.training.model.mode == "tiny" and demo.probe.judge.kind == "exact"
+    paper = load_config(overrides={"preset": "paper", "selection": {"selection_num": 5000}})
+    assert paper.training.model.mode == "real" and paper.training.global_batch_size == 128
+    assert paper.clustering.annotation_k == 1000 and paper.clustering.selection_k == 5000
+    assert paper.warmup.fractions == (0.075, 0.09) and paper.probe.samples_per_cluster == 100
+    assert paper.probe.judge.kind == "llm" and paper.probe.judge.backend == "lmdeploy"
+    assert paper.selection.selection_num == 5000 and paper.selection.temperature == 0.5
+    assert paper.final_step(665_298) == 1039
+
+
+def test_final_step_from_budget_fraction():
+    cfg = load_config(overrides={"schedule": {"budget_fraction": 0.2}, "training": {"global_batch_size": 128}})
+    assert cfg.final_step(665_298) == 1040  # ceil(0.2 * 665298 / 128)
+    assert load_config(overrides={"schedule": {"final_step": 33}}).final_step(10) == 33
+
+
+def test_derived_configs_share_the_model_and_the_horizon():
+    cfg = load_config(overrides={"training": {"model": {"patch_size": 8}}, "seed": 7})
+    training = cfg.training_config(123)
+    assert training.final_step == 123 and training.model.patch_size == 8
+    probe = cfg.probe_config()
+    assert probe.model.patch_size == 8 and probe.seed == 7
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"trainng": {}}, "trainng"),
+    ({"training": {"modle": {}}}, "training.modle"),
+    ({"probe": {"judge": {"kindd": "exact"}}}, "probe.judge.kindd"),
+    ({"selection": {"selection_num": 0}}, "selection.selection_num"),
+    ({"warmup": {"fractions": [0.3, 0.1]}}, "warmup"),
+    ({"preset": "huge"}, "preset"),
+])
+def test_bad_fields_are_named(overrides, field):
+    with pytest.raises(ConfigError, match=f"'{field}"):
+        load_config(overrides=overrides)
+
+
+def test_yaml_file_and_cli_errors(tmp_path, capsys):
+    good = tmp_path / "run.yaml"
+    good.write_text("run_dir: /tmp/x\nselection:\n  selection_num: 99\n")
+    assert load_config(good).selection.selection_num == 99
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+    assert main(["run", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert main(["run", "--set", "selection.temperature=0"]) == 1
+    err = capsys.readouterr().err
+    assert "config file not found" in err and "selection.temperature" in err
+    assert main(["config", "--preset", "paper"]) == 0
+    assert "mode: real" in capsys.readouterr().out
