@@ -59,6 +59,17 @@ def write_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def parquet_schema(path: str | os.PathLike, error: type[Exception], what: str) -> pa.Schema:
+    """Schema of the Parquet file at ``path``; ``error`` (a named error) when it is missing or not Parquet."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} not found: {str(p)!r}")
+    try:
+        return pq.read_schema(p)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise error(f"{str(p)!r} is not a Parquet file: {exc}") from None
+
+
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """sha256 of a file's bytes, or of a directory's files (relative names and contents, sorted)."""
     p = Path(path)

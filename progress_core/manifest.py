@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from progress_core.errors import ProgressError
-from progress_core.io import atomic_path
+from progress_core.io import parquet_schema, atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -433,12 +433,7 @@ def _maybe_atomic(path: Path | None):
 def read_manifest(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
     """Read a manifest written by :func:`build_manifest`, checking it has the contract's columns."""
     p = Path(path)
-    if not p.is_file():
-        raise ManifestFileError(f"manifest not found: {str(p)!r}")
-    try:
-        schema = pq.read_schema(p)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ManifestFileError(f"{str(p)!r} is not a Parquet file: {exc}") from None
+    schema = parquet_schema(p, ManifestFileError, "manifest")
     missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     if missing:
         raise ManifestFileError(f"{str(p)!r} is not a manifest: missing columns {missing}")

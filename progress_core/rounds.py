@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from progress_core.errors import ConfigError, ProgressError
-from progress_core.io import atomic_path, write_json, write_parquet
+from progress_core.io import parquet_schema, atomic_path, write_json, write_parquet
 
 
 class RoundInvariantError(ProgressError):
@@ -84,12 +84,7 @@ def write_ids(ids: np.ndarray, path: str | os.PathLike, extra: Mapping[str, np.n
 def read_ids(path: str | os.PathLike) -> np.ndarray:
     """Read the ``sample_id`` column of a sample-id Parquet file, in file order."""
     p = Path(path)
-    if not p.is_file():
-        raise IdSetFileError(f"sample-id file not found: {str(p)!r}")
-    try:
-        schema = pq.read_schema(p)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise IdSetFileError(f"{str(p)!r} is not a Parquet file: {exc}") from None
+    schema = parquet_schema(p, IdSetFileError, "sample-id file")
     if "sample_id" not in schema.names or not pa.types.is_integer(schema.field("sample_id").type):
         raise IdSetFileError(f"{str(p)!r} has no integer 'sample_id' column (columns: {schema.names})")
     col = pq.read_table(p, columns=["sample_id"]).column("sample_id")
