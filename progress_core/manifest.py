@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from progress_core.errors import ProgressError
-from progress_core.io import parquet_schema, atomic_path
+from progress_core.io import atomic_path, parquet_schema
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from progress_core.errors import ConfigError, ProgressError
-from progress_core.io import parquet_schema, atomic_path, write_json, write_parquet
+from progress_core.io import atomic_path, parquet_schema, write_json, write_parquet
 
 
 class RoundInvariantError(ProgressError):
