@@ -204,6 +204,7 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
                "n_samples": n, "final_checkpoint": checkpoint.files.get("checkpoint"),
                "final_checkpoint_key": checkpoint.content_hash,
                "concept_report": str(report["plot"]) if report else None,
+               "concept_summary": str(report["summary"]) if report else None,
                "eval_json": pool.files.get("eval_json"), "labels": pool.files.get("labels"),
                "image_root": pool.meta.get("image_root")}
     publish_summary(str(run), rows, final_step, summary)

@@ -73,9 +73,27 @@ def plot_concept_report(report: pd.DataFrame, out_png: str | os.PathLike) -> Pat
     return out
 
 
+def concept_summary(manifest_path: str | os.PathLike, labels_path: str | os.PathLike,
+                    report: pd.DataFrame) -> pd.DataFrame:
+    """Per family over the whole run: pool size, samples selected, share of the family selected, and the
+    accuracy at the first and the last probe."""
+    pool = pd.Series(_family_of(manifest_path, labels_path)).value_counts().rename("pool")
+    selected = report.groupby("family")["new"].sum().rename("selected")
+    probes = report.dropna(subset=["probe_accuracy"]).sort_values("step")
+    first = probes.groupby("family")["probe_accuracy"].first().rename("first_probe_accuracy")
+    last = probes.groupby("family")["probe_accuracy"].last().rename("last_probe_accuracy")
+    table = pd.concat([pool, selected, first, last], axis=1).rename_axis("family").reset_index()
+    table["selected"] = table["selected"].fillna(0).astype(int)
+    table["selected_share"] = table["selected"] / table["pool"].clip(lower=1)
+    return table[["family", "pool", "selected", "selected_share", "first_probe_accuracy", "last_probe_accuracy"]]
+
+
 def write_concept_report(manifest_path, labels_path, rounds, out_dir) -> dict[str, Path]:
-    """``concept_report.parquet`` and ``concept_report.png`` under ``out_dir``."""
+    """``concept_report.parquet`` (per round), ``concept_summary.parquet`` (per family) and
+    ``concept_report.png`` under ``out_dir``."""
     report = concept_report(manifest_path, labels_path, rounds)
     out = Path(out_dir)
     return {"table": write_parquet(report, out / "concept_report.parquet"),
+            "summary": write_parquet(concept_summary(manifest_path, labels_path, report),
+                                     out / "concept_summary.parquet"),
             "plot": plot_concept_report(report, out / "concept_report.png")}

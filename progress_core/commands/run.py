@@ -51,9 +51,24 @@ def run_flow(overrides: dict[str, Any], config_path: Optional[Path]) -> dict:
     return progress_selection(config=cfg)
 
 
+def format_concepts(path: str) -> str:
+    """Per concept family: pool, selected, and probe accuracy at the first and last probe."""
+    import pandas as pd
+
+    t = pd.read_parquet(path)
+    lines = [f"{'family':<14} {'pool':>6} {'selected':>8} {'share':>6} {'acc first':>9} {'acc last':>8}"]
+    for r in t.itertuples():
+        lines.append(f"{r.family:<14} {r.pool:>6} {r.selected:>8} {r.selected_share:>6.0%} "
+                     f"{r.first_probe_accuracy:>9.2f} {r.last_probe_accuracy:>8.2f}")
+    return "\n".join(lines)
+
+
 def _report(summary: dict) -> None:
     typer.echo("")
     typer.echo(format_rounds(summary["rounds"]))
+    if summary.get("concept_summary"):
+        typer.echo("")
+        typer.echo(format_concepts(summary["concept_summary"]))
     typer.echo("")
     typer.echo(f"run directory:      {summary['run_dir']}")
     typer.echo(f"final selection:    {summary['final_selection']}  (sample_id Parquet)")
