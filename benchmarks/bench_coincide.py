@@ -14,6 +14,7 @@ count) and labelled as such. Our greedy is timed on the same sample.
     python benchmarks/bench_coincide.py            # 665,298 x 1408, k=5000
     python benchmarks/bench_coincide.py --quick    # 66,530 x 1408, k=500
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from progress_core.clustering import KMeansResult  # noqa: E402
-from progress_core.coincide import (cluster_density, cluster_members, cluster_transferability,  # noqa: E402
-                                    cluster_wise_prune, gaussian_kernel, greedy_mmd_selection)
+from progress_core.coincide import (  # noqa: E402
+    cluster_density,
+    cluster_members,
+    cluster_transferability,
+    cluster_wise_prune,
+    gaussian_kernel,
+    greedy_mmd_selection,
+)
 
 
 def peak_rss_mb() -> float:
@@ -44,10 +51,10 @@ def synthetic(n: int, k: int, d: int, seed: int = 0, chunk: int = 32768):
     assignment = rng.integers(0, k, n).astype(np.int64)
     x = np.empty((n, d), np.float16)
     for s in range(0, n, chunk):
-        a = assignment[s:s + chunk]
+        a = assignment[s : s + chunk]
         block = centres[a] + noise[a, None] * rng.standard_normal((a.size, d), dtype=np.float32)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
-        x[s:s + chunk] = block
+        x[s : s + chunk] = block
     return x, KMeansResult(centres, assignment, np.ones(n, np.float32))
 
 
@@ -78,8 +85,10 @@ def main() -> None:
         args.n, args.k = 66_530, 500
     t0 = time.perf_counter()
     x, fine = synthetic(args.n, args.k, args.d)
-    print(f"synthetic features {x.shape} {x.dtype} ({x.nbytes / 2**30:.2f} GiB), k={args.k}: "
-          f"generated in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mb():.0f} MB")
+    print(
+        f"synthetic features {x.shape} {x.dtype} ({x.nbytes / 2**30:.2f} GiB), k={args.k}: "
+        f"generated in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mb():.0f} MB"
+    )
 
     t = time.perf_counter()
     transfer = cluster_transferability(fine.centroids)
@@ -91,8 +100,9 @@ def main() -> None:
     times, picks = {}, {}
     for f in (0.075, 0.09):
         t = time.perf_counter()
-        picks[f] = cluster_wise_prune(x, fine.assignment, transfer, f, temperature=0.1, density=density,
-                                      members=members)
+        picks[f] = cluster_wise_prune(
+            x, fine.assignment, transfer, f, temperature=0.1, density=density, members=members
+        )
         times[f] = time.perf_counter() - t
     total = t_transfer + t_density + sum(times.values())
     print(f"transferability ({args.k}x{args.k})     : {t_transfer:8.2f} s")
@@ -117,12 +127,16 @@ def main() -> None:
         t_orig += time.perf_counter() - t
         assert np.array_equal(a, b), f"cluster {c}: picks differ"
     scale = greedy_clusters.size / sample.size
-    print(f"greedy MMD on {sample.size} sampled clusters (quotas of the 0.09 run, mean "
-          f"{counts[sample].mean():.1f} of {sizes[sample].mean():.0f} rows; identical picks):")
+    print(
+        f"greedy MMD on {sample.size} sampled clusters (quotas of the 0.09 run, mean "
+        f"{counts[sample].mean():.1f} of {sizes[sample].mean():.0f} rows; identical picks):"
+    )
     print(f"  ours (running sums)               : {t_ours:8.3f} s")
     print(f"  original (candidate tiling, numpy): {t_orig:8.3f} s   ratio {t_orig / max(t_ours, 1e-9):.1f}x")
-    print(f"  EXTRAPOLATED to all {greedy_clusters.size} greedy clusters of the 0.09 run: "
-          f"original {t_orig * scale:.1f} s vs ours {t_ours * scale:.2f} s")
+    print(
+        f"  EXTRAPOLATED to all {greedy_clusters.size} greedy clusters of the 0.09 run: "
+        f"original {t_orig * scale:.1f} s vs ours {t_ours * scale:.2f} s"
+    )
 
 
 if __name__ == "__main__":

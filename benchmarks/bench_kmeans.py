@@ -13,6 +13,7 @@ cosine k-means.
     python benchmarks/bench_kmeans.py --niter 50   # the original's iterations (slow on 2 cores)
     python benchmarks/bench_kmeans.py --quick      # 20K x 64, k=200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def clustered_data(n: int, d: int, n_centres: int, seed: int = 0) -> np.ndarray:
 def raw_faiss(x: np.ndarray, k: int, niter: int, seed: int):
     import faiss
 
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=False, verbose=False,
-                      max_points_per_centroid=256)
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=False, verbose=False, max_points_per_centroid=256
+    )
     km.train(x)
     return km.index.search(x, 1)
 
@@ -57,7 +59,12 @@ def main() -> None:
     p.add_argument("--d", type=int, default=256)
     p.add_argument("--k", type=int, default=1000)
     p.add_argument("--niter", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of ours/raw, alternating which goes first (min is reported)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="interleaved repetitions of ours/raw, alternating which goes first (min is reported)",
+    )
     p.add_argument("--skip-sklearn", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -65,32 +72,50 @@ def main() -> None:
     import faiss
 
     x = clustered_data(args.n, args.d, args.k)
-    print(f"data {args.n} x {args.d} float32, k={args.k}, niter={args.niter}, seed=1234, "
-          f"faiss {faiss.__version__} threads={faiss.omp_get_max_threads()}")
+    print(
+        f"data {args.n} x {args.d} float32, k={args.k}, niter={args.niter}, seed=1234, "
+        f"faiss {faiss.__version__} threads={faiss.omp_get_max_threads()}"
+    )
     ours, raw = [], []
     timed(raw_faiss, x, args.k, 1, 1234)
     for r in range(args.repeats):
-        runs = [(raw, lambda: raw_faiss(x, args.k, args.niter, 1234)),
-                (ours, lambda: spherical_kmeans(x, args.k, niter=args.niter, seed=1234, gpu=False))]
+        runs = [
+            (raw, lambda: raw_faiss(x, args.k, args.niter, 1234)),
+            (ours, lambda: spherical_kmeans(x, args.k, niter=args.niter, seed=1234, gpu=False)),
+        ]
         for sink, fn in runs[:: 1 if r % 2 == 0 else -1]:
             sink.append(timed(fn))
     t_raw, t_ours = min(raw), min(ours)
     print(f"raw faiss.Kmeans + search : {t_raw:8.2f} s   (runs: {', '.join(f'{t:.2f}' for t in raw)})")
     print(f"spherical_kmeans (ours)   : {t_ours:8.2f} s   (runs: {', '.join(f'{t:.2f}' for t in ours)})")
-    print(f"ours / raw faiss          : {t_ours / t_raw:8.3f}   (overhead {100 * (t_ours / t_raw - 1):+.1f}%, target <= +5%)")
+    print(
+        f"ours / raw faiss          : {t_ours / t_raw:8.3f}   (overhead {100 * (t_ours / t_raw - 1):+.1f}%, target <= +5%)"
+    )
     res = spherical_kmeans(x, args.k, niter=1, seed=1234, gpu=False)
     t = time.perf_counter()
     view = np.ascontiguousarray(x, dtype=np.float32)
     _check_finite(view)
     _check_collapse(KMeansResult(res.centroids, res.assignment, res.similarity))
     t_extra = time.perf_counter() - t
-    print(f"our added work alone (float32 view, finite check, collapse check): {1000 * t_extra:.1f} ms "
-          f"= {100 * t_extra / t_raw:.2f}% of raw faiss (the whole-call ratio above also carries machine noise)")
+    print(
+        f"our added work alone (float32 view, finite check, collapse check): {1000 * t_extra:.1f} ms "
+        f"= {100 * t_extra / t_raw:.2f}% of raw faiss (the whole-call ratio above also carries machine noise)"
+    )
     if not args.skip_sklearn:
         from sklearn.cluster import KMeans
 
-        t_sk = timed(KMeans(n_clusters=args.k, n_init=1, init="random", max_iter=args.niter, tol=0.0,
-                            random_state=1234, algorithm="lloyd").fit, x)
+        t_sk = timed(
+            KMeans(
+                n_clusters=args.k,
+                n_init=1,
+                init="random",
+                max_iter=args.niter,
+                tol=0.0,
+                random_state=1234,
+                algorithm="lloyd",
+            ).fit,
+            x,
+        )
         print(f"sklearn KMeans (lloyd, n_init=1, max_iter={args.niter}): {t_sk:8.2f} s")
         print(f"sklearn / ours            : {t_sk / t_ours:8.2f}x")
 

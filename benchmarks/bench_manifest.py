@@ -13,6 +13,7 @@ its own fresh process (peak RSS = that process's ru_maxrss):
 
 Usage: python benchmarks/bench_manifest.py [--rows 665298 | --quick] [--workdir DIR] [--verify]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,16 +30,22 @@ from pathlib import Path
 import numpy as np
 
 REAL_ROWS = 665_298
-REAL_SHARES = {"coco": 364_100, "vg": 86_417, "gqa": 72_140, "ocr_vqa": 80_000, "textvqa": 21_953,
-               "text": 40_688}
+REAL_SHARES = {"coco": 364_100, "vg": 86_417, "gqa": 72_140, "ocr_vqa": 80_000, "textvqa": 21_953, "text": 40_688}
 """Rows per source in llava_v1_5_mix665k.json (haotian-liu/LLaVA issue #657)."""
 
-IMAGE_DIRS = {"coco": "coco/train2017/{:012d}.jpg", "vg": "vg/VG_100K/{}.jpg", "gqa": "gqa/images/{}.jpg",
-              "ocr_vqa": "ocr_vqa/images/{}.jpg", "textvqa": "textvqa/train_images/{:016x}.jpg"}
+IMAGE_DIRS = {
+    "coco": "coco/train2017/{:012d}.jpg",
+    "vg": "vg/VG_100K/{}.jpg",
+    "gqa": "gqa/images/{}.jpg",
+    "ocr_vqa": "ocr_vqa/images/{}.jpg",
+    "textvqa": "textvqa/train_images/{:016x}.jpg",
+}
 
-WORDS = ("the a man woman dog cat street table red blue green white black small large left right "
-         "standing sitting holding wearing picture image shows there is are two three several near "
-         "behind front building sky tree car bus train people playing with on in of and").split()
+WORDS = (
+    "the a man woman dog cat street table red blue green white black small large left right "
+    "standing sitting holding wearing picture image shows there is are two three several near "
+    "behind front building sky tree car bus train people playing with on in of and"
+).split()
 
 
 def _text_block(rng: np.random.Generator, n_chars: int) -> str:
@@ -74,11 +81,11 @@ def write_fake_pool(path: Path, n_rows: int, seed: int = 0) -> None:
             n_pairs = min(n_pairs, 19)
             conversations = []
             for t in range(n_pairs):
-                q = text[o[2 * t]: o[2 * t] + 40 + int(o[2 * t]) % 120] + "?"
+                q = text[o[2 * t] : o[2 * t] + 40 + int(o[2 * t]) % 120] + "?"
                 if t == 0 and source != "text":
                     q = "<image>\n" + q if i % 2 else q + "\n<image>"
                 a_len = 300 + int(o[2 * t + 1]) % 900 if long_answers else 1 + int(o[2 * t + 1]) % 12
-                a = text[o[2 * t + 1]: o[2 * t + 1] + a_len]
+                a = text[o[2 * t + 1] : o[2 * t + 1] + a_len]
                 conversations.append({"from": "human", "value": q})
                 conversations.append({"from": "gpt", "value": a})
             if source == "text":
@@ -185,20 +192,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pool JSON: {json_mb:.0f} MB, {n_rows} rows; cpu count {os.cpu_count()}", flush=True)
 
         results = {}
-        for name, fn, extra in (("idle", phase_idle, ()), ("baseline", phase_baseline, ()),
-                                ("ours", phase_ours, ()), ("export", phase_export, (args.verify,))):
+        for name, fn, extra in (
+            ("idle", phase_idle, ()),
+            ("baseline", phase_baseline, ()),
+            ("ours", phase_ours, ()),
+            ("export", phase_export, (args.verify,)),
+        ):
             results[name] = run_phase(fn, str(pool), str(workdir), *extra)
             s, rss, note = results[name]
             print(f"  {name:<9} {s:8.1f} s   peak RSS {rss:8.0f} MB   {note}", flush=True)
 
         idle = results["idle"][1]
         (bs, brss, _), (os_, orss, _) = results["baseline"], results["ours"]
-        print("\nsummary (peak RSS includes the idle import floor of "
-              f"{idle:.0f} MB):")
+        print(f"\nsummary (peak RSS includes the idle import floor of {idle:.0f} MB):")
         print(f"  json.load + DataFrame : {bs:7.1f} s  {brss:7.0f} MB  ({brss / json_mb:.2f} x JSON size)")
         print(f"  build_manifest        : {os_:7.1f} s  {orss:7.0f} MB  ({orss / json_mb:.2f} x JSON size)")
-        print(f"  ratio ours/baseline   : time {os_ / bs:.2f}x, peak RSS {orss / brss:.2f}x, "
-              f"RSS above idle {(orss - idle) / max(brss - idle, 1e-9):.2f}x")
+        print(
+            f"  ratio ours/baseline   : time {os_ / bs:.2f}x, peak RSS {orss / brss:.2f}x, "
+            f"RSS above idle {(orss - idle) / max(brss - idle, 1e-9):.2f}x"
+        )
     finally:
         if tmp is not None:
             tmp.cleanup()

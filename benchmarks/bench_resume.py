@@ -7,6 +7,7 @@ Both runs talk to one local ``prefect server`` started here, so server start-up 
     python benchmarks/bench_resume.py            # the demo run (bundled pool, 5000 samples)
     python benchmarks/bench_resume.py --quick    # a 1500-sample run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-resume-"))
     overrides = {"preset": "demo", "run_dir": str(work / "run")}
     if args.quick:
-        overrides.update({"data": {"synthetic_n": 1500, "synthetic_n_eval": 0},
-                          "clustering": {"annotation_k": 20, "selection_k": 60},
-                          "selection": {"selection_num": 160}, "schedule": {"final_step": 120},
-                          "probe": {"samples_per_cluster": 20}})
+        overrides.update(
+            {
+                "data": {"synthetic_n": 1500, "synthetic_n_eval": 0},
+                "clustering": {"annotation_k": 20, "selection_k": 60},
+                "selection": {"selection_num": 160},
+                "schedule": {"final_step": 120},
+                "probe": {"samples_per_cluster": 20},
+            }
+        )
     cfg = load_config(overrides=overrides)
 
     def trivial(x: int) -> int:
@@ -74,8 +80,10 @@ def main() -> int:
     print(f"first run (everything computed)  : {t_first:8.1f} s")
     print(f"second run (every stage cached)  : {t_second:8.1f} s")
     print(f"ratio cached / first             : {t_second / t_first:8.1%}   (target <= 10%)")
-    print(f"prefect task overhead            : {1000 * (in_flow - plain) / args.tasks:8.1f} ms per task "
-          f"({args.tasks} trivial tasks: {in_flow:.2f} s in a flow vs {plain * 1e3:.3f} ms plain)")
+    print(
+        f"prefect task overhead            : {1000 * (in_flow - plain) / args.tasks:8.1f} ms per task "
+        f"({args.tasks} trivial tasks: {in_flow:.2f} s in a flow vs {plain * 1e3:.3f} ms plain)"
+    )
     print(f"run directory                    : {work / 'run'}")
     return 0
 

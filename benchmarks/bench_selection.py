@@ -11,6 +11,7 @@ files. JSON loading is left out on both sides (both start from data in memory).
     python benchmarks/bench_selection.py            # 665K samples, 1000 clusters, 7500 picked
     python benchmarks/bench_selection.py --quick    # 66.5K samples, 100 clusters, 750 picked
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,19 +56,34 @@ def make_inputs(n: int, k: int, warm: int, seed: int = 0):
 
     def table(correct):
         nn = probe_n[probed]
-        return pd.DataFrame({"cluster_id": probed, "n": nn, "correct": correct[probed],
-                             "unjudged": np.zeros(probed.size, dtype=np.int64),
-                             "accuracy": correct[probed] / nn})
+        return pd.DataFrame(
+            {
+                "cluster_id": probed,
+                "n": nn,
+                "correct": correct[probed],
+                "unjudged": np.zeros(probed.size, dtype=np.int64),
+                "accuracy": correct[probed] / nn,
+            }
+        )
 
     return cluster_ids, selected, remaining, table(prev_correct), table(now_correct)
 
 
 def original_rows(ids: np.ndarray, cluster_ids: np.ndarray) -> list[dict]:
-    return [{"id": f"{i:012d}", "image": f"coco/train2017/{i:012d}.jpg",
-             "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"},
-                               {"from": "gpt", "value": "A thing."}],
-             "cluster_id": int(c), "dist_to_cent": 0.5, "index": int(i)}
-            for i, c in zip(ids.tolist(), cluster_ids[ids].tolist())]
+    return [
+        {
+            "id": f"{i:012d}",
+            "image": f"coco/train2017/{i:012d}.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is shown?"},
+                {"from": "gpt", "value": "A thing."},
+            ],
+            "cluster_id": int(c),
+            "dist_to_cent": 0.5,
+            "index": int(i),
+        }
+        for i, c in zip(ids.tolist(), cluster_ids[ids].tolist())
+    ]
 
 
 def original_select(pool: list[dict], prev: dict, cur: dict, budget: int, temperature: float = 0.5) -> tuple:
@@ -113,9 +129,12 @@ def original_remove_dict_equality(pool: list[dict], removed: list[dict]) -> list
 
 
 def to_original_json(table: pd.DataFrame) -> dict:
-    return {"cluster_accuracies": {str(c): {"correct": int(k), "total": int(n), "accuracy": float(a)}
-                                   for c, n, k, a in zip(table["cluster_id"], table["n"], table["correct"],
-                                                         table["accuracy"])}}
+    return {
+        "cluster_accuracies": {
+            str(c): {"correct": int(k), "total": int(n), "accuracy": float(a)}
+            for c, n, k, a in zip(table["cluster_id"], table["n"], table["correct"], table["accuracy"])
+        }
+    }
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -136,16 +155,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", type=int, default=7500)
     ap.add_argument("--warmup", type=int, default=60_000)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--quadratic-sample", type=int, default=2000,
-                    help="pool rows on which the O(N*M) dict-equality remove_samples is timed")
+    ap.add_argument(
+        "--quadratic-sample",
+        type=int,
+        default=2000,
+        help="pool rows on which the O(N*M) dict-equality remove_samples is timed",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.clusters, args.budget, args.warmup = 66_500, 100, 750, 6_000
 
     cluster_ids, selected, remaining, acc_prev, acc_now = make_inputs(args.n, args.clusters, args.warmup)
     history = SelectionHistory(acc_prev, acc_now, selected)
-    print(f"pool {args.n} samples in {args.clusters} clusters; warm-up {selected.size}, remaining "
-          f"{remaining.size}; budget {args.budget}; {len(acc_now)} clusters probed; median of {args.repeat}")
+    print(
+        f"pool {args.n} samples in {args.clusters} clusters; warm-up {selected.size}, remaining "
+        f"{remaining.size}; budget {args.budget}; {len(acc_now)} clusters probed; median of {args.repeat}"
+    )
 
     def ours_compute():
         r = select("progress", remaining, cluster_ids, history, args.budget, 0)
@@ -154,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     ours_compute()
     t_ours, (result, _) = timed(ours_compute, args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
+
         def ours_io():
             r = select("progress", remaining, cluster_ids, history, args.budget, 0)
             return commit_round(tmp, 1, 469, r.sample_ids, selected, remaining)
@@ -167,8 +193,10 @@ def main(argv: list[str] | None = None) -> None:
 
     t_ours_full, (result_full, _) = timed(ours_full_budget, args.repeat)
     rss_ours = peak_rss_mb()
-    print(f"ours: selected {result.sample_ids.size} (exploit {result.n_exploit}, explore {result.n_explore}); "
-          f"notes: {result.notes}")
+    print(
+        f"ours: selected {result.sample_ids.size} (exploit {result.n_exploit}, explore {result.n_explore}); "
+        f"notes: {result.notes}"
+    )
 
     pool_rows = original_rows(remaining, cluster_ids)
     selected_rows = original_rows(selected, cluster_ids)
@@ -184,10 +212,14 @@ def main(argv: list[str] | None = None) -> None:
     orig_repeat = max(1, min(args.repeat, 3))
     t_orig, (fastest, probs, remaining_after, selected_until) = timed(original_compute, orig_repeat)
     with tempfile.TemporaryDirectory() as tmp:
+
         def original_dump():
-            for name, obj in (("fastest_acc_data.json", fastest), ("Remaining_after.json", remaining_after),
-                              ("Selected_until.json", selected_until),
-                              ("fastest_selected_cluster_accuracies.json", probs)):
+            for name, obj in (
+                ("fastest_acc_data.json", fastest),
+                ("Remaining_after.json", remaining_after),
+                ("Selected_until.json", selected_until),
+                ("fastest_selected_cluster_accuracies.json", probs),
+            ):
                 with open(Path(tmp) / name, "w") as f:
                     json.dump(obj, f)
 
@@ -204,21 +236,31 @@ def main(argv: list[str] | None = None) -> None:
     print(f"original: selected {len(fastest)}")
     print()
     print(f"{'':44s} {'ours':>10s} {'original':>12s} {'ratio':>9s}")
-    print(f"{'compute (select + set ops)':44s} {t_ours * 1e3:8.1f}ms {t_orig * 1e3:10.1f}ms "
-          f"{t_orig / t_ours:8.1f}x")
-    print(f"{'with I/O (Parquet vs json.dump of 3 files)':44s} {t_ours_io * 1e3:8.1f}ms {t_orig_io * 1e3:10.1f}ms "
-          f"{t_orig_io / t_ours_io:8.1f}x")
+    print(f"{'compute (select + set ops)':44s} {t_ours * 1e3:8.1f}ms {t_orig * 1e3:10.1f}ms {t_orig / t_ours:8.1f}x")
+    print(
+        f"{'with I/O (Parquet vs json.dump of 3 files)':44s} {t_ours_io * 1e3:8.1f}ms {t_orig_io * 1e3:10.1f}ms "
+        f"{t_orig_io / t_ours_io:8.1f}x"
+    )
     print(f"{'  of which output files':44s} {parquet_mb:8.1f}MB {json_mb:10.1f}MB")
-    print(f"{'compute, --redistribute-overflow':44s} {t_ours_full * 1e3:8.1f}ms {'':12s} "
-          f"({result_full.sample_ids.size} picked of {args.budget})")
-    print(f"{'original remove_samples, O(N*M) dict equality':44s} {'':10s} {t_quad:10.1f}s  "
-          f"(extrapolated from {m} of {len(pool_rows)} rows: {t_quad_sub:.2f}s)")
-    print(f"{'compute incl. O(N*M) remove (extrapolated)':44s} {t_ours * 1e3:8.1f}ms {t_orig + t_quad:10.1f}s  "
-          f"{(t_orig + t_quad) / t_ours:8.0f}x")
+    print(
+        f"{'compute, --redistribute-overflow':44s} {t_ours_full * 1e3:8.1f}ms {'':12s} "
+        f"({result_full.sample_ids.size} picked of {args.budget})"
+    )
+    print(
+        f"{'original remove_samples, O(N*M) dict equality':44s} {'':10s} {t_quad:10.1f}s  "
+        f"(extrapolated from {m} of {len(pool_rows)} rows: {t_quad_sub:.2f}s)"
+    )
+    print(
+        f"{'compute incl. O(N*M) remove (extrapolated)':44s} {t_ours * 1e3:8.1f}ms {t_orig + t_quad:10.1f}s  "
+        f"{(t_orig + t_quad) / t_ours:8.0f}x"
+    )
     print(f"peak RSS: after ours {rss_ours:.0f} MB; after the original way (dict rows) {rss_all:.0f} MB")
-    targets = [("compute <= 50 ms", max(t_ours, t_ours_full) <= 0.05), ("with I/O <= 1 s", t_ours_io <= 1.0),
-               (">= 20x faster than the original (compute)", t_orig / t_ours >= 20),
-               (">= 20x faster than the original (with I/O)", t_orig_io / t_ours_io >= 20)]
+    targets = [
+        ("compute <= 50 ms", max(t_ours, t_ours_full) <= 0.05),
+        ("with I/O <= 1 s", t_ours_io <= 1.0),
+        (">= 20x faster than the original (compute)", t_orig / t_ours >= 20),
+        (">= 20x faster than the original (with I/O)", t_orig_io / t_ours_io >= 20),
+    ]
     print("targets: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets))
 
 

@@ -11,6 +11,7 @@ Speed, baseline vs ours in the same process:
 Curve: train one continuous run on the synthetic pool, probe the eval split every K steps with the exact
 judge and print per-concept accuracy (what selection will see, DESIGN §4); a PNG when matplotlib exists.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,13 @@ def _load_split(pool, json_path: Path, split: str) -> pd.DataFrame:
     rows = json.loads(Path(json_path).read_text())
     labels = pd.read_parquet(pool.labels_path)
     labels = labels[labels.split == split].set_index("id")
-    df = pd.DataFrame({"id": [r["id"] for r in rows], "image": [r.get("image") for r in rows],
-                       "conversations": [json.dumps(r["conversations"]) for r in rows]})
+    df = pd.DataFrame(
+        {
+            "id": [r["id"] for r in rows],
+            "image": [r.get("image") for r in rows],
+            "conversations": [json.dumps(r["conversations"]) for r in rows],
+        }
+    )
     df["concept"] = labels.loc[df["id"], "concept"].to_numpy()
     df["sample_id"] = np.arange(len(df))
     return df
@@ -52,9 +58,13 @@ def bench_speed(init: Path, train_df: pd.DataFrame, eval_df: pd.DataFrame, image
     encoder = Encoder(processor, model.config.image_token_index, image_root, 512)
     rows = samples_rows(train_df.iloc[: steps * cfg.global_batch_size])
     enc = [encoder.encode(c, im, i) for i, (c, im) in enumerate(rows)]
-    batches = [encoder.collate(enc[k * cfg.global_batch_size:(k + 1) * cfg.global_batch_size],
-                               list(range(k * cfg.global_batch_size, (k + 1) * cfg.global_batch_size)))
-               for k in range(steps)]
+    batches = [
+        encoder.collate(
+            enc[k * cfg.global_batch_size : (k + 1) * cfg.global_batch_size],
+            list(range(k * cfg.global_batch_size, (k + 1) * cfg.global_batch_size)),
+        )
+        for k in range(steps)
+    ]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for b in batches[:3]:
         model(**b).loss.backward()
@@ -79,13 +89,21 @@ def bench_speed(init: Path, train_df: pd.DataFrame, eval_df: pd.DataFrame, image
     a2 = generate_answers(init, probe_rows, image_root, pcfg, progress=False)
     ours_probe = len(probe_rows) / (time.perf_counter() - t)
     same = a1 == a2
-    print(f"\n{'speed (tiny default, ' + str(torch.get_num_threads()) + ' threads)':<44}{'baseline':>12}{'ours':>12}{'ratio':>8}")
-    print(f"{'train steps/s (batch ' + str(cfg.global_batch_size) + ')':<44}{base_train:>12.1f}{ours_train:>12.1f}"
-          f"{ours_train / base_train:>8.2f}")
-    print(f"{'  = train samples/s':<44}{base_train * cfg.global_batch_size:>12.0f}"
-          f"{ours_train * cfg.global_batch_size:>12.0f}")
-    print(f"{'probe samples/s (batch 1 vs ' + str(pcfg.batch_size) + ')':<44}{base_probe:>12.1f}{ours_probe:>12.1f}"
-          f"{ours_probe / base_probe:>8.2f}")
+    print(
+        f"\n{'speed (tiny default, ' + str(torch.get_num_threads()) + ' threads)':<44}{'baseline':>12}{'ours':>12}{'ratio':>8}"
+    )
+    print(
+        f"{'train steps/s (batch ' + str(cfg.global_batch_size) + ')':<44}{base_train:>12.1f}{ours_train:>12.1f}"
+        f"{ours_train / base_train:>8.2f}"
+    )
+    print(
+        f"{'  = train samples/s':<44}{base_train * cfg.global_batch_size:>12.0f}"
+        f"{ours_train * cfg.global_batch_size:>12.0f}"
+    )
+    print(
+        f"{'probe samples/s (batch 1 vs ' + str(pcfg.batch_size) + ')':<44}{base_probe:>12.1f}{ours_probe:>12.1f}"
+        f"{ours_probe / base_probe:>8.2f}"
+    )
     print(f"batched answers equal one-at-a-time answers: {same}")
     return {"train_base": base_train, "train": ours_train, "probe_base": base_probe, "probe": ours_probe}
 
@@ -104,7 +122,9 @@ def bench_curve(init: Path, train_df, eval_df, image_root: Path, cfg, pcfg, step
     for target in range(0, steps + 1, every):
         if target:
             t = time.perf_counter()
-            ckpt = train_to_step(ckpt, train_df, image_root, target, cfg, work / f"step{target}", progress=False).checkpoint
+            ckpt = train_to_step(
+                ckpt, train_df, image_root, target, cfg, work / f"step{target}", progress=False
+            ).checkpoint
             t_train += time.perf_counter() - t
         t = time.perf_counter()
         table = probe(ckpt, eval_df, image_root, judge, pcfg, progress=False).per_cluster
@@ -115,8 +135,10 @@ def bench_curve(init: Path, train_df, eval_df, image_root: Path, cfg, pcfg, step
     frame.index.name = "step"
     print(f"\nper-concept accuracy on the eval split ({len(eval_df)} samples), exact judge:")
     print(frame.round(2).T.to_string())
-    print(f"curve: {steps} steps in {t_train:.1f}s ({steps / max(t_train, 1e-9):.1f} steps/s incl. checkpoints), "
-          f"{len(curve)} probes in {t_probe:.1f}s")
+    print(
+        f"curve: {steps} steps in {t_train:.1f}s ({steps / max(t_train, 1e-9):.1f} steps/s incl. checkpoints), "
+        f"{len(curve)} probes in {t_probe:.1f}s"
+    )
     return frame
 
 
@@ -132,8 +154,15 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 5))
     colours = plt.cm.tab20.colors
     for i, concept in enumerate(frame.columns):
-        ax.plot(frame.index, frame[concept], marker="o", ms=3, label=concept, color=colours[i % len(colours)],
-                linestyle="-" if i < 20 else "--")
+        ax.plot(
+            frame.index,
+            frame[concept],
+            marker="o",
+            ms=3,
+            label=concept,
+            color=colours[i % len(colours)],
+            linestyle="-" if i < 20 else "--",
+        )
     ax.set_xlabel("training step")
     ax.set_ylabel("accuracy (exact match, eval split)")
     ax.set_ylim(-0.02, 1.02)
@@ -156,8 +185,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="override the global batch size")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
-    parser.add_argument("--plot", type=Path, default=Path("runs/bench/bench_training_curve.png"),
-                        help="PNG path")
+    parser.add_argument("--plot", type=Path, default=Path("runs/bench/bench_training_curve.png"), help="PNG path")
     parser.add_argument("--seed", type=int, default=0, help="pool seed")
     args = parser.parse_args()
     n = args.n or (900 if args.quick else 3000)
@@ -189,9 +217,11 @@ def main() -> None:
         eval_df = _load_split(pool, pool.eval_json, "eval")
         texts = [t["value"] for c in train_df.conversations for t in json.loads(c)]
         init = build_tiny_model(texts, model_cfg, work / "init")
-        print(f"pool {n} + eval {n_eval} samples generated and tiny model built in {time.perf_counter() - t:.1f}s; "
-              f"patch {model_cfg.patch_size}, batch {cfg.global_batch_size}, lr {cfg.lr()}, "
-              f"{sum(p.numel() for p in __import__('transformers').LlavaForConditionalGeneration.from_pretrained(init).parameters()) / 1e6:.2f}M params")
+        print(
+            f"pool {n} + eval {n_eval} samples generated and tiny model built in {time.perf_counter() - t:.1f}s; "
+            f"patch {model_cfg.patch_size}, batch {cfg.global_batch_size}, lr {cfg.lr()}, "
+            f"{sum(p.numel() for p in __import__('transformers').LlavaForConditionalGeneration.from_pretrained(init).parameters()) / 1e6:.2f}M params"
+        )
         if not args.no_speed:
             bench_speed(init, train_df, eval_df, pool.image_root, cfg, pcfg, work)
         print(f"\nlearning curve: {steps} steps, probe every {every}")

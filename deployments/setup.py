@@ -11,6 +11,7 @@ Usable as a script::
 
 and as a library by ``deployments/ui.py`` and the tests (server, worker and deploy helpers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_TEMPLATE = REPO_ROOT / "deployments" / "gpu-job-template.json"
@@ -47,13 +48,13 @@ def prefect_env(api_url: str | None = None, home: str | Path | None = None) -> d
     return env
 
 
-def prefect(*args: str, api_url: str | None = None, home: str | Path | None = None, check: bool = True,
-            cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+def prefect(
+    *args: str, api_url: str | None = None, home: str | Path | None = None, check: bool = True, cwd: Path = REPO_ROOT
+) -> subprocess.CompletedProcess:
     """Run one ``prefect`` CLI command against ``api_url``."""
     env = prefect_env(api_url, home)
     env["PWD"] = str(cwd)
-    proc = subprocess.run([_prefect_bin(), "--no-prompt", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([_prefect_bin(), "--no-prompt", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise RuntimeError(f"prefect {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -99,9 +100,13 @@ def prefect_server(home: str | Path, port: int | None = None, log: Path | None =
     out = open(log, "w") if log else subprocess.DEVNULL
     env = prefect_env(None, home)
     env["PREFECT_UI_API_URL"] = api_url
-    proc = subprocess.Popen([_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_healthy(api_url)
         yield api_url
@@ -112,14 +117,25 @@ def prefect_server(home: str | Path, port: int | None = None, log: Path | None =
 
 
 @contextlib.contextmanager
-def prefect_worker(pool: str, api_url: str, home: str | Path | None = None, log: Path | None = None,
-                   extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def prefect_worker(
+    pool: str,
+    api_url: str,
+    home: str | Path | None = None,
+    log: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen]:
     """Start ``prefect worker start --pool POOL`` in the repository root; stop it on exit."""
     env = prefect_env(api_url, home)
     env.update(extra_env or {})
     out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([_prefect_bin(), "worker", "start", "--pool", pool, "--type", "process"],
-                            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [_prefect_bin(), "worker", "start", "--pool", pool, "--type", "process"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:
@@ -128,19 +144,34 @@ def prefect_worker(pool: str, api_url: str, home: str | Path | None = None, log:
             out.close()
 
 
-def create_pools(api_url: str | None = None, gpus: int = 1, with_gpu_pool: bool = True,
-                 home: str | Path | None = None) -> None:
+def create_pools(
+    api_url: str | None = None, gpus: int = 1, with_gpu_pool: bool = True, home: str | Path | None = None
+) -> None:
     """Create (or update) the ``cpu`` process pool, the ``gpu`` kubernetes pool and the ``gpu`` tag limit."""
     prefect("work-pool", "create", "cpu", "--type", "process", "--overwrite", api_url=api_url, home=home)
     if with_gpu_pool:
-        prefect("work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template", str(GPU_TEMPLATE),
-                "--overwrite", api_url=api_url, home=home)
+        prefect(
+            "work-pool",
+            "create",
+            "gpu",
+            "--type",
+            "kubernetes",
+            "--base-job-template",
+            str(GPU_TEMPLATE),
+            "--overwrite",
+            api_url=api_url,
+            home=home,
+        )
     prefect("concurrency-limit", "delete", "gpu", api_url=api_url, home=home, check=False)
     prefect("concurrency-limit", "create", "gpu", str(gpus), api_url=api_url, home=home)
 
 
-def deploy(names: list[str] | None = None, api_url: str | None = None, home: str | Path | None = None,
-           params: dict | None = None) -> None:
+def deploy(
+    names: list[str] | None = None,
+    api_url: str | None = None,
+    home: str | Path | None = None,
+    params: dict | None = None,
+) -> None:
     """Deploy from ``prefect.yaml`` in the repository root (default: ``progress-demo``).
 
     ``params`` overrides the deployment's parameter defaults (what the UI's Quick run uses).
@@ -151,8 +182,9 @@ def deploy(names: list[str] | None = None, api_url: str | None = None, home: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.setup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     pools = sub.add_parser("pools", help="create the cpu and gpu work pools and the gpu concurrency limit")
     pools.add_argument("--gpus", type=int, default=1, help="GPUs in the gpu pool (= tag concurrency limit 'gpu')")

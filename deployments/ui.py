@@ -3,6 +3,7 @@
 Open the printed URL, go to Deployments → progress-demo → Run, and watch the rounds and their artifacts.
 Ctrl-C stops the worker and the server this command started.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,15 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make ui", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="make ui", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=int(os.environ.get("PROGRESS_UI_PORT", "4200")))
-    parser.add_argument("--home", default=str(REPO_ROOT / ".prefect"),
-                        help="PREFECT_HOME of the server (database, results); default ./.prefect")
+    parser.add_argument(
+        "--home",
+        default=str(REPO_ROOT / ".prefect"),
+        help="PREFECT_HOME of the server (database, results); default ./.prefect",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     home = Path(args.home)

@@ -3,6 +3,7 @@
 For teams that prepare a pool once (e.g. features on a GPU pool) and run selections from it later: point
 the selection runs' ``shared_dir`` at this flow's directory and every stage here is reused from its cache.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -12,6 +12,7 @@ A round advances ``len(new) // global_batch`` steps (SPEC §3.4), at least one: 
 batch is still trained (one step, its samples cycled) rather than silently dropped. The last round's budget
 is cut to what fits before FINAL_STEP.
 """
+
 from __future__ import annotations
 
 import time
@@ -77,24 +78,54 @@ class PreparedData:
 def prepare_stages(cfg: RunConfig, shared: Path) -> PreparedData:
     """Pool, manifest, features (one task per shard), dual k-means and COINCIDE warm-up pools, under ``shared``."""
     pool = run_stage(prepare_pool, data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=shared / "data")
-    manifest = run_stage(manifest_stage, pool=pool, mode=cfg.data.manifest_mode,
-                         allow_duplicate_ids=cfg.data.allow_duplicate_ids, out_dir=shared / "manifest")
+    manifest = run_stage(
+        manifest_stage,
+        pool=pool,
+        mode=cfg.data.manifest_mode,
+        allow_duplicate_ids=cfg.data.allow_duplicate_ids,
+        out_dir=shared / "manifest",
+    )
     n = manifest.rows["manifest"]
     features_cfg = cfg.feature_config()
-    futures = [submit_stage(feature_shard, manifest=manifest, start=a, stop=b, settings=features_cfg,
-                            out_dir=shared / "features" / "shards" / f"{a:010d}")
-               for a, b in shard_ranges(n, cfg.shard_size)]
+    futures = [
+        submit_stage(
+            feature_shard,
+            manifest=manifest,
+            start=a,
+            stop=b,
+            settings=features_cfg,
+            out_dir=shared / "features" / "shards" / f"{a:010d}",
+        )
+        for a, b in shard_ranges(n, cfg.shard_size)
+    ]
     shards = [f.result() for f in futures]
     features = run_stage(combine_stage, shards=shards, balanced=features_cfg.balanced, out_dir=shared / "features")
 
     k_annotation = resolve_k(cfg.clustering.annotation_k, n, PAPER_ANNOTATION_K)
     k_selection = resolve_k(cfg.clustering.selection_k, n, PAPER_SELECTION_K)
-    annotation = run_stage(kmeans_stage, features=features, name="annotation", k=k_annotation,
-                           settings=cfg.clustering_config(), out_dir=shared / "clusters" / "annotation")
-    selection_clusters = run_stage(kmeans_stage, features=features, name="selection", k=k_selection,
-                                   settings=cfg.clustering_config(), out_dir=shared / "clusters" / "selection")
-    pools = run_stage(warmup_stage, features=features, selection_clusters=selection_clusters, settings=cfg.warmup,
-                      out_dir=shared / "warmup")
+    annotation = run_stage(
+        kmeans_stage,
+        features=features,
+        name="annotation",
+        k=k_annotation,
+        settings=cfg.clustering_config(),
+        out_dir=shared / "clusters" / "annotation",
+    )
+    selection_clusters = run_stage(
+        kmeans_stage,
+        features=features,
+        name="selection",
+        k=k_selection,
+        settings=cfg.clustering_config(),
+        out_dir=shared / "clusters" / "selection",
+    )
+    pools = run_stage(
+        warmup_stage,
+        features=features,
+        selection_clusters=selection_clusters,
+        settings=cfg.warmup,
+        out_dir=shared / "warmup",
+    )
 
     return PreparedData(pool, manifest, features, annotation, selection_clusters, pools)
 
@@ -122,13 +153,26 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     probe_cfg = cfg.probe_config()
     coincide_order = None
     if cfg.selection.strategy == "coincide":
-        coincide_order = run_stage(coincide_order_stage, features=features, selection_clusters=selection_clusters,
-                                   budget=min(n, final_step * gb), settings=cfg.warmup, out_dir=shared / "coincide")
-    log.info("pool %d samples, %d annotation / %d selection clusters, W1 %d, W2 %d, FINAL_STEP %d at batch %d",
-             n, k_annotation, k_selection, pools.rows["w1"], pools.rows["w2"], final_step, gb)
+        coincide_order = run_stage(
+            coincide_order_stage,
+            features=features,
+            selection_clusters=selection_clusters,
+            budget=min(n, final_step * gb),
+            settings=cfg.warmup,
+            out_dir=shared / "coincide",
+        )
+    log.info(
+        "pool %d samples, %d annotation / %d selection clusters, W1 %d, W2 %d, FINAL_STEP %d at batch %d",
+        n,
+        k_annotation,
+        k_selection,
+        pools.rows["w1"],
+        pools.rows["w2"],
+        final_step,
+        gb,
+    )
 
-    checkpoint = run_stage(init_model_stage, manifest=manifest, settings=training.model,
-                           out_dir=shared / "model_init")
+    checkpoint = run_stage(init_model_stage, manifest=manifest, settings=training.model, out_dir=shared / "model_init")
     annotation_ids = cluster_ids(annotation)
     progress_id = start_progress(str(run))
     rows: list[dict] = []
@@ -142,9 +186,17 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
         started = time.monotonic()
         rdir = round_dir(run, round_index)
         if round_index < 2:
-            commit = run_stage(commit_warmup_stage, pools=pools, pool_name=("w1", "w2")[round_index],
-                               selected_before=selected, remaining_before=remaining, n_samples=n,
-                               round_index=round_index, step=step, out_dir=rdir / "select")
+            commit = run_stage(
+                commit_warmup_stage,
+                pools=pools,
+                pool_name=("w1", "w2")[round_index],
+                selected_before=selected,
+                remaining_before=remaining,
+                n_samples=n,
+                round_index=round_index,
+                step=step,
+                out_dir=rdir / "select",
+            )
             spc = None
         else:
             if remaining.rows["remaining_after"] == 0:
@@ -154,10 +206,22 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
                 log.info("max_rounds=%d reached; stopping at step %d", cfg.schedule.max_rounds, step)
                 break
             budget = min(cfg.selection.selection_num, (final_step - step) * gb)
-            commit = run_stage(select_stage, settings=cfg.selection, budget=budget, seed=cfg.seed,
-                               annotation=annotation, selected_before=selected, remaining_before=remaining,
-                               acc_prev=probes[-2], acc_now=probes[-1], coincide_order=coincide_order,
-                               n_samples=n, round_index=round_index, step=step, out_dir=rdir / "select")
+            commit = run_stage(
+                select_stage,
+                settings=cfg.selection,
+                budget=budget,
+                seed=cfg.seed,
+                annotation=annotation,
+                selected_before=selected,
+                remaining_before=remaining,
+                acc_prev=probes[-2],
+                acc_now=probes[-1],
+                coincide_order=coincide_order,
+                n_samples=n,
+                round_index=round_index,
+                step=step,
+                out_dir=rdir / "select",
+            )
             for note in commit.meta.get("notes", []):
                 log.info("round %d: %s", round_index, note)
             spc = cfg.probe.samples_per_cluster
@@ -165,20 +229,53 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
             log.info("round %d selected nothing; stopping at step %d", round_index, step)
             break
         target = min(max(next_step(step, commit.rows["new"], gb), step + 1), final_step)
-        checkpoint = run_stage(train_stage, start=checkpoint, samples=commit, manifest=manifest, target_step=target,
-                               settings=training, round_index=round_index, out_dir=rdir / "train")
-        probe = run_stage(probe_stage, checkpoint=checkpoint, selected=commit, annotation=annotation,
-                          manifest=manifest, samples_per_cluster=spc, seed=cfg.seed + round_index,
-                          settings=probe_cfg, round_index=round_index, out_dir=rdir / "probe")
+        checkpoint = run_stage(
+            train_stage,
+            start=checkpoint,
+            samples=commit,
+            manifest=manifest,
+            target_step=target,
+            settings=training,
+            round_index=round_index,
+            out_dir=rdir / "train",
+        )
+        probe = run_stage(
+            probe_stage,
+            checkpoint=checkpoint,
+            selected=commit,
+            annotation=annotation,
+            manifest=manifest,
+            samples_per_cluster=spc,
+            seed=cfg.seed + round_index,
+            settings=probe_cfg,
+            round_index=round_index,
+            out_dir=rdir / "probe",
+        )
         probe.meta["step"] = target
-        rows.append(publish_round.with_options(cache_policy=NO_CACHE)(
-            run_dir=str(run), round_index=round_index, step=step, next_step=target, commit=commit,
-            probe_after=probe, train=checkpoint, annotation_ids=annotation_ids, manifest=manifest,
-            seconds=time.monotonic() - started))
+        rows.append(
+            publish_round.with_options(cache_policy=NO_CACHE)(
+                run_dir=str(run),
+                round_index=round_index,
+                step=step,
+                next_step=target,
+                commit=commit,
+                probe_after=probe,
+                train=checkpoint,
+                annotation_ids=annotation_ids,
+                manifest=manifest,
+                seconds=time.monotonic() - started,
+            )
+        )
         set_progress(progress_id, target, final_step)
-        log.info("round %d done: steps %d→%d, %d new, %d selected so far, probe accuracy %.3f",
-                 round_index, step, target, commit.rows["new"], commit.rows["selected_until"],
-                 rows[-1]["probe_accuracy"])
+        log.info(
+            "round %d done: steps %d→%d, %d new, %d selected so far, probe accuracy %.3f",
+            round_index,
+            step,
+            target,
+            commit.rows["new"],
+            commit.rows["selected_until"],
+            rows[-1]["probe_accuracy"],
+        )
         commits.append(commit)
         probes.append(probe)
         steps.append(target)
@@ -188,25 +285,47 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
 
     export = None
     if cfg.export_original and commits:
-        export = run_stage(export_stage, manifest=manifest, annotation=annotation, pools=pools, rounds=commits,
-                           probes=probes, steps=steps, selection_num=cfg.selection.selection_num,
-                           out_dir=run / "export")
+        export = run_stage(
+            export_stage,
+            manifest=manifest,
+            annotation=annotation,
+            pools=pools,
+            rounds=commits,
+            probes=probes,
+            steps=steps,
+            selection_num=cfg.selection.selection_num,
+            out_dir=run / "export",
+        )
     final_selection = commits[-1].files["selected_until"] if commits else None
     report = None
     if commits and manifest.meta.get("labels"):
         report = write_concept_report(
-            manifest.files["manifest"], manifest.meta["labels"],
-            [{"round": i, "to_step": t, "new_path": c.files["new"], "probe_path": p.files["per_sample"]}
-             for i, (c, p, t) in enumerate(zip(commits, probes, steps))], run)
+            manifest.files["manifest"],
+            manifest.meta["labels"],
+            [
+                {"round": i, "to_step": t, "new_path": c.files["new"], "probe_path": p.files["per_sample"]}
+                for i, (c, p, t) in enumerate(zip(commits, probes, steps))
+            ],
+            run,
+        )
         log.info("concept report: %s", report["plot"])
-    summary = {"run_dir": str(run), "flow_run_id": str(prefect_runtime.flow_run.id), "final_step": final_step, "step": step, "rounds": rows,
-               "final_selection": final_selection, "export_dir": export.out_dir if export else None,
-               "n_samples": n, "final_checkpoint": checkpoint.files.get("checkpoint"),
-               "final_checkpoint_key": checkpoint.content_hash,
-               "concept_report": str(report["plot"]) if report else None,
-               "concept_summary": str(report["summary"]) if report else None,
-               "eval_json": pool.files.get("eval_json"), "labels": pool.files.get("labels"),
-               "image_root": pool.meta.get("image_root")}
+    summary = {
+        "run_dir": str(run),
+        "flow_run_id": str(prefect_runtime.flow_run.id),
+        "final_step": final_step,
+        "step": step,
+        "rounds": rows,
+        "final_selection": final_selection,
+        "export_dir": export.out_dir if export else None,
+        "n_samples": n,
+        "final_checkpoint": checkpoint.files.get("checkpoint"),
+        "final_checkpoint_key": checkpoint.content_hash,
+        "concept_report": str(report["plot"]) if report else None,
+        "concept_summary": str(report["summary"]) if report else None,
+        "eval_json": pool.files.get("eval_json"),
+        "labels": pool.files.get("labels"),
+        "image_root": pool.meta.get("image_root"),
+    }
     publish_summary(str(run), rows, final_step, summary)
     (run / "summary.json").write_text(_json(summary))
     return summary

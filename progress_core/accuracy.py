@@ -8,13 +8,15 @@
    (what the model said and the verdict) and the per-cluster table (``cluster_id, n, correct, unjudged,
    accuracy`` with accuracy = correct / (n - unjudged)). :func:`save_probe` keeps both as Parquet.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -10,12 +10,14 @@ The original scripts store the same information as ``combined_results_internVL.j
 ``1_0_internVL.json`` (``{"cluster_accuracies": {"<cid>": {"correct", "total", "accuracy"}}, ...}``,
 string keys); :func:`read_accuracy_table` reads both, so a judge run with the original scripts plugs in.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -97,8 +99,9 @@ def validate_accuracy_table(table: pd.DataFrame, source: str = "accuracy table")
     return df.sort_values("cluster_id", kind="stable").reset_index(drop=True)
 
 
-def accuracy_from_verdicts(cluster_ids: Sequence[int] | np.ndarray,
-                           verdicts: Sequence[Any] | np.ndarray) -> pd.DataFrame:
+def accuracy_from_verdicts(
+    cluster_ids: Sequence[int] | np.ndarray, verdicts: Sequence[Any] | np.ndarray
+) -> pd.DataFrame:
     """Per-cluster accuracy from one verdict per probed sample (SPEC §3.2c: correct/total per cluster).
 
     ``verdicts[i]`` is 1/True (correct), 0/False (incorrect) or None/NaN (unjudged: counted in ``n`` and
@@ -107,8 +110,9 @@ def accuracy_from_verdicts(cluster_ids: Sequence[int] | np.ndarray,
     cids = np.asarray(cluster_ids)
     if cids.ndim != 1 or (cids.size and not np.issubdtype(cids.dtype, np.integer)):
         raise AccuracyTableError("cluster_ids must be a 1-D integer array")
-    v = pd.to_numeric(pd.Series(list(verdicts) if not isinstance(verdicts, np.ndarray) else verdicts,
-                                dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+    v = pd.to_numeric(
+        pd.Series(list(verdicts) if not isinstance(verdicts, np.ndarray) else verdicts, dtype=object), errors="coerce"
+    ).to_numpy(dtype=np.float64)
     if v.shape != cids.shape:
         raise AccuracyTableError(f"{len(v)} verdicts for {len(cids)} cluster ids")
     judged = ~np.isnan(v)
@@ -126,8 +130,15 @@ def accuracy_from_verdicts(cluster_ids: Sequence[int] | np.ndarray,
     denom = n - unjudged
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.where(denom > 0, correct / np.maximum(denom, 1), np.nan)
-    return pd.DataFrame({"cluster_id": clusters.astype(np.int64), "n": n, "correct": correct,
-                         "unjudged": unjudged, "accuracy": acc.astype(np.float64)})
+    return pd.DataFrame(
+        {
+            "cluster_id": clusters.astype(np.int64),
+            "n": n,
+            "correct": correct,
+            "unjudged": unjudged,
+            "accuracy": acc.astype(np.float64),
+        }
+    )
 
 
 def accuracy_table_from_original(obj: Any, source: str = "judge JSON") -> pd.DataFrame:
@@ -157,15 +168,19 @@ def accuracy_table_to_original(table: pd.DataFrame) -> dict:
     df = validate_accuracy_table(table)
     df = df.sort_values(["accuracy", "cluster_id"], ascending=[False, True], kind="stable")
     clusters = {}
-    for cid, n, correct, acc in zip(df["cluster_id"].tolist(), df["n"].tolist(), df["correct"].tolist(),
-                                    df["accuracy"].tolist()):
-        clusters[str(cid)] = {"correct": int(correct), "total": int(n),
-                              "accuracy": (correct / n) if n else 0.0}
+    for cid, n, correct, _acc in zip(
+        df["cluster_id"].tolist(), df["n"].tolist(), df["correct"].tolist(), df["accuracy"].tolist()
+    ):
+        clusters[str(cid)] = {"correct": int(correct), "total": int(n), "accuracy": (correct / n) if n else 0.0}
     total = int(df["n"].sum())
     correct_total = int(df["correct"].sum())
-    return {"cluster_accuracies": clusters, "total_samples": total, "total_cluster_samples": total,
-            "total_correct_samples": correct_total,
-            "overall_accuracy": correct_total / total if total else 0.0}
+    return {
+        "cluster_accuracies": clusters,
+        "total_samples": total,
+        "total_cluster_samples": total,
+        "total_correct_samples": correct_total,
+        "overall_accuracy": correct_total / total if total else 0.0,
+    }
 
 
 def read_accuracy_table(path: str | os.PathLike) -> pd.DataFrame:

@@ -6,6 +6,7 @@ feeds the COINCIDE warm-up pruning. Both run ``faiss.Kmeans(spherical=True, nite
 assign each sample with ``kmeans.index.search(x, 1)``; since the index is an ``IndexFlatIP`` the returned
 score is the cosine similarity to the centre (the original calls it ``dist_to_cent``).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,9 @@ class ClusteringConfig(BaseModel):
     """Parameters of the two k-means runs (SPEC §2.1); defaults are the original's."""
 
     annotation_k: int | None = Field(
-        None, ge=1, description="centres of the annotation clustering; None = 1000 scaled to the pool (1000 per 665,298)"
+        None,
+        ge=1,
+        description="centres of the annotation clustering; None = 1000 scaled to the pool (1000 per 665,298)",
     )
     selection_k: int | None = Field(
         None, ge=1, description="centres of the selection clustering; None = 5000 scaled to the pool (5000 per 665,298)"
@@ -57,7 +60,9 @@ class ClusteringConfig(BaseModel):
         256, ge=1, description="faiss trains on at most k * this many sampled points (faiss default 256)"
     )
     spherical: bool = Field(True, description="re-normalise centroids each iteration (cosine k-means, original)")
-    use_gpu: bool | Literal["auto"] = Field("auto", description="auto = GPU when faiss was built with GPUs and sees one")
+    use_gpu: bool | Literal["auto"] = Field(
+        "auto", description="auto = GPU when faiss was built with GPUs and sees one"
+    )
 
 
 @dataclass
@@ -98,14 +103,21 @@ def faiss_gpu_available() -> bool:
 
 def _check_finite(x: np.ndarray, chunk: int = 1 << 16) -> None:
     for s in range(0, x.shape[0], chunk):
-        ok = np.isfinite(x[s:s + chunk]).all(axis=1)
+        ok = np.isfinite(x[s : s + chunk]).all(axis=1)
         if not ok.all():
             raise NonFiniteFeaturesError(f"features hold NaN/inf, first at row {s + int(np.flatnonzero(~ok)[0])}")
 
 
-def spherical_kmeans(features: np.ndarray, k: int, niter: int = 50, seed: int = 1234,
-                     max_points_per_centroid: int = 256, gpu: bool | Literal["auto"] = "auto",
-                     spherical: bool = True, verbose: bool = False) -> KMeansResult:
+def spherical_kmeans(
+    features: np.ndarray,
+    k: int,
+    niter: int = 50,
+    seed: int = 1234,
+    max_points_per_centroid: int = 256,
+    gpu: bool | Literal["auto"] = "auto",
+    spherical: bool = True,
+    verbose: bool = False,
+) -> KMeansResult:
     """``faiss.Kmeans`` + nearest-centre search, exactly the original's call (SPEC §2.1).
 
     A float32 C-contiguous input is passed to faiss without a copy; float16 features (as stored) are
@@ -124,12 +136,23 @@ def spherical_kmeans(features: np.ndarray, k: int, niter: int = 50, seed: int = 
     x = np.ascontiguousarray(features, dtype=np.float32)
     _check_finite(x)
     use_gpu = faiss_gpu_available() if gpu == "auto" else bool(gpu and faiss_gpu_available())
-    km = faiss.Kmeans(d, int(k), niter=int(niter), seed=int(seed), spherical=bool(spherical), gpu=use_gpu,
-                      verbose=verbose, max_points_per_centroid=int(max_points_per_centroid))
+    km = faiss.Kmeans(
+        d,
+        int(k),
+        niter=int(niter),
+        seed=int(seed),
+        spherical=bool(spherical),
+        gpu=use_gpu,
+        verbose=verbose,
+        max_points_per_centroid=int(max_points_per_centroid),
+    )
     km.train(x)
     sim, idx = km.index.search(x, 1)
-    result = KMeansResult(centroids=np.asarray(km.centroids, np.float32), assignment=idx[:, 0].astype(np.int64),
-                          similarity=sim[:, 0].astype(np.float32))
+    result = KMeansResult(
+        centroids=np.asarray(km.centroids, np.float32),
+        assignment=idx[:, 0].astype(np.int64),
+        similarity=sim[:, 0].astype(np.float32),
+    )
     _check_collapse(result)
     return result
 
@@ -152,11 +175,13 @@ def _check_collapse(result: KMeansResult, tol: float = 1e-6) -> None:
 def assignment_table(result: KMeansResult) -> pa.Table:
     """Assignment Parquet table of the shared contract: sample_id, cluster_id, similarity."""
     n = result.assignment.shape[0]
-    return pa.table({
-        "sample_id": pa.array(np.arange(n, dtype=np.int64)),
-        "cluster_id": pa.array(result.assignment.astype(np.int64)),
-        "similarity": pa.array(result.similarity.astype(np.float32)),
-    })
+    return pa.table(
+        {
+            "sample_id": pa.array(np.arange(n, dtype=np.int64)),
+            "cluster_id": pa.array(result.assignment.astype(np.int64)),
+            "similarity": pa.array(result.similarity.astype(np.float32)),
+        }
+    )
 
 
 def clustering_paths(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
@@ -187,5 +212,8 @@ def load_clustering(out_dir: str | os.PathLike, name: str) -> KMeansResult:
     assignment = table.column("cluster_id").to_numpy()[order].astype(np.int64)
     if assignment.size and (assignment.min() < 0 or assignment.max() >= centroids.shape[0]):
         raise ClusteringError(f"{a_path}: cluster_id outside 0..{centroids.shape[0] - 1}")
-    return KMeansResult(centroids=centroids.astype(np.float32), assignment=assignment,
-                        similarity=table.column("similarity").to_numpy()[order].astype(np.float32))
+    return KMeansResult(
+        centroids=centroids.astype(np.float32),
+        assignment=assignment,
+        similarity=table.column("similarity").to_numpy()[order].astype(np.float32),
+    )

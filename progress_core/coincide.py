@@ -13,6 +13,7 @@ Deliberate differences from the released scripts (DESIGN §1), each documented w
 - empty clusters (the original assumes none) are skipped: they take no part in the softmax or the order;
 - the remaining pool excludes both warm-up runs (see :func:`warmup_pools`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,7 @@ class ClusterMembers:
     offsets: np.ndarray
 
     def of(self, c: int) -> np.ndarray:
-        return self.rows[self.offsets[c]:self.offsets[c + 1]]
+        return self.rows[self.offsets[c] : self.offsets[c + 1]]
 
     @property
     def sizes(self) -> np.ndarray:
@@ -97,8 +98,14 @@ def gaussian_kernel(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return np.exp(-d2 / (2.0 * sigma * sigma))
 
 
-def cluster_density(features: np.ndarray, assignment: np.ndarray, k: int, sigma: float = 1.0,
-                    members: ClusterMembers | None = None, progress: bool = False) -> np.ndarray:
+def cluster_density(
+    features: np.ndarray,
+    assignment: np.ndarray,
+    k: int,
+    sigma: float = 1.0,
+    members: ClusterMembers | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """Mean within-cluster Gaussian kernel per cluster (SPEC §2.4), NaN for an empty cluster."""
     from tqdm.auto import tqdm
 
@@ -151,10 +158,18 @@ def _softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum()
 
 
-def cluster_wise_prune(features: np.ndarray, assignment: np.ndarray, transfer: np.ndarray,
-                       fraction: float | None = None, temperature: float = 0.1, sigma: float = 1.0,
-                       n_target: int | None = None, density: np.ndarray | None = None,
-                       members: ClusterMembers | None = None, progress: bool = False) -> np.ndarray:
+def cluster_wise_prune(
+    features: np.ndarray,
+    assignment: np.ndarray,
+    transfer: np.ndarray,
+    fraction: float | None = None,
+    temperature: float = 0.1,
+    sigma: float = 1.0,
+    n_target: int | None = None,
+    density: np.ndarray | None = None,
+    members: ClusterMembers | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """COINCIDE cluster-wise pruning (SPEC §2.4); returns row indices in the original's order.
 
     ``target = int(fraction * N)`` (or ``n_target``). ``score = transfer / density``, ``ratio =
@@ -190,8 +205,10 @@ def cluster_wise_prune(features: np.ndarray, assignment: np.ndarray, transfer: n
     clusters, score, ratio = present[visit], score[visit], ratio[visit]
     remaining = n_target
     picked: list[np.ndarray] = []
-    with single_threaded_blas(), tqdm(total=n_target, desc=f"prune to {n_target}", unit="sample",
-                                      disable=not progress) as bar:
+    with (
+        single_threaded_blas(),
+        tqdm(total=n_target, desc=f"prune to {n_target}", unit="sample", disable=not progress) as bar,
+    ):
         for rank, c in enumerate(clusters):
             if remaining <= 0:
                 break
@@ -207,7 +224,7 @@ def cluster_wise_prune(features: np.ndarray, assignment: np.ndarray, transfer: n
             remaining -= chosen.size
             bar.update(chosen.size)
             if rank + 1 < clusters.size:
-                ratio[rank + 1:] = _softmax(score[rank + 1:], temperature)
+                ratio[rank + 1 :] = _softmax(score[rank + 1 :], temperature)
     return np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, np.int64)
 
 
@@ -228,9 +245,15 @@ class WarmupPools:
     density: np.ndarray
 
 
-def warmup_pools(features: np.ndarray, fine: KMeansResult, fractions: tuple[float, float] = (0.075, 0.09),
-                 temperature: float = 0.1, sigma: float = 1.0, threshold: float = 0.9,
-                 progress: bool = False) -> WarmupPools:
+def warmup_pools(
+    features: np.ndarray,
+    fine: KMeansResult,
+    fractions: tuple[float, float] = (0.075, 0.09),
+    temperature: float = 0.1,
+    sigma: float = 1.0,
+    threshold: float = 0.9,
+    progress: bool = False,
+) -> WarmupPools:
     """Both warm-up runs of SPEC §2.2 on the selection clustering ``fine``.
 
     The two fractions are independent greedy runs (as the original), sharing transferability and
@@ -255,13 +278,26 @@ def warmup_pools(features: np.ndarray, fine: KMeansResult, fractions: tuple[floa
     w2 = second[~in_first[second]]
     taken = in_first.copy()
     taken[second] = True
-    return WarmupPools(w1=first, w2=w2, remaining=np.flatnonzero(~taken).astype(np.int64), order=second,
-                       transfer=transfer, density=density)
+    return WarmupPools(
+        w1=first,
+        w2=w2,
+        remaining=np.flatnonzero(~taken).astype(np.int64),
+        order=second,
+        transfer=transfer,
+        density=density,
+    )
 
 
-def coincide_selection(features: np.ndarray, fine: KMeansResult, budget: int, temperature: float = 0.1,
-                       sigma: float = 1.0, threshold: float = 0.9) -> np.ndarray:
+def coincide_selection(
+    features: np.ndarray,
+    fine: KMeansResult,
+    budget: int,
+    temperature: float = 0.1,
+    sigma: float = 1.0,
+    threshold: float = 0.9,
+) -> np.ndarray:
     """The COINCIDE baseline: ``budget`` samples chosen at once by cluster-wise pruning (DESIGN §5)."""
     transfer = cluster_transferability(fine.centroids, threshold)
-    return cluster_wise_prune(features, fine.assignment, transfer, temperature=temperature, sigma=sigma,
-                              n_target=budget)
+    return cluster_wise_prune(
+        features, fine.assignment, transfer, temperature=temperature, sigma=sigma, n_target=budget
+    )

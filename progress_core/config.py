@@ -10,6 +10,7 @@ MiniLM features, 1000/5000 centres, fractions 0.075/0.09, LLaVA-1.5-7B LoRA at g
 InternVL judge through lmdeploy, SELECTION_NUM 7500, SAMPLES_PER_CLUSTER 100, FINAL_STEP 1039). Values
 given explicitly always win over the preset.
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,12 +64,16 @@ ProbeSettings = _strict_copy(ProbeConfig, "ProbeSettings", exclude=("model", "se
 class DataConfig(_Strict):
     """Where the instruction pool comes from (DESIGN §4: the bundled synthetic pool by default)."""
 
-    pool_json: str | None = Field(None, description="LLaVA-format pool JSON; empty = generate the bundled synthetic pool.")
+    pool_json: str | None = Field(
+        None, description="LLaVA-format pool JSON; empty = generate the bundled synthetic pool."
+    )
     image_root: str | None = Field(None, description="Folder the pool's image paths are relative to.")
     manifest_mode: Literal["strict", "skip"] = Field(
-        "skip", description="strict: stop at the first malformed row; skip: drop, count and write out bad rows.")
+        "skip", description="strict: stop at the first malformed row; skip: drop, count and write out bad rows."
+    )
     allow_duplicate_ids: bool = Field(
-        False, description="Accept rows that repeat an id (rows stay distinct by sample_id); off = DuplicateIdError.")
+        False, description="Accept rows that repeat an id (rows stay distinct by sample_id); off = DuplicateIdError."
+    )
     synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
     synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
     synthetic_seed: int = Field(0, description="Seed of the synthetic pool generator.")
@@ -82,7 +87,7 @@ class WarmupConfig(_Strict):
     sigma: float = Field(1.0, gt=0, description="Gaussian kernel width of the density and MMD greedy.")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "WarmupConfig":
+    def _ordered(self) -> WarmupConfig:
         lo, hi = self.fractions
         if not (0 < lo <= hi < 1):
             raise ValueError(f"fractions must satisfy 0 < first <= second < 1, got {self.fractions}")
@@ -98,16 +103,20 @@ class SelectionConfig(_Strict):
     exploit_fraction: float = Field(0.9, ge=0, le=1, description="Share of the budget given by softmax quotas.")
     redistribute_overflow: bool = Field(False, description="Roll quota capped by availability over to other clusters.")
     progress_measure: Literal["relative_change", "relative_error_reduction"] = Field(
-        "relative_change", description="(a_now-a_prev)/a_prev as the original, or (a_now-a_prev)/(1-a_prev).")
+        "relative_change", description="(a_now-a_prev)/a_prev as the original, or (a_now-a_prev)/(1-a_prev)."
+    )
     fallback_when_no_progress: Literal["original", "explore"] = Field(
-        "original", description="No cluster improved: original = only the exploration share; explore = whole budget.")
+        "original", description="No cluster improved: original = only the exploration share; explore = whole budget."
+    )
 
 
 class ScheduleConfig(_Strict):
     """How far the run goes. Steps follow from cumulative samples and the global batch (SPEC §3.1)."""
 
     final_step: int | None = Field(None, ge=1, description="FINAL_STEP; empty = budget_fraction of the pool.")
-    budget_fraction: float = Field(0.2, gt=0, le=1, description="Share of the pool trained on when final_step is empty.")
+    budget_fraction: float = Field(
+        0.2, gt=0, le=1, description="Share of the pool trained on when final_step is empty."
+    )
     max_rounds: int | None = Field(None, ge=0, description="Stop after this many selection rounds (empty = no limit).")
 
 
@@ -149,11 +158,15 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 class RunConfig(_Strict):
     """Every knob of one PROGRESS run; the flow's only parameter."""
 
-    preset: Preset = Field("demo", description="Defaults to start from: demo (laptop CPU) or paper (LLaVA-665K on GPUs).")
+    preset: Preset = Field(
+        "demo", description="Defaults to start from: demo (laptop CPU) or paper (LLaVA-665K on GPUs)."
+    )
     run_dir: str = Field("runs/demo", description="Directory of the run: every stage's outputs, per round.")
     shared_dir: str | None = Field(
-        None, description="Directory for the stages before the rounds (pool, manifest, features, clusters, "
-                          "warm-up pools, initial model); empty = run_dir. Runs that share it reuse those stages.")
+        None,
+        description="Directory for the stages before the rounds (pool, manifest, features, clusters, "
+        "warm-up pools, initial model); empty = run_dir. Runs that share it reuse those stages.",
+    )
     seed: int = Field(42, description="Seed of selection, probe sampling and training data order.")
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
@@ -195,8 +208,9 @@ class RunConfig(_Strict):
 
     def probe_config(self) -> ProbeConfig:
         """The probe loads checkpoints the way the trainer wrote them (same model settings)."""
-        return ProbeConfig.model_validate({**self.probe.model_dump(), "model": self.training.model.model_dump(),
-                                           "seed": self.seed})
+        return ProbeConfig.model_validate(
+            {**self.probe.model_dump(), "model": self.training.model.model_dump(), "seed": self.seed}
+        )
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

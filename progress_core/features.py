@@ -10,15 +10,17 @@ gives the faithful model.
 
 Features are stored as float16 ``.npy`` (memory-mappable), as the brief's shared contract says.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -128,9 +130,12 @@ class DescriptorEncoder:
 
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        arr = np.stack(
-            [np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)) for im in images]
-        ).astype(np.float32) / 255.0
+        arr = (
+            np.stack(
+                [np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)) for im in images]
+            ).astype(np.float32)
+            / 255.0
+        )
         b = arr.shape[0]
         q = np.minimum((arr * 4).astype(np.int64), 3)
         bins = q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]
@@ -143,7 +148,7 @@ class DescriptorEncoder:
         mag = np.hypot(gx, gy)
         ori = np.mod(np.arctan2(gy, gx), np.pi)
         obin = np.minimum((ori / np.pi * 8).astype(np.int64), 7)
-        cell = (np.arange(self.size) // 16)
+        cell = np.arange(self.size) // 16
         cell_id = cell[:, None] * 4 + cell[None, :]
         idx = (np.arange(b)[:, None, None] * 128 + cell_id[None] * 8 + obin).ravel()
         hog = np.bincount(idx, weights=mag.ravel(), minlength=128 * b).reshape(b, 128).astype(np.float32)
@@ -159,8 +164,9 @@ class DinoV2Encoder:
     token, not L2-normalised). float16 on CUDA as the original's ``.half()``.
     """
 
-    def __init__(self, name_or_path: str = DEFAULT_DINOV2, device: str = "auto", dtype: str = "auto",
-                 image_size: int = 224):
+    def __init__(
+        self, name_or_path: str = DEFAULT_DINOV2, device: str = "auto", dtype: str = "auto", image_size: int = 224
+    ):
         import torch
         from transformers import AutoModel
 
@@ -176,7 +182,7 @@ class DinoV2Encoder:
         self._mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
-    def preprocess(self, images: list) -> "np.ndarray":
+    def preprocess(self, images: list) -> np.ndarray:
         """Resize(224, bicubic) -> CenterCrop(224) -> RGB -> [0,1] float32, NCHW (before normalisation).
 
         Sizes as torchvision's ``Resize(int)`` (shorter side to 224, longer side truncated) and
@@ -251,8 +257,14 @@ class MiniLMEncoder:
     are checked against the official sha256.
     """
 
-    def __init__(self, name_or_path: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto",
-                 max_length: int = 256, verify: bool = True):
+    def __init__(
+        self,
+        name_or_path: str | os.PathLike | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_length: int = 256,
+        verify: bool = True,
+    ):
         from transformers import AutoModel, AutoTokenizer
 
         bundled = name_or_path is None
@@ -275,9 +287,12 @@ class MiniLMEncoder:
 
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        batch = {
+            k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         with torch.inference_mode():
             hidden = self.model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -296,8 +311,9 @@ def load_image_encoder(cfg: FeatureConfig) -> ImageEncoder:
 def load_text_encoder(cfg: FeatureConfig) -> TextEncoder:
     """The text encoder named by ``cfg.text_encoder``."""
     path = None if cfg.text_encoder == "minilm" else cfg.text_encoder
-    return MiniLMEncoder(path, device=cfg.device, dtype=cfg.dtype, max_length=cfg.max_text_length,
-                         verify=cfg.verify_weights)
+    return MiniLMEncoder(
+        path, device=cfg.device, dtype=cfg.dtype, max_length=cfg.max_text_length, verify=cfg.verify_weights
+    )
 
 
 def question_text(conversations_json: str | list) -> str:
@@ -378,9 +394,15 @@ def _load_image(root: Path, rel: str):
         return im.convert("RGB")
 
 
-def extract_shard(manifest: pa.Table | str | os.PathLike, image_root: str | os.PathLike | None, start: int,
-                  stop: int, cfg: FeatureConfig, image_encoder: ImageEncoder | None = None,
-                  text_encoder: TextEncoder | None = None) -> ShardFeatures:
+def extract_shard(
+    manifest: pa.Table | str | os.PathLike,
+    image_root: str | os.PathLike | None,
+    start: int,
+    stop: int,
+    cfg: FeatureConfig,
+    image_encoder: ImageEncoder | None = None,
+    text_encoder: TextEncoder | None = None,
+) -> ShardFeatures:
     """Encode manifest rows ``start:stop`` (SPEC §1).
 
     Text-only rows get a zero image part (not a failure). A missing or unreadable image file gives a
@@ -400,7 +422,7 @@ def extract_shard(manifest: pa.Table | str | os.PathLike, image_root: str | os.P
     with_image = [i for i, p in enumerate(paths) if p]
     for b0 in range(0, len(with_image), bs):
         rows, ims = [], []
-        for i in with_image[b0:b0 + bs]:
+        for i in with_image[b0 : b0 + bs]:
             try:
                 ims.append(_load_image(root, paths[i]))
                 rows.append(i)
@@ -412,13 +434,17 @@ def extract_shard(manifest: pa.Table | str | os.PathLike, image_root: str | os.P
     texts = [question_text(c) for c in convs]
     text = np.zeros((n, text_encoder.dim), np.float16)
     for b0 in range(0, n, bs):
-        text[b0:b0 + bs] = text_encoder.encode(texts[b0:b0 + bs]).astype(np.float16)
-    return ShardFeatures(start=start, image=image, text=text, image_failed=failed,
-                         failed_sample_ids=(start + np.flatnonzero(failed)).astype(np.int64))
+        text[b0 : b0 + bs] = text_encoder.encode(texts[b0 : b0 + bs]).astype(np.float16)
+    return ShardFeatures(
+        start=start,
+        image=image,
+        text=text,
+        image_failed=failed,
+        failed_sample_ids=(start + np.flatnonzero(failed)).astype(np.int64),
+    )
 
 
-def combine_features(image: np.ndarray, text: np.ndarray, balanced: bool = False,
-                     chunk: int = 65536) -> np.ndarray:
+def combine_features(image: np.ndarray, text: np.ndarray, balanced: bool = False, chunk: int = 65536) -> np.ndarray:
     """Joint feature of SPEC §1: ``concat(image, text)`` with unit-norm rows, float16.
 
     ``balanced=False`` (original): one global L2 normalisation, so the raw DINOv2 norm (tens) dominates
@@ -431,15 +457,15 @@ def combine_features(image: np.ndarray, text: np.ndarray, balanced: bool = False
     n, di = image.shape
     out = np.empty((n, di + text.shape[1]), np.float16)
     for s in range(0, n, chunk):
-        im = np.asarray(image[s:s + chunk], np.float32)
-        tx = np.asarray(text[s:s + chunk], np.float32)
+        im = np.asarray(image[s : s + chunk], np.float32)
+        tx = np.asarray(text[s : s + chunk], np.float32)
         if balanced:
             im, tx = _l2_rows(im) / np.sqrt(2.0), _l2_rows(tx) / np.sqrt(2.0)
         both = np.concatenate([im, tx], axis=1)
         if not np.isfinite(both).all():
             bad = s + int(np.flatnonzero(~np.isfinite(both).all(1))[0])
             raise FeatureError(f"non-finite feature at sample_id {bad}")
-        out[s:s + chunk] = _l2_rows(both)
+        out[s : s + chunk] = _l2_rows(both)
     return out
 
 
@@ -448,8 +474,9 @@ def save_shard(shard: ShardFeatures, directory: str | os.PathLike) -> Path:
     path = Path(directory) / f"shard_{shard.start:09d}.npz"
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, start=np.int64(shard.start), image=shard.image, text=shard.text,
-                     image_failed=shard.image_failed)
+            np.savez(
+                f, start=np.int64(shard.start), image=shard.image, text=shard.text, image_failed=shard.image_failed
+            )
     return path
 
 
@@ -466,13 +493,23 @@ def load_shards(paths: Sequence[str | os.PathLike]) -> ShardFeatures:
             raise FeatureError(f"shards do not tile the manifest: expected start {pos}, found {s.start}")
         pos += s.n
     failed = np.concatenate([s.image_failed for s in parts]) if parts else np.zeros(0, bool)
-    return ShardFeatures(0, np.concatenate([s.image for s in parts]), np.concatenate([s.text for s in parts]),
-                         failed, np.flatnonzero(failed).astype(np.int64))
+    return ShardFeatures(
+        0,
+        np.concatenate([s.image for s in parts]),
+        np.concatenate([s.text for s in parts]),
+        failed,
+        np.flatnonzero(failed).astype(np.int64),
+    )
 
 
-def extract_features(manifest_path: str | os.PathLike | pa.Table, image_root: str | os.PathLike | None,
-                     out_path: str | os.PathLike, cfg: FeatureConfig | None = None, shard_size: int = 4096,
-                     progress: bool = True) -> FeatureReport:
+def extract_features(
+    manifest_path: str | os.PathLike | pa.Table,
+    image_root: str | os.PathLike | None,
+    out_path: str | os.PathLike,
+    cfg: FeatureConfig | None = None,
+    shard_size: int = 4096,
+    progress: bool = True,
+) -> FeatureReport:
     """Extract, combine and write the float16 feature matrix (row i = sample_id i) atomically (SPEC §1)."""
     from tqdm.auto import tqdm
 
@@ -500,8 +537,16 @@ def extract_features(manifest_path: str | os.PathLike | pa.Table, image_root: st
     n_text_only = int(sum(1 for p in table.column("image").to_pylist() if not p))
     if failed:
         log.warning("%d image(s) could not be read; their image part is zero", len(failed))
-    return FeatureReport(path=out_path, n=n, dim=dim, image_dim=image_enc.dim, text_dim=text_enc.dim,
-                         n_text_only=n_text_only, n_image_failures=len(failed), failed_sample_ids=failed)
+    return FeatureReport(
+        path=out_path,
+        n=n,
+        dim=dim,
+        image_dim=image_enc.dim,
+        text_dim=text_enc.dim,
+        n_text_only=n_text_only,
+        n_image_failures=len(failed),
+        failed_sample_ids=failed,
+    )
 
 
 def load_features(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:

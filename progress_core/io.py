@@ -3,6 +3,7 @@
 DESIGN §3: outputs are committed by atomic rename, so a crash mid-round leaves no half-written file, and
 every stage is keyed by the content hash of its inputs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

@@ -10,14 +10,16 @@ counted and reported, never scored as wrong (fixing SPEC §7.9).
   "Answer - ... Reason - ..." parsing made robust; served by :class:`LmdeployBackend` (InternVL via
   ``lmdeploy.pipeline``, as the original) or :class:`TransformersBackend` (any local HF causal LM).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
 import logging
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -39,7 +41,7 @@ CAPTION_PROMPT_V2 = """Given a input question and two answers: a candidate answe
     Output "correct" if the candidate answer is correct, or "incorrect" if it is incorrect.
     OUTPUT Format-
     Answer - correct or incorrect
-    Reason - 
+    Reason -{trailing_space}
 
     INPUT-
     Question{question}\nCandidate Answer:{pred}\nReference Answer:{gt}"""
@@ -61,8 +63,9 @@ class Verdict:
 class Judge(Protocol):
     name: str
 
-    def judge(self, questions: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> list[Verdict]:
-        ...
+    def judge(
+        self, questions: Sequence[str], predictions: Sequence[str], references: Sequence[str]
+    ) -> list[Verdict]: ...
 
 
 def _check_lengths(questions, predictions, references) -> None:
@@ -76,10 +79,35 @@ def _check_lengths(questions, predictions, references) -> None:
 # --------------------------------------------------------------------------------------- exact match
 
 NUMBER_WORDS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30,
-    "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100,
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+    "hundred": 100,
 }
 TENS = {"twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"}
 ARTICLES = {"a", "an", "the"}
@@ -122,7 +150,9 @@ class ExactMatchJudge:
     def judge(self, questions: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> list[Verdict]:
         _check_lengths(questions, predictions, references)
         return [
-            Verdict(int(normalise_answer(p) == normalise_answer(r) and normalise_answer(r) != ""), raw=normalise_answer(p))
+            Verdict(
+                int(normalise_answer(p) == normalise_answer(r) and normalise_answer(r) != ""), raw=normalise_answer(p)
+            )
             for p, r in zip(predictions, references)
         ]
 
@@ -134,7 +164,7 @@ _WORD = re.compile(r"\b(not\s+correct|incorrect|correct|wrong)\b")
 
 def judge_prompt(question: str, prediction: str, reference: str) -> str:
     """The original's CAPTION_PROMPT_v2 filled in (SPEC §3.2c; text-only, the judge never sees the image)."""
-    return CAPTION_PROMPT_V2.format(question=question, pred=prediction, gt=reference)
+    return CAPTION_PROMPT_V2.format(question=question, pred=prediction, gt=reference, trailing_space=" ")
 
 
 def parse_judgement(text: str | None) -> int | None:
@@ -158,8 +188,7 @@ def parse_judgement(text: str | None) -> int | None:
 
 
 class Backend(Protocol):
-    def generate(self, prompts: Sequence[str]) -> list[str]:
-        ...
+    def generate(self, prompts: Sequence[str]) -> list[str]: ...
 
 
 class LmdeployBackend:
@@ -168,8 +197,15 @@ class LmdeployBackend:
     ``lmdeploy`` is imported on first use only: it needs CUDA and its own torch pin (NOTES-dependencies).
     """
 
-    def __init__(self, model: str, tp: int = 1, session_len: int = 8192, cache_max_entry_count: float = 0.5,
-                 chat_template: str | None = "internvl2-internlm2", max_new_tokens: int = 64):
+    def __init__(
+        self,
+        model: str,
+        tp: int = 1,
+        session_len: int = 8192,
+        cache_max_entry_count: float = 0.5,
+        chat_template: str | None = "internvl2-internlm2",
+        max_new_tokens: int = 64,
+    ):
         self.model = model
         self.tp = tp
         self.session_len = session_len
@@ -235,10 +271,12 @@ class TransformersBackend:
         batch = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
         with torch.no_grad():
             out = self.model.generate(
-                **batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                **batch,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        new = out[:, batch["input_ids"].shape[1]:]
+        new = out[:, batch["input_ids"].shape[1] :]
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
@@ -278,7 +316,9 @@ class LLMJudge:
                 texts = self._call(chunk)
             except concurrent.futures.TimeoutError:
                 self.stats["timeout"] += len(chunk)
-                log.warning("LLM judge batch at %d timed out after %ss: %d answers unjudged", start, self.timeout_s, len(chunk))
+                log.warning(
+                    "LLM judge batch at %d timed out after %ss: %d answers unjudged", start, self.timeout_s, len(chunk)
+                )
                 verdicts.extend(Verdict(None, "", "timeout") for _ in chunk)
                 continue
             if len(texts) != len(chunk):
@@ -318,8 +358,12 @@ def make_judge(cfg: JudgeConfig) -> ExactMatchJudge | LLMJudge:
         return ExactMatchJudge()
     if cfg.backend == "lmdeploy":
         backend: Backend = LmdeployBackend(
-            cfg.model, tp=cfg.tp, session_len=cfg.session_len, cache_max_entry_count=cfg.cache_max_entry_count,
-            chat_template=cfg.chat_template, max_new_tokens=cfg.max_new_tokens,
+            cfg.model,
+            tp=cfg.tp,
+            session_len=cfg.session_len,
+            cache_max_entry_count=cfg.cache_max_entry_count,
+            chat_template=cfg.chat_template,
+            max_new_tokens=cfg.max_new_tokens,
         )
     else:
         backend = TransformersBackend(cfg.model, max_new_tokens=cfg.max_new_tokens)

@@ -12,6 +12,7 @@ one batch (plus the set of ids seen) rather than of the whole ``llava_v1_5_mix66
 key order and non-string ids in ``layout``), so exporting gives rows equal to the input, which is what
 the original scripts consume (``Top_50K.json``, ``fastest_acc_data_7500.json``, PROGRESS_SPEC §3.5).
 """
+
 from __future__ import annotations
 
 import codecs
@@ -19,8 +20,9 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -56,8 +58,7 @@ MANIFEST_SCHEMA = pa.schema(
 ...extra}`` with a string id; otherwise a JSON object with the original key order (``keys``) and/or the
 original non-string ``id`` value, so the export reproduces the row exactly."""
 
-REQUIRED_COLUMNS = ("sample_id", "id", "image", "question", "answer", "n_turns", "source",
-                    "conversations", "extra")
+REQUIRED_COLUMNS = ("sample_id", "id", "image", "question", "answer", "n_turns", "source", "conversations", "extra")
 
 _CORE_KEYS = frozenset(("id", "image", "conversations"))
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -67,8 +68,9 @@ _COMPACT = (",", ":")
 class ManifestError(ProgressError):
     """A pool or manifest cannot be read as a LLaVA pool; ``row`` is the 0-based row of the JSON list."""
 
-    def __init__(self, reason: str, row: int | None = None, path: str | os.PathLike | None = None,
-                 sample: str | None = None):
+    def __init__(
+        self, reason: str, row: int | None = None, path: str | os.PathLike | None = None, sample: str | None = None
+    ):
         self.reason = reason
         self.row = row
         self.path = None if path is None else str(path)
@@ -134,8 +136,9 @@ def rejected_path_for(manifest_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".rejected.jsonl")
 
 
-def iter_json_array(path: str | os.PathLike, chunk_bytes: int = 1 << 22, max_row_chars: int = 1 << 26,
-                    on_bytes=None) -> Iterator[tuple[int, Any]]:
+def iter_json_array(
+    path: str | os.PathLike, chunk_bytes: int = 1 << 22, max_row_chars: int = 1 << 26, on_bytes=None
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(row index, decoded value)`` for each element of a top-level JSON list, streaming.
 
     Only the current read buffer (``chunk_bytes``, grown up to ``max_row_chars`` for one huge row) is
@@ -157,7 +160,7 @@ def iter_json_array(path: str | os.PathLike, chunk_bytes: int = 1 << 22, max_row
             except UnicodeDecodeError as exc:
                 raise MalformedJSONError(f"not UTF-8 text: {exc.reason}", path=path) from None
             state["offset"] += state["pos"]
-            state["buf"] = state["buf"][state["pos"]:] + text
+            state["buf"] = state["buf"][state["pos"] :] + text
             state["pos"] = 0
             state["eof"] = not data
 
@@ -169,13 +172,12 @@ def iter_json_array(path: str | os.PathLike, chunk_bytes: int = 1 << 22, max_row
                 fill()
 
         def here() -> str:
-            return state["buf"][state["pos"]:state["pos"] + 1]
+            return state["buf"][state["pos"] : state["pos"] + 1]
 
         fill()
         skip_ws()
         if here() != "[":
-            raise MalformedJSONError("a LLaVA pool is a JSON list of rows; the file does not start with '['",
-                                     path=path)
+            raise MalformedJSONError("a LLaVA pool is a JSON list of rows; the file does not start with '['", path=path)
         state["pos"] += 1
         skip_ws()
         if here() == "]":
@@ -187,8 +189,7 @@ def iter_json_array(path: str | os.PathLike, chunk_bytes: int = 1 << 22, max_row
             skip_ws()
             try:
                 value, end = decoder.raw_decode(state["buf"], state["pos"])
-                truncated = end == len(state["buf"]) and not state["eof"] and not isinstance(
-                    value, (dict, list, str))
+                truncated = end == len(state["buf"]) and not state["eof"] and not isinstance(value, (dict, list, str))
             except json.JSONDecodeError as exc:
                 if state["eof"] or len(state["buf"]) - state["pos"] > max_row_chars:
                     raise MalformedJSONError(
@@ -213,15 +214,19 @@ def iter_json_array(path: str | os.PathLike, chunk_bytes: int = 1 << 22, max_row
                 found = repr(c) if c else "end of file"
                 raise MalformedJSONError(
                     f"invalid JSON at character {state['offset'] + state['pos']}: expected ',' or ']' after the "
-                    f"row, found {found}", row=row, path=path)
+                    f"row, found {found}",
+                    row=row,
+                    path=path,
+                )
 
 
 def _expect_end(state: dict, skip_ws, path, n_rows: int) -> None:
     skip_ws()
     if state["pos"] < len(state["buf"]):
         raise MalformedJSONError(
-            f"invalid JSON at character {state['offset'] + state['pos']}: extra data after the list of "
-            f"{n_rows} rows", path=path)
+            f"invalid JSON at character {state['offset'] + state['pos']}: extra data after the list of {n_rows} rows",
+            path=path,
+        )
 
 
 class _Row:
@@ -243,8 +248,7 @@ def _parse_row(value: Any, row: int) -> _Row:
         raise MalformedJSONError(f"'id' must be a string or an integer, got {raw_id!r}", row=row)
     image = value.get("image")
     if image is not None and not isinstance(image, str):
-        raise MalformedJSONError(f"'image' must be a path string, got {type(image).__name__}", row=row,
-                                 sample=sample)
+        raise MalformedJSONError(f"'image' must be a path string, got {type(image).__name__}", row=row, sample=sample)
     if "conversations" not in value:
         raise MissingConversationsError("row has no 'conversations'", row=row, sample=sample)
     conv = value["conversations"]
@@ -256,8 +260,12 @@ def _parse_row(value: Any, row: int) -> _Row:
             raise TurnOrderError(f"turn {t} is a {type(turn).__name__}, not an object", row=row, sample=sample)
         expected = "human" if t % 2 == 0 else "gpt"
         if turn.get("from") != expected:
-            raise TurnOrderError(f"turn {t} is from {turn.get('from')!r}, expected {expected!r} (turns must "
-                                 "alternate human/gpt starting with human)", row=row, sample=sample)
+            raise TurnOrderError(
+                f"turn {t} is from {turn.get('from')!r}, expected {expected!r} (turns must "
+                "alternate human/gpt starting with human)",
+                row=row,
+                sample=sample,
+            )
         if not isinstance(turn.get("value"), str):
             raise TurnOrderError(f"turn {t} has no string 'value'", row=row, sample=sample)
     if len(conv) < 2:
@@ -277,8 +285,9 @@ def _parse_row(value: Any, row: int) -> _Row:
     r.conversations = json.dumps(conv, ensure_ascii=False, separators=_COMPACT)
     keys = list(value)
     extra_keys = [k for k in keys if k not in _CORE_KEYS]
-    r.extra = (json.dumps({k: value[k] for k in extra_keys}, ensure_ascii=False, separators=_COMPACT)
-               if extra_keys else None)
+    r.extra = (
+        json.dumps({k: value[k] for k in extra_keys}, ensure_ascii=False, separators=_COMPACT) if extra_keys else None
+    )
     canonical = ["id", "image", "conversations"] if "image" in value else ["id", "conversations"]
     layout = {}
     if keys[: len(canonical)] != canonical or ("image" in value and image is None):
@@ -293,8 +302,9 @@ def _check_image(image: str | None, image_root: Path | None, row: int, sample: s
     if image is None or image_root is None:
         return
     if os.path.isabs(image) or ".." in Path(image).parts:
-        raise MissingImageError(f"image {image!r} is not a path under the image root {str(image_root)!r}",
-                                row=row, sample=sample)
+        raise MissingImageError(
+            f"image {image!r} is not a path under the image root {str(image_root)!r}", row=row, sample=sample
+        )
     if not os.path.isfile(os.path.join(image_root, image)):
         raise MissingImageError(f"image {image!r} not found under {str(image_root)!r}", row=row, sample=sample)
 
@@ -335,10 +345,16 @@ class _BatchBuilder:
             values.clear()
 
 
-def build_manifest(pool_json: str | os.PathLike, out: str | os.PathLike,
-                   image_root: str | os.PathLike | None = None,
-                   mode: Literal["strict", "skip"] = "strict", *, allow_duplicate_ids: bool = False,
-                   batch_rows: int = 50_000, verbose: bool = False) -> ManifestReport:
+def build_manifest(
+    pool_json: str | os.PathLike,
+    out: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    mode: Literal["strict", "skip"] = "strict",
+    *,
+    allow_duplicate_ids: bool = False,
+    batch_rows: int = 50_000,
+    verbose: bool = False,
+) -> ManifestReport:
     """Convert a LLaVA-format JSON pool into the Parquet manifest (DESIGN §2, BRIEF manifest contract).
 
     ``mode="strict"`` raises the first row's :class:`ManifestError`; ``mode="skip"`` drops bad rows and
@@ -384,8 +400,9 @@ def build_manifest(pool_json: str | os.PathLike, out: str | os.PathLike,
                         try:
                             r = _parse_row(value, row)
                             if not allow_duplicate_ids and r.id in first_row_of_id:
-                                raise DuplicateIdError(f"id already used by row {first_row_of_id[r.id]}",
-                                                       row=row, sample=r.id)
+                                raise DuplicateIdError(
+                                    f"id already used by row {first_row_of_id[r.id]}", row=row, sample=r.id
+                                )
                             _check_image(r.image, root, row, r.id)
                             if not allow_duplicate_ids:
                                 first_row_of_id[r.id] = row
@@ -396,8 +413,7 @@ def build_manifest(pool_json: str | os.PathLike, out: str | os.PathLike,
                                 raise exc from None
                             name = type(exc).__name__
                             rejected_by_error[name] += 1
-                            record = {"row": row, "id": exc.sample, "error": name, "reason": exc.reason,
-                                      "raw": value}
+                            record = {"row": row, "id": exc.sample, "error": name, "reason": exc.reason, "raw": value}
                             rejected_file.write(json.dumps(record, ensure_ascii=False) + "\n")
                             continue
                         sources[r.source] += 1
@@ -413,9 +429,15 @@ def build_manifest(pool_json: str | os.PathLike, out: str | os.PathLike,
 
     n_rejected = sum(rejected_by_error.values())
     return ManifestReport(
-        manifest_path=str(out), rejected_path=None if rejected_out is None else str(rejected_out),
-        n_input_rows=n_input, n_rows=n_input - n_rejected, n_rejected=n_rejected,
-        rejected_by_error=dict(rejected_by_error), n_text_only=n_text, rows_by_source=dict(sources))
+        manifest_path=str(out),
+        rejected_path=None if rejected_out is None else str(rejected_out),
+        n_input_rows=n_input,
+        n_rows=n_input - n_rejected,
+        n_rejected=n_rejected,
+        rejected_by_error=dict(rejected_by_error),
+        n_text_only=n_text,
+        rows_by_source=dict(sources),
+    )
 
 
 class _NoPath:
@@ -502,9 +524,14 @@ def manifest_rows_to_llava(table: pa.Table, extra_fields: Mapping[str, Sequence]
     return rows
 
 
-def export_llava(table: pa.Table | str | os.PathLike, out_json: str | os.PathLike,
-                 extra_fields: Mapping[str, Sequence] | None = None, *, batch_rows: int = 10_000,
-                 verbose: bool = False) -> Path:
+def export_llava(
+    table: pa.Table | str | os.PathLike,
+    out_json: str | os.PathLike,
+    extra_fields: Mapping[str, Sequence] | None = None,
+    *,
+    batch_rows: int = 10_000,
+    verbose: bool = False,
+) -> Path:
     """Write the manifest's rows back as a LLaVA JSON list, atomically and batch by batch.
 
     The output is what ``json.dump(rows, f, ensure_ascii=False)`` writes for the original rows (plus
@@ -549,7 +576,8 @@ def export_llava(table: pa.Table | str | os.PathLike, out_json: str | os.PathLik
             progress.close()
     return Path(out_json)
 
-def source_statistics(table: pa.Table) -> "pd.DataFrame":
+
+def source_statistics(table: pa.Table) -> pd.DataFrame:
     """Per-source summary of a manifest (rows, share, text-only, multi-turn, answer vocabulary, chance).
 
     ``majority_rate`` is the accuracy of always giving the source's most frequent first answer, the
@@ -559,12 +587,14 @@ def source_statistics(table: pa.Table) -> "pd.DataFrame":
 
     df = table.select(["source", "answer", "n_turns", "image"]).to_pandas()
     grouped = df.groupby("source", sort=True)
-    stats = pd.DataFrame({
-        "n": grouped.size(),
-        "text_only": grouped["image"].agg(lambda s: int(s.isna().sum())),
-        "multi_turn": grouped["n_turns"].agg(lambda s: int((s > 2).sum())),
-        "answer_vocab": grouped["answer"].nunique(),
-        "majority_rate": grouped["answer"].agg(lambda s: s.value_counts().iloc[0] / len(s)),
-    })
+    stats = pd.DataFrame(
+        {
+            "n": grouped.size(),
+            "text_only": grouped["image"].agg(lambda s: int(s.isna().sum())),
+            "multi_turn": grouped["n_turns"].agg(lambda s: int((s > 2).sum())),
+            "answer_vocab": grouped["answer"].nunique(),
+            "majority_rate": grouped["answer"].agg(lambda s: s.value_counts().iloc[0] / len(s)),
+        }
+    )
     stats["share"] = stats["n"] / max(len(df), 1)
     return stats[["n", "share", "text_only", "multi_turn", "answer_vocab", "majority_rate"]]

@@ -13,14 +13,16 @@ every checkpoint is a plain HF directory that ``LlavaForConditionalGeneration.fr
 Conversations are rendered in the vicuna-v1 style LLaVA-1.5 uses: ``USER: <image>\\n{q} ASSISTANT: {a}</s>``;
 :func:`encode_conversation` is the one place the training and probing token layout is defined.
 """
+
 from __future__ import annotations
 
 import collections
 import json
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -67,7 +69,9 @@ class ModelConfig(BaseModel):
         "llava-hf/llava-1.5-7b-hf", description="real mode: hub name or local path of the LLaVA checkpoint"
     )
     image_size: int = Field(32, description="tiny: input image side in pixels")
-    patch_size: int = Field(4, description="tiny: ViT patch side; 4 gives 64 image tokens at 32 px (small objects need it)")
+    patch_size: int = Field(
+        4, description="tiny: ViT patch side; 4 gives 64 image tokens at 32 px (small objects need it)"
+    )
     vision_hidden_size: int = Field(64, description="tiny: vision tower width")
     vision_layers: int = Field(2, description="tiny: vision tower depth")
     vision_heads: int = Field(4, description="tiny: vision attention heads")

@@ -4,11 +4,12 @@ Only for pools with evaluation labels (the bundled pool): labels never feed sele
 point of PROGRESS (arXiv 2506.01085 §3) is that rounds move budget towards concepts whose accuracy is rising
 now; this report shows whether they did.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,8 +25,9 @@ def _family_of(manifest_path: str | os.PathLike, labels_path: str | os.PathLike)
     return pd.DataFrame({"id": ids}).merge(labels, on="id", how="left")["family"].fillna("unlabelled").to_numpy()
 
 
-def concept_report(manifest_path: str | os.PathLike, labels_path: str | os.PathLike,
-                   rounds: Sequence[dict]) -> pd.DataFrame:
+def concept_report(
+    manifest_path: str | os.PathLike, labels_path: str | os.PathLike, rounds: Sequence[dict]
+) -> pd.DataFrame:
     """One row per (round, family): new samples, their share, probe n/correct/accuracy after the round.
 
     ``rounds``: dicts with ``round``, ``to_step``, ``new_path`` (sample-id Parquet) and ``probe_path``
@@ -43,10 +45,18 @@ def concept_report(manifest_path: str | os.PathLike, labels_path: str | os.PathL
         for fam in sorted(set(counts.index) | set(acc.index)):
             n_new = int(counts.get(fam, 0))
             n_probe = int(acc["size"].get(fam, 0))
-            out.append({"round": r["round"], "step": r["to_step"], "family": fam, "new": n_new,
-                        "new_share": n_new / max(len(new), 1), "probe_n": n_probe,
-                        "probe_correct": int(acc["sum"].get(fam, 0)),
-                        "probe_accuracy": float(acc["sum"].get(fam, 0) / n_probe) if n_probe else np.nan})
+            out.append(
+                {
+                    "round": r["round"],
+                    "step": r["to_step"],
+                    "family": fam,
+                    "new": n_new,
+                    "new_share": n_new / max(len(new), 1),
+                    "probe_n": n_probe,
+                    "probe_correct": int(acc["sum"].get(fam, 0)),
+                    "probe_accuracy": float(acc["sum"].get(fam, 0) / n_probe) if n_probe else np.nan,
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -73,8 +83,9 @@ def plot_concept_report(report: pd.DataFrame, out_png: str | os.PathLike) -> Pat
     return out
 
 
-def concept_summary(manifest_path: str | os.PathLike, labels_path: str | os.PathLike,
-                    report: pd.DataFrame) -> pd.DataFrame:
+def concept_summary(
+    manifest_path: str | os.PathLike, labels_path: str | os.PathLike, report: pd.DataFrame
+) -> pd.DataFrame:
     """Per family over the whole run: pool size, samples selected, share of the family selected, and the
     accuracy at the first and the last probe."""
     pool = pd.Series(_family_of(manifest_path, labels_path)).value_counts().rename("pool")
@@ -93,7 +104,8 @@ def write_concept_report(manifest_path, labels_path, rounds, out_dir) -> dict[st
     ``concept_report.png`` under ``out_dir``."""
     report = concept_report(manifest_path, labels_path, rounds)
     out = Path(out_dir)
-    return {"table": write_parquet(report, out / "concept_report.parquet"),
-            "summary": write_parquet(concept_summary(manifest_path, labels_path, report),
-                                     out / "concept_summary.parquet"),
-            "plot": plot_concept_report(report, out / "concept_report.png")}
+    return {
+        "table": write_parquet(report, out / "concept_report.parquet"),
+        "summary": write_parquet(concept_summary(manifest_path, labels_path, report), out / "concept_summary.parquet"),
+        "plot": plot_concept_report(report, out / "concept_report.png"),
+    }

@@ -12,12 +12,13 @@ They are computed with set operations on ``sample_id`` instead of the original's
 of dicts (SPEC §7.8). :func:`export_original` writes the same sets under the original names and JSON
 format, so the original training/probing scripts can take over at any round.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -125,12 +126,14 @@ def apply_round(new_ids, selected_before, remaining_before) -> tuple[np.ndarray,
     in_remaining[rem] = True
     in_pool = in_remaining[new]
     if not in_pool.all():
-        raise RoundInvariantError(f"new: sample_id {int(new[~in_pool][0])} is not in the remaining pool "
-                                  f"({int((~in_pool).sum())} such ids)")
+        raise RoundInvariantError(
+            f"new: sample_id {int(new[~in_pool][0])} is not in the remaining pool ({int((~in_pool).sum())} such ids)"
+        )
     overlap = in_remaining[sel]
     if overlap.any():
-        raise RoundInvariantError(f"sample_id {int(sel[overlap][0])} is both selected and remaining "
-                                  f"({int(overlap.sum())} such ids)")
+        raise RoundInvariantError(
+            f"sample_id {int(sel[overlap][0])} is both selected and remaining ({int(overlap.sum())} such ids)"
+        )
     is_new = np.zeros(universe, dtype=bool)
     is_new[new] = True
     selected_until = np.concatenate([sel, new])
@@ -140,8 +143,9 @@ def apply_round(new_ids, selected_before, remaining_before) -> tuple[np.ndarray,
     return selected_until, remaining_after
 
 
-def commit_round(run_dir: str | os.PathLike, round_index: int, step: int, new_ids, selected_before,
-                 remaining_before) -> tuple[np.ndarray, np.ndarray]:
+def commit_round(
+    run_dir: str | os.PathLike, round_index: int, step: int, new_ids, selected_before, remaining_before
+) -> tuple[np.ndarray, np.ndarray]:
     """Apply a round's selection and write ``new_<round>``, ``remaining_after_<step>`` and
     ``selected_until_<step>`` (in that order, each atomically, so ``selected_until`` marks a committed
     round for resume). Returns ``(selected_until, remaining_after)``."""
@@ -266,8 +270,7 @@ class OriginalExporter:
         self.write_rows(r.selected_until, f"Selected_until_{r.step}.json")
         self.write_rows(r.remaining_after, f"Remaining_after_{r.step}.json")
         self.write_rows(r.new_ids, f"selection_step_{r.step}/fastest_acc_data_{r.num}.json")
-        probs = {str(int(c)): float(p) for c, p in
-                 sorted(r.probabilities.items(), key=lambda kv: (-kv[1], kv[0]))}
+        probs = {str(int(c)): float(p) for c, p in sorted(r.probabilities.items(), key=lambda kv: (-kv[1], kv[0]))}
         name = f"selection_step_{r.step}/fastest_selected_cluster_accuracies_{r.num}.json"
         write_json(probs, self.out_dir / name)
         self.counts[name] = len(probs)
@@ -292,13 +295,23 @@ class OriginalExporter:
     def write_summary(self, **info) -> Path:
         """``export_summary.json``: rows per written file (the original names promise 50K/60K/605K/7500;
         a scaled-down pool has other sizes) plus ``info``."""
-        return write_json({"n_samples": self.n_samples, "rows_per_file": dict(sorted(self.counts.items())),
-                           **info}, self.out_dir / SUMMARY_FILE, indent=2)
+        return write_json(
+            {"n_samples": self.n_samples, "rows_per_file": dict(sorted(self.counts.items())), **info},
+            self.out_dir / SUMMARY_FILE,
+            indent=2,
+        )
 
 
-def export_original(out_dir: str | os.PathLike, manifest, assignment, w1, w2, rounds: Sequence[RoundExport] = (),
-                    step_list: Sequence[int] | None = None,
-                    accuracy_tables: Mapping[int, pd.DataFrame] | None = None) -> dict[str, int]:
+def export_original(
+    out_dir: str | os.PathLike,
+    manifest,
+    assignment,
+    w1,
+    w2,
+    rounds: Sequence[RoundExport] = (),
+    step_list: Sequence[int] | None = None,
+    accuracy_tables: Mapping[int, pd.DataFrame] | None = None,
+) -> dict[str, int]:
     """Export a run (warm-up pools, rounds, step list, accuracy tables) to the original's files.
 
     Returns ``{relative file name: rows}``. The per-round pieces are methods of

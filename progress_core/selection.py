@@ -20,11 +20,13 @@ samples, so a 665K pool takes milliseconds (benchmarks/bench_selection.py).
 Decisions shared by all strategies: an empty pool gives an empty selection with a note (the loop simply
 ends), and a budget at least as large as the pool takes the whole pool with a note.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -41,8 +43,18 @@ class MissingHistoryError(SelectionError):
     """The strategy needs something the history does not have (PROGRESS needs two probes; COINCIDE an order)."""
 
 
-CLUSTER_TABLE_COLUMNS = ("cluster_id", "acc_prev", "acc_now", "delta", "baseline", "rel", "probability",
-                         "available", "quota", "selected")
+CLUSTER_TABLE_COLUMNS = (
+    "cluster_id",
+    "acc_prev",
+    "acc_now",
+    "delta",
+    "baseline",
+    "rel",
+    "probability",
+    "available",
+    "quota",
+    "selected",
+)
 """Columns of :attr:`SelectionResult.cluster_table` (DESIGN §3: the per-round cluster artifact)."""
 
 
@@ -95,20 +107,37 @@ class ProgressOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(0.5, gt=0, description="Softmax temperature T over the progress scores.")
-    exploit_frac: float = Field(0.9, ge=0, le=1, description=(
-        "Share of the budget spent on clusters that improved; the rest is uniform exploration over the "
-        "samples of all other clusters."))
+    exploit_frac: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description=(
+            "Share of the budget spent on clusters that improved; the rest is uniform exploration over the "
+            "samples of all other clusters."
+        ),
+    )
     progress_measure: Literal["relative_change", "relative_error_reduction"] = Field(
-        "relative_change", description=(
+        "relative_change",
+        description=(
             "relative_change: (a_now - a_prev) / a_prev with a_prev == 0 floored at 1/probe size (original). "
             "relative_error_reduction: (a_now - a_prev) / (1 - a_prev), the error denominator floored at "
-            "1/probe size when a_prev == 1."))
-    redistribute_overflow: bool = Field(False, description=(
-        "Give the quota a cluster cannot fill (capped by its remaining samples) to the other improving "
-        "clusters in proportion to their probabilities. The original drops it."))
-    fallback_when_no_progress: Literal["original", "explore"] = Field("original", description=(
-        "When no cluster improved: 'original' selects only the exploration share (as acc_sort.py); "
-        "'explore' spends the whole budget uniformly over the remaining pool."))
+            "1/probe size when a_prev == 1."
+        ),
+    )
+    redistribute_overflow: bool = Field(
+        False,
+        description=(
+            "Give the quota a cluster cannot fill (capped by its remaining samples) to the other improving "
+            "clusters in proportion to their probabilities. The original drops it."
+        ),
+    )
+    fallback_when_no_progress: Literal["original", "explore"] = Field(
+        "original",
+        description=(
+            "When no cluster improved: 'original' selects only the exploration share (as acc_sort.py); "
+            "'explore' spends the whole budget uniformly over the remaining pool."
+        ),
+    )
 
 
 Strategy = Callable[["SelectionContext", np.random.Generator, dict], SelectionResult]
@@ -179,8 +208,9 @@ def _make_context(remaining, cluster_ids, history: SelectionHistory | None, budg
         raise SelectionError(f"budget must be a non-negative integer, got {budget!r}")
     n = cluster_ids.size
     if cluster_ids.size and cluster_ids.min() < 0:
-        raise SelectionError(f"cluster_ids: sample {int(np.argmin(cluster_ids))} has negative cluster "
-                             f"{int(cluster_ids.min())}")
+        raise SelectionError(
+            f"cluster_ids: sample {int(np.argmin(cluster_ids))} has negative cluster {int(cluster_ids.min())}"
+        )
     if remaining.size:
         lo, hi = int(remaining.min()), int(remaining.max())
         if lo < 0 or hi >= n:
@@ -216,16 +246,24 @@ def _cluster_table(cluster_id: np.ndarray, **columns) -> pd.DataFrame:
 def _basic_table(ctx: SelectionContext, chosen: np.ndarray) -> pd.DataFrame:
     picked = np.bincount(ctx.cluster_ids[chosen], minlength=ctx.n_clusters)
     clusters = np.flatnonzero((ctx.available > 0) | (picked > 0))
-    return _cluster_table(clusters, available=ctx.available[clusters], quota=picked[clusters],
-                          selected=picked[clusters])
+    return _cluster_table(
+        clusters, available=ctx.available[clusters], quota=picked[clusters], selected=picked[clusters]
+    )
 
 
 def _take_all_note(ctx: SelectionContext) -> str:
     return f"budget {ctx.budget} >= remaining {ctx.remaining.size}: taking all"
 
 
-def select(strategy: str, remaining, cluster_ids, history: SelectionHistory | None, budget: int,
-           rng: np.random.Generator | int | None = 0, **options) -> SelectionResult:
+def select(
+    strategy: str,
+    remaining,
+    cluster_ids,
+    history: SelectionHistory | None,
+    budget: int,
+    rng: np.random.Generator | int | None = 0,
+    **options,
+) -> SelectionResult:
     """Select up to ``budget`` sample_ids from ``remaining`` with the named strategy (see module doc).
 
     Raises :class:`SelectionError` for an unknown strategy or option and inconsistent inputs, and
@@ -251,8 +289,9 @@ def select(strategy: str, remaining, cluster_ids, history: SelectionHistory | No
     return result
 
 
-def _draw_within_clusters(ctx: SelectionContext, quotas: np.ndarray, cluster_order: np.ndarray,
-                          rng: np.random.Generator) -> np.ndarray:
+def _draw_within_clusters(
+    ctx: SelectionContext, quotas: np.ndarray, cluster_order: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Uniform draw without replacement of ``quotas[c]`` remaining samples of each cluster in
     ``cluster_order`` (the original's shuffle + take-first-n per cluster, SPEC §3.3)."""
     wanted = cluster_order[quotas[cluster_order] > 0]
@@ -281,8 +320,9 @@ def _progress_scores(ctx: SelectionContext, opts: ProgressOptions) -> pd.DataFra
 
     h = ctx.history
     if h.acc_now is None:
-        raise MissingHistoryError("strategy 'progress' needs the accuracy at the current probe (acc_now); "
-                                  "learning progress needs two probes")
+        raise MissingHistoryError(
+            "strategy 'progress' needs the accuracy at the current probe (acc_now); learning progress needs two probes"
+        )
     now = validate_accuracy_table(h.acc_now, "acc_now")
     now = now[now["accuracy"].notna()]
     prev = validate_accuracy_table(h.acc_prev, "acc_prev") if h.acc_prev is not None else None
@@ -300,10 +340,14 @@ def _progress_scores(ctx: SelectionContext, opts: ProgressOptions) -> pd.DataFra
         baseline = np.where(a_prev == 0, floor, a_prev)
     else:
         baseline = np.maximum(1.0 - a_prev, floor)
-    rel = (a_now - a_prev) / baseline if opts.progress_measure == "relative_error_reduction" \
+    rel = (
+        (a_now - a_prev) / baseline
+        if opts.progress_measure == "relative_error_reduction"
         else (a_now - baseline) / baseline
-    return pd.DataFrame({"cluster_id": cid, "acc_prev": a_prev_raw, "acc_now": a_now, "delta": delta,
-                         "baseline": baseline, "rel": rel})
+    )
+    return pd.DataFrame(
+        {"cluster_id": cid, "acc_prev": a_prev_raw, "acc_now": a_now, "delta": delta, "baseline": baseline, "rel": rel}
+    )
 
 
 def _softmax(x: np.ndarray, temperature: float) -> np.ndarray:
@@ -380,11 +424,14 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
                 overflow = int((raw - capped).sum())
                 if opts.redistribute_overflow:
                     capped = _redistribute(capped, avail[p_clusters], p, int(raw.sum()))
-                    notes.append(f"{n_capped} cluster(s) capped by availability: overflow {overflow} "
-                                 f"redistributed, {int(raw.sum() - capped.sum())} left unfilled")
+                    notes.append(
+                        f"{n_capped} cluster(s) capped by availability: overflow {overflow} "
+                        f"redistributed, {int(raw.sum() - capped.sum())} left unfilled"
+                    )
                 else:
-                    notes.append(f"{n_capped} cluster(s) capped by availability: {overflow} quota "
-                                 f"dropped (original behaviour)")
+                    notes.append(
+                        f"{n_capped} cluster(s) capped by availability: {overflow} quota dropped (original behaviour)"
+                    )
             quota_all[p_clusters] = capped
             order = p_clusters[np.lexsort((p_clusters, -p))]
             exploit = _draw_within_clusters(ctx, quota_all[:k], order[order < k], rng)
@@ -396,12 +443,16 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
                 notes.append("no cluster improved: whole budget explored uniformly (fallback 'explore')")
             else:
                 n_explore_target = int(math.floor((1.0 - opts.exploit_frac) * ctx.budget + 1e-9))
-                notes.append(f"no cluster improved: only the exploration share ({n_explore_target}) is "
-                             f"selected (original behaviour)")
+                notes.append(
+                    f"no cluster improved: only the exploration share ({n_explore_target}) is "
+                    f"selected (original behaviour)"
+                )
         outside = np.flatnonzero(~in_p[:k][ctx.remaining_clusters])
         if outside.size < n_explore_target:
-            notes.append(f"exploration wants {n_explore_target} but only {outside.size} samples lie outside "
-                         f"the improving clusters: taking all of them")
+            notes.append(
+                f"exploration wants {n_explore_target} but only {outside.size} samples lie outside "
+                f"the improving clusters: taking all of them"
+            )
             explore = ctx.remaining[outside]
         else:
             explore = ctx.remaining[outside[rng.choice(outside.size, size=n_explore_target, replace=False)]]
@@ -410,11 +461,15 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
         if chosen.size < ctx.budget:
             notes.append(f"selected {chosen.size} of budget {ctx.budget}")
 
-    picked = np.bincount(ctx.cluster_ids[chosen], minlength=k_all)[:k_all] if chosen.size else \
-        np.zeros(k_all, dtype=np.int64)
+    picked = (
+        np.bincount(ctx.cluster_ids[chosen], minlength=k_all)[:k_all]
+        if chosen.size
+        else np.zeros(k_all, dtype=np.int64)
+    )
     rows = np.flatnonzero((avail > 0) | ~np.isnan(rel_all) | (picked > 0))
-    table = _cluster_table(rows, available=avail[rows], quota=quota_all[rows], selected=picked[rows],
-                           probability=prob_all[rows])
+    table = _cluster_table(
+        rows, available=avail[rows], quota=quota_all[rows], selected=picked[rows], probability=prob_all[rows]
+    )
     if not scores.empty:
         s = scores.set_index("cluster_id").reindex(rows)
         for col in ("acc_prev", "acc_now", "delta", "baseline", "rel"):
@@ -443,8 +498,9 @@ def coincide_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) ->
     the whole budget by COINCIDE at once). Deterministic; the seed is unused."""
     order = ctx.history.coincide_order
     if order is None:
-        raise MissingHistoryError("strategy 'coincide' needs history.coincide_order (sample_ids in "
-                                  "COINCIDE priority order)")
+        raise MissingHistoryError(
+            "strategy 'coincide' needs history.coincide_order (sample_ids in COINCIDE priority order)"
+        )
     order = _as_ids(order, "coincide_order")
     n = ctx.cluster_ids.size
     if order.size and (order.min() < 0 or order.max() >= n):
@@ -459,9 +515,11 @@ def coincide_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) ->
     if ctx.remaining.size == 0:
         notes.append("remaining pool is empty: nothing to select")
     if ranked.size < min(ctx.budget, ctx.remaining.size):
-        notes.append(f"coincide order covers only {ranked.size} of the {ctx.remaining.size} remaining "
-                     f"samples: selecting {min(ranked.size, ctx.budget)}")
-    chosen = ranked[:ctx.budget]
+        notes.append(
+            f"coincide order covers only {ranked.size} of the {ctx.remaining.size} remaining "
+            f"samples: selecting {min(ranked.size, ctx.budget)}"
+        )
+    chosen = ranked[: ctx.budget]
     return SelectionResult("coincide", chosen, _basic_table(ctx, chosen), notes, 0, int(chosen.size))
 
 
@@ -512,8 +570,11 @@ def tfs_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> Sele
     takes = _tfs_takes(counts.astype(np.int64), ctx.available, ctx.budget, rng)
     clusters = np.flatnonzero(takes > 0)
     chosen = _draw_within_clusters(ctx, takes, clusters, rng)
-    level = np.concatenate([counts[c] + np.arange(takes[c]) for c in clusters.tolist()]) if clusters.size \
+    level = (
+        np.concatenate([counts[c] + np.arange(takes[c]) for c in clusters.tolist()])
+        if clusters.size
         else np.empty(0, dtype=np.int64)
+    )
     tie = rng.permutation(k)[np.repeat(clusters, takes[clusters])]
     chosen = chosen[np.lexsort((tie, level))]
     table = _basic_table(ctx, chosen)

@@ -29,6 +29,7 @@ for evaluation only: selection must never read them. Every sample is drawn from 
 generator (seed, split, index), and Pillow writes PNGs without timestamps, so the same seed gives
 byte-identical files.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,13 +67,19 @@ MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 QUADRANTS = {(0, 0): "top left", (0, 1): "top right", (1, 0): "bottom left", (1, 1): "bottom right"}
 BASE_SIZE = 32
 
-FAMILIES = ("colour", "object_colour", "shape", "count", "position", "table", "navigation", "analogy",
-            "random")
+FAMILIES = ("colour", "object_colour", "shape", "count", "position", "table", "navigation", "analogy", "random")
 GRADED_FAMILIES = frozenset(("position", "table", "navigation", "analogy"))
 TEXT_FAMILY = "text"
 
-LABEL_SCHEMA = pa.schema([("id", pa.string()), ("split", pa.string()), ("concept", pa.string()),
-                          ("family", pa.string()), ("difficulty", pa.string())])
+LABEL_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("concept", pa.string()),
+        ("family", pa.string()),
+        ("difficulty", pa.string()),
+    ]
+)
 
 
 class SyntheticConfig(BaseModel):
@@ -83,8 +90,9 @@ class SyntheticConfig(BaseModel):
     seed: int = Field(0, ge=0, description="generator seed; the same seed gives byte-identical files")
     image_size: int = Field(32, ge=32, description="PNG side in pixels (drawn at 32 px, upscaled nearest)")
     text_fraction: float = Field(0.03, ge=0, le=1, description="share of text-only arithmetic rows")
-    multi_turn_fraction: float = Field(0.03, ge=0, le=1,
-                                       description="share of object_colour/shape rows with a second turn")
+    multi_turn_fraction: float = Field(
+        0.03, ge=0, le=1, description="share of object_colour/shape rows with a second turn"
+    )
 
 
 class SyntheticPool(BaseModel):
@@ -102,8 +110,7 @@ class SyntheticPool(BaseModel):
 class _Sample:
     __slots__ = ("image", "turns", "family", "difficulty")
 
-    def __init__(self, image: Image.Image | None, turns: list[tuple[str, str]], family: str,
-                 difficulty: str = "-"):
+    def __init__(self, image: Image.Image | None, turns: list[tuple[str, str]], family: str, difficulty: str = "-"):
         self.image = image
         self.turns = turns
         self.family = family
@@ -115,8 +122,9 @@ def _canvas(background: tuple[int, int, int]) -> tuple[Image.Image, ImageDraw.Im
     return image, ImageDraw.Draw(image)
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, x0: int, y0: int, size: int,
-               colour: tuple[int, int, int]) -> None:
+def draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, x0: int, y0: int, size: int, colour: tuple[int, int, int]
+) -> None:
     """Draw a filled, non-antialiased shape in the box ``[x0, x0+size) x [y0, y0+size)``."""
     x1, y1 = x0 + size - 1, y0 + size - 1
     if shape == "square":
@@ -147,8 +155,9 @@ def _image_question(rng: np.random.Generator, templates: Sequence[str], **kw) ->
 def _whole_colour(rng: np.random.Generator) -> _Sample:
     name = _colour_names(rng)[0]
     image, _ = _canvas(PALETTE[name])
-    q = _image_question(rng, ("What colour is the image?", "Which colour fills the picture?",
-                              "What is the colour of this image?"))
+    q = _image_question(
+        rng, ("What colour is the image?", "Which colour fills the picture?", "What is the colour of this image?")
+    )
     return _Sample(image, [(q, name)], "colour")
 
 
@@ -191,8 +200,9 @@ def _count(rng: np.random.Generator) -> _Sample:
         ox, oy = (int(v) for v in rng.integers(1, 8 - size, size=2))
         x0, y0 = int(slot % 4) * 8 + ox, int(slot // 4) * 8 + oy
         draw_shape(draw, "square", x0, y0, size, PALETTE[_colour_names(rng)[0]])
-    q = _image_question(rng, ("How many squares are there?", "Count the squares in the picture.",
-                              "How many objects do you see?"))
+    q = _image_question(
+        rng, ("How many squares are there?", "Count the squares in the picture.", "How many objects do you see?")
+    )
     return _Sample(image, [(q, str(k))], "count")
 
 
@@ -205,16 +215,21 @@ def _position(rng: np.random.Generator, hard: bool) -> _Sample:
         row = int(rng.integers(2))
         y0 = int(rng.integers(1, 6)) + 16 * row
         answer = QUADRANTS[(row, col)]
-        templates = ("In which corner is the shape?", "Which quadrant holds the object?",
-                     "Where is the shape: top left, top right, bottom left or bottom right?")
+        templates = (
+            "In which corner is the shape?",
+            "Which quadrant holds the object?",
+            "Where is the shape: top left, top right, bottom left or bottom right?",
+        )
     else:
         y0 = int(rng.integers(1, BASE_SIZE - size))
         answer = ("left", "right")[col]
-        templates = ("Is the shape on the left or the right?", "Which side is the object on?",
-                     "Where is the shape, left or right?")
+        templates = (
+            "Is the shape on the left or the right?",
+            "Which side is the object on?",
+            "Where is the shape, left or right?",
+        )
     draw_shape(draw, _pick(rng, SHAPES), x0, y0, size, PALETTE[_colour_names(rng)[0]])
-    return _Sample(image, [(_image_question(rng, templates), answer)], "position",
-                   "hard" if hard else "simple")
+    return _Sample(image, [(_image_question(rng, templates), answer)], "position", "hard" if hard else "simple")
 
 
 def grid_cell_box(k: int, cells: int) -> tuple[int, int]:
@@ -242,23 +257,44 @@ def _table(rng: np.random.Generator, hard: bool) -> _Sample:
     image = _draw_grid(colours, cells)
     if not hard:
         r, c = (int(v) for v in rng.integers(cells, size=2))
-        q = _image_question(rng, ("What colour is the cell in row {r}, column {c}?",
-                                  "Read the table: which colour is at row {r}, column {c}?",
-                                  "In the grid, what is the colour of row {r} column {c}?"), r=r + 1, c=c + 1)
+        q = _image_question(
+            rng,
+            (
+                "What colour is the cell in row {r}, column {c}?",
+                "Read the table: which colour is at row {r}, column {c}?",
+                "In the grid, what is the colour of row {r} column {c}?",
+            ),
+            r=r + 1,
+            c=c + 1,
+        )
         return _Sample(image, [(q, str(colours[r][c]))], "table", "simple")
     length = int(rng.integers(2, 4))
     first = int(rng.integers(0, cells - length + 1))
     line = int(rng.integers(cells))
     if rng.integers(2):
-        answer = " ".join(colours[line, first:first + length])
-        q = _image_question(rng, ("List the colours in row {l}, columns {a} to {b}.",
-                                  "Read row {l} of the table from column {a} to column {b}."),
-                            l=line + 1, a=first + 1, b=first + length)
+        answer = " ".join(colours[line, first : first + length])
+        q = _image_question(
+            rng,
+            (
+                "List the colours in row {l}, columns {a} to {b}.",
+                "Read row {l} of the table from column {a} to column {b}.",
+            ),
+            l=line + 1,
+            a=first + 1,
+            b=first + length,
+        )
     else:
-        answer = " ".join(colours[first:first + length, line])
-        q = _image_question(rng, ("List the colours in column {l}, rows {a} to {b}.",
-                                  "Read column {l} of the table from row {a} to row {b}."),
-                            l=line + 1, a=first + 1, b=first + length)
+        answer = " ".join(colours[first : first + length, line])
+        q = _image_question(
+            rng,
+            (
+                "List the colours in column {l}, rows {a} to {b}.",
+                "Read column {l} of the table from row {a} to row {b}.",
+            ),
+            l=line + 1,
+            a=first + 1,
+            b=first + length,
+        )
     return _Sample(image, [(q, answer)], "table", "hard")
 
 
@@ -279,8 +315,7 @@ def _navigation(rng: np.random.Generator, hard: bool) -> _Sample:
         start = tuple(int(v) for v in rng.integers(cells, size=2))
         pos, moves = start, []
         for _ in range(n_moves):
-            options = [m for m, (dr, dc) in MOVES.items()
-                       if 0 <= pos[0] + dr < cells and 0 <= pos[1] + dc < cells]
+            options = [m for m, (dr, dc) in MOVES.items() if 0 <= pos[0] + dr < cells and 0 <= pos[1] + dc < cells]
             m = _pick(rng, options)
             moves.append(m)
             pos = walk(pos, [m])
@@ -288,9 +323,15 @@ def _navigation(rng: np.random.Generator, hard: bool) -> _Sample:
             break
     image = _draw_grid(colours, cells, start=start)
     path = ", ".join(moves)
-    q = _image_question(rng, ("Start at the white cell and move {p}. What colour is the cell you reach?",
-                              "From the white cell, go {p}. Which colour is the cell where you stop?",
-                              "Moves: {p}. Starting on the white cell, what colour do you end on?"), p=path)
+    q = _image_question(
+        rng,
+        (
+            "Start at the white cell and move {p}. What colour is the cell you reach?",
+            "From the white cell, go {p}. Which colour is the cell where you stop?",
+            "Moves: {p}. Starting on the white cell, what colour do you end on?",
+        ),
+        p=path,
+    )
     return _Sample(image, [(q, str(colours[pos]))], "navigation", "hard" if hard else "simple")
 
 
@@ -312,16 +353,27 @@ def _analogy(rng: np.random.Generator, hard: bool) -> _Sample:
         x0, y0 = panel_x + (16 - size) // 2, (BASE_SIZE - size) // 2
         draw_shape(draw, spec["shape"], x0, y0, size, PALETTE[spec["colour"]])
     answer = " and ".join(ANALOGY_ATTRIBUTES[i] for i in changed)
-    q = _image_question(rng, ("What changes from the left panel to the right panel?",
-                              "Which attribute differs between the two panels?",
-                              "Compare the two shapes: what is different?"))
+    q = _image_question(
+        rng,
+        (
+            "What changes from the left panel to the right panel?",
+            "Which attribute differs between the two panels?",
+            "Compare the two shapes: what is different?",
+        ),
+    )
     return _Sample(image, [(q, answer)], "analogy", "hard" if hard else "simple")
 
 
 def _random(rng: np.random.Generator) -> _Sample:
     image, _, _ = _one_object(rng)
-    q = _image_question(rng, ("What is the code word for this picture?", "Which secret word goes with this image?",
-                              "Name the password of this picture."))
+    q = _image_question(
+        rng,
+        (
+            "What is the code word for this picture?",
+            "Which secret word goes with this image?",
+            "Name the password of this picture.",
+        ),
+    )
     return _Sample(image, [(q, _pick(rng, RANDOM_WORDS))], "random")
 
 
@@ -363,8 +415,9 @@ def _families(n: int, seed: int, split_code: int, text_fraction: float) -> list[
     return families.tolist()
 
 
-def _write_split(out_dir: Path, split: str, split_code: int, n: int, cfg: SyntheticConfig,
-                 progress) -> tuple[list[dict], list[dict]]:
+def _write_split(
+    out_dir: Path, split: str, split_code: int, n: int, cfg: SyntheticConfig, progress
+) -> tuple[list[dict], list[dict]]:
     rows, labels = [], []
     for i, family in enumerate(_families(n, cfg.seed, split_code, cfg.text_fraction)):
         rng = np.random.default_rng([cfg.seed, split_code, 1, i])
@@ -387,24 +440,39 @@ def _write_split(out_dir: Path, split: str, split_code: int, n: int, cfg: Synthe
         row["conversations"] = conversations
         rows.append(row)
         concept = family if sample.difficulty == "-" else f"{family}_{sample.difficulty}"
-        labels.append({"id": sample_id, "split": split, "concept": concept, "family": family,
-                       "difficulty": sample.difficulty})
+        labels.append(
+            {"id": sample_id, "split": split, "concept": concept, "family": family, "difficulty": sample.difficulty}
+        )
         if progress is not None:
             progress.update(1)
     return rows, labels
 
 
-def generate_pool(out_dir: str | os.PathLike, n: int = 3000, n_eval: int = 600, seed: int = 0, *,
-                  image_size: int = 32, text_fraction: float = 0.03, multi_turn_fraction: float = 0.03,
-                  verbose: bool = False) -> SyntheticPool:
+def generate_pool(
+    out_dir: str | os.PathLike,
+    n: int = 3000,
+    n_eval: int = 600,
+    seed: int = 0,
+    *,
+    image_size: int = 32,
+    text_fraction: float = 0.03,
+    multi_turn_fraction: float = 0.03,
+    verbose: bool = False,
+) -> SyntheticPool:
     """Write the bundled pool: ``pool.json``, ``eval.json``, ``images/<family>/<id>.png``, ``labels.parquet``.
 
     Families appear in equal shares (text-only arithmetic at ``text_fraction``), difficulty is a fair coin
     for graded families. Deterministic in ``seed`` (DESIGN §4).
     """
     try:
-        cfg = SyntheticConfig(n=n, n_eval=n_eval, seed=seed, image_size=image_size,
-                              text_fraction=text_fraction, multi_turn_fraction=multi_turn_fraction)
+        cfg = SyntheticConfig(
+            n=n,
+            n_eval=n_eval,
+            seed=seed,
+            image_size=image_size,
+            text_fraction=text_fraction,
+            multi_turn_fraction=multi_turn_fraction,
+        )
     except ValueError as exc:
         raise ConfigError(f"synthetic pool: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
     out = Path(out_dir)
@@ -424,8 +492,15 @@ def generate_pool(out_dir: str | os.PathLike, n: int = 3000, n_eval: int = 600, 
     write_json(eval_rows, out / "eval.json")
     labels = pa.Table.from_pylist(pool_labels + eval_labels, schema=LABEL_SCHEMA)
     write_parquet(labels, out / "labels.parquet")
-    return SyntheticPool(pool_json=out / "pool.json", eval_json=out / "eval.json", image_root=out / "images",
-                         labels_path=out / "labels.parquet", n=cfg.n, n_eval=cfg.n_eval, seed=cfg.seed)
+    return SyntheticPool(
+        pool_json=out / "pool.json",
+        eval_json=out / "eval.json",
+        image_root=out / "images",
+        labels_path=out / "labels.parquet",
+        n=cfg.n,
+        n_eval=cfg.n_eval,
+        seed=cfg.seed,
+    )
 
 
 def _answers_by_id(manifest_or_pool: Any) -> pd.DataFrame:
@@ -448,8 +523,7 @@ def _answers_by_id(manifest_or_pool: Any) -> pd.DataFrame:
         with open(path, encoding="utf-8") as f:
             manifest_or_pool = json.load(f)
     rows = list(manifest_or_pool)
-    return pd.DataFrame({"id": [str(r["id"]) for r in rows],
-                         "answer": [r["conversations"][1]["value"] for r in rows]})
+    return pd.DataFrame({"id": [str(r["id"]) for r in rows], "answer": [r["conversations"][1]["value"] for r in rows]})
 
 
 def pool_statistics(manifest_or_pool: Any, labels: Any) -> pd.DataFrame:
@@ -463,17 +537,18 @@ def pool_statistics(manifest_or_pool: Any, labels: Any) -> pd.DataFrame:
     answers = _answers_by_id(manifest_or_pool)
     if not isinstance(labels, pd.DataFrame):
         labels = pd.read_parquet(labels)
-    merged = answers.merge(labels[["id", "concept", "family", "difficulty"]].drop_duplicates("id"),
-                           on="id", how="left")
+    merged = answers.merge(labels[["id", "concept", "family", "difficulty"]].drop_duplicates("id"), on="id", how="left")
     merged[["concept", "family", "difficulty"]] = merged[["concept", "family", "difficulty"]].fillna("unlabelled")
     grouped = merged.groupby("concept", sort=True)
-    stats = pd.DataFrame({
-        "family": grouped["family"].first(),
-        "difficulty": grouped["difficulty"].first(),
-        "n": grouped.size(),
-        "answer_vocab": grouped["answer"].nunique(),
-        "majority_answer": grouped["answer"].agg(lambda s: s.value_counts().index[0]),
-        "majority_rate": grouped["answer"].agg(lambda s: s.value_counts().iloc[0] / len(s)),
-    })
+    stats = pd.DataFrame(
+        {
+            "family": grouped["family"].first(),
+            "difficulty": grouped["difficulty"].first(),
+            "n": grouped.size(),
+            "answer_vocab": grouped["answer"].nunique(),
+            "majority_answer": grouped["answer"].agg(lambda s: s.value_counts().index[0]),
+            "majority_rate": grouped["answer"].agg(lambda s: s.value_counts().iloc[0] / len(s)),
+        }
+    )
     stats["share"] = stats["n"] / max(len(merged), 1)
     return stats[["family", "difficulty", "n", "share", "answer_vocab", "majority_answer", "majority_rate"]]

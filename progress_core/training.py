@@ -15,6 +15,7 @@ over after the last full global batch are not trained (step = cumulative_samples
 Text-only rows carry no ``<image>`` tag and no pixel values: a batch's ``pixel_values`` stacks the images
 of its image rows only, in row order, which is how LLaVA scatters image features onto image tokens.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,16 +25,16 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
 from progress_core.errors import ConfigError, ProgressError
-from progress_core.rounds import steps_for  # noqa: F401  (re-exported: steps follow samples)
 from progress_core.model import (
     IGNORE_INDEX,
     ModelConfig,
@@ -42,6 +43,7 @@ from progress_core.model import (
     load_model,
     normalise_turns,
 )
+from progress_core.rounds import steps_for  # noqa: F401  (re-exported: steps follow samples)
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +324,9 @@ def _deepspeed_wanted(cfg: TrainingConfig) -> bool:
 
     import torch
 
-    return bool(cfg.deepspeed_config) and torch.cuda.is_available() and importlib.util.find_spec("deepspeed") is not None
+    return (
+        bool(cfg.deepspeed_config) and torch.cuda.is_available() and importlib.util.find_spec("deepspeed") is not None
+    )
 
 
 def _answer_tokens(labels) -> int:
@@ -336,8 +340,10 @@ def _sum_loss(model, batch: dict):
     logits = model(**inputs).logits
     labels = batch["labels"][:, 1:].to(logits.device)
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum",
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
     )
 
 
@@ -466,7 +472,9 @@ def train_to_step(
     if engine is None:
         blob["optimizer"] = optimizer.state_dict()
         blob["scheduler"] = scheduler.state_dict()
-    out = _save_checkpoint(model if engine is None else engine, processor, out_dir, blob, info, engine is not None, rank)
+    out = _save_checkpoint(
+        model if engine is None else engine, processor, out_dir, blob, info, engine is not None, rank
+    )
     return TrainResult(checkpoint=out, step=target_step, losses=losses, samples_seen=samples_seen)
 
 

@@ -1,4 +1,5 @@
 """Small readers shared by the task wrappers: manifest rows and cluster ids for a sample-id set."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,9 @@ def cluster_ids(annotation: StageRecord) -> np.ndarray:
     return out
 
 
-def manifest_rows(manifest: StageRecord, ids: np.ndarray, columns=("sample_id", "id", "conversations", "image")) -> pa.Table:
+def manifest_rows(
+    manifest: StageRecord, ids: np.ndarray, columns=("sample_id", "id", "conversations", "image")
+) -> pa.Table:
     """Manifest rows of ``ids`` in the order given (row i of the manifest is sample_id i)."""
     table = pq.read_table(manifest.files["manifest"], columns=list(columns))
     return table.take(pa.array(np.asarray(ids, dtype=np.int64)))

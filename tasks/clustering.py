@@ -1,5 +1,6 @@
 """Dual k-means stages (SPEC §2.1-2.2): the annotation clustering labels every sample with its concept
 ``cluster_id``; the selection clustering feeds COINCIDE warm-up pruning."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,10 +16,21 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 def kmeans_stage(features: StageRecord, name: str, k: int, settings: ClusteringConfig, out_dir: str) -> StageRecord:
     """Spherical faiss k-means with ``k`` centres; writes ``<name>_assignment.parquet`` and centroids."""
     x = load_features(features.files["features"], mmap=False)
-    result = spherical_kmeans(x, k, niter=settings.niter, seed=settings.seed,
-                              max_points_per_centroid=settings.max_points_per_centroid, gpu=settings.use_gpu,
-                              spherical=settings.spherical)
+    result = spherical_kmeans(
+        x,
+        k,
+        niter=settings.niter,
+        seed=settings.seed,
+        max_points_per_centroid=settings.max_points_per_centroid,
+        gpu=settings.use_gpu,
+        spherical=settings.spherical,
+    )
     assignment, centroids = save_clustering(result, out_dir, name)
     used = int(np.unique(result.assignment).size)
-    return StageRecord(stage="kmeans", out_dir=out_dir, files={"assignment": str(assignment), "centroids": str(centroids)},
-                       rows={"assignment": int(result.assignment.shape[0])}, meta={"name": name, "k": k, "used": used})
+    return StageRecord(
+        stage="kmeans",
+        out_dir=out_dir,
+        files={"assignment": str(assignment), "centroids": str(centroids)},
+        rows={"assignment": int(result.assignment.shape[0])},
+        meta={"name": name, "k": k, "used": used},
+    )

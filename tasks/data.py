@@ -1,4 +1,5 @@
 """Pool and manifest stages (DESIGN §2 ``manifest``/``synthetic``)."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,13 @@ def prepare_pool(data: DataConfig, fingerprint: str, out_dir: str) -> StageRecor
         return StageRecord(stage="pool", out_dir=out_dir, files=files, meta={"image_root": image_root})
     pool = generate_pool(Path(out_dir), n=data.synthetic_n, n_eval=data.synthetic_n_eval, seed=data.synthetic_seed)
     files = {"pool_json": str(pool.pool_json), "eval_json": str(pool.eval_json), "labels": str(pool.labels_path)}
-    return StageRecord(stage="pool", out_dir=out_dir, files=files, rows={"pool": pool.n, "eval": pool.n_eval},
-                       meta={"image_root": str(pool.image_root)})
+    return StageRecord(
+        stage="pool",
+        out_dir=out_dir,
+        files=files,
+        rows={"pool": pool.n, "eval": pool.n_eval},
+        meta={"image_root": str(pool.image_root)},
+    )
 
 
 @task(name="manifest", task_run_name="manifest", cache_key_fn=stage_cache_key, persist_result=True)
@@ -40,8 +46,13 @@ def prepare_pool(data: DataConfig, fingerprint: str, out_dir: str) -> StageRecor
 def manifest_stage(pool: StageRecord, mode: str, allow_duplicate_ids: bool, out_dir: str) -> StageRecord:
     """LLaVA JSON → Parquet manifest; bad rows are skipped, counted and written out in ``skip`` mode."""
     out = Path(out_dir) / "manifest.parquet"
-    report = build_manifest(pool.files["pool_json"], out, image_root=pool.meta.get("image_root"), mode=mode,
-                            allow_duplicate_ids=allow_duplicate_ids)
+    report = build_manifest(
+        pool.files["pool_json"],
+        out,
+        image_root=pool.meta.get("image_root"),
+        mode=mode,
+        allow_duplicate_ids=allow_duplicate_ids,
+    )
     files = {"manifest": str(out)}
     meta = {"image_root": pool.meta.get("image_root"), "report": json.loads(report.model_dump_json())}
     if "labels" in pool.files:

@@ -1,4 +1,5 @@
 """Held-out evaluation of a run's final checkpoint, per concept (DESIGN §5 strategy comparison)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,11 +12,20 @@ from progress_core.io import write_parquet
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
-@task(name="evaluate", cache_key_fn=stage_cache_key, persist_result=True, tags=["gpu"],
-      task_run_name="evaluate[{label}]")
+@task(
+    name="evaluate", cache_key_fn=stage_cache_key, persist_result=True, tags=["gpu"], task_run_name="evaluate[{label}]"
+)
 @stage("evaluate", modules=["progress_core.evaluation", "progress_core.accuracy", "progress_core.judges"])
-def evaluate_stage(checkpoint: str, checkpoint_key: str, eval_json: str, image_root: str | None, labels: str, settings: ProbeConfig,
-                   label: str, out_dir: str) -> StageRecord:
+def evaluate_stage(
+    checkpoint: str,
+    checkpoint_key: str,
+    eval_json: str,
+    image_root: str | None,
+    labels: str,
+    settings: ProbeConfig,
+    label: str,
+    out_dir: str,
+) -> StageRecord:
     """Answer the whole evaluation split with ``checkpoint``; accuracy per concept as Parquet.
 
     ``checkpoint_key`` (the training stage's content hash) keys the cache: a retrained checkpoint written to
@@ -23,5 +33,10 @@ def evaluate_stage(checkpoint: str, checkpoint_key: str, eval_json: str, image_r
     """
     table = evaluate_concepts(checkpoint, eval_json, image_root, labels, settings)
     path = write_parquet(table, Path(out_dir) / "concept_accuracy.parquet")
-    return StageRecord(stage="evaluate", out_dir=out_dir, files={"concepts": str(path)}, rows={"concepts": len(table)},
-                       meta={"label": label, "accuracy": float(table["correct"].sum() / max(table["n"].sum(), 1))})
+    return StageRecord(
+        stage="evaluate",
+        out_dir=out_dir,
+        files={"concepts": str(path)},
+        rows={"concepts": len(table)},
+        meta={"label": label, "accuracy": float(table["correct"].sum() / max(table["n"].sum(), 1))},
+    )

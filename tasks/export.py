@@ -1,4 +1,5 @@
 """Export a run to the original scripts' files (SPEC §3.5), so users of those scripts can switch over."""
+
 from __future__ import annotations
 
 from prefect import task
@@ -10,17 +11,39 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 
 @task(name="export-original", task_run_name="export-original", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("export_original", modules=["progress_core.rounds", "progress_core.manifest"])
-def export_stage(manifest: StageRecord, annotation: StageRecord, pools: StageRecord, rounds: list[StageRecord],
-                 probes: list[StageRecord], steps: list[int], selection_num: int, out_dir: str) -> StageRecord:
+def export_stage(
+    manifest: StageRecord,
+    annotation: StageRecord,
+    pools: StageRecord,
+    rounds: list[StageRecord],
+    probes: list[StageRecord],
+    steps: list[int],
+    selection_num: int,
+    out_dir: str,
+) -> StageRecord:
     """``Top_50K.json`` … ``Selected_until_{step}.json``, ``step_list.txt`` and the judge JSON per stop."""
-    exports = [RoundExport(step=r.meta["step"], new_ids=read_ids(r.files["new"]),
-                           selected_until=read_ids(r.files["selected_until"]),
-                           remaining_after=read_ids(r.files["remaining_after"]), num=selection_num,
-                           probabilities={int(k): v for k, v in r.meta.get("probabilities", {}).items()})
-               for r in rounds if r.stage == "select"]
+    exports = [
+        RoundExport(
+            step=r.meta["step"],
+            new_ids=read_ids(r.files["new"]),
+            selected_until=read_ids(r.files["selected_until"]),
+            remaining_after=read_ids(r.files["remaining_after"]),
+            num=selection_num,
+            probabilities={int(k): v for k, v in r.meta.get("probabilities", {}).items()},
+        )
+        for r in rounds
+        if r.stage == "select"
+    ]
     tables = {int(p.meta["step"]): read_accuracy_table(p.files["per_cluster"]) for p in probes}
-    counts = export_original(out_dir, manifest.files["manifest"], annotation.files["assignment"],
-                             read_ids(pools.files["w1"]), read_ids(pools.files["w2"]), exports,
-                             step_list=steps, accuracy_tables=tables)
+    counts = export_original(
+        out_dir,
+        manifest.files["manifest"],
+        annotation.files["assignment"],
+        read_ids(pools.files["w1"]),
+        read_ids(pools.files["w2"]),
+        exports,
+        step_list=steps,
+        accuracy_tables=tables,
+    )
     files = {"step_list": f"{out_dir}/step_list.txt", "summary": f"{out_dir}/export_summary.json"}
     return StageRecord(stage="export_original", out_dir=out_dir, files=files, rows=dict(counts))

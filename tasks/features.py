@@ -3,6 +3,7 @@
 PROGRESS §3.1 / SPEC §1: image part (DINOv2 or the offline descriptor) + MiniLM question part, one global
 L2 normalisation (``balanced`` normalises each part first). Row i of ``features.npy`` is sample_id i.
 """
+
 from __future__ import annotations
 
 import functools
@@ -11,11 +12,17 @@ from pathlib import Path
 
 from prefect import task
 
-from progress_core.features import (FeatureConfig, combine_features, extract_shard, load_image_encoder,
-                                    load_shards, load_text_encoder, save_shard)
+from progress_core.features import (
+    FeatureConfig,
+    combine_features,
+    extract_shard,
+    load_image_encoder,
+    load_shards,
+    load_text_encoder,
+    save_shard,
+)
 from progress_core.io import write_npy
 from tasks.stage import StageRecord, stage, stage_cache_key
-
 
 _ENCODER_LOCK = threading.Lock()
 
@@ -33,18 +40,28 @@ def _encoders(cfg_json: str):
         return _load_encoders(cfg_json)
 
 
-@task(name="features-shard", cache_key_fn=stage_cache_key, persist_result=True, tags=["features"],
-      task_run_name="features[{start}:{stop}]")
+@task(
+    name="features-shard",
+    cache_key_fn=stage_cache_key,
+    persist_result=True,
+    tags=["features"],
+    task_run_name="features[{start}:{stop}]",
+)
 @stage("features_shard", modules=["progress_core.features"])
 def feature_shard(manifest: StageRecord, start: int, stop: int, settings: FeatureConfig, out_dir: str) -> StageRecord:
     """Encode manifest rows ``start:stop``; unreadable images are counted skips with a zero image part."""
     image_enc, text_enc = _encoders(settings.model_dump_json())
-    shard = extract_shard(manifest.files["manifest"], manifest.meta.get("image_root"), start, stop, settings,
-                          image_enc, text_enc)
+    shard = extract_shard(
+        manifest.files["manifest"], manifest.meta.get("image_root"), start, stop, settings, image_enc, text_enc
+    )
     path = save_shard(shard, out_dir)
-    return StageRecord(stage="features_shard", out_dir=out_dir, files={"shard": str(path)},
-                       rows={"shard": shard.n}, meta={"start": start, "stop": stop,
-                                                      "failed_sample_ids": shard.failed_sample_ids.tolist()})
+    return StageRecord(
+        stage="features_shard",
+        out_dir=out_dir,
+        files={"shard": str(path)},
+        rows={"shard": shard.n},
+        meta={"start": start, "stop": stop, "failed_sample_ids": shard.failed_sample_ids.tolist()},
+    )
 
 
 @task(name="features", task_run_name="features", cache_key_fn=stage_cache_key, persist_result=True)
@@ -55,6 +72,15 @@ def combine_stage(shards: list[StageRecord], balanced: bool, out_dir: str) -> St
     out = Path(out_dir) / "features.npy"
     write_npy(combine_features(parts.image, parts.text, balanced), out)
     failed = [i for s in shards for i in s.meta.get("failed_sample_ids", [])]
-    return StageRecord(stage="features", out_dir=out_dir, files={"features": str(out)}, rows={"features": parts.n},
-                       meta={"image_dim": int(parts.image.shape[1]), "text_dim": int(parts.text.shape[1]),
-                             "n_image_failures": len(failed), "failed_sample_ids": failed[:1000]})
+    return StageRecord(
+        stage="features",
+        out_dir=out_dir,
+        files={"features": str(out)},
+        rows={"features": parts.n},
+        meta={
+            "image_dim": int(parts.image.shape[1]),
+            "text_dim": int(parts.text.shape[1]),
+            "n_image_failures": len(failed),
+            "failed_sample_ids": failed[:1000],
+        },
+    )

@@ -4,6 +4,7 @@ Every round r commits its new samples at the step it starts from (``new_<r>``, `
 ``remaining_after_<step>``): the two warm-up rounds commit W1 and W2, later rounds select by the configured
 strategy from the remaining pool using the last two probes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,48 +21,84 @@ from tasks._tables import cluster_ids, ids_of
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
-def _commit(out_dir: str, round_index: int, step: int, new_ids: np.ndarray, selected_before: StageRecord | None,
-            remaining_before: StageRecord | None, n_samples: int) -> tuple[dict[str, str], dict[str, int]]:
+def _commit(
+    out_dir: str,
+    round_index: int,
+    step: int,
+    new_ids: np.ndarray,
+    selected_before: StageRecord | None,
+    remaining_before: StageRecord | None,
+    n_samples: int,
+) -> tuple[dict[str, str], dict[str, int]]:
     selected = ids_of(selected_before, "selected_until")
     remaining = ids_of(remaining_before, "remaining_after")
     selected = np.empty(0, np.int64) if selected is None else selected
     remaining = np.arange(n_samples, dtype=np.int64) if remaining is None else remaining
     sel_until, rem_after = commit_round(out_dir, round_index, step, new_ids, selected, remaining)
     out = Path(out_dir)
-    files = {"new": str(out / f"new_{round_index}.parquet"),
-             "selected_until": str(out / f"selected_until_{step}.parquet"),
-             "remaining_after": str(out / f"remaining_after_{step}.parquet")}
+    files = {
+        "new": str(out / f"new_{round_index}.parquet"),
+        "selected_until": str(out / f"selected_until_{step}.parquet"),
+        "remaining_after": str(out / f"remaining_after_{step}.parquet"),
+    }
     rows = {"new": int(len(new_ids)), "selected_until": int(len(sel_until)), "remaining_after": int(len(rem_after))}
     return files, rows
 
 
 @task(name="commit-warmup", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="commit[r={round_index}]")
 @stage("commit_warmup", modules=["progress_core.rounds"])
-def commit_warmup_stage(pools: StageRecord, pool_name: str, selected_before: StageRecord | None,
-                        remaining_before: StageRecord | None, n_samples: int, round_index: int, step: int,
-                        out_dir: str) -> StageRecord:
+def commit_warmup_stage(
+    pools: StageRecord,
+    pool_name: str,
+    selected_before: StageRecord | None,
+    remaining_before: StageRecord | None,
+    n_samples: int,
+    round_index: int,
+    step: int,
+    out_dir: str,
+) -> StageRecord:
     """Commit a warm-up pool (W1 or W2) as the round's new samples."""
     new_ids = read_ids(pools.files[pool_name])
     files, rows = _commit(out_dir, round_index, step, new_ids, selected_before, remaining_before, n_samples)
-    return StageRecord(stage="commit_warmup", out_dir=out_dir, files=files, rows=rows,
-                       meta={"round": round_index, "step": step, "strategy": f"warmup:{pool_name}"})
+    return StageRecord(
+        stage="commit_warmup",
+        out_dir=out_dir,
+        files=files,
+        rows=rows,
+        meta={"round": round_index, "step": step, "strategy": f"warmup:{pool_name}"},
+    )
 
 
 def strategy_options(settings: SelectionConfig) -> dict:
     """The chosen strategy's options from the run config (only ``progress`` takes options)."""
     if settings.strategy != "progress":
         return {}
-    return {"temperature": settings.temperature, "exploit_frac": settings.exploit_fraction,
-            "progress_measure": settings.progress_measure, "redistribute_overflow": settings.redistribute_overflow,
-            "fallback_when_no_progress": settings.fallback_when_no_progress}
+    return {
+        "temperature": settings.temperature,
+        "exploit_frac": settings.exploit_fraction,
+        "progress_measure": settings.progress_measure,
+        "redistribute_overflow": settings.redistribute_overflow,
+        "fallback_when_no_progress": settings.fallback_when_no_progress,
+    }
 
 
 @task(name="select", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="select[r={round_index}]")
 @stage("select", modules=["progress_core.selection", "progress_core.rounds", "progress_core.accuracy_table"])
-def select_stage(settings: SelectionConfig, budget: int, seed: int, annotation: StageRecord,
-                 selected_before: StageRecord, remaining_before: StageRecord, acc_prev: StageRecord | None,
-                 acc_now: StageRecord | None, coincide_order: StageRecord | None, n_samples: int,
-                 round_index: int, step: int, out_dir: str) -> StageRecord:
+def select_stage(
+    settings: SelectionConfig,
+    budget: int,
+    seed: int,
+    annotation: StageRecord,
+    selected_before: StageRecord,
+    remaining_before: StageRecord,
+    acc_prev: StageRecord | None,
+    acc_now: StageRecord | None,
+    coincide_order: StageRecord | None,
+    n_samples: int,
+    round_index: int,
+    step: int,
+    out_dir: str,
+) -> StageRecord:
     """Select up to ``budget`` new samples and commit them; the per-cluster table explains the choice."""
     history = SelectionHistory(
         acc_prev=read_accuracy_table(acc_prev.files["per_cluster"]) if acc_prev else None,
@@ -70,12 +107,30 @@ def select_stage(settings: SelectionConfig, budget: int, seed: int, annotation: 
         coincide_order=ids_of(coincide_order, "order"),
     )
     rng = np.random.default_rng([seed, round_index])
-    result = select(settings.strategy, ids_of(remaining_before, "remaining_after"), cluster_ids(annotation), history,
-                    budget, rng, **strategy_options(settings))
+    result = select(
+        settings.strategy,
+        ids_of(remaining_before, "remaining_after"),
+        cluster_ids(annotation),
+        history,
+        budget,
+        rng,
+        **strategy_options(settings),
+    )
     files, rows = _commit(out_dir, round_index, step, result.sample_ids, selected_before, remaining_before, n_samples)
     files["clusters"] = str(write_parquet(result.cluster_table, Path(out_dir) / "selection_clusters.parquet"))
-    return StageRecord(stage="select", out_dir=out_dir, files=files, rows=rows,
-                       meta={"round": round_index, "step": step, "strategy": settings.strategy, "budget": budget,
-                             "notes": list(result.notes), "n_exploit": result.n_exploit,
-                             "n_explore": result.n_explore,
-                             "probabilities": {str(k): v for k, v in result.probabilities.items()}})
+    return StageRecord(
+        stage="select",
+        out_dir=out_dir,
+        files=files,
+        rows=rows,
+        meta={
+            "round": round_index,
+            "step": step,
+            "strategy": settings.strategy,
+            "budget": budget,
+            "notes": list(result.notes),
+            "n_exploit": result.n_exploit,
+            "n_explore": result.n_explore,
+            "probabilities": {str(k): v for k, v in result.probabilities.items()},
+        },
+    )

@@ -15,6 +15,7 @@ Two layers make re-runs free and crashes harmless:
   overwritten), and the task itself returns the marker's record when its outputs are already there (e.g.
   Prefect's result storage was reset). A task killed half-way leaves no marker, so it runs again.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,9 @@ import hashlib
 import inspect
 import json
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -62,7 +64,7 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source_hash(module_name: str) -> str:
     module = sys.modules.get(module_name) or __import__(module_name, fromlist=["_"])
     return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()

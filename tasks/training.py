@@ -4,6 +4,7 @@ One run is trained in pieces: the init stage builds the tiny model (or names the
 ``train`` stage continues the previous checkpoint to its target step on that round's new samples only, with
 optimizer, scheduler and RNG state carried over and one cosine schedule over FINAL_STEP.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,25 +26,49 @@ def init_model_stage(manifest: StageRecord, settings: ModelConfig, out_dir: str)
         return StageRecord(stage="init_model", out_dir=out_dir, files={}, meta={"base_model": settings.base_model})
     table = pq.read_table(manifest.files["manifest"], columns=["conversations"])
     path = build_tiny_model(table.column("conversations").to_pylist(), settings, Path(out_dir) / "model")
-    return StageRecord(stage="init_model", out_dir=out_dir, files={"checkpoint": str(path)},
-                       meta={"base_model": str(path)})
+    return StageRecord(
+        stage="init_model", out_dir=out_dir, files={"checkpoint": str(path)}, meta={"base_model": str(path)}
+    )
 
 
-@task(name="train", cache_key_fn=stage_cache_key, persist_result=True, tags=["gpu"], retries=2,
-      retry_delay_seconds=[10, 60], task_run_name="train[r={round_index}]")
+@task(
+    name="train",
+    cache_key_fn=stage_cache_key,
+    persist_result=True,
+    tags=["gpu"],
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    task_run_name="train[r={round_index}]",
+)
 @stage("train", modules=["progress_core.training", "progress_core.model"], hash_outputs=False)
-def train_stage(start: StageRecord, samples: StageRecord, manifest: StageRecord, target_step: int,
-                settings: TrainingConfig, round_index: int, out_dir: str) -> StageRecord:
+def train_stage(
+    start: StageRecord,
+    samples: StageRecord,
+    manifest: StageRecord,
+    target_step: int,
+    settings: TrainingConfig,
+    round_index: int,
+    out_dir: str,
+) -> StageRecord:
     """Continue ``start``'s checkpoint to ``target_step`` on the round's new samples."""
     rows = manifest_rows(manifest, ids_of(samples, "new"))
     checkpoint = start.files.get("checkpoint")
     if start.stage == "init_model" and settings.model.mode == "tiny":
         settings = settings.model_copy(update={"model": settings.model.model_copy(update={"base_model": checkpoint})})
         checkpoint = None
-    result = train_to_step(checkpoint, rows, manifest.meta.get("image_root"), target_step, settings,
-                           Path(out_dir) / "checkpoint")
+    result = train_to_step(
+        checkpoint, rows, manifest.meta.get("image_root"), target_step, settings, Path(out_dir) / "checkpoint"
+    )
     losses = [float(x) for x in result.losses]
-    return StageRecord(stage="train", out_dir=out_dir, files={"checkpoint": str(result.checkpoint)},
-                       rows={"samples": rows.num_rows},
-                       meta={"step": result.step, "losses": losses, "round": round_index,
-                             "final_loss": losses[-1] if losses else None})
+    return StageRecord(
+        stage="train",
+        out_dir=out_dir,
+        files={"checkpoint": str(result.checkpoint)},
+        rows={"samples": rows.num_rows},
+        meta={
+            "step": result.step,
+            "losses": losses,
+            "round": round_index,
+            "final_loss": losses[-1] if losses else None,
+        },
+    )

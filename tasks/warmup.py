@@ -1,5 +1,6 @@
 """COINCIDE warm-up pools (SPEC §2.3-2.4): W1, W2 = W(f2) − W(f1), the remaining pool, and the pruning
 order used by the ``coincide`` baseline."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,13 +17,15 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 
 @task(name="warmup-pools", task_run_name="warmup-pools", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("warmup_pools", modules=["progress_core.coincide", "progress_core.rounds"])
-def warmup_stage(features: StageRecord, selection_clusters: StageRecord, settings: WarmupConfig,
-                 out_dir: str) -> StageRecord:
+def warmup_stage(
+    features: StageRecord, selection_clusters: StageRecord, settings: WarmupConfig, out_dir: str
+) -> StageRecord:
     """Both pruning runs on the selection clustering; files ``w1``, ``w2``, ``remaining``, ``order``."""
     x = load_features(features.files["features"], mmap=False)
     fine = load_clustering(Path(selection_clusters.out_dir), selection_clusters.meta["name"])
-    pools = warmup_pools(x, fine, fractions=tuple(settings.fractions), temperature=settings.temperature,
-                         sigma=settings.sigma)
+    pools = warmup_pools(
+        x, fine, fractions=tuple(settings.fractions), temperature=settings.temperature, sigma=settings.sigma
+    )
     out = Path(out_dir)
     files, rows = {}, {}
     for name in ("w1", "w2", "remaining", "order"):
@@ -34,8 +37,9 @@ def warmup_stage(features: StageRecord, selection_clusters: StageRecord, setting
 
 @task(name="coincide-order", task_run_name="coincide-order", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("coincide_order", modules=["progress_core.coincide", "progress_core.rounds"])
-def coincide_order_stage(features: StageRecord, selection_clusters: StageRecord, budget: int,
-                         settings: WarmupConfig, out_dir: str) -> StageRecord:
+def coincide_order_stage(
+    features: StageRecord, selection_clusters: StageRecord, budget: int, settings: WarmupConfig, out_dir: str
+) -> StageRecord:
     """The COINCIDE baseline's whole budget chosen at once by cluster-wise pruning (DESIGN §5)."""
     x = load_features(features.files["features"], mmap=False)
     fine = load_clustering(Path(selection_clusters.out_dir), selection_clusters.meta["name"])

@@ -1,5 +1,6 @@
 """Helpers of the orchestration tests: a small run config, running the CLI in a subprocess against a
 temporary Prefect server, and reading task runs and artifacts back through the Prefect client."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,16 @@ def small_config(run_dir: Path, **overrides) -> dict:
 
 def env_for(api_url: str, home: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"PREFECT_API_URL": api_url, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PREFECT_LOGGING_LEVEL": "WARNING"})
+    env.update(
+        {
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+    )
     return env
 
 
@@ -53,8 +62,13 @@ def write_config(cfg: dict, path: Path) -> Path:
 def run_cli(config_path: Path, api_url: str, home: Path, log: Path) -> subprocess.Popen:
     """Start ``progress run --config`` in a subprocess (so a test can SIGKILL it)."""
     out = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "progress_core.cli", "run", "--config", str(config_path)],
-                            cwd=REPO, env=env_for(api_url, home), stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", "--config", str(config_path)],
+        cwd=REPO,
+        env=env_for(api_url, home),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def run_to_end(config_path: Path, api_url: str, home: Path, log: Path, timeout: float = 400) -> dict:
@@ -78,8 +92,7 @@ def task_runs(api_url: str, flow_run_id: str) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     def fn(client):
-        return client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200)
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200)
 
     return client_call(api_url, fn)
 
@@ -89,7 +102,8 @@ def artifacts(api_url: str, flow_run_id: str) -> list:
 
     def fn(client):
         return client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=200)
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=200
+        )
 
     return client_call(api_url, fn)
 

@@ -1,17 +1,18 @@
 """Accuracy probe: per-cluster sampling, greedy answers, per-sample and per-cluster tables (SPEC §3.2)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_model import make_pool, pool_texts
 
 from progress_core.accuracy import ProbeConfig, ProbeError, probe, probe_sample, save_probe
 from progress_core.accuracy_table import read_accuracy_table
 from progress_core.judges import ExactMatchJudge, Verdict
 from progress_core.model import ModelConfig, build_tiny_model
 from progress_core.training import TrainingConfig, train_to_step
-from test_model import make_pool, pool_texts
 
 
 def test_probe_sample_draws_at_most_spc_per_cluster_from_selected_only():
@@ -79,10 +80,22 @@ def test_tables_sum_and_batched_generation_matches_single(trained, tmp_path):
     root, evaluation, cfg, init, checkpoint = trained
     rows = evaluation.iloc[:12]
     verdicts = [1, 0, None, 1, 1, 0, None, None, 1, 0, 0, 1]
-    result = probe(checkpoint, rows, root / "eval" / "images", ScriptedJudge(verdicts),
-                   ProbeConfig(model=cfg.model, batch_size=5), progress=False)
-    single = probe(checkpoint, rows, root / "eval" / "images", ExactMatchJudge(),
-                   ProbeConfig(model=cfg.model, batch_size=1), progress=False)
+    result = probe(
+        checkpoint,
+        rows,
+        root / "eval" / "images",
+        ScriptedJudge(verdicts),
+        ProbeConfig(model=cfg.model, batch_size=5),
+        progress=False,
+    )
+    single = probe(
+        checkpoint,
+        rows,
+        root / "eval" / "images",
+        ExactMatchJudge(),
+        ProbeConfig(model=cfg.model, batch_size=1),
+        progress=False,
+    )
     assert result.per_sample["prediction"].tolist() == single.per_sample["prediction"].tolist()
     ps, pc = result.per_sample, result.per_cluster
     assert list(ps.columns[:6]) == ["sample_id", "cluster_id", "prompt", "prediction", "reference", "verdict"]
@@ -97,5 +110,15 @@ def test_tables_sum_and_batched_generation_matches_single(trained, tmp_path):
         assert c.accuracy == pytest.approx(c.correct / (c.n - c.unjudged))
     paths = save_probe(result, tmp_path / "probe")
     back = pq.read_table(paths["per_sample"]).to_pandas()
-    assert back["verdict"].isna().sum() == 3 and back["verdict"].dropna().astype(int).tolist() == [1, 0, 1, 1, 0, 1, 0, 0, 1]
+    assert back["verdict"].isna().sum() == 3 and back["verdict"].dropna().astype(int).tolist() == [
+        1,
+        0,
+        1,
+        1,
+        0,
+        1,
+        0,
+        0,
+        1,
+    ]
     assert read_accuracy_table(paths["per_cluster"])["n"].sum() == 12

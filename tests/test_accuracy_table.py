@@ -32,9 +32,16 @@ def test_verdicts_reject_other_values():
 
 
 def test_read_original_judge_json(tmp_path):
-    obj = {"cluster_accuracies": {"12": {"correct": 3, "total": 4, "accuracy": 0.75},
-                                  "5": {"correct": 0, "total": 2, "accuracy": 0.0}},
-           "total_samples": 6, "total_cluster_samples": 6, "total_correct_samples": 3, "overall_accuracy": 0.5}
+    obj = {
+        "cluster_accuracies": {
+            "12": {"correct": 3, "total": 4, "accuracy": 0.75},
+            "5": {"correct": 0, "total": 2, "accuracy": 0.0},
+        },
+        "total_samples": 6,
+        "total_cluster_samples": 6,
+        "total_correct_samples": 3,
+        "overall_accuracy": 0.5,
+    }
     p = tmp_path / "combined_results_internVL.json"
     p.write_text(json.dumps(obj))
     t = read_accuracy_table(p)
@@ -59,14 +66,20 @@ def test_parquet_and_json_round_trip(tmp_path):
     assert accuracy_table_to_original(t)["total_correct_samples"] == 3
 
 
-@pytest.mark.parametrize("content, match", [
-    ("{not json", "not valid JSON"),
-    (json.dumps({"clusters": {}}), "cluster_accuracies"),
-    (json.dumps({"cluster_accuracies": {"x": {"correct": 1, "total": 1, "accuracy": 1.0}}}), "'x' is not an integer"),
-    (json.dumps({"cluster_accuracies": {"1": {"correct": 1, "total": 1}}}), "needs 'correct'"),
-    (json.dumps({"cluster_accuracies": {"1": {"correct": 3, "total": 2, "accuracy": 1.0}}}), "exceeds n"),
-    (json.dumps({"cluster_accuracies": {"1": {"correct": 1, "total": 2, "accuracy": 1.5}}}), r"outside \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"clusters": {}}), "cluster_accuracies"),
+        (
+            json.dumps({"cluster_accuracies": {"x": {"correct": 1, "total": 1, "accuracy": 1.0}}}),
+            "'x' is not an integer",
+        ),
+        (json.dumps({"cluster_accuracies": {"1": {"correct": 1, "total": 1}}}), "needs 'correct'"),
+        (json.dumps({"cluster_accuracies": {"1": {"correct": 3, "total": 2, "accuracy": 1.0}}}), "exceeds n"),
+        (json.dumps({"cluster_accuracies": {"1": {"correct": 1, "total": 2, "accuracy": 1.5}}}), r"outside \[0, 1\]"),
+    ],
+)
 def test_malformed_json_is_a_named_error(tmp_path, content, match):
     p = tmp_path / "bad.json"
     p.write_text(content)
@@ -75,8 +88,9 @@ def test_malformed_json_is_a_named_error(tmp_path, content, match):
 
 
 def test_malformed_parquet(tmp_path):
-    pd.DataFrame({"cluster_id": [1, 1], "n": [2, 2], "correct": [1, 1], "unjudged": [0, 0],
-                  "accuracy": [0.5, 0.5]}).to_parquet(tmp_path / "dup.parquet")
+    pd.DataFrame(
+        {"cluster_id": [1, 1], "n": [2, 2], "correct": [1, 1], "unjudged": [0, 0], "accuracy": [0.5, 0.5]}
+    ).to_parquet(tmp_path / "dup.parquet")
     with pytest.raises(AccuracyTableError, match="row 1: cluster_id 1 appears more than once"):
         read_accuracy_table(tmp_path / "dup.parquet")
     pd.DataFrame({"cluster_id": [1]}).to_parquet(tmp_path / "cols.parquet")

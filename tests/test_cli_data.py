@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from progress_core.cli import main
+from cli.main import main
 from progress_core.manifest import read_manifest
 
 
@@ -38,17 +38,18 @@ def test_prepare_synthetic_writes_pool_manifest_and_prints_stats(prepared, capsy
 
 def test_manifest_export_round_trip(prepared, tmp_path, capsys):
     m = tmp_path / "m.parquet"
-    assert main(["manifest", str(prepared / "pool.json"), "--images", str(prepared / "images"),
-                 "--out", str(m)]) == 0
+    assert main(["manifest", str(prepared / "pool.json"), "--images", str(prepared / "images"), "--out", str(m)]) == 0
     assert "150 of 150 rows" in capsys.readouterr().out
     assert main(["export", str(m), "--out", str(tmp_path / "back.json")]) == 0
     assert json.loads((tmp_path / "back.json").read_text()) == json.loads((prepared / "pool.json").read_text())
 
 
 def test_strict_error_is_one_line_exit_1_and_skip_writes_rejects(tmp_path, capsys):
-    rows = [{"id": "a", "conversations": _turns("q", "a")},
-            {"id": "b", "conversations": [{"from": "gpt", "value": "x"}]},
-            {"id": "a", "conversations": _turns("q", "a")}]
+    rows = [
+        {"id": "a", "conversations": _turns("q", "a")},
+        {"id": "b", "conversations": [{"from": "gpt", "value": "x"}]},
+        {"id": "a", "conversations": _turns("q", "a")},
+    ]
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(rows))
     assert main(["manifest", str(pool), "--out", str(tmp_path / "m.parquet"), "--strict"]) == 1
@@ -92,12 +93,15 @@ def test_stats_by_source_and_by_concept(prepared, capsys):
         assert concept in by_concept
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["prepare", "synthetic", "--help"], ["--n-eval", "--seed", "concept"]),
-    (["manifest", "--help"], ["--images", "--skip", "rejected"]),
-    (["export", "--help"], ["--out", "LLaVA"]),
-    (["stats", "--help"], ["--labels", "concept"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["prepare", "synthetic", "--help"], ["--n-eval", "--seed", "concept"]),
+        (["manifest", "--help"], ["--images", "--skip", "rejected"]),
+        (["export", "--help"], ["--out", "LLaVA"]),
+        (["stats", "--help"], ["--labels", "concept"]),
+    ],
+)
 def test_every_command_has_help(argv, words, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out

@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from progress_core.cli import main
+from cli.main import main
 from progress_core.rounds import read_ids, write_ids
 
 SIZES = [50, 50, 5, 30, 20]
@@ -14,23 +14,52 @@ SIZES = [50, 50, 5, 30, 20]
 def inputs(tmp_path):
     cids = np.repeat(np.arange(5), SIZES)
     n = cids.size
-    pq.write_table(pa.table({"sample_id": np.arange(n), "cluster_id": cids,
-                             "similarity": np.ones(n, dtype=np.float32)}), tmp_path / "clusters.parquet")
+    pq.write_table(
+        pa.table({"sample_id": np.arange(n), "cluster_id": cids, "similarity": np.ones(n, dtype=np.float32)}),
+        tmp_path / "clusters.parquet",
+    )
     write_ids(np.arange(n), tmp_path / "remaining.parquet")
-    prev = {"cluster_accuracies": {"0": {"correct": 2, "total": 4, "accuracy": 0.5},
-                                   "1": {"correct": 0, "total": 4, "accuracy": 0.0},
-                                   "3": {"correct": 4, "total": 5, "accuracy": 0.8}}}
+    prev = {
+        "cluster_accuracies": {
+            "0": {"correct": 2, "total": 4, "accuracy": 0.5},
+            "1": {"correct": 0, "total": 4, "accuracy": 0.0},
+            "3": {"correct": 4, "total": 5, "accuracy": 0.8},
+        }
+    }
     (tmp_path / "prev.json").write_text(json.dumps(prev))
-    pd.DataFrame({"cluster_id": [0, 1, 2, 3], "n": [4, 4, 4, 5], "correct": [3, 2, 3, 3], "unjudged": [0] * 4,
-                  "accuracy": [0.75, 0.5, 0.75, 0.6]}).to_parquet(tmp_path / "now.parquet")
+    pd.DataFrame(
+        {
+            "cluster_id": [0, 1, 2, 3],
+            "n": [4, 4, 4, 5],
+            "correct": [3, 2, 3, 3],
+            "unjudged": [0] * 4,
+            "accuracy": [0.75, 0.5, 0.75, 0.6],
+        }
+    ).to_parquet(tmp_path / "now.parquet")
     return cids
 
 
 def args(tmp_path, *extra):
-    return ["select", "--strategy", "progress", "--clusters", str(tmp_path / "clusters.parquet"),
-            "--remaining", str(tmp_path / "remaining.parquet"), "--acc-prev", str(tmp_path / "prev.json"),
-            "--acc-now", str(tmp_path / "now.parquet"), "--budget", "100", "--seed", "3",
-            "--out", str(tmp_path / "new.parquet"), *extra]
+    return [
+        "select",
+        "--strategy",
+        "progress",
+        "--clusters",
+        str(tmp_path / "clusters.parquet"),
+        "--remaining",
+        str(tmp_path / "remaining.parquet"),
+        "--acc-prev",
+        str(tmp_path / "prev.json"),
+        "--acc-now",
+        str(tmp_path / "now.parquet"),
+        "--budget",
+        "100",
+        "--seed",
+        "3",
+        "--out",
+        str(tmp_path / "new.parquet"),
+        *extra,
+    ]
 
 
 def test_select_end_to_end(tmp_path, capsys):
@@ -70,16 +99,48 @@ def test_select_missing_acc_now_and_wrong_options(tmp_path, capsys):
     inputs(tmp_path)
     a = args(tmp_path)
     i = a.index("--acc-now")
-    del a[i:i + 2]
+    del a[i : i + 2]
     assert main(a) == 1
     assert "needs the accuracy at the current probe" in capsys.readouterr().err
-    assert main(["select", "--strategy", "random", "--clusters", str(tmp_path / "clusters.parquet"),
-                 "--remaining", str(tmp_path / "remaining.parquet"), "--budget", "7", "--temperature", "1",
-                 "--out", str(tmp_path / "r.parquet")]) == 1
+    assert (
+        main(
+            [
+                "select",
+                "--strategy",
+                "random",
+                "--clusters",
+                str(tmp_path / "clusters.parquet"),
+                "--remaining",
+                str(tmp_path / "remaining.parquet"),
+                "--budget",
+                "7",
+                "--temperature",
+                "1",
+                "--out",
+                str(tmp_path / "r.parquet"),
+            ]
+        )
+        == 1
+    )
     assert "apply to strategy 'progress'" in capsys.readouterr().err
-    assert main(["select", "--strategy", "random", "--clusters", str(tmp_path / "clusters.parquet"),
-                 "--remaining", str(tmp_path / "remaining.parquet"), "--budget", "7",
-                 "--out", str(tmp_path / "r.parquet")]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--strategy",
+                "random",
+                "--clusters",
+                str(tmp_path / "clusters.parquet"),
+                "--remaining",
+                str(tmp_path / "remaining.parquet"),
+                "--budget",
+                "7",
+                "--out",
+                str(tmp_path / "r.parquet"),
+            ]
+        )
+        == 0
+    )
     assert read_ids(tmp_path / "r.parquet").size == 7
 
 
@@ -87,8 +148,10 @@ def test_select_checks_manifest_size(tmp_path, capsys):
     from progress_core.manifest import build_manifest
 
     inputs(tmp_path)
-    rows = [{"id": f"s{i}", "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}
-            for i in range(7)]
+    rows = [
+        {"id": f"s{i}", "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}
+        for i in range(7)
+    ]
     (tmp_path / "pool.json").write_text(json.dumps(rows))
     build_manifest(tmp_path / "pool.json", tmp_path / "manifest.parquet")
     assert main(args(tmp_path, "--manifest", str(tmp_path / "manifest.parquet"))) == 1

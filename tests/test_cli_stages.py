@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from progress_core.cli import main
+from cli.main import main
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "colour", "is", "the", "shape", "?", "image"]
 COLOURS = [(220, 20, 20), (20, 220, 20), (20, 20, 220)]
@@ -23,54 +23,113 @@ def workdir(tmp_path_factory):
     for c, rgb in enumerate(COLOURS):
         Image.new("RGB", (32, 32), rgb).save(root / "img" / f"{c}.png")
     n = 60
-    conv = json.dumps([{"from": "human", "value": "<image>\nwhat colour is the shape ?"},
-                       {"from": "gpt", "value": "x"}])
-    table = pa.table({
-        "sample_id": pa.array(np.arange(n), pa.int64()),
-        "id": pa.array([str(i) for i in range(n)]),
-        "image": pa.array([f"img/{i % 3}.png" for i in range(n)]),
-        "question": pa.array(["what colour is the shape ?"] * n),
-        "answer": pa.array(["x"] * n),
-        "n_turns": pa.array([2] * n, pa.int32()),
-        "source": pa.array(["img"] * n),
-        "conversations": pa.array([conv] * n),
-        "extra": pa.array([None] * n, pa.string()),
-    })
+    conv = json.dumps(
+        [{"from": "human", "value": "<image>\nwhat colour is the shape ?"}, {"from": "gpt", "value": "x"}]
+    )
+    table = pa.table(
+        {
+            "sample_id": pa.array(np.arange(n), pa.int64()),
+            "id": pa.array([str(i) for i in range(n)]),
+            "image": pa.array([f"img/{i % 3}.png" for i in range(n)]),
+            "question": pa.array(["what colour is the shape ?"] * n),
+            "answer": pa.array(["x"] * n),
+            "n_turns": pa.array([2] * n, pa.int32()),
+            "source": pa.array(["img"] * n),
+            "conversations": pa.array([conv] * n),
+            "extra": pa.array([None] * n, pa.string()),
+        }
+    )
     pq.write_table(table, root / "manifest.parquet")
     bert = root / "bert"
     bert.mkdir()
     (bert / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(VOCAB), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=16, max_position_embeddings=32)).save_pretrained(bert)
+    BertModel(
+        BertConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            max_position_embeddings=32,
+        )
+    ).save_pretrained(bert)
     BertTokenizerFast(vocab_file=str(bert / "vocab.txt")).save_pretrained(bert)
     return root
 
 
 def test_features_cluster_warmup_end_to_end(workdir, capsys):
     feats = workdir / "features.npy"
-    rc = main(["features", "--manifest", str(workdir / "manifest.parquet"), "--images", str(workdir),
-               "--out", str(feats), "--text-encoder", str(workdir / "bert"), "--batch-size", "16"])
+    rc = main(
+        [
+            "features",
+            "--manifest",
+            str(workdir / "manifest.parquet"),
+            "--images",
+            str(workdir),
+            "--out",
+            str(feats),
+            "--text-encoder",
+            str(workdir / "bert"),
+            "--batch-size",
+            "16",
+        ]
+    )
     assert rc == 0
     x = np.load(feats)
     assert x.shape == (60, 264) and x.dtype == np.float16
     assert "unreadable images 0" in capsys.readouterr().out
 
     clusters = workdir / "clusters"
-    assert main(["cluster", "--features", str(feats), "--k", "3", "--niter", "10", "--out", str(clusters),
-                 "--name", "selection"]) == 0
+    assert (
+        main(
+            [
+                "cluster",
+                "--features",
+                str(feats),
+                "--k",
+                "3",
+                "--niter",
+                "10",
+                "--out",
+                str(clusters),
+                "--name",
+                "selection",
+            ]
+        )
+        == 0
+    )
     assign = pq.read_table(clusters / "selection_assignment.parquet")
     cid = assign.column("cluster_id").to_numpy()
     assert {tuple(sorted(set(cid[np.arange(60) % 3 == c]))) for c in range(3)} == {(a,) for a in set(cid)}
     assert len(set(cid)) == 3
 
-    assert main(["cluster", "--features", str(feats), "--out", str(clusters), "--name", "annotation",
-                 "--paper-k", "22176"]) == 0
+    assert (
+        main(
+            ["cluster", "--features", str(feats), "--out", str(clusters), "--name", "annotation", "--paper-k", "22176"]
+        )
+        == 0
+    )
     assert "k=2," in capsys.readouterr().out
 
     out = workdir / "pools"
-    assert main(["warmup", "--features", str(feats), "--clusters", str(clusters), "--fractions", "0.2", "0.3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "warmup",
+                "--features",
+                str(feats),
+                "--clusters",
+                str(clusters),
+                "--fractions",
+                "0.2",
+                "0.3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     w1 = pq.read_table(out / "w1.parquet").column("sample_id").to_numpy()
     w2 = pq.read_table(out / "w2.parquet").column("sample_id").to_numpy()
     rem = pq.read_table(out / "remaining.parquet").column("sample_id").to_numpy()

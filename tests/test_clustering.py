@@ -2,9 +2,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from progress_core.clustering import (ClusteringConfig, ClusteringError, CollapsedClusteringError, KTooLargeError,
-                                      NonFiniteFeaturesError, load_clustering, resolve_k, save_clustering,
-                                      scaled_k, spherical_kmeans)
+from progress_core.clustering import (
+    ClusteringConfig,
+    ClusteringError,
+    CollapsedClusteringError,
+    KTooLargeError,
+    NonFiniteFeaturesError,
+    load_clustering,
+    resolve_k,
+    save_clustering,
+    scaled_k,
+    spherical_kmeans,
+)
 
 
 def blobs(n_per=80, k=5, d=16, noise=0.02, seed=0):
@@ -82,8 +91,11 @@ def test_save_and_load_round_trip(tmp_path):
     res = spherical_kmeans(x, 5, niter=10)
     a_path, c_path = save_clustering(res, tmp_path, "annotation")
     schema = pq.read_schema(a_path)
-    assert [(f.name, str(f.type)) for f in schema] == [("sample_id", "int64"), ("cluster_id", "int64"),
-                                                       ("similarity", "float")]
+    assert [(f.name, str(f.type)) for f in schema] == [
+        ("sample_id", "int64"),
+        ("cluster_id", "int64"),
+        ("similarity", "float"),
+    ]
     back = load_clustering(tmp_path, "annotation")
     np.testing.assert_array_equal(back.assignment, res.assignment)
     np.testing.assert_array_equal(back.centroids, res.centroids)

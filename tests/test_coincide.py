@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from progress_core.clustering import KMeansResult, spherical_kmeans
-from progress_core.coincide import (CoincideError, cluster_density, cluster_transferability, cluster_wise_prune,
-                                    coincide_selection, gaussian_kernel, greedy_mmd_selection, warmup_pools)
+from progress_core.coincide import (
+    CoincideError,
+    cluster_density,
+    cluster_transferability,
+    cluster_wise_prune,
+    coincide_selection,
+    gaussian_kernel,
+    greedy_mmd_selection,
+    warmup_pools,
+)
 
 
 def naive_greedy_mmd(K, M):
@@ -78,7 +86,7 @@ def test_greedy_first_pick_is_the_kernel_medoid():
 def _three_clusters(sizes=(10, 10, 10)):
     """Identical points per cluster (density 1), transfer set so softmax(score/0.1) = (0.3, 0.6, 0.1)."""
     basis = np.eye(3, dtype=np.float32)
-    feats = np.concatenate([np.repeat(basis[c:c + 1], s, 0) for c, s in enumerate(sizes)])
+    feats = np.concatenate([np.repeat(basis[c : c + 1], s, 0) for c, s in enumerate(sizes)])
     assign = np.concatenate([np.full(s, c) for c, s in enumerate(sizes)])
     transfer = 1.0 + 0.1 * np.log(np.array([3.0, 6.0, 1.0]))
     return feats, assign, transfer

@@ -1,9 +1,10 @@
 """The run config: presets, YAML, unknown keys and invalid values named, derived trainer/probe configs."""
+
 from __future__ import annotations
 
 import pytest
 
-from progress_core.cli import main
+from cli.main import main
 from progress_core.config import RunConfig, load_config
 from progress_core.errors import ConfigError
 
@@ -34,14 +35,17 @@ def test_derived_configs_share_the_model_and_the_horizon():
     assert probe.model.patch_size == 8 and probe.seed == 7
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"trainng": {}}, "trainng"),
-    ({"training": {"modle": {}}}, "training.modle"),
-    ({"probe": {"judge": {"kindd": "exact"}}}, "probe.judge.kindd"),
-    ({"selection": {"selection_num": 0}}, "selection.selection_num"),
-    ({"warmup": {"fractions": [0.3, 0.1]}}, "warmup"),
-    ({"preset": "huge"}, "preset"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"trainng": {}}, "trainng"),
+        ({"training": {"modle": {}}}, "training.modle"),
+        ({"probe": {"judge": {"kindd": "exact"}}}, "probe.judge.kindd"),
+        ({"selection": {"selection_num": 0}}, "selection.selection_num"),
+        ({"warmup": {"fractions": [0.3, 0.1]}}, "warmup"),
+        ({"preset": "huge"}, "preset"),
+    ],
+)
 def test_bad_fields_are_named(overrides, field):
     with pytest.raises(ConfigError, match=f"'{field}"):
         load_config(overrides=overrides)

@@ -1,5 +1,6 @@
 """``prefect.yaml``'s progress-demo deployment on a temporary server, run by a real process worker: once
 triggered through the API as the UI's Run button does, once from the UI itself in headless Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import shutil
 import time
 
 import pytest
+from flowkit import artifacts, client_call, small_config
 
 from deployments.setup import create_pools, deploy, prefect_worker
-from flowkit import artifacts, client_call, small_config
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +37,19 @@ def deployed(prefect_api, tmp_path_factory):
     api_url, home = prefect_api
     base = tmp_path_factory.mktemp("deployed")
     create_pools(api_url, gpus=1, home=home)
-    deploy(["progress-demo"], api_url, home=home, params={"config": small_config(base / "ui-run",
-                                                                                 **{"schedule.final_step": 20})})
-    with prefect_worker("cpu", api_url, home=home, log=base / "worker.log",
-                        extra_env={"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}):
+    deploy(
+        ["progress-demo"],
+        api_url,
+        home=home,
+        params={"config": small_config(base / "ui-run", **{"schedule.final_step": 20})},
+    )
+    with prefect_worker(
+        "cpu",
+        api_url,
+        home=home,
+        log=base / "worker.log",
+        extra_env={"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "WARNING"},
+    ):
         yield api_url, base
 
 
@@ -76,9 +86,19 @@ def test_quick_run_from_the_ui(deployed, tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{ui}/deployments/deployment/{dep.id}", wait_until="networkidle")
         page.get_by_role("button", name="Run", exact=True).click()
@@ -87,7 +107,9 @@ def test_quick_run_from_the_ui(deployed, tmp_path):
         runs = []
         while not runs and time.monotonic() < deadline:
             runs = client_call(api_url, lambda c: c.read_flow_runs(limit=50))
-            runs = [r for r in runs if r.deployment_id == dep.id and r.parameters["config"]["run_dir"].endswith("ui-run")]
+            runs = [
+                r for r in runs if r.deployment_id == dep.id and r.parameters["config"]["run_dir"].endswith("ui-run")
+            ]
             time.sleep(0.5)
         assert runs, "Quick run created no flow run"
         final = _wait_final(api_url, runs[0].id)

@@ -7,13 +7,52 @@ import pytest
 import torch
 from PIL import Image
 
-from progress_core.features import (CLIP_MEAN, CLIP_STD, DescriptorEncoder, DinoV2Encoder, FeatureConfig,
-                                    FeatureError, MiniLMEncoder, WeightsChecksumError, combine_features,
-                                    extract_features, extract_shard, load_shards, question_text, save_shard,
-                                    shard_ranges, verify_minilm_weights)
+from progress_core.features import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DescriptorEncoder,
+    DinoV2Encoder,
+    FeatureConfig,
+    FeatureError,
+    MiniLMEncoder,
+    WeightsChecksumError,
+    combine_features,
+    extract_features,
+    extract_shard,
+    load_shards,
+    question_text,
+    save_shard,
+    shard_ranges,
+    verify_minilm_weights,
+)
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<", ">", "image", "what", "colour", "is", "the", "square",
-         "shape", "?", "a", "red", "blue", "how", "many", "count", "answer", "with", "word", "\n"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "<",
+    ">",
+    "image",
+    "what",
+    "colour",
+    "is",
+    "the",
+    "square",
+    "shape",
+    "?",
+    "a",
+    "red",
+    "blue",
+    "how",
+    "many",
+    "count",
+    "answer",
+    "with",
+    "word",
+    "\n",
+]
 
 
 def conv(question, answer="yes"):
@@ -28,8 +67,14 @@ def tiny_bert(tmp_path_factory):
     (d / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     BertModel(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return d
@@ -41,8 +86,9 @@ def tiny_dino(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tiny_dino")
     torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                       patch_size=14, image_size=28)
+    cfg = Dinov2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, patch_size=14, image_size=28
+    )
     Dinov2Model(cfg).save_pretrained(d)
     return d
 
@@ -57,19 +103,27 @@ def pool(tmp_path_factory):
     (root / "imgs" / "corrupt.png").write_bytes(b"not a png")
     images = ["imgs/red.png", "imgs/blue.png", None, "imgs/missing.png", "imgs/corrupt.png"]
     n = len(images)
-    table = pa.table({
-        "sample_id": pa.array(np.arange(n), pa.int64()),
-        "id": pa.array([f"s{i}" for i in range(n)]),
-        "image": pa.array(images, pa.string()),
-        "question": pa.array(["what colour is the square ?"] * n),
-        "answer": pa.array(["red"] * n),
-        "n_turns": pa.array([2] * n, pa.int32()),
-        "source": pa.array(["imgs", "imgs", "text", "imgs", "imgs"]),
-        "conversations": pa.array([conv("<image>\nwhat colour is the square ?\nAnswer with a word"),
-                                   conv("<image>\nwhat is the shape ?"), conv("how many ?"),
-                                   conv("<image>\ncount"), conv("<image>\nwhat is the square ?")]),
-        "extra": pa.array([None] * n, pa.string()),
-    })
+    table = pa.table(
+        {
+            "sample_id": pa.array(np.arange(n), pa.int64()),
+            "id": pa.array([f"s{i}" for i in range(n)]),
+            "image": pa.array(images, pa.string()),
+            "question": pa.array(["what colour is the square ?"] * n),
+            "answer": pa.array(["red"] * n),
+            "n_turns": pa.array([2] * n, pa.int32()),
+            "source": pa.array(["imgs", "imgs", "text", "imgs", "imgs"]),
+            "conversations": pa.array(
+                [
+                    conv("<image>\nwhat colour is the square ?\nAnswer with a word"),
+                    conv("<image>\nwhat is the shape ?"),
+                    conv("how many ?"),
+                    conv("<image>\ncount"),
+                    conv("<image>\nwhat is the square ?"),
+                ]
+            ),
+            "extra": pa.array([None] * n, pa.string()),
+        }
+    )
     path = root / "manifest.parquet"
     import pyarrow.parquet as pq
 
@@ -78,9 +132,14 @@ def pool(tmp_path_factory):
 
 
 def test_question_text_joins_human_turns_and_cuts_answer_format():
-    c = json.dumps([{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."},
-                    {"from": "human", "value": "Its colour?\nAnswer the question using a single word."},
-                    {"from": "gpt", "value": "Black"}])
+    c = json.dumps(
+        [
+            {"from": "human", "value": "<image>\nWhat is it?"},
+            {"from": "gpt", "value": "A cat."},
+            {"from": "human", "value": "Its colour?\nAnswer the question using a single word."},
+            {"from": "gpt", "value": "Black"},
+        ]
+    )
     assert question_text(c) == "<image>\nWhat is it?\nIts colour?"
     assert question_text(conv("Q?\nAnswer with the option's letter.\nAnswer the x")) == "Q?"
     assert question_text(conv("<image>\nDescribe.")) == "<image>\nDescribe."
@@ -89,8 +148,11 @@ def test_question_text_joins_human_turns_and_cuts_answer_format():
 
 def test_descriptor_distinguishes_colours_and_is_deterministic():
     enc = DescriptorEncoder()
-    ims = [Image.new("RGB", (50, 40), (230, 10, 10)), Image.new("RGB", (64, 64), (240, 20, 15)),
-           Image.new("RGB", (50, 40), (10, 10, 230))]
+    ims = [
+        Image.new("RGB", (50, 40), (230, 10, 10)),
+        Image.new("RGB", (64, 64), (240, 20, 15)),
+        Image.new("RGB", (50, 40), (10, 10, 230)),
+    ]
     v = enc.encode(ims)
     assert v.shape == (3, 256) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
@@ -219,6 +281,7 @@ def test_default_minilm_is_hand_computed_mean_pooling(minilm):
 
 
 def test_default_minilm_paraphrases_are_closer(minilm):
-    a, b, c = minilm.encode(["What colour is the bus?", "Which color does the bus have?",
-                             "How many calories are in a banana?"])
+    a, b, c = minilm.encode(
+        ["What colour is the bus?", "Which color does the bus have?", "How many calories are in a banana?"]
+    )
     assert a @ b > 0.7 and a @ b > a @ c + 0.3

@@ -1,4 +1,5 @@
 """The selection flow against a real Prefect server: files, artifacts, caching, resume after SIGKILL."""
+
 from __future__ import annotations
 
 import signal
@@ -8,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from flowkit import artifacts, run_cli, run_to_end, small_config, states_by_stage, task_runs, write_config
 
 from progress_core.rounds import read_ids
-from flowkit import (artifacts, run_cli, run_to_end, small_config, states_by_stage, task_runs,
-                           write_config)
 
 pytestmark = pytest.mark.slow
 

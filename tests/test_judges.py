@@ -1,4 +1,5 @@
 """Judges: normalised exact match and the original's LLM judge with robust parsing (SPEC §3.2c)."""
+
 from __future__ import annotations
 
 import sys
@@ -127,9 +128,16 @@ def tiny_causal_lm(tmp_path_factory):
     path = tmp_path_factory.mktemp("judge_lm")
     tokenizer = build_word_tokenizer([CAPTION_PROMPT_V2, "correct incorrect Answer - Reason - red blue"])
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
@@ -138,8 +146,9 @@ def tiny_causal_lm(tmp_path_factory):
 
 
 def test_transformers_backend_generates_one_parsed_verdict_per_prompt(tiny_causal_lm):
-    judge = make_judge(JudgeConfig(kind="llm", backend="transformers", model=str(tiny_causal_lm),
-                                   batch_size=2, max_new_tokens=4))
+    judge = make_judge(
+        JudgeConfig(kind="llm", backend="transformers", model=str(tiny_causal_lm), batch_size=2, max_new_tokens=4)
+    )
     assert isinstance(judge.backend, TransformersBackend) and judge.backend.tokenizer.padding_side == "left"
     questions = ["What colour?", "Which one is red and which one is blue?", "Red?"]
     predictions = ["red", "blue", "red blue red"]
@@ -187,7 +196,10 @@ def test_lmdeploy_backend_calls_pipeline_with_prompts_and_config(monkeypatch):
     assert seen["backend"] == {"tp": 4, "session_len": 8192, "cache_max_entry_count": 0.5}
     assert seen["template"] == {"model_name": "internvl2-internlm2"}
     assert seen["gen"] == {"max_new_tokens": 64}
-    assert seen["prompts"] == [[judge_prompt("q1", "a", "a"), judge_prompt("q2", "b", "x")], [judge_prompt("q3", "c", "c")]]
+    assert seen["prompts"] == [
+        [judge_prompt("q1", "a", "a"), judge_prompt("q2", "b", "x")],
+        [judge_prompt("q3", "c", "c")],
+    ]
 
 
 def test_lmdeploy_missing_is_a_named_error(monkeypatch):

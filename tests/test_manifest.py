@@ -28,19 +28,30 @@ def _turns(*values):
 
 
 HAND_POOL = [
-    {"id": "000000033471", "image": "coco/train2017/000000033471.jpg",
-     "conversations": _turns("<image>\nWhat colour is the bus?", "White and red.",
-                             "Where is it going?", "Downtown.")},
+    {
+        "id": "000000033471",
+        "image": "coco/train2017/000000033471.jpg",
+        "conversations": _turns(
+            "<image>\nWhat colour is the bus?", "White and red.", "Where is it going?", "Downtown."
+        ),
+    },
     {"id": "i6IyJda_0", "model": "", "conversations": _turns("Write a haiku about snow.", "Soft white hush...")},
     {"id": "text-2", "conversations": _turns("What is 2 plus 3?", "5"), "model": "gpt-4", "lang": "en"},
     {"id": 1234, "image": "gqa/images/2354786.jpg", "conversations": _turns("Is the sky blue?\n<image>", "Yes")},
     {"conversations": _turns("<image>\nRead the text.", "STOP"), "image": "ocr_vqa/images/1.jpg", "id": "ocr-1"},
-    {"id": "vg-1", "image": "vg/VG_100K/1.jpg", "conversations": _turns("<image> Describe ünïcödé 日本", "≈ ok"),
-     "meta": {"nested": [1, 2.5, None, True]}},
+    {
+        "id": "vg-1",
+        "image": "vg/VG_100K/1.jpg",
+        "conversations": _turns("<image> Describe ünïcödé 日本", "≈ ok"),
+        "meta": {"nested": [1, 2.5, None, True]},
+    },
     {"id": "none-image", "image": None, "conversations": _turns("Hi", "Hello")},
     {"id": "bare", "image": "bare.png", "conversations": _turns("<image>", "")},
-    {"id": "textvqa-1", "image": "textvqa/train_images/a.jpg",
-     "conversations": _turns("<image>\nq1", "a1", "q2", "a2", "q3", "a3")},
+    {
+        "id": "textvqa-1",
+        "image": "textvqa/train_images/a.jpg",
+        "conversations": _turns("<image>\nq1", "a1", "q2", "a2", "q3", "a3"),
+    },
 ]
 
 
@@ -151,12 +162,21 @@ BAD_ROWS = [
     (MalformedJSONError, {"image": "coco/a.jpg", "conversations": _turns("q", "a")}, "no 'id'"),
     (MissingConversationsError, {"id": "x", "image": "coco/a.jpg"}, "no 'conversations'"),
     (MissingConversationsError, {"id": "x", "conversations": []}, "empty"),
-    (TurnOrderError, {"id": "x", "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]},
-     "expected 'human'"),
-    (TurnOrderError, {"id": "x", "conversations": _turns("q", "a", "q2")[:2] + [{"from": "gpt", "value": "b"}]},
-     "turn 2"),
-    (TurnOrderError, {"id": "x", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "a"}]},
-     "string 'value'"),
+    (
+        TurnOrderError,
+        {"id": "x", "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]},
+        "expected 'human'",
+    ),
+    (
+        TurnOrderError,
+        {"id": "x", "conversations": _turns("q", "a", "q2")[:2] + [{"from": "gpt", "value": "b"}]},
+        "turn 2",
+    ),
+    (
+        TurnOrderError,
+        {"id": "x", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "a"}]},
+        "string 'value'",
+    ),
     (TurnOrderError, {"id": "x", "conversations": _turns("q")}, "no gpt answer"),
     (DuplicateIdError, {"id": "g", "conversations": _turns("q", "a")}, "row 0"),
     (MissingImageError, {"id": "x", "image": "coco/missing.jpg", "conversations": _turns("q", "a")}, "not found"),
@@ -193,8 +213,13 @@ def test_skip_mode_counts_and_writes_every_bad_row(tmp_path):
     assert report.n_input_rows == len(rows)
     assert report.n_rejected == len(BAD_ROWS)
     assert report.n_rows == len(rows) - len(BAD_ROWS)
-    assert report.rejected_by_error == {"MalformedJSONError": 2, "MissingConversationsError": 2,
-                                        "TurnOrderError": 4, "DuplicateIdError": 1, "MissingImageError": 2}
+    assert report.rejected_by_error == {
+        "MalformedJSONError": 2,
+        "MissingConversationsError": 2,
+        "TurnOrderError": 4,
+        "DuplicateIdError": 1,
+        "MissingImageError": 2,
+    }
     table = read_manifest(tmp_path / "m.parquet")
     assert table.column("sample_id").to_pylist() == list(range(report.n_rows))
     kept = manifest_rows_to_llava(table)
@@ -231,14 +256,17 @@ def test_images_not_checked_without_image_root(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["strict", "skip"])
-@pytest.mark.parametrize("text, row, reason", [
-    ('[ROW, ROW, {"id": "b", "conv', 2, "invalid JSON"),
-    ('[ROW ROW]', 0, "expected ',' or ']'"),
-    ('[ROW, {"id": nope}]', 1, "invalid JSON"),
-    ('[ROW, ROW', 1, "found end of file"),
-    ('ROW', None, "JSON list"),
-    ('[ROW] [', None, "extra data"),
-])
+@pytest.mark.parametrize(
+    "text, row, reason",
+    [
+        ('[ROW, ROW, {"id": "b", "conv', 2, "invalid JSON"),
+        ("[ROW ROW]", 0, "expected ',' or ']'"),
+        ('[ROW, {"id": nope}]', 1, "invalid JSON"),
+        ("[ROW, ROW", 1, "found end of file"),
+        ("ROW", None, "JSON list"),
+        ("[ROW] [", None, "extra data"),
+    ],
+)
 def test_syntax_errors_are_fatal_in_both_modes(tmp_path, mode, text, row, reason):
     pool = tmp_path / "pool.json"
     pool.write_text(text.replace("ROW", json.dumps({"id": "a", "conversations": _turns("q", "a")})))

@@ -1,4 +1,5 @@
 """Tiny LLaVA: built locally, saved and loaded as a plain HF directory (issue 5, DESIGN §4)."""
+
 from __future__ import annotations
 
 import json
@@ -95,8 +96,8 @@ def test_tokenizer_is_word_level_with_single_image_token():
 
 
 def test_checkpoint_round_trips_as_plain_hf_directory(tiny):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
     from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     root, pool, model_dir = tiny
     assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
@@ -127,18 +128,22 @@ def test_encoding_masks_human_turns_and_trains_every_answer(tiny):
     conv = json.loads(pool.conversations[0])
     pairs = normalise_turns(conv, has_image=True)
     ids, labels = encode_conversation(tok, pairs, 16, tok.convert_tokens_to_ids("<image>"))
-    trained = [t for t, l in zip(tok.convert_ids_to_tokens(ids), labels) if l != IGNORE_INDEX]
+    trained = [t for t, lab in zip(tok.convert_ids_to_tokens(ids), labels) if lab != IGNORE_INDEX]
     assert trained == [conv[1]["value"], "</s>", "yes", "</s>"]
     assert ids.count(tok.convert_tokens_to_ids("<image>")) == 16
     prompt, _ = encode_conversation(tok, pairs, 16, tok.convert_tokens_to_ids("<image>"), prompt_only=True)
     assert tok.convert_ids_to_tokens(prompt)[-1] == "ASSISTANT:" and len(prompt) < len(ids)
-    text_pairs = normalise_turns([{"from": "human", "value": "<image>\nSay red"}, {"from": "gpt", "value": "red"}], False)
+    text_pairs = normalise_turns(
+        [{"from": "human", "value": "<image>\nSay red"}, {"from": "gpt", "value": "red"}], False
+    )
     assert "<image>" not in text_pairs[0][0]
 
 
 def test_lora_wraps_language_model_and_keeps_projector_trainable(tiny):
     root, pool, model_dir = tiny
-    model, _ = load_model(model_dir, ModelConfig(mode="real", base_model=str(model_dir), lora_r=4, lora_alpha=8, dtype="float32"))
+    model, _ = load_model(
+        model_dir, ModelConfig(mode="real", base_model=str(model_dir), lora_r=4, lora_alpha=8, dtype="float32")
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("lora_A" in n and "language_model" in n for n in trainable)
     assert any("multi_modal_projector" in n for n in trainable)

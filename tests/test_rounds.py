@@ -6,9 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from progress_core.errors import ConfigError
-
 from progress_core.accuracy_table import accuracy_from_verdicts
+from progress_core.errors import ConfigError
 from progress_core.manifest import build_manifest, read_manifest
 from progress_core.rounds import (
     IdSetFileError,
@@ -47,14 +46,20 @@ def test_commit_round_writes_sets(tmp_path):
     assert read_ids(tmp_path / "remaining_after_469.parquet").tolist() == [0, 3, 4, 7]
     assert pq.read_schema(files.new(1)).field("sample_id").type == pa.int64()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "new_1.parquet", "remaining_after_469.parquet", "selected_until_469.parquet"]
+        "new_1.parquet",
+        "remaining_after_469.parquet",
+        "selected_until_469.parquet",
+    ]
 
 
-@pytest.mark.parametrize("new, sel, rem, match", [
-    ([9], [1], [2, 3], "sample_id 9 is not in the remaining pool"),
-    ([2, 2], [1], [2, 3], "new: sample_id 2 appears more than once"),
-    ([2], [1, 3], [2, 3], "sample_id 3 is both selected and remaining"),
-])
+@pytest.mark.parametrize(
+    "new, sel, rem, match",
+    [
+        ([9], [1], [2, 3], "sample_id 9 is not in the remaining pool"),
+        ([2, 2], [1], [2, 3], "new: sample_id 2 appears more than once"),
+        ([2], [1, 3], [2, 3], "sample_id 3 is both selected and remaining"),
+    ],
+)
 def test_round_invariants(tmp_path, new, sel, rem, match):
     with pytest.raises(RoundInvariantError, match=match):
         commit_round(tmp_path, 1, 10, np.array(new), np.array(sel), np.array(rem))
@@ -82,8 +87,10 @@ def make_pool(tmp_path, n=12):
         row = {"id": f"s{i}"}
         if i % 4:
             row["image"] = f"coco/img{i}.png"
-        row["conversations"] = [{"from": "human", "value": ("<image>\n" if i % 4 else "") + f"q{i}?"},
-                                {"from": "gpt", "value": f"a{i}"}]
+        row["conversations"] = [
+            {"from": "human", "value": ("<image>\n" if i % 4 else "") + f"q{i}?"},
+            {"from": "gpt", "value": f"a{i}"},
+        ]
         if i == 3:
             row["model"] = "x"
         rows.append(row)
@@ -106,9 +113,16 @@ def test_export_original_round_trip(tmp_path):
     sel, rem = apply_round(new, selected, remaining)
     out = tmp_path / "orig"
     acc = accuracy_from_verdicts([0, 2, 2], [1, 0, 1])
-    counts = export_original(out, manifest, assignment, w1, w2,
-                             [RoundExport(469, new, sel, rem, num=7500, probabilities={1: 0.25, 2: 0.75})],
-                             step_list=[391, 469, 469], accuracy_tables={469: acc})
+    counts = export_original(
+        out,
+        manifest,
+        assignment,
+        w1,
+        w2,
+        [RoundExport(469, new, sel, rem, num=7500, probabilities={1: 0.25, 2: 0.75})],
+        step_list=[391, 469, 469],
+        accuracy_tables={469: acc},
+    )
 
     def load(name):
         return json.loads((out / name).read_text())
@@ -117,8 +131,15 @@ def test_export_original_round_trip(tmp_path):
         return {**rows[i], "cluster_id": int(cid[i]), "dist_to_cent": float(sim[i]), "index": i}
 
     assert load("llava_665k_with_cluster_id.json") == [expected(i) for i in range(n)]
-    assert list(load("llava_665k_with_cluster_id.json")[3]) == ["id", "image", "conversations", "model",
-                                                                 "cluster_id", "dist_to_cent", "index"]
+    assert list(load("llava_665k_with_cluster_id.json")[3]) == [
+        "id",
+        "image",
+        "conversations",
+        "model",
+        "cluster_id",
+        "dist_to_cent",
+        "index",
+    ]
     assert load("Top_50K.json") == [expected(i) for i in (0, 5)]
     assert [r["index"] for r in load("Top_50K_to_60K.json")] == [9, 2]
     assert [r["index"] for r in load("Top_60K.json")] == [0, 5, 9, 2]
@@ -128,7 +149,9 @@ def test_export_original_round_trip(tmp_path):
     assert [r["index"] for r in load("Remaining_after_469.json")] == [1, 4, 6, 8, 10]
     assert load("selection_step_469/fastest_selected_cluster_accuracies_7500.json") == {"2": 0.75, "1": 0.25}
     assert load("selection_step_469/combined_results_internVL.json")["cluster_accuracies"] == {
-        "0": {"correct": 1, "total": 1, "accuracy": 1.0}, "2": {"correct": 1, "total": 2, "accuracy": 0.5}}
+        "0": {"correct": 1, "total": 1, "accuracy": 1.0},
+        "2": {"correct": 1, "total": 2, "accuracy": 0.5},
+    }
     assert (out / "step_list.txt").read_bytes() == b"391\n469\n469"
     summary = load("export_summary.json")
     assert summary["n_samples"] == 12

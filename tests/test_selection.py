@@ -15,8 +15,9 @@ from progress_core.selection import (
 
 def table(d):
     """{cluster: (probed, correct)} -> accuracy table."""
-    return pd.DataFrame([(c, n, k, 0, k / n) for c, (n, k) in d.items()],
-                        columns=["cluster_id", "n", "correct", "unjudged", "accuracy"])
+    return pd.DataFrame(
+        [(c, n, k, 0, k / n) for c, (n, k) in d.items()], columns=["cluster_id", "n", "correct", "unjudged", "accuracy"]
+    )
 
 
 SIZES = [50, 50, 5, 30, 20, 10]
@@ -94,8 +95,9 @@ def test_progress_relative_error_reduction():
 def test_relative_error_reduction_floors_perfect_previous_accuracy():
     prev = table({0: (4, 4), 1: (4, 4)})
     now = table({0: (4, 2), 1: (4, 4)})
-    r = select("progress", REMAINING, CIDS, SelectionHistory(prev, now), 10, 0,
-               progress_measure="relative_error_reduction")
+    r = select(
+        "progress", REMAINING, CIDS, SelectionHistory(prev, now), 10, 0, progress_measure="relative_error_reduction"
+    )
     t = r.cluster_table.set_index("cluster_id")
     assert t.loc[0, "baseline"] == 0.25 and t.loc[0, "rel"] == -2.0 and t.loc[1, "rel"] == 0.0
 

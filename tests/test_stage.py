@@ -1,4 +1,5 @@
 """The stage contract (tasks/stage.py) without a server: keys follow inputs, markers make stages idempotent."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,9 @@ class _Task:  # what needs_refresh reads from a Prefect task: its wrapped functi
 def _source(tmp_path: Path, value: int) -> StageRecord:
     p = tmp_path / "src.txt"
     p.write_text(str(value))
-    return StageRecord(stage="src", out_dir=str(tmp_path), files={"value": str(p)},
-                       content_hash=outputs_hash({"value": str(p)}))
+    return StageRecord(
+        stage="src", out_dir=str(tmp_path), files={"value": str(p)}, content_hash=outputs_hash({"value": str(p)})
+    )
 
 
 def test_outputs_are_reused_until_an_input_or_knob_changes(tmp_path):

@@ -123,7 +123,7 @@ def test_position_from_centroid(pool, samples):
 
 def _shape_from_mask(mask):
     ys, xs = np.nonzero(mask)
-    box = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    box = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     fill = box.mean()
     if fill > 0.95:
         return "square"

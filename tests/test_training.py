@@ -1,4 +1,5 @@
 """Continuing training: one run in pieces equals one run at once (issue 5, SPEC §3.1)."""
+
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_model import make_pool, pool_texts
 
 from progress_core.errors import ConfigError
 from progress_core.model import ModelConfig, build_tiny_model
@@ -18,7 +20,6 @@ from progress_core.training import (
     steps_for,
     train_to_step,
 )
-from test_model import make_pool, pool_texts
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,12 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     pool = make_pool(root, n=48)
     cfg = TrainingConfig(
-        model=ModelConfig(patch_size=8), global_batch_size=4, per_device_batch_size=2, final_step=40,
-        shuffle=False, learning_rate=3e-3,
+        model=ModelConfig(patch_size=8),
+        global_batch_size=4,
+        per_device_batch_size=2,
+        final_step=40,
+        shuffle=False,
+        learning_rate=3e-3,
     )
     init = build_tiny_model(pool_texts(pool), cfg.model, root / "init")
     return root, pool, cfg, init
@@ -84,7 +89,7 @@ def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from progress_core.cli import main
+    from cli.main import main
     from progress_core.manifest import build_manifest
     from progress_core.synthetic import generate_pool
 
@@ -94,35 +99,125 @@ def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
     pd.DataFrame({"sample_id": range(0, 16)}).to_parquet(tmp_path / "w1.parquet")
     pd.DataFrame({"sample_id": range(16, 40)}).to_parquet(tmp_path / "w2.parquet")
     pd.DataFrame({"sample_id": range(40), "cluster_id": [i % 3 for i in range(40)]}).to_parquet(tmp_path / "a.parquet")
-    common = ["--manifest", str(manifest), "--images", str(pool.image_root), "--global-batch-size", "8", "--patch-size", "8"]
-    assert main(["train", "--init", "--samples", str(tmp_path / "w1.parquet"), "--to-step", "2", "--final-step", "5",
-                 "--out", str(tmp_path / "s2"), *common]) == 0
-    assert main(["train", "--checkpoint", str(tmp_path / "s2"), "--samples", str(tmp_path / "w2.parquet"),
-                 "--to-step", "5", "--out", str(tmp_path / "s5"), *common]) == 0
+    common = [
+        "--manifest",
+        str(manifest),
+        "--images",
+        str(pool.image_root),
+        "--global-batch-size",
+        "8",
+        "--patch-size",
+        "8",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "--init",
+                "--samples",
+                str(tmp_path / "w1.parquet"),
+                "--to-step",
+                "2",
+                "--final-step",
+                "5",
+                "--out",
+                str(tmp_path / "s2"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--checkpoint",
+                str(tmp_path / "s2"),
+                "--samples",
+                str(tmp_path / "w2.parquet"),
+                "--to-step",
+                "5",
+                "--out",
+                str(tmp_path / "s5"),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert read_train_state(tmp_path / "s5")["step"] == 5 and read_train_state(tmp_path / "s5")["samples_seen"] == 40
-    assert main(["probe", "--checkpoint", str(tmp_path / "s5"), "--manifest", str(manifest), "--images",
-                 str(pool.image_root), "--selected", str(tmp_path / "w1.parquet"), "--clusters", str(tmp_path / "a.parquet"),
-                 "--samples-per-cluster", "4", "--out", str(tmp_path / "probe")]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--checkpoint",
+                str(tmp_path / "s5"),
+                "--manifest",
+                str(manifest),
+                "--images",
+                str(pool.image_root),
+                "--selected",
+                str(tmp_path / "w1.parquet"),
+                "--clusters",
+                str(tmp_path / "a.parquet"),
+                "--samples-per-cluster",
+                "4",
+                "--out",
+                str(tmp_path / "probe"),
+            ]
+        )
+        == 0
+    )
     per_sample = pq.read_table(tmp_path / "probe" / "probe_samples.parquet").to_pandas()
     assert len(per_sample) == 12 and set(per_sample.sample_id) <= set(range(16))
     assert (per_sample.groupby("cluster_id").size() == 4).all()
     acc = pq.read_table(tmp_path / "probe" / "accuracy.parquet").to_pandas()
     assert acc["n"].tolist() == [4, 4, 4]
-    assert main(["train", "--samples", str(tmp_path / "w1.parquet"), "--to-step", "2", "--out", str(tmp_path / "x"),
-                 *common]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--samples",
+                str(tmp_path / "w1.parquet"),
+                "--to-step",
+                "2",
+                "--out",
+                str(tmp_path / "x"),
+                *common,
+            ]
+        )
+        == 1
+    )
     assert "exactly one of --checkpoint" in capsys.readouterr().err
-    assert main(["train", "--checkpoint", str(tmp_path / "s5"), "--samples", str(tmp_path / "w1.parquet"),
-                 "--to-step", "3", "--out", str(tmp_path / "x"), *common]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--checkpoint",
+                str(tmp_path / "s5"),
+                "--samples",
+                str(tmp_path / "w1.parquet"),
+                "--to-step",
+                "3",
+                "--out",
+                str(tmp_path / "x"),
+                *common,
+            ]
+        )
+        == 1
+    )
     assert "before the checkpoint" in capsys.readouterr().err
 
 
 def test_lora_run_in_two_pieces_equals_one_piece(setup, tmp_path):
     """Real-mode code path (peft LoRA + projector LR group, adapter-only checkpoints) on the tiny base."""
     root, pool, cfg, init = setup
-    lora = cfg.model_copy(update={
-        "model": ModelConfig(mode="real", base_model=str(init), lora_r=4, lora_alpha=8, dtype="float32"),
-        "learning_rate": 1e-3, "projector_lr": 1e-4,
-    })
+    lora = cfg.model_copy(
+        update={
+            "model": ModelConfig(mode="real", base_model=str(init), lora_r=4, lora_alpha=8, dtype="float32"),
+            "learning_rate": 1e-3,
+            "projector_lr": 1e-4,
+        }
+    )
     whole = train_to_step(None, pool.iloc[:24], root / "images", 6, lora, tmp_path / "whole", progress=False)
     first = train_to_step(None, pool.iloc[:12], root / "images", 3, lora, tmp_path / "a", progress=False)
     second = train_to_step(first.checkpoint, pool.iloc[12:24], root / "images", 6, lora, tmp_path / "b", progress=False)
@@ -133,6 +228,11 @@ def test_lora_run_in_two_pieces_equals_one_piece(setup, tmp_path):
     assert [g["lr"] for g in state["optimizer"]["param_groups"]][1] < state["optimizer"]["param_groups"][0]["lr"]
     from progress_core.accuracy import ProbeConfig, generate_answers
 
-    answers = generate_answers(second.checkpoint, pool.iloc[:3], root / "images",
-                               ProbeConfig(model=lora.model, max_new_tokens=3), progress=False)
+    answers = generate_answers(
+        second.checkpoint,
+        pool.iloc[:3],
+        root / "images",
+        ProbeConfig(model=lora.model, max_new_tokens=3),
+        progress=False,
+    )
     assert len(answers) == 3 and all(isinstance(a, str) for a in answers)

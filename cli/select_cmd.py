@@ -1,4 +1,5 @@
 """``progress select``: one selection round by hand, as the original's ``acc_sort.py`` call (SPEC §3.3)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,13 +46,18 @@ def _manifest_rows(path: Optional[Path]) -> int | None:
 def _summary(result, top: int) -> str:
     t = result.cluster_table
     split = f" (exploit {result.n_exploit}, explore {result.n_explore})" if result.strategy == "progress" else ""
-    lines = [f"strategy {result.strategy}: selected {result.sample_ids.size}{split} from "
-             f"{int(t['available'].sum())} remaining in {int((t['available'] > 0).sum())} clusters"]
+    lines = [
+        f"strategy {result.strategy}: selected {result.sample_ids.size}{split} from "
+        f"{int(t['available'].sum())} remaining in {int((t['available'] > 0).sum())} clusters"
+    ]
     lines += [f"note: {n}" for n in result.notes]
     shown = t[t["selected"] > 0].sort_values(["selected", "cluster_id"], ascending=[False, True]).head(top)
     if not shown.empty:
-        cols = [c for c in ("cluster_id", "acc_prev", "acc_now", "rel", "probability", "available", "quota",
-                            "selected") if not shown[c].isna().all()]
+        cols = [
+            c
+            for c in ("cluster_id", "acc_prev", "acc_now", "rel", "probability", "available", "quota", "selected")
+            if not shown[c].isna().all()
+        ]
         lines.append(shown[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return "\n".join(lines)
 
@@ -67,23 +73,39 @@ def register(app: typer.Typer) -> None:
         remaining: Path = typer.Option(..., "--remaining", help="Remaining pool: Parquet with a sample_id column."),
         budget: int = typer.Option(..., "--budget", help="Samples to select (the original's SELECTION_NUM 7500)."),
         out: Path = typer.Option(..., "--out", help="Output Parquet of the new sample_ids (with cluster_id)."),
-        acc_prev: Optional[Path] = typer.Option(None, "--acc-prev", help=(
-            "Accuracy at the previous probe: our Parquet or the original combined_results_internVL.json.")),
+        acc_prev: Optional[Path] = typer.Option(
+            None,
+            "--acc-prev",
+            help=("Accuracy at the previous probe: our Parquet or the original combined_results_internVL.json."),
+        ),
         acc_now: Optional[Path] = typer.Option(None, "--acc-now", help="Accuracy at the current probe (same formats)."),
         seed: int = typer.Option(0, "--seed", help="Random seed; same inputs and seed give the same ids."),
         selected: Optional[Path] = typer.Option(None, "--selected", help="Selected-so-far Parquet (tfs counts it)."),
-        coincide_order: Optional[Path] = typer.Option(None, "--coincide-order", help=(
-            "Parquet of sample_ids in COINCIDE priority order (strategy coincide).")),
+        coincide_order: Optional[Path] = typer.Option(
+            None, "--coincide-order", help=("Parquet of sample_ids in COINCIDE priority order (strategy coincide).")
+        ),
         temperature: Optional[float] = typer.Option(None, "--temperature", help="progress: softmax temperature (0.5)."),
-        exploit_frac: Optional[float] = typer.Option(None, "--exploit-frac", help="progress: exploitation share (0.9)."),
-        measure: Optional[str] = typer.Option(None, "--measure", help=(
-            "progress: relative_change (original) | relative_error_reduction.")),
-        redistribute_overflow: bool = typer.Option(False, "--redistribute-overflow", help=(
-            "progress: give quota capped by availability to the other improving clusters.")),
-        fallback: Optional[str] = typer.Option(None, "--fallback-when-no-progress", help=(
-            "progress: original (explore share only) | explore (whole budget uniform).")),
-        cluster_table: Optional[Path] = typer.Option(None, "--cluster-table", help=(
-            "Also write the per-cluster table (accuracies, rel, probability, quota, selected) as Parquet.")),
+        exploit_frac: Optional[float] = typer.Option(
+            None, "--exploit-frac", help="progress: exploitation share (0.9)."
+        ),
+        measure: Optional[str] = typer.Option(
+            None, "--measure", help=("progress: relative_change (original) | relative_error_reduction.")
+        ),
+        redistribute_overflow: bool = typer.Option(
+            False,
+            "--redistribute-overflow",
+            help=("progress: give quota capped by availability to the other improving clusters."),
+        ),
+        fallback: Optional[str] = typer.Option(
+            None,
+            "--fallback-when-no-progress",
+            help=("progress: original (explore share only) | explore (whole budget uniform)."),
+        ),
+        cluster_table: Optional[Path] = typer.Option(
+            None,
+            "--cluster-table",
+            help=("Also write the per-cluster table (accuracies, rel, probability, quota, selected) as Parquet."),
+        ),
         top: int = typer.Option(10, "--top", help="Clusters shown in the printed summary."),
     ) -> None:
         """Select the next samples from the remaining pool (SPEC §3.3) and write them as Parquet."""
@@ -96,15 +118,21 @@ def register(app: typer.Typer) -> None:
 
         options: dict = {}
         if strategy == "progress":
-            for key, value in (("temperature", temperature), ("exploit_frac", exploit_frac),
-                               ("progress_measure", measure), ("fallback_when_no_progress", fallback)):
+            for key, value in (
+                ("temperature", temperature),
+                ("exploit_frac", exploit_frac),
+                ("progress_measure", measure),
+                ("fallback_when_no_progress", fallback),
+            ):
                 if value is not None:
                     options[key] = value
             if redistribute_overflow:
                 options["redistribute_overflow"] = True
         elif any(v is not None for v in (temperature, exploit_frac, measure, fallback)) or redistribute_overflow:
-            raise SelectInputError(f"--temperature/--exploit-frac/--measure/--redistribute-overflow/"
-                                   f"--fallback-when-no-progress apply to strategy 'progress', not {strategy!r}")
+            raise SelectInputError(
+                f"--temperature/--exploit-frac/--measure/--redistribute-overflow/"
+                f"--fallback-when-no-progress apply to strategy 'progress', not {strategy!r}"
+            )
         with tqdm(total=3, desc="select", unit="stage", leave=False, disable=None) as bar:
             cluster_ids = _load_assignment(clusters, _manifest_rows(manifest))
             history = SelectionHistory(

@@ -3,6 +3,7 @@
 The flow runs on Prefect's ephemeral server unless ``PREFECT_API_URL`` points at a running one (then the run
 shows up in that server's UI). The orchestration package is imported only when these commands run.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def format_rounds(rows: list[dict]) -> str:
     header = f"{'round':>5} {'strategy':<12} {'steps':>11} {'new':>6} {'selected':>8} {'probe acc':>9} {'secs':>6}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['round']:>5} {str(r['strategy'])[:12]:<12} {r['from_step']:>5}→{r['to_step']:<5} "
-                     f"{r['new']:>6} {r['selected']:>8} {r['probe_accuracy']:>9.3f} {r['seconds']:>6}")
+        lines.append(
+            f"{r['round']:>5} {str(r['strategy'])[:12]:<12} {r['from_step']:>5}→{r['to_step']:<5} "
+            f"{r['new']:>6} {r['selected']:>8} {r['probe_accuracy']:>9.3f} {r['seconds']:>6}"
+        )
     return "\n".join(lines)
 
 
@@ -58,8 +61,10 @@ def format_concepts(path: str) -> str:
     t = pd.read_parquet(path)
     lines = [f"{'family':<14} {'pool':>6} {'selected':>8} {'share':>6} {'acc first':>9} {'acc last':>8}"]
     for r in t.itertuples():
-        lines.append(f"{r.family:<14} {r.pool:>6} {r.selected:>8} {r.selected_share:>6.0%} "
-                     f"{r.first_probe_accuracy:>9.2f} {r.last_probe_accuracy:>8.2f}")
+        lines.append(
+            f"{r.family:<14} {r.pool:>6} {r.selected:>8} {r.selected_share:>6.0%} "
+            f"{r.first_probe_accuracy:>9.2f} {r.last_probe_accuracy:>8.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -85,12 +90,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     def run_command(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file shaped like the run config "
-                                              "(see `progress config --preset demo`)."),
+        config: Optional[Path] = typer.Option(
+            None, "--config", "-c", help="YAML file shaped like the run config (see `progress config --preset demo`)."
+        ),
         run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Override run_dir."),
         preset: Optional[str] = typer.Option(None, "--preset", help="demo or paper (defaults under your values)."),
-        set_: list[str] = typer.Option([], "--set", help="Override one field, e.g. --set selection.selection_num=500 "
-                                       "(repeatable; dotted keys address nested fields)."),
+        set_: list[str] = typer.Option(
+            [],
+            "--set",
+            help="Override one field, e.g. --set selection.selection_num=500 "
+            "(repeatable; dotted keys address nested fields).",
+        ),
     ) -> None:
         """Run the whole PROGRESS selection flow (resumable: re-running continues where it stopped).
 
@@ -137,9 +147,12 @@ def register(app: typer.Typer) -> None:
     @app.command("compare")
     def compare_command(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (as for `progress run`)."),
-        run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Base directory: one sub-directory per strategy."),
-        strategies: list[str] = typer.Option(["progress", "random", "tfs", "coincide"], "--strategy", "-s",
-                                             help="Strategy to compare (repeatable)."),
+        run_dir: Optional[str] = typer.Option(
+            None, "--run-dir", help="Base directory: one sub-directory per strategy."
+        ),
+        strategies: list[str] = typer.Option(
+            ["progress", "random", "tfs", "coincide"], "--strategy", "-s", help="Strategy to compare (repeatable)."
+        ),
         set_: list[str] = typer.Option([], "--set", help="Override one config field (repeatable)."),
     ) -> None:
         """Compare selection strategies at equal budgets; report held-out accuracy per concept.
@@ -158,14 +171,18 @@ def register(app: typer.Typer) -> None:
         typer.echo("")
         for row in result["strategies"]:
             acc = f"  held-out accuracy {row['eval_accuracy']:.3f}" if "eval_accuracy" in row else ""
-            typer.echo(f"{row['strategy']:<10} {row['rounds']:>3} rounds  step {row['final_step']:>5}  "
-                       f"{row['selected']:>7} selected{acc}")
+            typer.echo(
+                f"{row['strategy']:<10} {row['rounds']:>3} rounds  step {row['final_step']:>5}  "
+                f"{row['selected']:>7} selected{acc}"
+            )
         if "per_concept" in result:
             names = [r["strategy"] for r in result["strategies"]]
             typer.echo("\n" + f"{'concept':<22}" + "".join(f"{n:>10}" for n in names))
             for concept, accs in result["per_concept"].items():
-                typer.echo(f"{concept:<22}" + "".join(
-                    f"{'-' if accs.get(n) is None else format(accs[n], '.2f'):>10}" for n in names))
+                typer.echo(
+                    f"{concept:<22}"
+                    + "".join(f"{'-' if accs.get(n) is None else format(accs[n], '.2f'):>10}" for n in names)
+                )
             typer.echo(f"\ncomparison table: {result['comparison']}")
 
     @app.command("config")

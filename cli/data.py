@@ -1,5 +1,6 @@
 """Data commands: ``prepare synthetic``, ``manifest``, ``export``, ``stats`` (DESIGN §2 "manifest",
 §4 "Data"). They turn a LLaVA pool into the Parquet manifest every later stage reads, and back."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,9 @@ def _register_prepare(app: typer.Typer) -> None:
 
     @prepare.command("synthetic")
     def synthetic(
-        out: Path = typer.Option(..., "--out", help="output folder (pool.json, eval.json, images/, "
-                                 "labels.parquet, manifest.parquet)"),
+        out: Path = typer.Option(
+            ..., "--out", help="output folder (pool.json, eval.json, images/, labels.parquet, manifest.parquet)"
+        ),
         n: int = typer.Option(3000, "--n", help="samples in the selection pool"),
         n_eval: int = typer.Option(600, "--n-eval", help="samples in the separate evaluation split"),
         seed: int = typer.Option(0, "--seed", help="generator seed; the same seed gives identical files"),
@@ -42,12 +44,19 @@ def _register_prepare(app: typer.Typer) -> None:
         pool = generate_pool(out, n=n, n_eval=n_eval, seed=seed, image_size=image_size, verbose=True)
         manifest = Path(out) / MANIFEST_NAME
         build_manifest(pool.pool_json, manifest, image_root=pool.image_root, mode="strict")
-        typer.echo(f"\nper-concept statistics of the pool ({pool.n} samples, seed {pool.seed}); "
-                   "majority_rate = accuracy of always giving the most frequent answer:")
+        typer.echo(
+            f"\nper-concept statistics of the pool ({pool.n} samples, seed {pool.seed}); "
+            "majority_rate = accuracy of always giving the most frequent answer:"
+        )
         typer.echo(_format(pool_statistics(manifest, pool.labels_path)))
         typer.echo("\nfiles:")
-        for name, path in (("pool", pool.pool_json), ("eval split", pool.eval_json), ("images", pool.image_root),
-                           ("labels (evaluation only)", pool.labels_path), ("manifest", manifest)):
+        for name, path in (
+            ("pool", pool.pool_json),
+            ("eval split", pool.eval_json),
+            ("images", pool.image_root),
+            ("labels (evaluation only)", pool.labels_path),
+            ("manifest", manifest),
+        ):
             typer.echo(f"  {name:<25} {path}")
 
     app.add_typer(prepare, name="prepare")
@@ -61,12 +70,18 @@ def register(app: typer.Typer) -> None:
     def manifest(
         pool_json: Path = typer.Argument(..., help="LLaVA-format pool: a JSON list of {id, image?, conversations}"),
         out: Path = typer.Option(..., "--out", help="Parquet manifest to write"),
-        images: Optional[Path] = typer.Option(None, "--images", help="image root; when given, every row's "
-                                              "image must exist under it"),
-        strict: bool = typer.Option(True, "--strict/--skip", help="--strict stops at the first bad row; --skip "
-                                    "drops bad rows and writes them with reasons to <out stem>.rejected.jsonl"),
-        allow_duplicate_ids: bool = typer.Option(False, "--allow-duplicate-ids",
-                                                 help="accept rows that reuse an earlier row's id"),
+        images: Optional[Path] = typer.Option(
+            None, "--images", help="image root; when given, every row's image must exist under it"
+        ),
+        strict: bool = typer.Option(
+            True,
+            "--strict/--skip",
+            help="--strict stops at the first bad row; --skip "
+            "drops bad rows and writes them with reasons to <out stem>.rejected.jsonl",
+        ),
+        allow_duplicate_ids: bool = typer.Option(
+            False, "--allow-duplicate-ids", help="accept rows that reuse an earlier row's id"
+        ),
     ) -> None:
         """Convert a LLaVA JSON pool into the Parquet manifest (one row per sample, dense sample_id).
 
@@ -75,8 +90,14 @@ def register(app: typer.Typer) -> None:
         """
         from progress_core.manifest import build_manifest
 
-        report = build_manifest(pool_json, out, image_root=images, mode="strict" if strict else "skip",
-                                allow_duplicate_ids=allow_duplicate_ids, verbose=True)
+        report = build_manifest(
+            pool_json,
+            out,
+            image_root=images,
+            mode="strict" if strict else "skip",
+            allow_duplicate_ids=allow_duplicate_ids,
+            verbose=True,
+        )
         typer.echo(report.summary())
 
     @app.command("export")
@@ -94,8 +115,9 @@ def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(
         manifest_path: Path = typer.Argument(..., metavar="MANIFEST", help="Parquet manifest"),
-        labels: Optional[Path] = typer.Option(None, "--labels", help="labels.parquet of a synthetic pool: "
-                                              "group by concept instead of source"),
+        labels: Optional[Path] = typer.Option(
+            None, "--labels", help="labels.parquet of a synthetic pool: group by concept instead of source"
+        ),
     ) -> None:
         """Print rows, answer vocabulary and chance level per source (or per concept with --labels)."""
         from progress_core.manifest import ManifestFileError, read_manifest, source_statistics

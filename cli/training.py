@@ -1,5 +1,6 @@
 """``progress train`` (continue the run to a step, SPEC §3.1) and ``progress probe`` (per-cluster accuracy,
 SPEC §3.2), run by hand as the original's Selection_1 / Selection_2+3 scripts are."""
+
 from __future__ import annotations
 
 import json
@@ -57,15 +58,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train")
     def train(
-        samples: Path = typer.Option(..., "--samples", help="Parquet with a sample_id column: this piece's data, in order"),
+        samples: Path = typer.Option(
+            ..., "--samples", help="Parquet with a sample_id column: this piece's data, in order"
+        ),
         manifest: Path = typer.Option(..., "--manifest", help="manifest Parquet the sample ids index"),
         images: Optional[Path] = typer.Option(None, "--images", help="image root the manifest's paths are relative to"),
         to_step: int = typer.Option(..., "--to-step", min=0, help="train until this global step"),
         out: Path = typer.Option(..., "--out", help="checkpoint directory to write (HF model dir + training state)"),
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="continue this checkpoint"),
-        init: bool = typer.Option(False, "--init", help="start a new run (tiny: build the model from the manifest's text)"),
+        init: bool = typer.Option(
+            False, "--init", help="start a new run (tiny: build the model from the manifest's text)"
+        ),
         final_step: Optional[int] = typer.Option(
-            None, "--final-step", min=1, help="schedule horizon (whole planned run); default: the checkpoint's"),
+            None, "--final-step", min=1, help="schedule horizon (whole planned run); default: the checkpoint's"
+        ),
         mode: str = typer.Option("tiny", help="tiny | real"),
         base_model: str = typer.Option("llava-hf/llava-1.5-7b-hf", help="real mode: LLaVA name or local path"),
         patch_size: int = typer.Option(4, min=1, help="tiny: ViT patch size"),
@@ -92,8 +98,13 @@ def register(app: typer.Typer) -> None:
         rows = _manifest_rows(manifest, ids)
         model_cfg = ModelConfig(mode=mode, base_model=base_model, patch_size=patch_size)
         cfg = TrainingConfig(
-            model=model_cfg, global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size,
-            learning_rate=lr, final_step=final_step, seed=seed, num_threads=threads,
+            model=model_cfg,
+            global_batch_size=global_batch_size,
+            per_device_batch_size=per_device_batch_size,
+            learning_rate=lr,
+            final_step=final_step,
+            seed=seed,
+            num_threads=threads,
         )
         with tempfile.TemporaryDirectory(prefix="progress-init-") as tmp:
             start = checkpoint
@@ -113,10 +124,13 @@ def register(app: typer.Typer) -> None:
         manifest: Path = typer.Option(..., "--manifest", help="manifest Parquet"),
         images: Optional[Path] = typer.Option(None, "--images", help="image root the manifest's paths are relative to"),
         selected: Path = typer.Option(..., "--selected", help="Parquet with sample_id: the selected-so-far set"),
-        clusters: Path = typer.Option(..., "--clusters", help="annotation cluster assignment Parquet (sample_id, cluster_id)"),
+        clusters: Path = typer.Option(
+            ..., "--clusters", help="annotation cluster assignment Parquet (sample_id, cluster_id)"
+        ),
         out: Path = typer.Option(..., "--out", help="directory for probe_samples.parquet and accuracy.parquet"),
         samples_per_cluster: int = typer.Option(
-            100, "--samples-per-cluster", min=0, help="probe at most this many per cluster; 0 = all (warm-up probes)"),
+            100, "--samples-per-cluster", min=0, help="probe at most this many per cluster; 0 = all (warm-up probes)"
+        ),
         judge: str = typer.Option("exact", "--judge", help="exact | llm"),
         judge_backend: str = typer.Option("lmdeploy", help="llm judge: lmdeploy | transformers"),
         judge_model: str = typer.Option("OpenGVLab/InternVL2-26B", help="llm judge model name or local path"),
@@ -153,11 +167,21 @@ def register(app: typer.Typer) -> None:
         chosen = probe_sample(sel_ids, sel_clusters, spc, seed)
         rows = _manifest_rows(manifest, chosen)
         rows = rows.append_column("cluster_id", pa.array(lookup[chosen]))
-        judge_cfg = JudgeConfig(kind=judge, backend=judge_backend, model=judge_model, tp=judge_tp, timeout_s=judge_timeout)
-        cfg = ProbeConfig(samples_per_cluster=spc, batch_size=batch_size, seed=seed, judge=judge_cfg,
-                          model=ModelConfig(mode=mode, base_model=base_model), num_threads=threads)
+        judge_cfg = JudgeConfig(
+            kind=judge, backend=judge_backend, model=judge_model, tp=judge_tp, timeout_s=judge_timeout
+        )
+        cfg = ProbeConfig(
+            samples_per_cluster=spc,
+            batch_size=batch_size,
+            seed=seed,
+            judge=judge_cfg,
+            model=ModelConfig(mode=mode, base_model=base_model),
+            num_threads=threads,
+        )
         result = probe(checkpoint, rows, images, make_judge(judge_cfg), cfg, progress=True)
         paths = save_probe(result, out)
         s = result.stats
-        typer.echo(f"probed {s['n']} samples in {s['clusters']} clusters: {s['correct']} correct, "
-                   f"{s['unjudged']} unjudged; wrote {paths['per_sample']} and {paths['per_cluster']}")
+        typer.echo(
+            f"probed {s['n']} samples in {s['clusters']} clusters: {s['correct']} correct, "
+            f"{s['unjudged']} unjudged; wrote {paths['per_sample']} and {paths['per_cluster']}"
+        )

@@ -1,9 +1,10 @@
 """The ``progress`` command line.
 
-Each area registers its own commands (``progress_core/commands/*.py`` define ``register(app)``), so the
+Each area registers its own commands (``cli/*.py`` define ``register(app)``), so the
 CLI is one entry point whose ``--help`` lists every stage a user can run by hand. Errors derived from
 :class:`~progress_core.errors.ProgressError` print as one line and exit with status 1.
 """
+
 from __future__ import annotations
 
 import sys
@@ -39,7 +40,7 @@ def version() -> None:
 
 
 def _register_all() -> None:
-    from progress_core.commands import data, stages, training, run
+    from cli import data, run, stages, training
 
     for module in (data, stages, training, run):
         module.register(app)

@@ -1,10 +1,11 @@
 """Stage commands run by hand, as the original's scripts are: ``features`` (SPEC §1), ``cluster``
 (SPEC §2.1), ``warmup`` (SPEC §2.3-2.4) from this module, and ``select`` (SPEC §3.3) from
-``progress_core.commands.select_cmd``."""
+``cli.select_cmd``."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import typer
 
@@ -40,12 +41,19 @@ def _register_features(app: typer.Typer) -> None:
         from progress_core.features import FeatureConfig, extract_features
 
         _need_file(manifest, "manifest")
-        cfg = FeatureConfig(image_encoder=image_encoder, text_encoder=text_encoder, balanced=balanced,
-                            batch_size=batch_size, device=device)
+        cfg = FeatureConfig(
+            image_encoder=image_encoder,
+            text_encoder=text_encoder,
+            balanced=balanced,
+            batch_size=batch_size,
+            device=device,
+        )
         report = extract_features(manifest, images, out, cfg, shard_size=shard_size, progress=True)
-        typer.echo(f"wrote {report.path}: {report.n} x {report.dim} float16 "
-                   f"(image {report.image_dim} + text {report.text_dim}); text-only rows {report.n_text_only}; "
-                   f"unreadable images {report.n_image_failures}")
+        typer.echo(
+            f"wrote {report.path}: {report.n} x {report.dim} float16 "
+            f"(image {report.image_dim} + text {report.text_dim}); text-only rows {report.n_text_only}; "
+            f"unreadable images {report.n_image_failures}"
+        )
         if report.failed_sample_ids:
             shown = ", ".join(map(str, report.failed_sample_ids[:10]))
             typer.echo(f"unreadable image sample_ids (first 10): {shown}")
@@ -59,9 +67,12 @@ def _register_cluster(app: typer.Typer) -> None:
         features: Path = typer.Option(..., "--features", help="feature .npy written by `progress features`"),
         out: Path = typer.Option(..., "--out", help="output directory"),
         name: str = typer.Option(..., "--name", help="annotation (paper k=1000) or selection (paper k=5000)"),
-        k: Optional[int] = typer.Option(None, "--k", min=1, help="number of centres; default: --paper-k scaled to the pool"),
+        k: Optional[int] = typer.Option(
+            None, "--k", min=1, help="number of centres; default: --paper-k scaled to the pool"
+        ),
         paper_k: Optional[int] = typer.Option(
-            None, "--paper-k", min=1, help="paper's k for 665,298 samples (default 1000 annotation, 5000 selection)"),
+            None, "--paper-k", min=1, help="paper's k for 665,298 samples (default 1000 annotation, 5000 selection)"
+        ),
         niter: int = typer.Option(50, min=1, help="k-means iterations"),
         seed: int = typer.Option(1234, help="faiss k-means seed"),
         max_points_per_centroid: int = typer.Option(256, min=1, help="faiss training subsample per centre"),
@@ -69,16 +80,22 @@ def _register_cluster(app: typer.Typer) -> None:
         """Spherical k-means of the features with faiss; writes <name>_assignment.parquet and <name>_centroids.npy."""
         import numpy as np
 
-        from progress_core.clustering import (PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k, save_clustering,
-                                              spherical_kmeans)
+        from progress_core.clustering import (
+            PAPER_ANNOTATION_K,
+            PAPER_SELECTION_K,
+            resolve_k,
+            save_clustering,
+            spherical_kmeans,
+        )
         from progress_core.features import load_features
 
         feats = load_features(_need_file(features, "features"))
         default_paper_k = PAPER_SELECTION_K if name == "selection" else PAPER_ANNOTATION_K
         k_used = resolve_k(k, feats.shape[0], paper_k or default_paper_k)
         typer.echo(f"k-means: {feats.shape[0]} x {feats.shape[1]} features, k={k_used}, niter={niter}, seed={seed}")
-        result = spherical_kmeans(feats, k_used, niter=niter, seed=seed,
-                                  max_points_per_centroid=max_points_per_centroid)
+        result = spherical_kmeans(
+            feats, k_used, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid
+        )
         a_path, c_path = save_clustering(result, out, name)
         sizes = np.bincount(result.assignment, minlength=k_used)
         typer.echo(f"wrote {a_path} and {c_path}; cluster sizes min {sizes.min()} max {sizes.max()}")
@@ -92,8 +109,9 @@ def _register_warmup(app: typer.Typer) -> None:
         features: Path = typer.Option(..., "--features", help="feature .npy written by `progress features`"),
         clusters: Path = typer.Option(..., "--clusters", help="directory of the selection clustering"),
         name: str = typer.Option("selection", "--name", help="clustering name inside --clusters"),
-        fractions: Tuple[float, float] = typer.Option((0.075, 0.09), "--fractions",
-                                                      help="the two pool fractions W1 and W1+W2 (paper 0.075 0.09)"),
+        fractions: tuple[float, float] = typer.Option(
+            (0.075, 0.09), "--fractions", help="the two pool fractions W1 and W1+W2 (paper 0.075 0.09)"
+        ),
         temperature: float = typer.Option(0.1, min=1e-9, help="softmax temperature of the cluster quotas"),
         out: Path = typer.Option(..., "--out", help="output directory for w1/w2/remaining Parquet"),
     ) -> None:
@@ -119,15 +137,18 @@ def _register_warmup(app: typer.Typer) -> None:
         for part, ids in parts.items():
             write_parquet(pa.table({"sample_id": pa.array(np.asarray(ids, np.int64))}), out / f"{part}.parquet")
         order = pools.order
-        write_parquet(pa.table({"sample_id": pa.array(order), "rank": pa.array(np.arange(order.size, dtype=np.int64))}),
-                      out / "coincide_order.parquet")
-        typer.echo(f"w1={pools.w1.size} w2={pools.w2.size} remaining={pools.remaining.size} "
-                   f"(of {feats.shape[0]}); wrote {out}")
+        write_parquet(
+            pa.table({"sample_id": pa.array(order), "rank": pa.array(np.arange(order.size, dtype=np.int64))}),
+            out / "coincide_order.parquet",
+        )
+        typer.echo(
+            f"w1={pools.w1.size} w2={pools.w2.size} remaining={pools.remaining.size} (of {feats.shape[0]}); wrote {out}"
+        )
 
 
 def register(app: typer.Typer) -> None:
     """Add the stage commands to the progress app."""
-    from progress_core.commands.select_cmd import register as _register_select
+    from cli.select_cmd import register as _register_select
 
     _register_features(app)
     _register_cluster(app)
