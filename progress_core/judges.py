@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # The original judge prompt verbatim (SPEC §3.2c): 4-space indents inside the string, no separator after
 # "Question", the last line's \n escapes are newlines.
-CAPTION_PROMPT_V2 = """Given a input question and two answers: a candidate answer and a reference answer, determine if the candidate answer is correct or incorrect.
+CAPTION_PROMPT_V2 = (
+    """Given a input question and two answers: a candidate answer and a reference answer, determine if the candidate answer is correct or incorrect.
     Rules:
     - The candidate answer is correct if it is semantically equivalent to the reference answer, even if they are phrased differently
     - The candidate answer should be marked as incorrect if it:
@@ -41,10 +42,13 @@ CAPTION_PROMPT_V2 = """Given a input question and two answers: a candidate answe
     Output "correct" if the candidate answer is correct, or "incorrect" if it is incorrect.
     OUTPUT Format-
     Answer - correct or incorrect
-    Reason -{trailing_space}
+    Reason -"""
+    + " "  # the original prompt has a trailing space here
+    + """
 
     INPUT-
     Question{question}\nCandidate Answer:{pred}\nReference Answer:{gt}"""
+)
 
 
 class JudgeError(ProgressError):
@@ -164,7 +168,7 @@ _WORD = re.compile(r"\b(not\s+correct|incorrect|correct|wrong)\b")
 
 def judge_prompt(question: str, prediction: str, reference: str) -> str:
     """The original's CAPTION_PROMPT_v2 filled in (SPEC §3.2c; text-only, the judge never sees the image)."""
-    return CAPTION_PROMPT_V2.format(question=question, pred=prediction, gt=reference, trailing_space=" ")
+    return CAPTION_PROMPT_V2.format(question=question, pred=prediction, gt=reference)
 
 
 def parse_judgement(text: str | None) -> int | None:
