@@ -1,4 +1,4 @@
-"""Tiny LLaVA: built locally, saved and loaded as a plain HF directory (issue 5, DESIGN §4)."""
+"""Tiny LLaVA: built locally, saved and loaded as a plain HF directory (DESIGN §4)."""
 
 from __future__ import annotations
 
