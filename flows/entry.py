@@ -83,7 +83,8 @@ _ARGS = {
     "run_dir": describe("run_dir") + " A relative path (or empty = the preset's name) goes under "
     "$PROGRESS_RUNS_DIR of the worker (default ./runs).",
     "strategy": describe("selection.strategy"),
-    "budget": describe("selection.selection_num") + f" Empty = the preset's ({_preset_default('selection.selection_num')}).",
+    "budget": describe("selection.selection_num")
+    + f" Empty = the preset's ({_preset_default('selection.selection_num')}).",
     "seed": describe("seed") + " Empty = the preset's (42).",
     "advanced": "Any other field of the run config, same shape as `progress config --preset demo` prints, e.g. "
     '{"schedule": {"final_step": 40}, "orchestration": {"approve_after_warmup": true}}. Fields left out take '
@@ -145,7 +146,5 @@ _compare.__doc__ = _docstring(
     ["preset", "pool_json", "image_root", "run_dir", "strategies", "budget", "seed", "advanced"],
 )
 
-run_selection = flow(
-    _run_selection, name="progress-selection", flow_run_name="{preset}-{strategy}", log_prints=True
-)
+run_selection = flow(_run_selection, name="progress-selection", flow_run_name="{preset}-{strategy}", log_prints=True)
 compare = flow(_compare, name="compare-strategies", flow_run_name="compare-{preset}", log_prints=True)
