@@ -21,13 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from prefect import task
-from prefect.artifacts import (
-    TableArtifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import TableArtifact, create_progress_artifact, update_progress_artifact
 
 from progress_core.accuracy_table import read_accuracy_table
 from progress_core.rounds import read_ids
@@ -44,6 +38,10 @@ _STOPWORDS = frozenset(
     provide describe given using use one two word phrase single short brief based following about into than
     then also any all some not no yes other more most very""".split()
 )
+
+
+_LAST_PROBE: dict[str, tuple[int, str]] = {}
+"""Per run directory: the last published round and its per-cluster probe table (accuracy before the next)."""
 
 
 def artifact_key(run_dir: str | Path, *parts: object) -> str:
@@ -81,30 +79,31 @@ def _existing(key: str) -> Any | None:
     return found[0] if found else None
 
 
-def _update(artifact_id: Any, data: Any, description: str) -> None:
+def _upsert(key: str, kind: str, data: Any, description: str) -> None:
+    """Create artifact ``key`` on the flow run (not on a task run: the UI lists flow-run artifacts newest
+    first, so rounds read in order), or update this flow run's one in place."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 
+    run_id = _flow_run_id()
+    found = _existing(key)
     with get_client(sync_client=True) as client:
-        client.update_artifact(artifact_id, ArtifactUpdate(data=data, description=description))
+        if found is not None:
+            client.update_artifact(found.id, ArtifactUpdate(data=data, description=description))
+        else:
+            client.create_artifact(
+                ArtifactCreate(key=key, type=kind, data=data, description=description, flow_run_id=run_id)
+            )
 
 
 def upsert_table(key: str, table: list[dict], description: str) -> None:
     """Create the table artifact ``key``, or update this flow run's one in place."""
-    found = _existing(key)
-    if found is None:
-        create_table_artifact(key=key, table=table, description=description)
-    else:
-        _update(found.id, json.dumps(TableArtifact._sanitize(table)), description)
+    _upsert(key, "table", json.dumps(TableArtifact._sanitize(table)), description)
 
 
 def upsert_markdown(key: str, markdown: str, description: str) -> None:
     """Create the markdown artifact ``key``, or update this flow run's one in place."""
-    found = _existing(key)
-    if found is None:
-        create_markdown_artifact(key=key, markdown=markdown, description=description)
-    else:
-        _update(found.id, markdown, description)
+    _upsert(key, "markdown", markdown, description)
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -171,19 +170,24 @@ def round_cluster_table(
     probe_after: StageRecord,
     annotation_ids: np.ndarray,
     manifest: StageRecord | None = None,
+    probe_before: str | None = None,
 ) -> pd.DataFrame:
     """Clusters of one round for a reader, most selected first.
 
     Columns: cluster, what it is (concept label and most common question words), a few sample ids selected
     from it, probe accuracy before → after the round, relative change, selection probability, selected, and
     the samples of the cluster left in the pool. Missing facts (warm-up rounds, strategies without scores)
-    show as "–".
+    show as "–". Accuracy before comes from the selection's scores, else from ``probe_before`` (the previous
+    round's per-cluster probe table).
     """
     k = int(annotation_ids.max()) + 1 if annotation_ids.size else 0
     new_ids = read_ids(commit.files["new"])
     selected = np.bincount(annotation_ids[new_ids], minlength=k)
     left = np.bincount(annotation_ids[read_ids(commit.files["remaining_after"])], minlength=k)
     after = read_accuracy_table(probe_after.files["per_cluster"]).set_index("cluster_id")["accuracy"]
+    previous = pd.Series(dtype="float64")
+    if probe_before and Path(probe_before).exists():
+        previous = read_accuracy_table(probe_before).set_index("cluster_id")["accuracy"]
     scores = pd.DataFrame(index=pd.Index([], name="cluster_id"))
     if "clusters" in commit.files and Path(commit.files["clusters"]).exists():
         scores = pd.read_parquet(commit.files["clusters"]).set_index("cluster_id")
@@ -211,6 +215,8 @@ def round_cluster_table(
     rows = []
     for cid in clusters:
         before = col("acc_now", cid)
+        if before is None and cid in previous.index and not pd.isna(previous[cid]):
+            before = float(previous[cid])
         acc_after = float(after[cid]) if cid in after.index and not pd.isna(after[cid]) else None
         rel = col("rel", cid)
         prob = col("probability", cid)
@@ -320,7 +326,10 @@ def publish_round(
     seconds: float,
 ) -> dict:
     """Summary and cluster-table artifacts of one round; returns the round's summary row."""
-    table = round_cluster_table(commit, probe_after, annotation_ids, manifest)
+    last = _LAST_PROBE.get(run_dir)
+    before = last[1] if last and last[0] == round_index - 1 else None
+    table = round_cluster_table(commit, probe_after, annotation_ids, manifest, before)
+    _LAST_PROBE[run_dir] = (round_index, probe_after.files["per_cluster"])
     shares = concept_shares(manifest, read_ids(commit.files["new"]))
     probe_meta = probe_after.meta
     round_dir = Path(commit.out_dir).parent.resolve()
@@ -348,7 +357,6 @@ def publish_round(
         ]
         lines += [f"| {r.family} | {r.share:.1%} |" for r in shares.itertuples()]
     lines += ["", f"Files of this round: `{round_dir}` (select/, train/, probe/)"]
-    upsert_markdown(round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary")
     upsert_table(
         round_key(run_dir, round_index, "clusters"),
         _records(table),
@@ -356,6 +364,7 @@ def publish_round(
         "first. what it is: concept label · most common question words; relative change: the accuracy change "
         "of the last two probes, which set the probability.",
     )
+    upsert_markdown(round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary")
     accuracy = probe_meta.get("correct", 0) / max(probe_meta.get("n", 0) - probe_meta.get("unjudged", 0), 1)
     return {
         "round": round_index,
@@ -435,5 +444,5 @@ def publish_summary(run_dir: str, rows: list[dict], final_step: int, extra: dict
         f"| {r['probe_accuracy']:.3f} | {r['seconds']} |"
         for r in rows
     ]
-    upsert_markdown(artifact_key(run_dir, "summary"), "\n".join(lines), "PROGRESS run summary")
     upsert_table(artifact_key(run_dir, "rounds"), rows, "All rounds of the run")
+    upsert_markdown(artifact_key(run_dir, "summary"), "\n".join(lines), "PROGRESS run summary")
