@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if lock is None:
         return EXIT_IN_USE
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     procs: dict[str, subprocess.Popen | None] = {"server": None, "worker": None}
     try:
         if port_in_use(args.port):

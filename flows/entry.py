@@ -105,9 +105,9 @@ def _log_run_dir(cfg: RunConfig) -> None:
 
 def _run_selection(
     preset: Preset = "demo",
-    pool_json: Optional[str] = None,
-    image_root: Optional[str] = None,
-    run_dir: Optional[str] = None,
+    pool_json: str = "",
+    image_root: str = "",
+    run_dir: str = "",
     strategy: Strategy = "progress",
     budget: Optional[int] = None,
     seed: Optional[int] = None,
@@ -122,9 +122,9 @@ def _run_selection(
 
 def _compare(
     preset: Preset = "demo",
-    pool_json: Optional[str] = None,
-    image_root: Optional[str] = None,
-    run_dir: Optional[str] = None,
+    pool_json: str = "",
+    image_root: str = "",
+    run_dir: str = "",
     strategies: list[Strategy] = DEFAULT_COMPARED,  # noqa: B006
     budget: Optional[int] = None,
     seed: Optional[int] = None,

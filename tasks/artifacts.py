@@ -3,8 +3,10 @@
 One artifact per key per flow run: keys come from the run directory's name and the zero-padded round
 (``demo-round-02-summary``), and publishing a key that the flow run already has (a Retry) updates that
 artifact in place instead of adding a duplicate. Different runs of the same run directory add versions of
-the same keys, so the UI's artifact pages show their history. Plots are PNGs embedded in markdown as data
-URIs: the UI cannot open ``file://`` links, so no artifact links to local files.
+the same keys, so the UI's artifact pages show their history. The UI lists a flow run's artifacts in no
+particular order, so ``<run>-summary`` is the ordered entry point: updated after every round, it lists the
+rounds in order with links to their artifacts. Plots are PNGs embedded in markdown as data URIs: the UI
+cannot open ``file://`` links, so no artifact links to local files.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ _STOPWORDS = frozenset(
 )
 
 
+_PUBLISHED: dict[str, dict[int, dict]] = {}
+"""Per run directory: each published round's row and the ids of its summary and cluster artifacts."""
 _LAST_PROBE: dict[str, tuple[int, str]] = {}
 """Per run directory: the last published round and its per-cluster probe table (accuracy before the next)."""
 
@@ -79,9 +83,8 @@ def _existing(key: str) -> Any | None:
     return found[0] if found else None
 
 
-def _upsert(key: str, kind: str, data: Any, description: str) -> None:
-    """Create artifact ``key`` on the flow run (not on a task run: the UI lists flow-run artifacts newest
-    first, so rounds read in order), or update this flow run's one in place."""
+def _upsert(key: str, kind: str, data: Any, description: str) -> str:
+    """Create artifact ``key`` on the flow run, or update this flow run's one in place; returns its id."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 
@@ -90,20 +93,21 @@ def _upsert(key: str, kind: str, data: Any, description: str) -> None:
     with get_client(sync_client=True) as client:
         if found is not None:
             client.update_artifact(found.id, ArtifactUpdate(data=data, description=description))
-        else:
-            client.create_artifact(
-                ArtifactCreate(key=key, type=kind, data=data, description=description, flow_run_id=run_id)
-            )
+            return str(found.id)
+        created = client.create_artifact(
+            ArtifactCreate(key=key, type=kind, data=data, description=description, flow_run_id=run_id)
+        )
+        return str(created.id)
 
 
-def upsert_table(key: str, table: list[dict], description: str) -> None:
-    """Create the table artifact ``key``, or update this flow run's one in place."""
-    _upsert(key, "table", json.dumps(TableArtifact._sanitize(table)), description)
+def upsert_table(key: str, table: list[dict], description: str) -> str:
+    """Create the table artifact ``key``, or update this flow run's one in place; returns its id."""
+    return _upsert(key, "table", json.dumps(TableArtifact._sanitize(table)), description)
 
 
-def upsert_markdown(key: str, markdown: str, description: str) -> None:
-    """Create the markdown artifact ``key``, or update this flow run's one in place."""
-    _upsert(key, "markdown", markdown, description)
+def upsert_markdown(key: str, markdown: str, description: str) -> str:
+    """Create the markdown artifact ``key``, or update this flow run's one in place; returns its id."""
+    return _upsert(key, "markdown", markdown, description)
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -357,16 +361,18 @@ def publish_round(
         ]
         lines += [f"| {r.family} | {r.share:.1%} |" for r in shares.itertuples()]
     lines += ["", f"Files of this round: `{round_dir}` (select/, train/, probe/)"]
-    upsert_table(
+    clusters_id = upsert_table(
         round_key(run_dir, round_index, "clusters"),
         _records(table),
         f"Round {round_index} (steps {step}→{next_step}): clusters it selected from or probed, most selected "
         "first. what it is: concept label · most common question words; relative change: the accuracy change "
         "of the last two probes, which set the probability.",
     )
-    upsert_markdown(round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary")
+    summary_id = upsert_markdown(
+        round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary"
+    )
     accuracy = probe_meta.get("correct", 0) / max(probe_meta.get("n", 0) - probe_meta.get("unjudged", 0), 1)
-    return {
+    row = {
         "round": round_index,
         "strategy": commit.meta.get("strategy"),
         "from_step": step,
@@ -379,6 +385,13 @@ def publish_round(
         "seconds": round(seconds, 1),
         "dir": str(round_dir),
     }
+    published = _PUBLISHED.setdefault(run_dir, {})
+    if round_index == 0:
+        published.clear()
+    published[round_index] = {"row": row, "summary": summary_id, "clusters": clusters_id}
+    rows = [published[r]["row"] for r in sorted(published)]
+    upsert_markdown(artifact_key(run_dir, "summary"), run_report(run_dir, rows), "PROGRESS run (in progress)")
+    return row
 
 
 def start_progress(run_dir: str) -> object:
@@ -413,21 +426,45 @@ def rounds_plot(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def publish_summary(run_dir: str, rows: list[dict], final_step: int, extra: dict) -> None:
-    """The run's final artifacts: a markdown summary with its plots embedded, and the table of rounds."""
+def _artifact_link(text: str, artifact_id: str | None) -> str:
+    return f"[{text}](/artifacts/artifact/{artifact_id})" if artifact_id else text
+
+
+def run_report(run_dir: str, rows: list[dict], final_step: int | None = None, extra: dict | None = None) -> str:
+    """The run's ordered entry point: the UI lists a flow run's artifacts in no particular order, so this
+    markdown lists every round in order with links to its summary and cluster table. Updated after every
+    round; at the end it adds the totals and the plots (docs/architecture.md#a-round-through-the-files)."""
+    published = _PUBLISHED.get(run_dir, {})
     last = rows[-1] if rows else {}
-    lines = [
-        f"# PROGRESS run `{Path(run_dir).resolve()}`",
+    done = extra is not None
+    lines = [f"# PROGRESS run `{Path(run_dir).resolve()}`", ""]
+    if done:
+        lines += [
+            f"- rounds: {len(rows)} (2 warm-up + {max(len(rows) - 2, 0)} selection), final step "
+            f"{last.get('to_step', 0)} of {final_step}",
+            f"- selected samples: **{last.get('selected', 0)}**; final set: `{extra.get('final_selection')}`",
+            f"- original-format export: `{extra.get('export_dir')}`",
+        ]
+    else:
+        lines.append(f"- running: {len(rows)} rounds done, at step {last.get('to_step', 0)}")
+    lines += [
         "",
-        f"- rounds: {len(rows)} (2 warm-up + {max(len(rows) - 2, 0)} selection), final step "
-        f"{last.get('to_step', 0)} of {final_step}",
-        f"- selected samples: **{last.get('selected', 0)}**; final set: `{extra.get('final_selection')}`",
-        f"- original-format export: `{extra.get('export_dir')}`",
-        "",
+        "| round | strategy | steps | new | selected | probe acc | s | details |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    if rows:
+    for r in rows:
+        ids = published.get(r["round"], {})
+        details = (
+            _artifact_link("summary", ids.get("summary")) + " · " + _artifact_link("clusters", ids.get("clusters"))
+        )
+        lines.append(
+            f"| {r['round']} | {r['strategy']} | {r['from_step']}→{r['to_step']} | {r['new']} | {r['selected']} "
+            f"| {r['probe_accuracy']:.3f} | {r['seconds']} | {details} |"
+        )
+    lines.append("")
+    if done and rows:
         lines += [f"![probe accuracy and new samples per round]({png_data_uri(rounds_plot(rows))})", ""]
-    concept_png = extra.get("concept_report")
+    concept_png = (extra or {}).get("concept_report")
     if concept_png and Path(concept_png).exists():
         lines += [
             "## Per concept family (evaluation labels)",
@@ -435,14 +472,10 @@ def publish_summary(run_dir: str, rows: list[dict], final_step: int, extra: dict
             f"![probe accuracy and selection share per concept family]({png_data_uri(concept_png)})",
             "",
         ]
-    lines += [
-        "| round | strategy | steps | new | selected | probe acc | s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['round']} | {r['strategy']} | {r['from_step']}→{r['to_step']} | {r['new']} | {r['selected']} "
-        f"| {r['probe_accuracy']:.3f} | {r['seconds']} |"
-        for r in rows
-    ]
+    return "\n".join(lines)
+
+
+def publish_summary(run_dir: str, rows: list[dict], final_step: int, extra: dict) -> None:
+    """The run's final artifacts: the run report with its plots embedded, and the table of rounds."""
     upsert_table(artifact_key(run_dir, "rounds"), rows, "All rounds of the run")
-    upsert_markdown(artifact_key(run_dir, "summary"), "\n".join(lines), "PROGRESS run summary")
+    upsert_markdown(artifact_key(run_dir, "summary"), run_report(run_dir, rows, final_step, extra), "PROGRESS run")
