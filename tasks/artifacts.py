@@ -419,6 +419,7 @@ def rounds_plot(rows: list[dict]) -> bytes:
     ax1.set(title="probe accuracy after each round", xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
     ax2.bar([r["round"] for r in rows], [r["new"] for r in rows], color="tab:orange")
     ax2.set(title="new samples per round", xlabel="round (0, 1 = warm-up)", ylabel="samples")
+    ax2.set_xticks([r["round"] for r in rows])
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)

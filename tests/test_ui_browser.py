@@ -144,6 +144,7 @@ def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
         page.get_by_role("option", name="random", exact=True).click()
         assert field("strategy").locator(".p-select-button__value").inner_text() == "random"
         field("advanced").locator("textarea").fill(json.dumps(_advanced()))
+        page.get_by_text("Run Name").first.scroll_into_view_if_needed()
         page.screenshot(path=str(shots / "ui-form.png"))
         page.get_by_role("button", name="Submit").click()
 
@@ -180,7 +181,9 @@ def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
         page.screenshot(path=str(shots / "ui-run.png"))
         cells = page.locator("table").first.locator("tbody tr td:first-child").all_inner_texts()
         assert [int(c) for c in cells] == rounds, "the run report lists the rounds in order"
-        page.get_by_role("link", name="clusters").last.click()
+        href = page.get_by_role("link", name="clusters").last.get_attribute("href")
+        assert href == f"/artifacts/artifact/{arts[f'{RUN}-round-{rounds[-1]:02d}-clusters'].id}", href
+        page.goto(ui + href, wait_until="networkidle")
         page.get_by_text("accuracy before → after").first.wait_for(timeout=30000)
         assert f"{RUN}-round-{rounds[-1]:02d}-clusters" in page.locator("body").inner_text()
         rows = json.loads(arts[f"{RUN}-round-02-clusters"].data)
