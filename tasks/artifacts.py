@@ -303,12 +303,12 @@ def budget_lines(commit: StageRecord, table: pd.DataFrame, run_dir: str) -> list
         if commit.rows.get("remaining_after", 1) == 0:
             reasons.append("the pool is exhausted")
         if exhausted:
-            reasons.append(f"{exhausted} clusters ran out of samples")
+            reasons.append(f"{exhausted} cluster{'s' if exhausted != 1 else ''} ran out of samples")
         if redistribute is False:
             reasons.append("quota capped by a cluster's availability is not passed on (redistribution off)")
         lines.append(f"  - why not all of it: {'; '.join(reasons) or 'see the notes below'}")
     elif exhausted:
-        lines.append(f"  - {exhausted} clusters gave their last samples this round")
+        lines.append(f"  - {exhausted} cluster{'s' if exhausted != 1 else ''} gave their last samples this round")
     if redistribute is not None:
         lines.append(
             f"  - redistribution of capped quota (selection.redistribute_overflow): {'on' if redistribute else 'off'}"
