@@ -190,6 +190,9 @@ def register(app: typer.Typer) -> None:
         preset: str = typer.Option("demo", "--preset", help="demo or paper."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Validate this YAML file instead."),
     ) -> None:
-        """Print a complete run config as YAML (a starting point for `progress run --config`)."""
+        """Print a complete run config as YAML, every field explained in a comment (a starting point for
+        `progress run --config`)."""
+        from progress_core.config_doc import commented_yaml
+
         cfg = load_config(config, None if config else {"preset": preset})
-        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        typer.echo(commented_yaml(cfg), nl=False)

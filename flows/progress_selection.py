@@ -25,6 +25,7 @@ import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
 
+from flows.approval import approve_after_warmup
 from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
 from progress_core.config import RunConfig
 from progress_core.features import shard_ranges
@@ -185,6 +186,7 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     while step < final_step:
         started = time.monotonic()
         rdir = round_dir(run, round_index)
+        approve_after_warmup(cfg, run, round_index, rows, step, final_step)
         if round_index < 2:
             commit = run_stage(
                 commit_warmup_stage,

@@ -120,6 +120,16 @@ class ScheduleConfig(_Strict):
     max_rounds: int | None = Field(None, ge=0, description="Stop after this many selection rounds (empty = no limit).")
 
 
+class OrchestrationConfig(_Strict):
+    """How the flow is run and supervised (docs/architecture.md#orchestration)."""
+
+    approve_after_warmup: bool = Field(
+        False,
+        description="Pause after the two warm-up rounds, show the warm-up report and the planned rounds, and "
+        "continue only when someone approves in the Prefect UI.",
+    )
+
+
 _PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "run_dir": "runs/demo",
@@ -176,6 +186,7 @@ class RunConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     shard_size: int = Field(4096, ge=1, description="Rows per feature-extraction shard (one task each).")
     export_original: bool = Field(True, description="Also write the original scripts' JSON files (Top_50K.json, ...).")
 

@@ -1,35 +1,113 @@
-"""Per-round and per-run Prefect artifacts (DESIGN §3): what every round selected and why.
+"""Per-round and per-run Prefect artifacts (docs/architecture.md#orchestration): what every round selected and why.
 
-Keys come from the run directory's name and the round, lowercase with dashes, so every (re-)run of the same
-run directory adds a new version of the same artifacts and the UI shows their history.
+One artifact per key per flow run: keys come from the run directory's name and the zero-padded round
+(``demo-round-02-summary``), and publishing a key that the flow run already has (a Retry) updates that
+artifact in place instead of adding a duplicate. Different runs of the same run directory add versions of
+the same keys, so the UI's artifact pages show their history. The UI lists a flow run's artifacts in no
+particular order, so ``<run>-summary`` is the ordered entry point: updated after every round, it lists the
+rounds in order with links to their artifacts. Plots are PNGs embedded in markdown as data URIs: the UI
+cannot open ``file://`` links, so no artifact links to local files.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import re
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from prefect import task
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import TableArtifact, create_progress_artifact, update_progress_artifact
 
 from progress_core.accuracy_table import read_accuracy_table
 from progress_core.rounds import read_ids
 from tasks._tables import manifest_rows
 from tasks.stage import StageRecord
 
+SAMPLE_IDS_SHOWN = 3
+WORDS_SHOWN = 3
+MEMBERS_READ = 200
+_STOPWORDS = frozenset(
+    """a an the and or of in on at to for from with by as is are was were be been this that these those it its
+    what which who whom whose how many much does do did there their them they he she his her you your can could
+    would should will shall may might please answer question questions image picture photo shown show shows
+    provide describe given using use one two word phrase single short brief based following about into than
+    then also any all some not no yes other more most very""".split()
+)
+
+
+_PUBLISHED: dict[str, dict[int, dict]] = {}
+"""Per run directory: each published round's row and the ids of its summary and cluster artifacts."""
+_LAST_PROBE: dict[str, tuple[int, str]] = {}
+"""Per run directory: the last published round and its per-cluster probe table (accuracy before the next)."""
+
 
 def artifact_key(run_dir: str | Path, *parts: object) -> str:
     """``<run name>-<parts>`` lowercased, every other character run replaced by one dash."""
     raw = "-".join([Path(run_dir).resolve().name, *map(str, parts)]).lower()
     return re.sub(r"[^a-z0-9]+", "-", raw).strip("-")
+
+
+def round_key(run_dir: str | Path, round_index: int, kind: str) -> str:
+    """Key of a round's artifact; the round is zero-padded so keys sort in round order."""
+    return artifact_key(run_dir, "round", f"{round_index:02d}", kind)
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return flow_run.id
+
+
+def _existing(key: str) -> Any | None:
+    """This flow run's artifact called ``key``, if it already published one (a Retry)."""
+    run_id = _flow_run_id()
+    if not run_id:
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])
+            ),
+            limit=1,
+        )
+    return found[0] if found else None
+
+
+def _upsert(key: str, kind: str, data: Any, description: str) -> str:
+    """Create artifact ``key`` on the flow run, or update this flow run's one in place; returns its id."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+
+    run_id = _flow_run_id()
+    found = _existing(key)
+    with get_client(sync_client=True) as client:
+        if found is not None:
+            client.update_artifact(found.id, ArtifactUpdate(data=data, description=description))
+            return str(found.id)
+        created = client.create_artifact(
+            ArtifactCreate(key=key, type=kind, data=data, description=description, flow_run_id=run_id)
+        )
+        return str(created.id)
+
+
+def upsert_table(key: str, table: list[dict], description: str) -> str:
+    """Create the table artifact ``key``, or update this flow run's one in place; returns its id."""
+    return _upsert(key, "table", json.dumps(TableArtifact._sanitize(table)), description)
+
+
+def upsert_markdown(key: str, markdown: str, description: str) -> str:
+    """Create the markdown artifact ``key``, or update this flow run's one in place; returns its id."""
+    return _upsert(key, "markdown", markdown, description)
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -39,28 +117,141 @@ def _records(df: pd.DataFrame) -> list[dict]:
     ]
 
 
-def round_cluster_table(commit: StageRecord, probe_after: StageRecord, annotation_ids: np.ndarray) -> pd.DataFrame:
-    """Clusters of one round: accuracy before/after, relative change, probability and selected count."""
-    after = read_accuracy_table(probe_after.files["per_cluster"])[["cluster_id", "accuracy"]]
-    after = after.rename(columns={"accuracy": "acc_after"})
+def png_data_uri(png: bytes | str | Path) -> str:
+    """A PNG as a ``data:`` URI, the one image form the UI's markdown renders without a web server."""
+    raw = png if isinstance(png, bytes) else Path(png).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(raw).decode("ascii")
+
+
+def _words(texts: pd.Series) -> str:
+    counts: Counter[str] = Counter()
+    for text in texts.dropna():
+        counts.update(w for w in set(re.findall(r"[a-z][a-z'-]{2,}", str(text).lower())) if w not in _STOPWORDS)
+    return ", ".join(w for w, _ in counts.most_common(WORDS_SHOWN))
+
+
+def describe_clusters(manifest: StageRecord, annotation_ids: np.ndarray) -> dict[int, str]:
+    """``{cluster_id: "family · word, word, word"}`` for the annotation clusters (cached per manifest and clustering)."""
+    digest = str(hash(annotation_ids.tobytes()))
+    return _describe(manifest.files["manifest"], manifest.meta.get("labels"), digest, annotation_ids)
+
+
+_DESCRIPTIONS: dict[tuple, dict[int, str]] = {}
+
+
+def _describe(manifest_path: str, labels_path: str | None, digest: str, annotation_ids: np.ndarray) -> dict[int, str]:
+    cache_key = (manifest_path, labels_path, digest)
+    if cache_key in _DESCRIPTIONS:
+        return _DESCRIPTIONS[cache_key]
+    frame = pd.DataFrame({"sample_id": np.arange(annotation_ids.size), "cluster_id": annotation_ids})
+    members = frame.groupby("cluster_id", sort=True).head(MEMBERS_READ)
+    rows = pq.read_table(manifest_path, columns=["id", "question"]).take(members["sample_id"].to_numpy())
+    members = members.assign(id=rows.column("id").to_pandas(), question=rows.column("question").to_pandas())
+    family = None
+    if labels_path and Path(labels_path).exists():
+        labels = pd.read_parquet(labels_path, columns=["id", "family"]).drop_duplicates("id")
+        family = (
+            members.merge(labels, on="id", how="left")
+            .groupby("cluster_id")["family"]
+            .agg(lambda s: s.mode().iloc[0] if s.notna().any() else None)
+        )
+    out = {}
+    for cid, group in members.groupby("cluster_id"):
+        words = _words(group["question"])
+        label = family.get(cid) if family is not None else None
+        out[int(cid)] = f"{label} · {words}" if label else words
+    _DESCRIPTIONS.clear()
+    _DESCRIPTIONS[cache_key] = out
+    return out
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)
+
+
+def round_cluster_table(
+    commit: StageRecord,
+    probe_after: StageRecord,
+    annotation_ids: np.ndarray,
+    manifest: StageRecord | None = None,
+    probe_before: str | None = None,
+) -> pd.DataFrame:
+    """Clusters of one round for a reader, most selected first.
+
+    Columns: cluster, what it is (concept label and most common question words), a few sample ids selected
+    from it, probe accuracy before → after the round, relative change, selection probability, selected, and
+    the samples of the cluster left in the pool. Missing facts (warm-up rounds, strategies without scores)
+    show as "–". Accuracy before comes from the selection's scores, else from ``probe_before`` (the previous
+    round's per-cluster probe table).
+    """
+    k = int(annotation_ids.max()) + 1 if annotation_ids.size else 0
     new_ids = read_ids(commit.files["new"])
-    counts = (
-        pd.Series(annotation_ids[new_ids]).value_counts().rename("selected").rename_axis("cluster_id").reset_index()
+    selected = np.bincount(annotation_ids[new_ids], minlength=k)
+    left = np.bincount(annotation_ids[read_ids(commit.files["remaining_after"])], minlength=k)
+    after = read_accuracy_table(probe_after.files["per_cluster"]).set_index("cluster_id")["accuracy"]
+    previous = pd.Series(dtype="float64")
+    if probe_before and Path(probe_before).exists():
+        previous = read_accuracy_table(probe_before).set_index("cluster_id")["accuracy"]
+    scores = pd.DataFrame(index=pd.Index([], name="cluster_id"))
+    if "clusters" in commit.files and Path(commit.files["clusters"]).exists():
+        scores = pd.read_parquet(commit.files["clusters"]).set_index("cluster_id")
+    probabilities = {int(c): float(p) for c, p in (commit.meta.get("probabilities") or {}).items()}
+    quota = scores["quota"] if "quota" in scores else pd.Series(dtype="float64")
+    clusters = sorted(
+        set(np.flatnonzero(selected).tolist()) | set(after.index.tolist()) | set(quota[quota > 0].index.tolist())
     )
-    if "clusters" in commit.files:
-        table = pd.read_parquet(commit.files["clusters"])
-        table = table.rename(columns={"acc_now": "acc_before"}).drop(columns=["selected"], errors="ignore")
-        keep = [
-            c
-            for c in ("cluster_id", "acc_prev", "acc_before", "rel", "probability", "available", "quota")
-            if c in table.columns
-        ]
-        table = table[keep]
-    else:
-        table = pd.DataFrame({"cluster_id": pd.Series(dtype="int64")})
-    out = table.merge(counts, on="cluster_id", how="outer").merge(after, on="cluster_id", how="outer")
-    out["selected"] = out["selected"].fillna(0).astype(int)
-    return out.sort_values(["selected", "cluster_id"], ascending=[False, True]).reset_index(drop=True)
+    descriptions = describe_clusters(manifest, annotation_ids) if manifest is not None else {}
+    picked_ids: dict[int, list[str]] = {}
+    if manifest is not None and new_ids.size:
+        order = np.argsort(annotation_ids[new_ids], kind="stable")
+        ids = manifest_rows(manifest, new_ids[order], columns=("id",)).column("id").to_pylist()
+        for cid, sid in zip(annotation_ids[new_ids][order].tolist(), ids):
+            shown = picked_ids.setdefault(cid, [])
+            if len(shown) < SAMPLE_IDS_SHOWN:
+                shown.append(str(sid))
+
+    def col(name: str, cid: int) -> float | None:
+        if name in scores and cid in scores.index:
+            value = scores.at[cid, name]
+            return None if pd.isna(value) else float(value)
+        return None
+
+    rows = []
+    for cid in clusters:
+        before = col("acc_now", cid)
+        if before is None and cid in previous.index and not pd.isna(previous[cid]):
+            before = float(previous[cid])
+        acc_after = float(after[cid]) if cid in after.index and not pd.isna(after[cid]) else None
+        rel = col("rel", cid)
+        prob = col("probability", cid)
+        if prob is None:
+            prob = probabilities.get(cid)
+        rows.append(
+            {
+                "cluster": int(cid),
+                "what it is": descriptions.get(int(cid), ""),
+                "sample ids": ", ".join(picked_ids.get(int(cid), [])),
+                "accuracy before → after": f"{_fmt(before, '.2f')} → {_fmt(acc_after, '.2f')}",
+                "relative change": "–" if rel is None else f"{rel:+.1%}",
+                "probability": _fmt(prob, ".3f"),
+                "selected": int(selected[cid]) if cid < k else 0,
+                "pool left": int(left[cid]) if cid < k else 0,
+            }
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "cluster",
+            "what it is",
+            "sample ids",
+            "accuracy before → after",
+            "relative change",
+            "probability",
+            "selected",
+            "pool left",
+        ],
+    )
+    return table.sort_values(["selected", "cluster"], ascending=[False, True]).reset_index(drop=True)
 
 
 def concept_shares(manifest: StageRecord, new_ids: np.ndarray) -> pd.DataFrame | None:
@@ -79,6 +270,52 @@ def concept_shares(manifest: StageRecord, new_ids: np.ndarray) -> pd.DataFrame |
     return share
 
 
+def _run_setting(run_dir: str, section: str, name: str) -> Any:
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text()).get(section, {}).get(name)
+    except (OSError, ValueError):
+        return None
+
+
+def budget_lines(commit: StageRecord, table: pd.DataFrame, run_dir: str) -> list[str]:
+    """How much of the round's budget was used and why (docs/algorithm.md#selection)."""
+    meta = commit.meta
+    new = commit.rows.get("new", 0)
+    strategy = str(meta.get("strategy", ""))
+    if strategy.startswith("warmup"):
+        return [f"- budget: the whole warm-up pool {strategy.split(':')[-1].upper()} ({new} samples)"]
+    budget = meta.get("budget")
+    if budget is None:
+        return [f"- budget: {new} samples selected"]
+    lines = [f"- budget used: **{new} of {budget}** samples ({new / max(budget, 1):.0%})"]
+    n_exploit, n_explore = meta.get("n_exploit"), meta.get("n_explore")
+    if n_exploit is not None or n_explore is not None:
+        lines.append(f"  - by softmax quotas: {n_exploit or 0}, by exploration: {n_explore or 0}")
+    redistribute = meta.get("redistribute_overflow")
+    if redistribute is None:
+        redistribute = _run_setting(run_dir, "selection", "redistribute_overflow")
+    exhausted = meta.get("exhausted_clusters")
+    if exhausted is None and not table.empty:
+        exhausted = int(((table["selected"] > 0) & (table["pool left"] == 0)).sum())
+    if new < budget:
+        reasons = []
+        if commit.rows.get("remaining_after", 1) == 0:
+            reasons.append("the pool is exhausted")
+        if exhausted:
+            reasons.append(f"{exhausted} cluster{'s' if exhausted != 1 else ''} ran out of samples")
+        if redistribute is False:
+            reasons.append("quota capped by a cluster's availability is not passed on (redistribution off)")
+        lines.append(f"  - why not all of it: {'; '.join(reasons) or 'see the notes below'}")
+    elif exhausted:
+        lines.append(f"  - {exhausted} cluster{'s' if exhausted != 1 else ''} gave their last samples this round")
+    if redistribute is not None:
+        lines.append(
+            f"  - redistribution of capped quota (selection.redistribute_overflow): {'on' if redistribute else 'off'}"
+        )
+    return lines
+
+
 @task(name="publish-round", task_run_name="publish[r={round_index}]")
 def publish_round(
     run_dir: str,
@@ -92,25 +329,24 @@ def publish_round(
     manifest: StageRecord,
     seconds: float,
 ) -> dict:
-    """Table, markdown summary and link artifacts of one round; returns the round's summary row."""
-    table = round_cluster_table(commit, probe_after, annotation_ids)
-    create_table_artifact(
-        key=artifact_key(run_dir, "round", round_index, "clusters"),
-        table=_records(table),
-        description=f"Round {round_index} (steps {step}→{next_step}): clusters, accuracy "
-        "before/after, relative change, probability and selected count.",
-    )
+    """Summary and cluster-table artifacts of one round; returns the round's summary row."""
+    last = _LAST_PROBE.get(run_dir)
+    before = last[1] if last and last[0] == round_index - 1 else None
+    table = round_cluster_table(commit, probe_after, annotation_ids, manifest, before)
+    _LAST_PROBE[run_dir] = (round_index, probe_after.files["per_cluster"])
     shares = concept_shares(manifest, read_ids(commit.files["new"]))
     probe_meta = probe_after.meta
+    round_dir = Path(commit.out_dir).parent.resolve()
     lines = [
         f"# Round {round_index}: steps {step} → {next_step}",
         "",
         f"- strategy: `{commit.meta.get('strategy')}`",
         f"- new samples: **{commit.rows['new']}**, selected so far: **{commit.rows['selected_until']}**, "
         f"left in the pool: {commit.rows['remaining_after']}",
+        *budget_lines(commit, table, run_dir),
         f"- probe at step {next_step}: {probe_meta.get('correct', 0)} / {probe_meta.get('n', 0)} correct "
         f"over {probe_meta.get('clusters', 0)} clusters ({probe_meta.get('unjudged', 0)} unjudged)",
-        f"- final training loss: {train.meta.get('final_loss')}",
+        f"- final training loss: {_fmt(train.meta.get('final_loss'), '.4f')}",
         f"- time spent: {seconds:.1f} s",
     ]
     for note in commit.meta.get("notes", []):
@@ -124,20 +360,19 @@ def publish_round(
             "|---|---|",
         ]
         lines += [f"| {r.family} | {r.share:.1%} |" for r in shares.itertuples()]
-    create_markdown_artifact(
-        key=artifact_key(run_dir, "round", round_index, "summary"),
-        markdown="\n".join(lines),
-        description=f"Round {round_index} summary",
+    lines += ["", f"Files of this round: `{round_dir}` (select/, train/, probe/)"]
+    clusters_id = upsert_table(
+        round_key(run_dir, round_index, "clusters"),
+        _records(table),
+        f"Round {round_index} (steps {step}→{next_step}): clusters it selected from or probed, most selected "
+        "first. what it is: concept label · most common question words; relative change: the accuracy change "
+        "of the last two probes, which set the probability.",
     )
-    round_dir = Path(commit.out_dir).parent.resolve()
-    create_link_artifact(
-        key=artifact_key(run_dir, "round", round_index, "files"),
-        link=round_dir.as_uri(),
-        link_text=str(round_dir),
-        description=f"Round {round_index} files",
+    summary_id = upsert_markdown(
+        round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary"
     )
     accuracy = probe_meta.get("correct", 0) / max(probe_meta.get("n", 0) - probe_meta.get("unjudged", 0), 1)
-    return {
+    row = {
         "round": round_index,
         "strategy": commit.meta.get("strategy"),
         "from_step": step,
@@ -150,39 +385,98 @@ def publish_round(
         "seconds": round(seconds, 1),
         "dir": str(round_dir),
     }
+    published = _PUBLISHED.setdefault(run_dir, {})
+    if round_index == 0:
+        published.clear()
+    published[round_index] = {"row": row, "summary": summary_id, "clusters": clusters_id}
+    rows = [published[r]["row"] for r in sorted(published)]
+    upsert_markdown(artifact_key(run_dir, "summary"), run_report(run_dir, rows), "PROGRESS run (in progress)")
+    return row
 
 
 def start_progress(run_dir: str) -> object:
-    """The run's progress artifact (percentage of FINAL_STEP trained)."""
-    return create_progress_artifact(
-        progress=0.0, key=artifact_key(run_dir, "progress"), description="Share of FINAL_STEP trained"
-    )
+    """The run's one progress artifact (share of FINAL_STEP trained); a Retry reuses it."""
+    key = artifact_key(run_dir, "progress")
+    found = _existing(key)
+    if found is not None:
+        return found.id
+    return create_progress_artifact(progress=0.0, key=key, description="Share of FINAL_STEP trained")
 
 
 def set_progress(artifact_id: object, step: int, final_step: int) -> None:
     update_progress_artifact(artifact_id=artifact_id, progress=min(100.0, 100.0 * step / max(final_step, 1)))
 
 
-def publish_summary(run_dir: str, rows: list[dict], final_step: int, extra: dict) -> None:
-    """The run's final artifacts: a table of rounds and a markdown summary with where the files are."""
-    create_table_artifact(key=artifact_key(run_dir, "rounds"), table=rows, description="All rounds of the run")
+def rounds_plot(rows: list[dict]) -> bytes:
+    """PNG: probe accuracy after every round over the training steps, and the new samples of every round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    ax1.plot([r["to_step"] for r in rows], [r["probe_accuracy"] for r in rows], marker="o")
+    ax1.set(title="probe accuracy after each round", xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
+    ax2.bar([r["round"] for r in rows], [r["new"] for r in rows], color="tab:orange")
+    ax2.set(title="new samples per round", xlabel="round (0, 1 = warm-up)", ylabel="samples")
+    ax2.set_xticks([r["round"] for r in rows])
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _artifact_link(text: str, artifact_id: str | None) -> str:
+    return f"[{text}](/artifacts/artifact/{artifact_id})" if artifact_id else text
+
+
+def run_report(run_dir: str, rows: list[dict], final_step: int | None = None, extra: dict | None = None) -> str:
+    """The run's ordered entry point: the UI lists a flow run's artifacts in no particular order, so this
+    markdown lists every round in order with links to its summary and cluster table. Updated after every
+    round; at the end it adds the totals and the plots (docs/architecture.md#a-round-through-the-files)."""
+    published = _PUBLISHED.get(run_dir, {})
     last = rows[-1] if rows else {}
-    lines = [
-        f"# PROGRESS run `{Path(run_dir).resolve()}`",
-        "",
-        f"- rounds: {len(rows)} (2 warm-up + {max(len(rows) - 2, 0)} selection), final step "
-        f"{last.get('to_step', 0)} of {final_step}",
-        f"- selected samples: **{last.get('selected', 0)}**; final set: `{extra.get('final_selection')}`",
-        f"- original-format export: `{extra.get('export_dir')}`",
-        "",
-        "| round | strategy | steps | new | selected | probe acc | s |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    done = extra is not None
+    lines = [f"# PROGRESS run `{Path(run_dir).resolve()}`", ""]
+    if done:
+        lines += [
+            f"- rounds: {len(rows)} (2 warm-up + {max(len(rows) - 2, 0)} selection), final step "
+            f"{last.get('to_step', 0)} of {final_step}",
+            f"- selected samples: **{last.get('selected', 0)}**; final set: `{extra.get('final_selection')}`",
+            f"- original-format export: `{extra.get('export_dir')}`",
+        ]
+    else:
+        lines.append(f"- running: {len(rows)} rounds done, at step {last.get('to_step', 0)}")
     lines += [
-        f"| {r['round']} | {r['strategy']} | {r['from_step']}→{r['to_step']} | {r['new']} | {r['selected']} "
-        f"| {r['probe_accuracy']:.3f} | {r['seconds']} |"
-        for r in rows
+        "",
+        "| round | strategy | steps | new | selected | probe acc | s | details |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    create_markdown_artifact(
-        key=artifact_key(run_dir, "summary"), markdown="\n".join(lines), description="PROGRESS run summary"
-    )
+    for r in rows:
+        ids = published.get(r["round"], {})
+        details = (
+            _artifact_link("summary", ids.get("summary")) + " · " + _artifact_link("clusters", ids.get("clusters"))
+        )
+        lines.append(
+            f"| {r['round']} | {r['strategy']} | {r['from_step']}→{r['to_step']} | {r['new']} | {r['selected']} "
+            f"| {r['probe_accuracy']:.3f} | {r['seconds']} | {details} |"
+        )
+    lines.append("")
+    if done and rows:
+        lines += [f"![probe accuracy and new samples per round]({png_data_uri(rounds_plot(rows))})", ""]
+    concept_png = (extra or {}).get("concept_report")
+    if concept_png and Path(concept_png).exists():
+        lines += [
+            "## Per concept family (evaluation labels)",
+            "",
+            f"![probe accuracy and selection share per concept family]({png_data_uri(concept_png)})",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def publish_summary(run_dir: str, rows: list[dict], final_step: int, extra: dict) -> None:
+    """The run's final artifacts: the run report with its plots embedded, and the table of rounds."""
+    upsert_table(artifact_key(run_dir, "rounds"), rows, "All rounds of the run")
+    upsert_markdown(artifact_key(run_dir, "summary"), run_report(run_dir, rows, final_step, extra), "PROGRESS run")

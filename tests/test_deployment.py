@@ -1,11 +1,12 @@
-"""``prefect.yaml``'s progress-demo deployment on a temporary server, run by a real process worker: once
-triggered through the API as the UI's Run button does, once from the UI itself in headless Chromium."""
+"""``prefect.yaml``'s deployments on a temporary server, run by a real process worker: the short form's
+parameters as the UI's Run button sends them, and the optional approval pause after the warm-up.
+The UI itself in a browser: tests/test_ui_browser.py."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
+from pathlib import Path
 
 import pytest
 from flowkit import artifacts, client_call, small_config
@@ -14,41 +15,48 @@ from deployments.setup import create_pools, deploy, prefect_worker
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+def _advanced(**overrides) -> dict:
+    cfg = small_config(Path("unused"), **{"schedule.final_step": 20, **overrides})
+    cfg.pop("run_dir")
+    return cfg
 
 
-def _deployment(api_url: str):
-    return client_call(api_url, lambda c: c.read_deployment_by_name("progress-selection/progress-demo"))
+def _deployment(api_url: str, name: str = "progress-selection/progress-demo"):
+    return client_call(api_url, lambda c: c.read_deployment_by_name(name))
 
 
-def _wait_final(api_url: str, flow_run_id, timeout: float = 400):
+def _wait(api_url: str, flow_run_id, done, timeout: float = 400):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = client_call(api_url, lambda c: c.read_flow_run(flow_run_id))
-        if run.state and run.state.is_final():
+        if run.state and done(run.state):
             return run
         time.sleep(1)
-    raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout}s")
+    raise TimeoutError(f"flow run {flow_run_id} not in the expected state after {timeout}s")
+
+
+def _wait_final(api_url: str, flow_run_id, timeout: float = 400):
+    return _wait(api_url, flow_run_id, lambda s: s.is_final(), timeout)
 
 
 @pytest.fixture(scope="module")
 def deployed(prefect_api, tmp_path_factory):
-    """progress-demo deployed from prefect.yaml with a small run as its default parameters, and a worker."""
+    """The deployments of prefect.yaml and a cpu worker whose relative run directories go under a temp dir."""
     api_url, home = prefect_api
     base = tmp_path_factory.mktemp("deployed")
     create_pools(api_url, gpus=1, home=home)
-    deploy(
-        ["progress-demo"],
-        api_url,
-        home=home,
-        params={"config": small_config(base / "ui-run", **{"schedule.final_step": 20})},
-    )
+    deploy(["progress-demo", "compare-strategies", "progress-paper"], api_url, home=home)
     with prefect_worker(
         "cpu",
         api_url,
         home=home,
         log=base / "worker.log",
-        extra_env={"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "WARNING"},
+        extra_env={
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PROGRESS_RUNS_DIR": str(base / "runs"),
+        },
     ):
         yield api_url, base
 
@@ -64,61 +72,58 @@ def test_pools_and_gpu_limit(prefect_api, deployed):
     assert limit.concurrency_limit == 1
 
 
-def test_deployment_run_through_api_completes(deployed, tmp_path):
+def test_deployments_show_a_short_form_with_their_presets(deployed):
     api_url, _ = deployed
+    demo, paper = _deployment(api_url), _deployment(api_url, "progress-selection/progress-paper")
+    compare = _deployment(api_url, "compare-strategies/compare-strategies")
+    assert demo.entrypoint == paper.entrypoint == "flows/entry.py:run_selection"
+    props = demo.parameter_openapi_schema["properties"]
+    assert list(props) == ["preset", "pool_json", "image_root", "run_dir", "strategy", "budget", "seed", "advanced"]
+    assert set(props["strategy"]["enum"]) >= {"progress", "random", "coincide", "tfs"}
+    assert "SELECTION_NUM" in props["budget"]["description"] and "paper 7500" in props["budget"]["description"]
+    assert demo.parameters == {"preset": "demo", "strategy": "progress", "advanced": {}}
+    assert paper.parameters["preset"] == "paper" and paper.work_pool_name == "gpu"
+    assert paper.parameters["pool_json"].endswith(".json")
+    assert compare.parameters["strategies"] == ["progress", "random", "tfs", "coincide"]
+
+
+def test_form_parameters_run_under_the_runs_dir(deployed):
+    api_url, base = deployed
     dep = _deployment(api_url)
-    assert dep.entrypoint == "flows/progress_selection.py:progress_selection"
-    params = {"config": small_config(tmp_path / "api-run", **{"schedule.final_step": 20})}
+    params = {"preset": "demo", "strategy": "tfs", "run_dir": "api-run", "budget": 32, "advanced": _advanced()}
     run = client_call(api_url, lambda c: c.create_flow_run_from_deployment(dep.id, parameters=params))
     final = _wait_final(api_url, run.id)
     assert final.state.is_completed(), final.state
-    summary = json.loads((tmp_path / "api-run" / "summary.json").read_text())
+    run_dir = base / "runs" / "api-run"
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["flow_run_id"] == str(run.id) and summary["rounds"][-1]["to_step"] == 20
+    assert {r["strategy"] for r in summary["rounds"][2:]} == {"tfs"}
+    assert all(r["new"] <= 32 for r in summary["rounds"][2:])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["selection"]["selection_num"] == 32 and config["data"]["synthetic_n"] == 400
+    assert config["training"]["global_batch_size"] == 8, "unset fields keep the preset's/advanced values"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_quick_run_from_the_ui(deployed, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_approval_after_warmup_pauses_until_approved(deployed):
+    from prefect.flow_runs import resume_flow_run
 
     api_url, base = deployed
-    ui = api_url.removesuffix("/api")
     dep = _deployment(api_url)
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{ui}/deployments/deployment/{dep.id}", wait_until="networkidle")
-        page.get_by_role("button", name="Run", exact=True).click()
-        page.locator("button:has-text('Quick run'), [role=menuitem]:has-text('Quick run')").first.click()
-        deadline = time.monotonic() + 30
-        runs = []
-        while not runs and time.monotonic() < deadline:
-            runs = client_call(api_url, lambda c: c.read_flow_runs(limit=50))
-            runs = [
-                r for r in runs if r.deployment_id == dep.id and r.parameters["config"]["run_dir"].endswith("ui-run")
-            ]
-            time.sleep(0.5)
-        assert runs, "Quick run created no flow run"
-        final = _wait_final(api_url, runs[0].id)
-        assert final.state.is_completed(), final.state
-        page.goto(f"{ui}/runs/flow-run/{final.id}", wait_until="networkidle")
-        page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
-        page.get_by_text("ui-run-round-0-clusters").first.wait_for(timeout=30000)
-        page.screenshot(path=str(shots / "flow-run-artifacts.png"), full_page=True)
-        browser.close()
-    keys = {a.key for a in artifacts(api_url, str(final.id))}
-    assert {"ui-run-round-0-clusters", "ui-run-round-2-summary", "ui-run-summary"} <= keys
-    assert (shots / "flow-run-artifacts.png").stat().st_size > 10_000
+    advanced = _advanced(**{"orchestration.approve_after_warmup": True})
+    params = {"run_dir": "approval", "advanced": advanced}
+    run = client_call(api_url, lambda c: c.create_flow_run_from_deployment(dep.id, parameters=params))
+    paused = _wait(api_url, run.id, lambda s: s.is_paused() or s.is_final())
+    assert paused.state.is_paused(), paused.state
+    run_dir = base / "runs" / "approval"
+    assert sorted(p.name for p in (run_dir / "rounds").iterdir()) == ["r00", "r01"], "paused after the warm-up"
+    report = {a.key: a for a in artifacts(api_url, str(run.id))}["approval-approval"]
+    assert "Planned" in report.data and "Warm-up" in report.data
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        resume_flow_run(run.id, run_input={"approve": True, "comment": "go"})
+    final = _wait_final(api_url, run.id)
+    assert final.state.is_completed(), final.state
+    assert json.loads((run_dir / "approval.json").read_text())["comment"] == "go"
+    assert (run_dir / "rounds" / "r02").exists()

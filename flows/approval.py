@@ -1,0 +1,118 @@
+"""An optional human approval between the warm-up and the selection rounds (docs/architecture.md#orchestration).
+
+The two warm-up rounds (docs/algorithm.md#warm-up-pools) are cheap next to the selection rounds that follow
+on a GPU pool. With ``orchestration.approve_after_warmup: true`` the flow run pauses after them, publishes
+the warm-up report and the rounds it plans, and waits for someone to press Resume in the Prefect UI and
+approve. Approval is remembered in the run directory, so a Retry or a re-run of an approved run does not
+ask again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+
+from progress_core.config import RunConfig
+from progress_core.errors import ProgressError
+from progress_core.io import write_json
+from tasks.artifacts import artifact_key
+
+APPROVAL_TIMEOUT_S = 7 * 24 * 3600
+APPROVAL_FILE = "approval.json"
+
+
+class ApprovalDeclined(ProgressError):
+    """Someone declined the planned rounds after the warm-up."""
+
+
+class Approval(RunInput):
+    """Continue with the planned selection rounds?"""
+
+    approve: bool = True
+    comment: str = ""
+
+
+def planned_rounds(cfg: RunConfig, step: int, final_step: int) -> dict:
+    """The selection rounds still to run from ``step``: count, samples and steps per round (upper bounds)."""
+    gb = cfg.training.global_batch_size
+    per_round = cfg.selection.selection_num
+    steps_per_round = max(per_round // gb, 1)
+    rounds = math.ceil(max(final_step - step, 0) / steps_per_round)
+    if cfg.schedule.max_rounds is not None:
+        rounds = min(rounds, cfg.schedule.max_rounds)
+    return {
+        "rounds": rounds,
+        "samples_per_round": per_round,
+        "steps_per_round": steps_per_round,
+        "from_step": step,
+        "final_step": final_step,
+        "samples": min(rounds * per_round, max(final_step - step, 0) * gb),
+    }
+
+
+def _fingerprint(cfg: RunConfig) -> str:
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
+def report(cfg: RunConfig, rows: list[dict], plan: dict) -> str:
+    """Markdown shown while the run waits: the warm-up rounds and the plan."""
+    lines = [
+        f"# Approve the selection rounds of `{cfg.run_dir}`?",
+        "",
+        "## Warm-up",
+        "",
+        "| round | steps | samples | probe accuracy | s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['round']} | {r['from_step']}→{r['to_step']} | {r['new']} | {r['probe_accuracy']:.3f} | {r['seconds']} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        "## Planned",
+        "",
+        f"- strategy `{cfg.selection.strategy}`, up to **{plan['rounds']} rounds** of up to "
+        f"{plan['samples_per_round']} samples ({plan['steps_per_round']} steps each at global batch "
+        f"{cfg.training.global_batch_size})",
+        f"- steps {plan['from_step']} → {plan['final_step']}, about {plan['samples']} more samples trained",
+        f"- model `{cfg.training.model.mode}`, judge `{cfg.probe.judge.kind}`",
+        "",
+        "Resume the flow run and tick **approve** to continue; untick it to stop the run here.",
+    ]
+    return "\n".join(lines)
+
+
+def approve_after_warmup(cfg: RunConfig, run: Path, round_index: int, rows: list[dict], step: int, final_step: int):
+    """Before the first selection round (``round_index == 2``), wait for approval when the config asks for it.
+
+    Raises :class:`ApprovalDeclined` when the approver unticks *approve*; the flow run then fails with the
+    approver's comment and can be re-run (the warm-up is reused) once the settings are right.
+    """
+    if round_index != 2 or not cfg.orchestration.approve_after_warmup:
+        return
+    log = get_run_logger()
+    marker = Path(run) / APPROVAL_FILE
+    fingerprint = _fingerprint(cfg)
+    if marker.exists() and json.loads(marker.read_text()).get("config") == fingerprint:
+        log.info("selection rounds approved earlier (%s)", marker)
+        return
+    plan = planned_rounds(cfg, step, final_step)
+    create_markdown_artifact(
+        key=artifact_key(run, "approval"), markdown=report(cfg, rows, plan), description="Waiting for approval"
+    )
+    log.info(
+        "warm-up done; waiting for approval of %d selection rounds (Resume the flow run in the UI)", plan["rounds"]
+    )
+    answer = pause_flow_run(wait_for_input=Approval, timeout=APPROVAL_TIMEOUT_S, key="approve-after-warmup")
+    if not answer.approve:
+        raise ApprovalDeclined(f"selection rounds not approved: {answer.comment or 'no comment'}")
+    write_json({"config": fingerprint, "comment": answer.comment, "plan": plan}, marker)
+    log.info("approved%s", f": {answer.comment}" if answer.comment else "")

@@ -1,0 +1,249 @@
+"""``make ui`` driven as a user would, in headless Chromium: the short form, a run's artifacts in order with
+an embedded plot, Retry reusing every round, and a second ``make ui`` refused with a clear message.
+
+Set ``PROGRESS_UI_SCREENSHOTS=docs`` to refresh docs/ui-form.png and docs/ui-run.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flowkit import REPO, artifacts, client_call, small_config, task_runs
+
+from deployments.setup import free_port
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+RUN = "ui-run"
+
+
+def _ui_env(home: Path, runs: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PROGRESS_RUNS_DIR": str(runs),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _wait_banner(proc: subprocess.Popen, log: Path, timeout: float = 400) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        if "Prefect UI:" in text:
+            return text
+        assert proc.poll() is None, f"make ui exited early ({proc.returncode}):\n{text[-3000:]}"
+        time.sleep(1)
+    raise TimeoutError(f"make ui printed no banner after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def _wait_final(api_url: str, flow_run_id, runs: int = 1, timeout: float = 400):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client_call(api_url, lambda c: c.read_flow_run(flow_run_id))
+        if run.state and run.state.is_final() and run.run_count >= runs:
+            return run
+        time.sleep(1)
+    raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def make_ui(tmp_path_factory):
+    """``make ui`` (python -m deployments.ui) in a temporary PREFECT_HOME and runs directory."""
+    base = tmp_path_factory.mktemp("make-ui")
+    home, runs, log = base / "prefect-home", base / "runs", base / "ui.log"
+    port = free_port()
+    out = open(log, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployments.ui", "--port", str(port)],
+        cwd=REPO,
+        env=_ui_env(home, runs),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        banner = _wait_banner(proc, log)
+        yield {"api_url": f"http://127.0.0.1:{port}/api", "port": port, "home": home, "runs": runs, "base": base}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        out.close()
+    assert str(runs) in banner and str(home) in banner, banner
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    with open(home / "logs" / "worker.log", "rb") as f:
+        worker_log = f.read()
+    assert b"\x00" not in worker_log and worker_log.count(b"===== ") >= 1
+
+
+def _advanced() -> dict:
+    cfg = small_config(Path("unused"), **{"schedule.final_step": 20})
+    cfg.pop("run_dir")
+    return cfg
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
+    from playwright.sync_api import sync_playwright
+
+    api_url, runs = make_ui["api_url"], make_ui["runs"]
+    ui = api_url.removesuffix("/api")
+    dep = client_call(api_url, lambda c: c.read_deployment_by_name("progress-selection/progress-demo"))
+    assert dep.parameters["preset"] == "demo" and dep.parameters["strategy"] == "progress"
+    assert set(dep.parameter_openapi_schema["properties"]) == {
+        "preset",
+        "pool_json",
+        "image_root",
+        "run_dir",
+        "strategy",
+        "budget",
+        "seed",
+        "advanced",
+    }
+    shots = make_ui["base"] / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui}/deployments/deployment/{dep.id}", wait_until="networkidle")
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("Custom run").first.click()
+        page.get_by_text("strategy (Optional)").wait_for(timeout=30000)
+
+        def field(label: str):
+            return page.locator(".schema-form-property", has=page.get_by_text(f"{label} (Optional)", exact=True))
+
+        field("run_dir").locator("textarea, input").first.fill(RUN)
+        field("strategy").locator(".p-select-button__control").focus()
+        page.keyboard.press("ArrowDown")
+        page.get_by_role("option", name="random", exact=True).click()
+        assert field("strategy").locator(".p-select-button__value").inner_text() == "random"
+        field("advanced").locator("textarea").fill(json.dumps(_advanced()))
+        page.get_by_text("Run Name").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "ui-form.png"))
+        page.get_by_role("button", name="Submit").click()
+
+        deadline = time.monotonic() + 60
+        created = []
+        while not created and time.monotonic() < deadline:
+            created = [
+                r for r in client_call(api_url, lambda c: c.read_flow_runs(limit=20)) if r.deployment_id == dep.id
+            ]
+            time.sleep(0.5)
+        assert created, "the form created no flow run"
+        run = created[0]
+        assert run.parameters["strategy"] == "random" and run.parameters["run_dir"] == RUN
+        final = _wait_final(api_url, run.id)
+        assert final.state.is_completed(), final.state
+        summary = json.loads((runs / RUN / "summary.json").read_text())
+        assert {r["strategy"] for r in summary["rounds"][2:]} == {"random"}
+        rounds = [r["round"] for r in summary["rounds"]]
+
+        expected = {f"{RUN}-summary", f"{RUN}-rounds", f"{RUN}-progress"}
+        expected |= {f"{RUN}-round-{r:02d}-{kind}" for r in rounds for kind in ("summary", "clusters")}
+        arts = {a.key: a for a in artifacts(api_url, str(final.id))}
+        assert set(arts) == expected
+
+        page.goto(f"{ui}/runs/flow-run/{final.id}", wait_until="networkidle")
+        page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
+        page.get_by_text(f"{RUN}-summary", exact=True).first.wait_for(timeout=30000)
+        page.screenshot(path=str(shots / "ui-run-artifacts.png"), full_page=True)
+
+        page.goto(f"{ui}/artifacts/artifact/{arts[f'{RUN}-summary'].id}", wait_until="networkidle")
+        plot = page.locator("img[src^='data:image/png']").first
+        plot.wait_for(timeout=30000)
+        assert plot.evaluate("img => img.complete && img.naturalWidth > 200")
+        page.screenshot(path=str(shots / "ui-run.png"))
+        cells = page.locator("table").first.locator("tbody tr td:first-child").all_inner_texts()
+        assert [int(c) for c in cells] == rounds, "the run report lists the rounds in order"
+        href = page.get_by_role("link", name="clusters").last.get_attribute("href")
+        assert href == f"/artifacts/artifact/{arts[f'{RUN}-round-{rounds[-1]:02d}-clusters'].id}", href
+        page.goto(ui + href, wait_until="networkidle")
+        page.get_by_text("accuracy before → after").first.wait_for(timeout=30000)
+        assert f"{RUN}-round-{rounds[-1]:02d}-clusters" in page.locator("body").inner_text()
+        rows = json.loads(arts[f"{RUN}-round-02-clusters"].data)
+        assert {"what it is", "accuracy before → after", "relative change", "selected", "pool left"} <= set(rows[0])
+        assert [r["selected"] for r in rows] == sorted((r["selected"] for r in rows), reverse=True)
+
+        retried_at = client_call(api_url, lambda c: c.read_flow_run(final.id)).state.timestamp
+        page.goto(f"{ui}/runs/flow-run/{final.id}", wait_until="networkidle")
+        page.get_by_role("button", name="Retry").first.click()
+        confirm = page.locator(".p-modal").get_by_role("button", name="Retry")
+        if confirm.count():
+            confirm.first.click()
+        browser.close()
+
+    again = _wait_final(api_url, final.id, runs=2)
+    assert again.state.is_completed(), again.state
+    newer = [t for t in task_runs(api_url, str(final.id)) if t.created and t.created > retried_at]
+    trains = [t.state.name for t in newer if t.name.startswith("train[")]
+    assert len(trains) == len(rounds) and set(trains) == {"Cached"}, trains
+    keys = [a.key for a in artifacts(api_url, str(final.id))]
+    assert len(keys) == len(set(keys)) and set(keys) == expected, sorted(keys)
+
+    log = next(line for line in _flow_logs(api_url, final.id) if "run directory" in line)
+    assert str(runs / RUN) in log
+
+    second = subprocess.run(
+        [sys.executable, "-m", "deployments.ui", "--port", str(make_ui["port"])],
+        cwd=REPO,
+        env=_ui_env(make_ui["home"], runs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 2 and "already running" in second.stderr, second.stderr
+    other_home = subprocess.run(
+        [sys.executable, "-m", "deployments.ui", "--port", str(make_ui["port"])],
+        cwd=REPO,
+        env=_ui_env(make_ui["base"] / "other-home", runs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other_home.returncode == 2 and f"already running on 127.0.0.1:{make_ui['port']}" in other_home.stderr
+
+    target = os.environ.get("PROGRESS_UI_SCREENSHOTS")
+    if target:
+        for name in ("ui-form.png", "ui-run.png"):
+            shutil.copy(shots / name, REPO / target / name)
+
+
+def _flow_logs(api_url: str, flow_run_id) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    logs = client_call(
+        api_url,
+        lambda c: c.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+            sort=LogSort.TIMESTAMP_ASC,
+            limit=200,
+        ),
+    )
+    return [entry.message for entry in logs]
