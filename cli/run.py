@@ -84,7 +84,13 @@ def prefect_api() -> Iterator[None]:
     from deployments.setup import temporary_server
 
     with temporary_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
-        yield
+        try:
+            yield
+        finally:
+            from prefect.logging.handlers import APILogHandler
+
+            with contextlib.suppress(Exception):
+                APILogHandler.flush()
 
 
 def checked_config(overrides: dict[str, Any], config_path: Optional[Path]) -> RunConfig:

@@ -157,21 +157,43 @@ def _kill_group(pgid: int, timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def _server_process(
-    args: list[str], env: dict[str, str], api_url: str, home: str | Path | None, log: Path | None
+    make_args, env: dict[str, str], home: str | Path | None, log: Path | None, port: int | None = None
 ) -> Iterator[str]:
+    """Start a server in its own process group with a pid file; yield its API URL once it is healthy.
+
+    A server that exits while starting (another one starting beside it holding the database or the port)
+    is started again on a fresh port until the start-up timeout is spent.
+    """
     clean_stale_servers(home)
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     folder = server_pid_dir(home)
     folder.mkdir(parents=True, exist_ok=True)
-    note = folder / f"{proc.pid}.json"
-    note.write_text(json.dumps({"pid": proc.pid, "owner": os.getpid(), "api_url": api_url}))
+    out = open(log, "w") if log else subprocess.DEVNULL
+    deadline = time.monotonic() + server_startup_timeout()
+    proc = note = None
     try:
-        wait_healthy(api_url, proc=proc)
+        while True:
+            chosen = port or free_port()
+            api_url = f"http://127.0.0.1:{chosen}/api"
+            env = {**env, "PREFECT_UI_API_URL": api_url}
+            proc = subprocess.Popen(
+                make_args(chosen), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            note = folder / f"{proc.pid}.json"
+            note.write_text(json.dumps({"pid": proc.pid, "owner": os.getpid(), "api_url": api_url}))
+            try:
+                wait_healthy(api_url, timeout=max(deadline - time.monotonic(), 1.0), proc=proc)
+                break
+            except RuntimeError:
+                note.unlink(missing_ok=True)
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
         yield api_url
     finally:
-        _stop(proc)
-        note.unlink(missing_ok=True)
+        if proc is not None:
+            _stop(proc)
+        if note is not None:
+            note.unlink(missing_ok=True)
         if log:
             out.close()
 
@@ -179,12 +201,11 @@ def _server_process(
 @contextlib.contextmanager
 def prefect_server(home: str | Path, port: int | None = None, log: Path | None = None) -> Iterator[str]:
     """Start ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME; yield the API URL."""
-    port = port or free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = prefect_env(None, home)
-    env["PREFECT_UI_API_URL"] = api_url
-    args = [_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with _server_process(args, env, api_url, home, log) as url:
+
+    def args(chosen: int) -> list[str]:
+        return [_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(chosen)]
+
+    with _server_process(args, prefect_env(None, home), home, log, port) as url:
         yield url
 
 
@@ -197,29 +218,31 @@ def temporary_server(home: str | Path | None = None, log: Path | None = None) ->
     """
     import prefect
 
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
     env = prefect_env(None, home)
     env.update({"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
     env.pop("PREFECT_API_URL", None)
-    args = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--app-dir",
-        str(Path(prefect.__file__).parent.parent),
-        "--factory",
-        "prefect.server.api.server:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "error",
-        "--lifespan",
-        "on",
-    ]
-    with _server_process(args, env, api_url, home, log) as url:
+    app_dir = str(Path(prefect.__file__).parent.parent)
+
+    def args(chosen: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            app_dir,
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(chosen),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+
+    with _server_process(args, env, home, log) as url:
         yield url
 
 

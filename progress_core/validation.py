@@ -199,7 +199,7 @@ def _check_gpus(cfg) -> list[str]:
     judge = cfg.probe.judge
     wants_cuda = cfg.features.device == "cuda"
     tp = judge.tp if judge.kind == "llm" and judge.backend == "lmdeploy" else 0
-    if not (wants_cuda or tp > 1 or cfg.clustering.use_gpu):
+    if not (wants_cuda or tp > 1):
         return problems
     gpus = _visible_gpus()
     if tp > gpus:
@@ -208,8 +208,6 @@ def _check_gpus(cfg) -> list[str]:
         )
     if wants_cuda and gpus == 0:
         problems.append("features.device: cuda requested but no GPU is visible; use auto or cpu")
-    if cfg.clustering.use_gpu and gpus == 0:
-        problems.append("clustering.use_gpu: no GPU is visible; set it to false")
     return problems
 
 

@@ -1,13 +1,37 @@
-"""The stage contract (tasks/stage.py) without a server: keys follow inputs, markers make stages idempotent."""
+"""The stage contract (tasks/stage.py) without a server: keys follow inputs, markers make stages idempotent,
+reuse is verified, leftovers go to stale/, and the process hygiene around it."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from pydantic import BaseModel
 
 from progress_core.io import write_json
-from tasks.stage import MARKER, StageRecord, needs_refresh, outputs_hash, stage
+from tasks.stage import (
+    EVENTS,
+    FAULT_ENV,
+    MARKER,
+    RUN_MANIFEST,
+    InjectedFault,
+    StageRecord,
+    finish_run,
+    needs_refresh,
+    outputs_hash,
+    stage,
+    stage_cache_key,
+    verify_marker,
+)
+
+REPO = Path(__file__).resolve().parent.parent
 
 CALLS: list[int] = []
 
@@ -17,7 +41,7 @@ class Knobs(BaseModel):
     label: str = "x"
 
 
-@stage("double", modules=["progress_core.io"])
+@stage("double")
 def double(source: StageRecord, knobs: Knobs, out_dir: str) -> StageRecord:
     CALLS.append(knobs.scale)
     value = int(Path(source.files["value"]).read_text()) * knobs.scale
@@ -69,3 +93,174 @@ def test_missing_outputs_or_marker_mean_recompute(tmp_path):
     write_json({"garbage": True}, out / MARKER)
     double(src, Knobs(), str(out))
     assert CALLS == [2, 2, 2, 2]
+
+
+def _events(out: str) -> list[str]:
+    return [e.action for e in EVENTS if e.out_dir == out]
+
+
+def test_a_crash_after_writing_never_leaves_the_old_marker(tmp_path, monkeypatch):
+    """Hole 1: a re-run with a new key that dies after writing must not leave the old key's marker."""
+    CALLS.clear()
+    out = str(tmp_path / "double")
+    src = _source(tmp_path, 21)
+    assert Path(double(src, Knobs(), out).files["value"]).read_text() == "42"
+    monkeypatch.setenv(FAULT_ENV, "double:after_outputs")
+    with pytest.raises(InjectedFault):
+        double(src, Knobs(scale=3), out)
+    assert Path(out, "value.txt").read_text() == "63" and not (Path(out) / MARKER).exists()
+    monkeypatch.delenv(FAULT_ENV)
+    assert Path(double(src, Knobs(), out).files["value"]).read_text() == "42"
+    assert CALLS == [2, 3, 2]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "remove"])
+def test_damaged_outputs_are_recomputed_not_reused(tmp_path, damage):
+    """Hole 2: reuse verifies size and content hash; the Prefect cache key changes over damaged files."""
+    CALLS.clear()
+    out = str(tmp_path / "double")
+    src = _source(tmp_path, 123)
+    rec = double(src, Knobs(), out)
+    params = {"source": src, "knobs": Knobs(), "out_dir": out}
+    ctx = SimpleNamespace(task=_Task)
+    intact = stage_cache_key(ctx, params)
+    assert stage_cache_key(ctx, params) == intact and "unverified" not in intact
+    value = Path(rec.files["value"])
+    if damage == "truncate":
+        value.write_text("24")
+    elif damage == "flip":
+        value.write_text("247")
+    else:
+        value.unlink()
+    marker, reason = verify_marker(out, rec.key)
+    assert marker is None and reason
+    assert needs_refresh(_Task, params)
+    assert stage_cache_key(ctx, params) != intact
+    again = double(src, Knobs(), out)
+    assert value.read_text() == "246" and CALLS == [2, 2] and again.content_hash == rec.content_hash
+    assert EVENTS[-1].action == "computed" and EVENTS[-1].reason == reason
+    assert stage_cache_key(ctx, params) == intact
+
+
+def test_code_version_follows_the_import_graph():
+    """Hole 3: the probe's key covers accuracy_table (reached only through accuracy), with no hand list."""
+    from tasks.probe import probe_stage
+    from tasks.selection import select_stage
+
+    assert "progress_core.accuracy_table" in probe_stage.fn.stage_spec.modules
+    assert {"progress_core.selection", "progress_core.rounds", "tasks.stage"} <= set(select_stage.fn.stage_spec.modules)
+    assert "flows.progress_selection" not in probe_stage.fn.stage_spec.modules
+
+
+def test_image_fingerprint_sees_changed_images(tmp_path):
+    """Hole 3: a fixed or replaced image changes the manifest's fingerprint (size+mtime, or content)."""
+    import json
+    import os
+
+    from tasks.data import image_fingerprint
+
+    (tmp_path / "img").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "img" / name).write_bytes(b"\x89PNG" + name.encode())
+    pool_json = tmp_path / "pool.json"
+    pool_json.write_text(json.dumps([{"id": n, "image": f"{n}.png", "conversations": []} for n in "ab"]))
+    pool = StageRecord(stage="pool", out_dir=str(tmp_path), files={"pool_json": str(pool_json)})
+    pool.meta["image_root"] = str(tmp_path / "img")
+    stat_fp, content_fp = image_fingerprint(pool), image_fingerprint(pool, contents=True)
+    target = tmp_path / "img" / "b.png"
+    st = target.stat()
+    target.write_bytes(b"\x89PNGxxxxx")
+    assert image_fingerprint(pool) != stat_fp
+    target.write_bytes(b"\x89PNGc.png")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert image_fingerprint(pool) == stat_fp, "size and mtime kept: only content hashing can see it"
+    assert image_fingerprint(pool, contents=True) != content_fp
+
+
+def test_finish_run_lists_current_outputs_and_moves_the_rest_to_stale(tmp_path):
+    """Hole 4: run_manifest.json names every current output; leftovers are moved (never deleted)."""
+    run = tmp_path / "run"
+    src = _source(tmp_path, 2)
+    current = double(src, Knobs(), str(run / "rounds" / "r00" / "double"))
+    old = double(src, Knobs(scale=5), str(run / "rounds" / "r07" / "double"))
+    leftover = run / "rounds" / "r00" / "double" / "Selected_until_99.json"
+    leftover.write_text("{}")
+    (run / "config.json").write_text("{}")
+    result = finish_run(run, [current], keep=[run / "config.json"])
+    manifest = json.loads((run / RUN_MANIFEST).read_text())
+    assert [s["key"] for s in manifest["stages"]] == [current.key]
+    assert Path(current.files["value"]).read_text() == "4" and (run / "config.json").exists()
+    assert not leftover.exists() and not Path(old.out_dir).exists()
+    stale = Path(result["stale_dir"])
+    assert (stale / "rounds" / "r07" / "double" / "value.txt").read_text() == "10"
+    assert (stale / "rounds" / "r00" / "double" / "Selected_until_99.json").exists()
+    assert result["stale_moved"] == 3
+
+
+def test_outputs_get_the_umask_mode(tmp_path):
+    """Hole 9: atomically written files are readable by the group/others the umask allows, not 0600."""
+    old = os.umask(0o022)
+    try:
+        write_json({"a": 1}, tmp_path / "x.json")
+        assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_environment_defaults_live_in_one_place(monkeypatch):
+    """Hole 9: CLI, deployments and tests share the defaults, including a start-up timeout for loaded hosts."""
+    from deployments.setup import prefect_env
+    from progress_core.environment import DEFAULTS, apply_defaults
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    env = apply_defaults({})
+    assert int(env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) >= 60
+    assert env["HF_HUB_OFFLINE"] == "1" and env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert all(prefect_env()[k] == os.environ.get(k, v) for k, v in DEFAULTS.items())
+
+
+_SERVER_SCRIPT = """
+import sys, time
+from deployments.setup import temporary_server
+with temporary_server(sys.argv[1]) as url:
+    print(url, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_killed_runs_leave_no_server_behind(tmp_path):
+    """Hole 9: two servers start side by side; after SIGKILL of their owners the next start cleans them."""
+    from deployments.setup import clean_stale_servers, server_pid_dir
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SERVER_SCRIPT, str(tmp_path)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    urls = [p.stdout.readline().strip() for p in procs]
+    assert all(u.startswith("http://127.0.0.1:") for u in urls), [
+        u + (p.stdout.read() if p.poll() is not None else "") for u, p in zip(urls, procs)
+    ]
+    pids = [int(f.stem) for f in server_pid_dir(tmp_path).glob("*.json")]
+    assert len(pids) == 2
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert all(_alive(pid) for pid in pids), "the servers outlive their SIGKILLed owner"
+    assert sorted(clean_stale_servers(tmp_path)) == sorted(pids)
+    assert not any(_alive(pid) for pid in pids) and not list(server_pid_dir(tmp_path).glob("*.json"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "zombie" in status.read_text())
