@@ -264,3 +264,119 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return not (status.exists() and "zombie" in status.read_text())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_strategy_typo_fails_first_with_one_line():
+    """Holes 6/7: a typo is one line naming the field and the allowed values, before any stage runs."""
+    proc = _cli("run", "--set", "selection.strategy=progres", "--run-dir", "/nonexistent-never-created")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "selection.strategy" in lines[0] and "'coincide'" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_validation_lists_every_problem_at_once(tmp_path):
+    """Hole 6: missing files and impossible sizes are all reported, one line each, naming field and fix."""
+    from progress_core.config import load_config
+    from progress_core.validation import RunValidationError, check_run, validate_run
+
+    cfg = load_config(
+        None,
+        {
+            "run_dir": str(tmp_path / "run"),
+            "data": {"synthetic_n": 60},
+            "clustering": {"annotation_k": 100},
+            "selection": {"selection_num": 500},
+            "warmup": {"fractions": [0.001, 0.002]},
+        },
+    )
+    problems = check_run(cfg)
+    fields = [p.split(":")[0] for p in problems]
+    assert fields == [
+        "clustering.annotation_k",
+        "clustering.selection_k",
+        "selection.selection_num",
+        "warmup.fractions",
+    ], problems
+    missing = load_config(None, {"data": {"pool_json": str(tmp_path / "none.json"), "image_root": str(tmp_path / "x")}})
+    with pytest.raises(RunValidationError) as err:
+        validate_run(missing)
+    lines = str(err.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["data.pool_json", "data.image_root"]
+
+
+def test_run_errors_are_one_line_each_without_traceback(tmp_path):
+    """Hole 7: `progress run` with bad inputs prints one line per problem and exits 1; --debug adds the trace."""
+    args = ("run", "--run-dir", str(tmp_path / "r"), "--set", f"data.pool_json={tmp_path / 'none.json'}")
+    proc = _cli(*args, "--set", "clustering.annotation_k=0")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [line.startswith("error: ") for line in proc.stderr.strip().splitlines()] == [True], proc.stderr
+    proc = _cli(*args)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: data.pool_json: file not found: {str(tmp_path / 'none.json')!r}; fix the path, or leave it empty "
+        "for the bundled synthetic pool"
+    ]
+    assert "Traceback" in _cli(*args, "--debug").stderr
+
+
+def test_empty_pool_is_a_named_error_and_skip_is_the_default(tmp_path, capsys):
+    """Hole 7: every image missing in skip mode (the default of `progress manifest`) is EmptyPoolError."""
+    from cli.main import main
+
+    pool = tmp_path / "pool.json"
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    pool.write_text(json.dumps([{"id": str(i), "image": f"{i}.png", "conversations": turns} for i in range(3)]))
+    (tmp_path / "img").mkdir()
+    assert main(["manifest", str(pool), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "m.parquet")]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "no usable rows" in err[0] and "MissingImageError 3" in err[0]
+
+
+def test_skip_counts_by_reason():
+    """Hole 7: the run summary gets skip counts by reason (manifest rejects and unreadable images)."""
+    from tasks.stage import skip_counts
+
+    manifest = StageRecord(stage="manifest", out_dir="m", meta={"report": {"rejected_by_error": {"TurnOrderError": 2}}})
+    features = StageRecord(stage="features", out_dir="f", meta={"n_image_failures": 3})
+    assert skip_counts(manifest, features) == {
+        "manifest: TurnOrderError": 2,
+        "features: unreadable image (zero image part)": 3,
+    }
+
+
+def test_select_rejects_accuracy_tables_of_another_clustering(tmp_path, capsys):
+    """Hole 8: cluster ids unknown to the annotation (or missing for selected samples) are a named error."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cli.main import main
+    from progress_core.rounds import write_ids
+
+    cids = np.repeat(np.arange(3), 10)
+    pq.write_table(pa.table({"sample_id": np.arange(30), "cluster_id": cids}), tmp_path / "clusters.parquet")
+    write_ids(np.arange(10, 30), tmp_path / "remaining.parquet")
+    write_ids(np.arange(0, 10), tmp_path / "selected.parquet")
+    table = {"cluster_id": [0, 7, 9], "n": [4] * 3, "correct": [2] * 3, "unjudged": [0] * 3, "accuracy": [0.5] * 3}
+    pd.DataFrame(table).to_parquet(tmp_path / "other.parquet")
+    base = [
+        "select",
+        "--clusters",
+        str(tmp_path / "clusters.parquet"),
+        "--remaining",
+        str(tmp_path / "remaining.parquet"),
+    ]
+    base += ["--budget", "5", "--out", str(tmp_path / "new.parquet"), "--acc-prev", str(tmp_path / "other.parquet")]
+    assert main([*base, "--acc-now", str(tmp_path / "other.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert "unknown cluster ids 7, 9" in err and not (tmp_path / "new.parquet").exists()
+    pd.DataFrame({k: v[:2] for k, v in table.items()} | {"cluster_id": [1, 2]}).to_parquet(tmp_path / "mine.parquet")
+    now = ["--acc-now", str(tmp_path / "mine.parquet"), "--selected", str(tmp_path / "selected.parquet")]
+    assert main([*base[:-2], "--acc-prev", str(tmp_path / "mine.parquet"), *now]) == 1
+    assert "missing cluster ids of selected samples 0" in capsys.readouterr().err
