@@ -14,8 +14,9 @@ One rule decides reuse, here and nowhere else:
 * Outputs are reused only when the marker belongs to the same key and every file it names still has its
   size and content (:func:`verify_marker`). Anything else (no marker, another key, a truncated or edited
   file) recomputes the stage and logs why.
-* Prefect's cache key (:func:`stage_cache_key`) carries the digest of the verified outputs, or a one-off
-  suffix when they do not verify, so a task run can be ``Cached`` only over outputs that are intact.
+* :func:`run_stage` refreshes Prefect's cache whenever the outputs do not verify, and the cache key
+  (:func:`stage_cache_key`) gets a one-off suffix for a task called otherwise over such outputs, so a task
+  run can be ``Cached`` only over outputs that are intact.
 
 ``PROGRESS_FAULT=stage[@n]:point[:mode]`` (points ``start``, ``after_outputs``, ``after_marker``; mode
 ``raise`` or ``exit``) injects a crash for the fault-injection tests.
@@ -86,10 +87,6 @@ class Marker(BaseModel):
     record: StageRecord
     outputs: dict[str, OutputCheck] = Field(description="Absolute path -> size and content hash.")
     written: list[str] = Field(default_factory=list, description="Every file the stage wrote under out_dir.")
-
-    def digest(self) -> str:
-        blob = json.dumps({p: [c.size, c.hash] for p, c in sorted(self.outputs.items())})
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class InjectedFault(BaseException):
@@ -425,18 +422,19 @@ def _bound(fn: Any, parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect ``cache_key_fn``: the stage key plus the digest of its verified outputs.
+    """Prefect ``cache_key_fn``: the stage key (never the run id), consulting the outputs on disk.
 
-    When the outputs on disk do not verify, the key gets a one-off suffix: no stored result matches it, so
-    the task runs (and the stage recomputes) instead of finishing ``Cached`` over damaged files.
+    :func:`run_stage` asks Prefect to refresh the cache whenever the outputs do not verify, so the fresh
+    result is stored under the stage key. A task called some other way over outputs that do not verify
+    gets a one-off key instead: no stored result matches it, so it runs rather than finishing ``Cached``.
     """
     fn = context.task.fn
     params = _bound(fn, parameters)
     key = fn.stage_spec.key(params)
+    if getattr(context.task, "refresh_cache", False):
+        return key
     marker, _ = verify_marker(params["out_dir"], key)
-    if marker is None:
-        return f"{key}-unverified-{uuid.uuid4().hex[:12]}"
-    return f"{key}-{marker.digest()}"
+    return key if marker is not None else f"{key}-unverified-{uuid.uuid4().hex[:12]}"
 
 
 def needs_refresh(task: Any, parameters: dict[str, Any]) -> bool:
@@ -451,13 +449,15 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_stage(task: Any, **params: Any) -> StageRecord:
-    """Run a stage task; reuse is decided by the stage's cache key and marker (see module docstring)."""
-    return task(**_params(params))
+    """Run a stage task: ``Cached`` only when its outputs verify, otherwise run with a refreshed cache."""
+    params = _params(params)
+    return task.with_options(refresh_cache=needs_refresh(task, params))(**params)
 
 
 def submit_stage(task: Any, **params: Any):
     """Submit a stage task to the flow's task runner (e.g. feature shards), under the same reuse rule."""
-    return task.submit(**_params(params))
+    params = _params(params)
+    return task.with_options(refresh_cache=needs_refresh(task, params)).submit(**params)
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -122,7 +122,7 @@ def test_damaged_outputs_are_recomputed_not_reused(tmp_path, damage):
     src = _source(tmp_path, 123)
     rec = double(src, Knobs(), out)
     params = {"source": src, "knobs": Knobs(), "out_dir": out}
-    ctx = SimpleNamespace(task=_Task)
+    ctx = SimpleNamespace(task=SimpleNamespace(fn=double, refresh_cache=False))
     intact = stage_cache_key(ctx, params)
     assert stage_cache_key(ctx, params) == intact and "unverified" not in intact
     value = Path(rec.files["value"])
@@ -380,3 +380,96 @@ def test_select_rejects_accuracy_tables_of_another_clustering(tmp_path, capsys):
     now = ["--acc-now", str(tmp_path / "mine.parquet"), "--selected", str(tmp_path / "selected.parquet")]
     assert main([*base[:-2], "--acc-prev", str(tmp_path / "mine.parquet"), *now]) == 1
     assert "missing cluster ids of selected samples 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
+    """Hole 5: manifest → features → cluster ×2 → warmup → select, run by hand in the documented order, give
+    the flow stages' coincide selection (the warm-up's order.parquet and coincide_order.parquet mean one
+    thing each, whoever writes them)."""
+    import numpy as np
+    from faultkit import tiny_config
+
+    from cli.main import main
+    from progress_core.rounds import read_ids
+    from tasks.clustering import kmeans_stage
+    from tasks.data import image_fingerprint, manifest_stage, pool_fingerprint, prepare_pool
+    from tasks.features import combine_stage, feature_shard
+    from tasks.selection import commit_warmup_stage, select_stage
+    from tasks.warmup import coincide_order_stage, warmup_stage
+
+    cfg = tiny_config(tmp_path / "flow", **{"selection.strategy": "coincide"})
+    run, budget_total, budget = tmp_path / "flow", 48, 16
+    pool = prepare_pool.fn(data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=str(run / "data"))
+    manifest = manifest_stage.fn(
+        pool=pool, mode="skip", allow_duplicate_ids=False, images=image_fingerprint(pool), out_dir=str(run / "m")
+    )
+    n = manifest.rows["manifest"]
+    shard = feature_shard.fn(
+        manifest=manifest, start=0, stop=n, settings=cfg.feature_config(), out_dir=str(run / "f" / "shards" / "0")
+    )
+    features = combine_stage.fn(shards=[shard], balanced=False, out_dir=str(run / "f"))
+    clusters = {
+        name: kmeans_stage.fn(
+            features=features, name=name, k=k, settings=cfg.clustering_config(), out_dir=str(run / name)
+        )
+        for name, k in (("annotation", 4), ("selection", 8))
+    }
+    pools = warmup_stage.fn(
+        features=features, selection_clusters=clusters["selection"], settings=cfg.warmup, out_dir=str(run / "w")
+    )
+    order = coincide_order_stage.fn(
+        features=features,
+        selection_clusters=clusters["selection"],
+        budget=budget_total,
+        settings=cfg.warmup,
+        out_dir=str(run / "c"),
+    )
+    commit = None
+    for r, name in enumerate(("w1", "w2")):
+        commit = commit_warmup_stage.fn(
+            pools=pools,
+            pool_name=name,
+            selected_before=commit,
+            remaining_before=commit,
+            n_samples=n,
+            round_index=r,
+            step=r,
+            out_dir=str(run / f"r{r}"),
+        )
+    flow_new = select_stage.fn(
+        settings=cfg.selection,
+        budget=budget,
+        seed=cfg.seed,
+        annotation=clusters["annotation"],
+        selected_before=commit,
+        remaining_before=commit,
+        acc_prev=None,
+        acc_now=None,
+        coincide_order=order,
+        n_samples=n,
+        round_index=2,
+        step=2,
+        out_dir=str(run / "r2"),
+    )
+
+    hand = tmp_path / "hand"
+    steps = [
+        ["manifest", pool.files["pool_json"], "--images", pool.meta["image_root"], "--out", str(hand / "m.parquet")],
+        ["features", "--manifest", str(hand / "m.parquet"), "--images", pool.meta["image_root"]]
+        + ["--out", str(hand / "features.npy")],
+        ["cluster", "--features", str(hand / "features.npy"), "--out", str(hand / "c"), "--name", "annotation"]
+        + ["--k", "4"],
+        ["cluster", "--features", str(hand / "features.npy"), "--out", str(hand / "c"), "--name", "selection"]
+        + ["--k", "8"],
+        ["warmup", "--features", str(hand / "features.npy"), "--clusters", str(hand / "c"), "--fractions", "0.2"]
+        + ["0.3", "--coincide-budget", str(budget_total), "--out", str(hand / "w")],
+        ["select", "--strategy", "coincide", "--clusters", str(hand / "c" / "annotation_assignment.parquet")]
+        + ["--remaining", str(hand / "w" / "remaining.parquet"), "--coincide-order"]
+        + [str(hand / "w" / "coincide_order.parquet"), "--budget", str(budget), "--out", str(hand / "new.parquet")],
+    ]
+    for argv in steps:
+        assert main(argv) == 0, argv
+    hand_new = read_ids(hand / "new.parquet")
+    assert hand_new.size == budget
+    np.testing.assert_array_equal(np.sort(hand_new), np.sort(read_ids(flow_new.files["new"])))
