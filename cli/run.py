@@ -52,12 +52,11 @@ def format_rounds(rows: list[dict]) -> str:
 
 
 class _NoTraceback(logging.Filter):
-    """Console log records without their traceback (the error itself is printed once by the CLI)."""
+    """Console logs without tracebacks: a record carrying an exception is left out, the CLI prints the error
+    once as one line (the Prefect server still receives the record with its traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info = None
-        record.exc_text = None
-        return True
+        return record.exc_info is None
 
 
 def quiet_tracebacks() -> None:
@@ -87,10 +86,10 @@ def prefect_api() -> Iterator[None]:
         try:
             yield
         finally:
-            from prefect.logging.handlers import APILogHandler
+            from prefect.logging.handlers import APILogWorker
 
             with contextlib.suppress(Exception):
-                APILogHandler.flush()
+                APILogWorker.drain_all(timeout=10)
 
 
 def checked_config(overrides: dict[str, Any], config_path: Optional[Path]) -> RunConfig:

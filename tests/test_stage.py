@@ -473,3 +473,24 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
     hand_new = read_ids(hand / "new.parquet")
     assert hand_new.size == budget
     np.testing.assert_array_equal(np.sort(hand_new), np.sort(read_ids(flow_new.files["new"])))
+
+
+@pytest.mark.slow
+def test_run_over_a_pool_without_images_is_one_named_error(prefect_api, tmp_path):
+    """Hole 7: a pool whose every image is missing (skip mode) ends in EmptyPoolError's line, no traceback."""
+    api_url, home = prefect_api
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps([{"id": str(i), "image": f"{i}.png", "conversations": turns} for i in range(80)]))
+    (tmp_path / "img").mkdir()
+    sets = [f"data.pool_json={pool}", f"data.image_root={tmp_path / 'img'}", "clustering.annotation_k=4"]
+    sets += ["clustering.selection_k=8", "selection.selection_num=8", "warmup.fractions=[0.2,0.3]"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api_url, "PREFECT_HOME": str(home)}
+    args = [sys.executable, "-m", "cli", "run", "--run-dir", str(tmp_path / "run")]
+    for item in sets:
+        args += ["--set", item]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no usable rows" in errors[0] and "MissingImageError 80" in errors[0]
+    assert "Traceback" not in proc.stderr and "ValueError" not in proc.stderr
