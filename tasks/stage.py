@@ -51,6 +51,7 @@ STALE_DIR = "stale"
 FAULT_ENV = "PROGRESS_FAULT"
 PROJECT_PACKAGES = ("progress_core", "tasks", "flows")
 FAULT_POINTS = ("start", "after_outputs", "after_marker")
+MTIME_SLACK_NS = 1_000_000_000
 
 _log = logging.getLogger("progress.stage")
 
@@ -396,7 +397,7 @@ def stage(name: str, modules: Iterable[str] = (), ignore: Iterable[str] = ("prog
             EVENTS.append(StageEvent(name, str(out_dir), "computed", reason))
             (out_dir / MARKER).unlink(missing_ok=True)
             inject_fault(name, "start")
-            started = time.time_ns()
+            started = time.time_ns() - MTIME_SLACK_NS
             record = fn(*args, **kwargs)
             inject_fault(name, "after_outputs")
             record.key = key
