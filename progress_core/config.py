@@ -245,7 +245,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 def _field_error(error: dict) -> str:
     """One line per invalid field: its dotted name, what is wrong (allowed values included) and the value."""
     where = ".".join(str(x) for x in error["loc"]) or "config"
-    got = f" (got {error['input']!r})" if error.get("type") not in ("missing", "extra_forbidden") else ""
+    got = f" (got {repr(error['input'])[:80]})" if error.get("type") not in ("missing", "extra_forbidden") else ""
     if error.get("type") == "extra_forbidden":
         return f"invalid config field '{where}': unknown field; remove it or check its spelling"
     return f"invalid config field '{where}': {error['msg']}{got}"
