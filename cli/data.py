@@ -74,10 +74,10 @@ def register(app: typer.Typer) -> None:
             None, "--images", help="image root; when given, every row's image must exist under it"
         ),
         strict: bool = typer.Option(
-            True,
+            False,
             "--strict/--skip",
-            help="--strict stops at the first bad row; --skip "
-            "drops bad rows and writes them with reasons to <out stem>.rejected.jsonl",
+            help="--skip (default, as `progress run`) drops bad rows, counts them and writes them with reasons "
+            "to <out stem>.rejected.jsonl; --strict stops at the first bad row",
         ),
         allow_duplicate_ids: bool = typer.Option(
             False, "--allow-duplicate-ids", help="accept rows that reuse an earlier row's id"
@@ -98,6 +98,9 @@ def register(app: typer.Typer) -> None:
             allow_duplicate_ids=allow_duplicate_ids,
             verbose=True,
         )
+        from progress_core.validation import require_rows
+
+        require_rows(report, pool_json)
         typer.echo(report.summary())
 
     @app.command("export")

@@ -1,24 +1,31 @@
 """The ``progress`` command line.
 
 Each area registers its own commands (``cli/*.py`` define ``register(app)``), so the
-CLI is one entry point whose ``--help`` lists every stage a user can run by hand. Errors derived from
-:class:`~progress_core.errors.ProgressError` print as one line and exit with status 1.
+CLI is one entry point whose ``--help`` lists every stage a user can run by hand. Every error prints as
+one line per problem (``error: ...``) and exits with status 1; the traceback is shown only with ``--debug``
+(anywhere on the command line) or ``PROGRESS_DEBUG=1``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import typer
 
+from progress_core.environment import apply_defaults
 from progress_core.errors import ProgressError
+
+DEBUG_ENV = "PROGRESS_DEBUG"
 
 app = typer.Typer(
     name="progress",
     help=(
         "progress-flows: PROGRESS learning-progress data selection for visual instruction tuning.\n\n"
         "Stages can be run one by one (prepare, manifest, features, cluster, warmup, select, train, probe)"
-        " or all together as a resumable Prefect flow (run)."
+        " or all together as a resumable Prefect flow (run).\n\n"
+        "Errors print as one line each; add --debug anywhere for the full traceback."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -27,7 +34,9 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also PROGRESS_DEBUG=1)."),
+) -> None:
     """progress-flows command line."""
 
 
@@ -49,16 +58,36 @@ def _register_all() -> None:
 _register_all()
 
 
+def debug_enabled() -> bool:
+    """True when tracebacks were asked for (``--debug`` or ``PROGRESS_DEBUG=1``)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _error(message: str) -> None:
+    for line in str(message).splitlines() or [""]:
+        typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning :class:`ProgressError` into a one-line message."""
+    """Entry point: run the CLI; every error becomes one line per problem and exit status 1."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        args = [a for a in args if a != "--debug"]
+        os.environ[DEBUG_ENV] = "1"
+    apply_defaults()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except ProgressError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        if debug_enabled():
+            traceback.print_exc()
+        _error(str(exc))
         return 1
     except SystemExit as exc:  # typer/click exits
-        return int(exc.code or 0)
-    except Exception as exc:  # click usage errors
+        return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 1
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:
         import click
 
         if isinstance(exc, click.ClickException):
@@ -67,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, click.exceptions.Abort):
             typer.echo("aborted", err=True)
             return 1
-        raise
+        if debug_enabled():
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        hint = "" if debug_enabled() else " (add --debug for the traceback)"
+        _error(f"{type(exc).__name__}: {first}{hint}")
+        return 1
     return 0
 
 

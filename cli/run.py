@@ -1,20 +1,27 @@
 """``progress run`` and ``progress demo``: the whole selection flow from the command line.
 
-The flow runs on Prefect's ephemeral server unless ``PREFECT_API_URL`` points at a running one (then the run
-shows up in that server's UI). The orchestration package is imported only when these commands run.
+The flow runs on a temporary Prefect server (its own process group, cleaned up after a killed run) unless
+``PREFECT_API_URL`` points at a running one (then the run shows up in that server's UI). The whole config and
+its input files are validated before Prefect is even imported, so a typo fails in seconds. The orchestration
+package is imported only when these commands run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 import yaml
 
-from progress_core.config import load_config
+from progress_core.config import RunConfig, load_config
+from progress_core.environment import apply_defaults
 from progress_core.errors import ConfigError
+from progress_core.validation import validate_run
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -44,14 +51,63 @@ def format_rounds(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+class _NoTraceback(logging.Filter):
+    """Console logs without tracebacks: a record carrying an exception is left out, the CLI prints the error
+    once as one line (the Prefect server still receives the record with its traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
+def quiet_tracebacks() -> None:
+    """Strip tracebacks from Prefect's console logs unless ``--debug``; the server still receives them."""
+    if os.environ.get("PROGRESS_DEBUG", "") not in ("", "0"):
+        return
+    names = ["", *(n for n in logging.root.manager.loggerDict if n.startswith("prefect"))]
+    for name in names:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(
+                isinstance(f, _NoTraceback) for f in handler.filters
+            ):
+                handler.addFilter(_NoTraceback())
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[None]:
+    """The Prefect API of this command: ``PREFECT_API_URL`` when set, else a temporary server."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.setup import temporary_server
+
+    with temporary_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
+        try:
+            yield
+        finally:
+            from prefect.logging.handlers import APILogWorker
+
+            with contextlib.suppress(Exception):
+                APILogWorker.drain_all(timeout=10)
+
+
+def checked_config(overrides: dict[str, Any], config_path: Optional[Path]) -> RunConfig:
+    """The run config, with every value and input file checked before any stage runs."""
+    cfg = load_config(config_path, overrides)
+    validate_run(cfg)
+    return cfg
+
+
 def run_flow(overrides: dict[str, Any], config_path: Optional[Path]) -> dict:
     """Validate the config and run the ``progress_selection`` flow; returns the flow's summary."""
-    cfg = load_config(config_path, overrides)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = checked_config(overrides, config_path)
+    apply_defaults()
     from flows.progress_selection import progress_selection
 
-    return progress_selection(config=cfg)
+    quiet_tracebacks()
+    with prefect_api():
+        return progress_selection(config=cfg)
 
 
 def format_concepts(path: str) -> str:
@@ -83,6 +139,14 @@ def _report(summary: dict) -> None:
     typer.echo(f"run summary:        {summary['run_dir']}/summary.json")
     if summary.get("concept_report"):
         typer.echo(f"per-concept plot:   {summary['concept_report']}  (probe accuracy and selection share per round)")
+    skipped = summary.get("skipped") or {}
+    if skipped:
+        per = ", ".join(f"{reason} {count}" for reason, count in skipped.items())
+        typer.echo(f"skipped rows:       {sum(skipped.values())} ({per})")
+    else:
+        typer.echo("skipped rows:       0")
+    if summary.get("stale_moved"):
+        typer.echo(f"outdated files:     {summary['stale_moved']} moved to {summary['stale_dir']}")
 
 
 def register(app: typer.Typer) -> None:
@@ -105,8 +169,12 @@ def register(app: typer.Typer) -> None:
         """Run the whole PROGRESS selection flow (resumable: re-running continues where it stopped).
 
         Stages: features → dual k-means → COINCIDE warm-up pools → train/probe W1 and W2 → rounds of
-        select → train → probe until FINAL_STEP. Completed stages are cached by content: the same config and
-        run directory re-execute nothing that finished.
+        select → train → probe until FINAL_STEP. Completed stages are reused when their outputs verify
+        (size and content hash): the same config and run directory re-execute nothing that finished.
+
+        The config and its input files are checked first; every problem is listed at once. Malformed pool
+        rows are skipped and counted by default (data.manifest_mode: skip, as `progress manifest`);
+        use --set data.manifest_mode=strict to stop at the first one.
         """
         overrides = _parse_set(set_)
         if run_dir:
@@ -135,11 +203,13 @@ def register(app: typer.Typer) -> None:
         overrides = _parse_set(set_)
         if out:
             overrides["shared_dir"] = out
-        cfg = load_config(config, overrides)
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        cfg = checked_config(overrides, config)
+        apply_defaults()
         from flows.prepare_data import prepare_data
 
-        result = prepare_data(config=cfg)
+        quiet_tracebacks()
+        with prefect_api():
+            result = prepare_data(config=cfg)
         typer.echo("")
         for key, value in result.items():
             typer.echo(f"{key:<13} {value}")

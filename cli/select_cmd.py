@@ -108,13 +108,18 @@ def register(app: typer.Typer) -> None:
         ),
         top: int = typer.Option(10, "--top", help="Clusters shown in the printed summary."),
     ) -> None:
-        """Select the next samples from the remaining pool (SPEC §3.3) and write them as Parquet."""
+        """Select the next samples from the remaining pool (PROGRESS §3.3) and write them as Parquet.
+
+        The accuracy tables must belong to the annotation given by --clusters: a cluster id it does not know,
+        or (with --selected) a cluster of the selected samples without a row in --acc-now, is an error.
+        """
         from tqdm import tqdm
 
         from progress_core.accuracy_table import read_accuracy_table
         from progress_core.io import write_parquet
         from progress_core.rounds import read_ids, write_ids
         from progress_core.selection import SelectionHistory, select
+        from progress_core.validation import check_accuracy_clusters
 
         options: dict = {}
         if strategy == "progress":
@@ -141,6 +146,14 @@ def register(app: typer.Typer) -> None:
                 selected=read_ids(selected) if selected is not None else np.empty(0, dtype=np.int64),
                 coincide_order=read_ids(coincide_order) if coincide_order is not None else None,
             )
+            for label, path, table, drawn_from in (
+                ("--acc-prev", acc_prev, history.acc_prev, None),
+                ("--acc-now", acc_now, history.acc_now, history.selected if selected is not None else None),
+            ):
+                if table is not None:
+                    check_accuracy_clusters(
+                        table["cluster_id"].to_numpy(), cluster_ids, f"{label} {path}", selected_ids=drawn_from
+                    )
             pool = read_ids(remaining)
             bar.update()
             result = select(strategy, pool, cluster_ids, history, budget, seed, **options)

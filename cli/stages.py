@@ -113,37 +113,45 @@ def _register_warmup(app: typer.Typer) -> None:
             (0.075, 0.09), "--fractions", help="the two pool fractions W1 and W1+W2 (paper 0.075 0.09)"
         ),
         temperature: float = typer.Option(0.1, min=1e-9, help="softmax temperature of the cluster quotas"),
+        sigma: float = typer.Option(1.0, min=1e-9, help="Gaussian kernel width of the density and MMD greedy"),
+        coincide_budget: Optional[int] = typer.Option(
+            None,
+            "--coincide-budget",
+            min=1,
+            help="also write coincide_order.parquet: this many samples in COINCIDE priority order, "
+            "the input of `progress select --strategy coincide` (the run uses FINAL_STEP x global batch)",
+        ),
         out: Path = typer.Option(..., "--out", help="output directory for w1/w2/remaining Parquet"),
     ) -> None:
         """COINCIDE warm-up pools: W1 (Top_50K), W2 (Top_60K minus Top_50K) and the remaining pool.
 
-        Writes w1.parquet, w2.parquet, remaining.parquet (sample_id) and coincide_order.parquet (the second
-        fraction's picks with their pruning rank). The remaining pool excludes both runs' picks.
+        Writes w1.parquet, w2.parquet, remaining.parquet and order.parquet (the second fraction's picks in
+        pruning order), the same files as a run's warmup/ folder. With --coincide-budget it also writes
+        coincide_order.parquet, as a run with strategy coincide does (docs/architecture.md#file-kinds).
         """
-        import numpy as np
-        import pyarrow as pa
-
         from progress_core.clustering import load_clustering
-        from progress_core.coincide import warmup_pools
+        from progress_core.coincide import coincide_selection, warmup_pools
         from progress_core.features import load_features
-        from progress_core.io import write_parquet
+        from progress_core.rounds import write_ids
 
         feats = load_features(_need_file(features, "features"))
         fine = load_clustering(_need_file(clusters, "clusters directory"), name)
         if fine.assignment.shape[0] != feats.shape[0]:
             raise StageInputError(f"clustering has {fine.assignment.shape[0]} rows but features {feats.shape[0]}")
-        pools = warmup_pools(feats, fine, (fractions[0], fractions[1]), temperature=temperature, progress=True)
-        parts = {"w1": pools.w1, "w2": pools.w2, "remaining": pools.remaining}
-        for part, ids in parts.items():
-            write_parquet(pa.table({"sample_id": pa.array(np.asarray(ids, np.int64))}), out / f"{part}.parquet")
-        order = pools.order
-        write_parquet(
-            pa.table({"sample_id": pa.array(order), "rank": pa.array(np.arange(order.size, dtype=np.int64))}),
-            out / "coincide_order.parquet",
+        pools = warmup_pools(
+            feats, fine, (fractions[0], fractions[1]), temperature=temperature, sigma=sigma, progress=True
         )
+        for part in ("w1", "w2", "remaining", "order"):
+            write_ids(getattr(pools, part), out / f"{part}.parquet")
         typer.echo(
             f"w1={pools.w1.size} w2={pools.w2.size} remaining={pools.remaining.size} (of {feats.shape[0]}); wrote {out}"
         )
+        if coincide_budget is not None:
+            ids = coincide_selection(
+                feats, fine, min(coincide_budget, feats.shape[0]), temperature=temperature, sigma=sigma
+            )
+            write_ids(ids, out / "coincide_order.parquet")
+            typer.echo(f"coincide order: {ids.size} samples; wrote {out / 'coincide_order.parquet'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,11 @@ Usable as a script::
     python -m deployments.setup pools [--gpus N]      # create/update the pools and the gpu limit
     python -m deployments.setup deploy [NAME ...]     # deploy from prefect.yaml (default: progress-demo)
 
-and as a library by ``deployments/ui.py`` and the tests (server, worker and deploy helpers).
+and as a library by ``deployments/ui.py``, ``progress run`` and the tests (server, worker and deploy helpers).
+
+Every temporary server is started in its own process group and noted in a pid file under
+``$PREFECT_HOME/progress-servers/``; the next start stops the servers whose owner died (a SIGKILLed run), so
+none is left behind (docs/architecture.md#orchestration).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from progress_core.environment import apply_defaults, server_startup_timeout
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_TEMPLATE = REPO_ROOT / "deployments" / "gpu-job-template.json"
 
@@ -38,9 +44,7 @@ def _prefect_bin() -> str:
 
 def prefect_env(api_url: str | None = None, home: str | Path | None = None) -> dict[str, str]:
     """Environment for prefect subprocesses: analytics off, optional API URL and PREFECT_HOME."""
-    env = dict(os.environ)
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    env.setdefault("HF_HUB_OFFLINE", "1")
+    env = dict(apply_defaults(dict(os.environ)))
     if api_url:
         env["PREFECT_API_URL"] = api_url
     if home:
@@ -66,10 +70,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(api_url: str, timeout: float = 90.0) -> None:
-    """Block until the server answers ``/health``."""
+def wait_healthy(api_url: str, timeout: float | None = None, proc: subprocess.Popen | None = None) -> None:
+    """Block until the server answers ``/health`` (``timeout``: the configured start-up timeout)."""
+    timeout = server_startup_timeout() if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"Prefect server for {api_url} exited with status {proc.returncode} while starting")
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
                 if r.status == 200:
@@ -92,28 +99,151 @@ def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         proc.wait()
 
 
+def server_pid_dir(home: str | Path | None = None) -> Path:
+    """Folder of the pid files of temporary servers started from ``home`` (default: ``$PREFECT_HOME``)."""
+    base = Path(home or os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    return base / "progress-servers"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_server(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return _alive(pid)
+    return b"prefect" in cmdline or b"uvicorn" in cmdline
+
+
+def clean_stale_servers(home: str | Path | None = None) -> list[int]:
+    """Stop temporary servers whose owning process is gone; returns the pids stopped."""
+    stopped = []
+    folder = server_pid_dir(home)
+    for note in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            info = json.loads(note.read_text())
+            pid, owner = int(info["pid"]), int(info["owner"])
+        except (OSError, ValueError, KeyError, TypeError):
+            note.unlink(missing_ok=True)
+            continue
+        if _alive(owner):
+            continue
+        if _alive(pid) and _is_server(pid):
+            _kill_group(pid)
+            stopped.append(pid)
+        note.unlink(missing_ok=True)
+    return stopped
+
+
+def _kill_group(pgid: int, timeout: float = 10.0) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pgid):
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pgid, os.WNOHANG)
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _server_process(
+    make_args, env: dict[str, str], home: str | Path | None, log: Path | None, port: int | None = None
+) -> Iterator[str]:
+    """Start a server in its own process group with a pid file; yield its API URL once it is healthy.
+
+    A server that exits while starting (another one starting beside it holding the database or the port)
+    is started again on a fresh port until the start-up timeout is spent.
+    """
+    clean_stale_servers(home)
+    folder = server_pid_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = open(log, "w") if log else subprocess.DEVNULL
+    deadline = time.monotonic() + server_startup_timeout()
+    proc = note = None
+    try:
+        while True:
+            chosen = port or free_port()
+            api_url = f"http://127.0.0.1:{chosen}/api"
+            env = {**env, "PREFECT_UI_API_URL": api_url}
+            proc = subprocess.Popen(
+                make_args(chosen), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            note = folder / f"{proc.pid}.json"
+            note.write_text(json.dumps({"pid": proc.pid, "owner": os.getpid(), "api_url": api_url}))
+            try:
+                wait_healthy(api_url, timeout=max(deadline - time.monotonic(), 1.0), proc=proc)
+                break
+            except RuntimeError:
+                note.unlink(missing_ok=True)
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+        yield api_url
+    finally:
+        if proc is not None:
+            _stop(proc)
+        if note is not None:
+            note.unlink(missing_ok=True)
+        if log:
+            out.close()
+
+
 @contextlib.contextmanager
 def prefect_server(home: str | Path, port: int | None = None, log: Path | None = None) -> Iterator[str]:
     """Start ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME; yield the API URL."""
-    port = port or free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    out = open(log, "w") if log else subprocess.DEVNULL
+
+    def args(chosen: int) -> list[str]:
+        return [_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(chosen)]
+
+    with _server_process(args, prefect_env(None, home), home, log, port) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def temporary_server(home: str | Path | None = None, log: Path | None = None) -> Iterator[str]:
+    """The API alone (no UI, no background services) for one ``progress run``, as Prefect's ephemeral server.
+
+    Unlike Prefect's own ephemeral server it runs in its own process group with a pid file, so a run killed
+    with SIGKILL leaves nothing behind after the next start, and it waits the configured start-up timeout.
+    """
+    import prefect
+
     env = prefect_env(None, home)
-    env["PREFECT_UI_API_URL"] = api_url
-    proc = subprocess.Popen(
-        [_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_healthy(api_url)
-        yield api_url
-    finally:
-        _stop(proc)
-        if log:
-            out.close()
+    env.update({"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
+    env.pop("PREFECT_API_URL", None)
+    app_dir = str(Path(prefect.__file__).parent.parent)
+
+    def args(chosen: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            app_dir,
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(chosen),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+
+    with _server_process(args, env, home, log) as url:
+        yield url
 
 
 @contextlib.contextmanager

@@ -31,33 +31,18 @@ from progress_core.config import RunConfig
 from progress_core.features import shard_ranges
 from progress_core.report import write_concept_report
 from progress_core.rounds import next_step
+from progress_core.validation import validate_run
 from tasks._tables import cluster_ids
 from tasks.artifacts import publish_round, publish_summary, set_progress, start_progress
 from tasks.clustering import kmeans_stage
-from tasks.data import manifest_stage, pool_fingerprint, prepare_pool
+from tasks.data import image_fingerprint, manifest_stage, pool_fingerprint, prepare_pool
 from tasks.export import export_stage
 from tasks.features import combine_stage, feature_shard
 from tasks.probe import probe_stage
 from tasks.selection import commit_warmup_stage, select_stage
-from tasks.stage import StageRecord, needs_refresh
+from tasks.stage import StageRecord, finish_run, run_stage, skip_counts, submit_stage
 from tasks.training import init_model_stage, train_stage
 from tasks.warmup import coincide_order_stage, warmup_stage
-
-
-def _params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}
-
-
-def run_stage(task: Any, **params: Any) -> StageRecord:
-    """Run a stage task, refreshing Prefect's cache when its outputs on disk are missing or stale."""
-    params = _params(params)
-    return task.with_options(refresh_cache=needs_refresh(task, params))(**params)
-
-
-def submit_stage(task: Any, **params: Any):
-    """Submit a stage task to the flow's task runner (feature shards), with the same cache rule."""
-    params = _params(params)
-    return task.with_options(refresh_cache=needs_refresh(task, params)).submit(**params)
 
 
 def round_dir(run: Path, round_index: int) -> Path:
@@ -84,6 +69,7 @@ def prepare_stages(cfg: RunConfig, shared: Path) -> PreparedData:
         pool=pool,
         mode=cfg.data.manifest_mode,
         allow_duplicate_ids=cfg.data.allow_duplicate_ids,
+        images=image_fingerprint(pool, cfg.data.hash_images),
         out_dir=shared / "manifest",
     )
     n = manifest.rows["manifest"]
@@ -136,6 +122,7 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     """Run PROGRESS data selection end to end on ``config`` (resumable; see module docstring)."""
     log = get_run_logger()
     cfg = config
+    validate_run(cfg)
     run = Path(cfg.run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(cfg.model_dump_json(indent=2))
@@ -328,6 +315,13 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
         "labels": pool.files.get("labels"),
         "image_root": pool.meta.get("image_root"),
     }
+    summary["skipped"] = skip_counts(manifest, features)
+    records = [*vars(prepared).values(), coincide_order, export, *commits, *probes, shared / "model_init"]
+    records += [Path(c.out_dir).parent / "train" for c in commits]
+    keep = [run / "config.json", run / "summary.json", *(report.values() if report else ())]
+    summary.update(finish_run(run, records, keep))
+    if summary["stale_moved"]:
+        log.info("moved %d outdated files to %s", summary["stale_moved"], summary["stale_dir"])
     publish_summary(str(run), rows, final_step, summary)
     (run / "summary.json").write_text(_json(summary))
     return summary

@@ -28,6 +28,7 @@ from progress_core.features import FeatureConfig
 from progress_core.training import TrainingConfig
 
 Preset = Literal["demo", "paper"]
+Strategy = Literal["progress", "random", "coincide", "tfs", "full"]
 
 
 class _Strict(BaseModel):
@@ -77,6 +78,11 @@ class DataConfig(_Strict):
     synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
     synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
     synthetic_seed: int = Field(0, description="Seed of the synthetic pool generator.")
+    hash_images: bool = Field(
+        False,
+        description="Key the features by the content hashes of the pool's images (slower) instead of their "
+        "size and modification time.",
+    )
 
 
 class WarmupConfig(_Strict):
@@ -97,7 +103,7 @@ class WarmupConfig(_Strict):
 class SelectionConfig(_Strict):
     """Per-round selection (PROGRESS §3.3, SPEC §3.3 acc_sort.py) and its options."""
 
-    strategy: str = Field("progress", description="Strategy name: progress, random, coincide, tfs, full.")
+    strategy: Strategy = Field("progress", description="Strategy name: progress, random, coincide, tfs, full.")
     selection_num: int = Field(7500, ge=1, description="SELECTION_NUM: samples drawn per round.")
     temperature: float = Field(0.5, gt=0, description="Softmax temperature over relative accuracy change.")
     exploit_fraction: float = Field(0.9, ge=0, le=1, description="Share of the budget given by softmax quotas.")
@@ -244,7 +250,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "config"
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"invalid config field '{where}': {first['msg']}{more}") from None
+        raise ConfigError("\n".join(_field_error(e) for e in exc.errors())) from None
+
+
+def _field_error(error: dict) -> str:
+    """One line per invalid field: its dotted name, what is wrong (allowed values included) and the value."""
+    where = ".".join(str(x) for x in error["loc"]) or "config"
+    got = f" (got {repr(error['input'])[:80]})" if error.get("type") not in ("missing", "extra_forbidden") else ""
+    if error.get("type") == "extra_forbidden":
+        return f"invalid config field '{where}': unknown field; remove it or check its spelling"
+    return f"invalid config field '{where}': {error['msg']}{got}"

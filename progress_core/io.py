@@ -1,7 +1,8 @@
-"""Atomic file output and content hashing.
+"""Atomic file output and content hashing (docs/architecture.md#stage-contract).
 
-DESIGN §3: outputs are committed by atomic rename, so a crash mid-round leaves no half-written file, and
-every stage is keyed by the content hash of its inputs.
+Outputs are committed by atomic rename, so a crash mid-round leaves no half-written file, and every stage is
+keyed by the content hash of its inputs. Files get the mode the process umask allows (a shared ``/data``
+stays readable by its group), not the 0600 of a temporary file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the platform allows (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -30,6 +44,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -70,6 +86,45 @@ def parquet_schema(path: str | os.PathLike, error: type[Exception], what: str) -
         return pq.read_schema(p)
     except (pa.ArrowInvalid, OSError) as exc:
         raise error(f"{str(p)!r} is not a Parquet file: {exc}") from None
+
+
+try:
+    import xxhash as _xxhash
+except ImportError:  # pragma: no cover - depends on the environment
+    _xxhash = None
+
+HASH_NAME = "xxh3_128" if _xxhash is not None else "blake2b-128"
+
+
+def _hasher():
+    return _xxhash.xxh3_128() if _xxhash is not None else hashlib.blake2b(digest_size=16)
+
+
+def stream_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Content hash of one file, read in chunks (xxh3-128 when ``xxhash`` is installed, else blake2b-128)."""
+    h = _hasher()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return f"{HASH_NAME}:{h.hexdigest()}"
+
+
+def files_fingerprint(paths: list[str | os.PathLike], contents: bool = False) -> str:
+    """One fingerprint of many files: size and mtime of each (``contents``: their content hashes).
+
+    Missing files count as missing (the fingerprint changes when one appears), never as an error: the
+    stage that reads them reports them.
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.fsencode(p))
+        try:
+            st = os.stat(p)
+        except OSError:
+            h.update(b"\0missing")
+            continue
+        h.update(stream_hash(p).encode() if contents else f"{st.st_size}-{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
 
 
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

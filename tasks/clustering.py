@@ -12,7 +12,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 
 
 @task(name="kmeans", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="kmeans[{name}]")
-@stage("kmeans", modules=["progress_core.clustering"])
+@stage("kmeans")
 def kmeans_stage(features: StageRecord, name: str, k: int, settings: ClusteringConfig, out_dir: str) -> StageRecord:
     """Spherical faiss k-means with ``k`` centres; writes ``<name>_assignment.parquet`` and centroids."""
     x = load_features(features.files["features"], mmap=False)

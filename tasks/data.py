@@ -1,4 +1,9 @@
-"""Pool and manifest stages (DESIGN §2 ``manifest``/``synthetic``)."""
+"""Pool and manifest stages (docs/architecture.md#a-round-through-the-files).
+
+The manifest stage is keyed by a fingerprint of the pool's image files as well as the pool JSON: fixing or
+replacing an image recomputes the manifest's fingerprint and so the features of every later stage
+(docs/architecture.md#stage-contract).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from pathlib import Path
 from prefect import task
 
 from progress_core.config import DataConfig
-from progress_core.manifest import build_manifest
+from progress_core.io import files_fingerprint
+from progress_core.manifest import ManifestError, build_manifest, iter_json_array
 from progress_core.synthetic import generate_pool
+from progress_core.validation import require_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
@@ -22,8 +29,28 @@ def pool_fingerprint(data: DataConfig) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
+def image_paths(pool_json: str | os.PathLike, image_root: str | None) -> list[str]:
+    """Every image file the pool's rows name, resolved against ``image_root``, sorted and unique."""
+    found: set[str] = set()
+    for _, row in iter_json_array(pool_json):
+        image = row.get("image") if isinstance(row, dict) else None
+        for name in image if isinstance(image, list) else [image]:
+            if isinstance(name, str) and name:
+                found.add(os.path.join(image_root, name) if image_root else name)
+    return sorted(found)
+
+
+def image_fingerprint(pool: StageRecord, contents: bool = False) -> str:
+    """Fingerprint of the pool's image files: size and mtime, or content hashes (``data.hash_images``)."""
+    try:
+        paths = image_paths(pool.files["pool_json"], pool.meta.get("image_root"))
+    except (OSError, ValueError, ManifestError):
+        return "unreadable-pool"
+    return f"{'content' if contents else 'stat'}:{len(paths)}:{files_fingerprint(paths, contents)}"
+
+
 @task(name="pool", task_run_name="pool", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("pool", modules=["progress_core.synthetic"])
+@stage("pool")
 def prepare_pool(data: DataConfig, fingerprint: str, out_dir: str) -> StageRecord:
     """The bundled synthetic pool (generated into the run) or the user's LLaVA JSON as it is."""
     if data.pool_json:
@@ -42,9 +69,15 @@ def prepare_pool(data: DataConfig, fingerprint: str, out_dir: str) -> StageRecor
 
 
 @task(name="manifest", task_run_name="manifest", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("manifest", modules=["progress_core.manifest"])
-def manifest_stage(pool: StageRecord, mode: str, allow_duplicate_ids: bool, out_dir: str) -> StageRecord:
-    """LLaVA JSON → Parquet manifest; bad rows are skipped, counted and written out in ``skip`` mode."""
+@stage("manifest")
+def manifest_stage(
+    pool: StageRecord, mode: str, allow_duplicate_ids: bool, out_dir: str, images: str = ""
+) -> StageRecord:
+    """LLaVA JSON → Parquet manifest; bad rows are skipped, counted and written out in ``skip`` mode.
+
+    ``images`` is the fingerprint of the pool's image files (:func:`image_fingerprint`); it becomes the
+    record's fingerprint, so features are recomputed when an image changes.
+    """
     out = Path(out_dir) / "manifest.parquet"
     report = build_manifest(
         pool.files["pool_json"],
@@ -53,8 +86,11 @@ def manifest_stage(pool: StageRecord, mode: str, allow_duplicate_ids: bool, out_
         mode=mode,
         allow_duplicate_ids=allow_duplicate_ids,
     )
+    require_rows(report, pool.files["pool_json"])
     files = {"manifest": str(out)}
     meta = {"image_root": pool.meta.get("image_root"), "report": json.loads(report.model_dump_json())}
     if "labels" in pool.files:
         meta["labels"] = pool.files["labels"]
-    return StageRecord(stage="manifest", out_dir=out_dir, files=files, rows={"manifest": report.n_rows}, meta=meta)
+    return StageRecord(
+        stage="manifest", out_dir=out_dir, files=files, rows={"manifest": report.n_rows}, meta=meta, fingerprint=images
+    )

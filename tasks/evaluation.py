@@ -15,7 +15,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 @task(
     name="evaluate", cache_key_fn=stage_cache_key, persist_result=True, tags=["gpu"], task_run_name="evaluate[{label}]"
 )
-@stage("evaluate", modules=["progress_core.evaluation", "progress_core.accuracy", "progress_core.judges"])
+@stage("evaluate")
 def evaluate_stage(
     checkpoint: str,
     checkpoint_key: str,

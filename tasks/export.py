@@ -10,7 +10,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 
 
 @task(name="export-original", task_run_name="export-original", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("export_original", modules=["progress_core.rounds", "progress_core.manifest"])
+@stage("export_original")
 def export_stage(
     manifest: StageRecord,
     annotation: StageRecord,

@@ -47,7 +47,7 @@ def _encoders(cfg_json: str):
     tags=["features"],
     task_run_name="features[{start}:{stop}]",
 )
-@stage("features_shard", modules=["progress_core.features"])
+@stage("features_shard")
 def feature_shard(manifest: StageRecord, start: int, stop: int, settings: FeatureConfig, out_dir: str) -> StageRecord:
     """Encode manifest rows ``start:stop``; unreadable images are counted skips with a zero image part."""
     image_enc, text_enc = _encoders(settings.model_dump_json())
@@ -65,7 +65,7 @@ def feature_shard(manifest: StageRecord, start: int, stop: int, settings: Featur
 
 
 @task(name="features", task_run_name="features", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("features", modules=["progress_core.features"])
+@stage("features")
 def combine_stage(shards: list[StageRecord], balanced: bool, out_dir: str) -> StageRecord:
     """Concatenate the shards into the float16 feature matrix (memory-mappable .npy)."""
     parts = load_shards([s.files["shard"] for s in sorted(shards, key=lambda s: s.meta["start"])])

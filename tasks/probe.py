@@ -22,7 +22,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
     retry_delay_seconds=[10, 60],
     task_run_name="probe[r={round_index}]",
 )
-@stage("probe", modules=["progress_core.accuracy", "progress_core.judges"])
+@stage("probe")
 def probe_stage(
     checkpoint: StageRecord,
     selected: StageRecord,

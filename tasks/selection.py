@@ -46,7 +46,7 @@ def _commit(
 
 
 @task(name="commit-warmup", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="commit[r={round_index}]")
-@stage("commit_warmup", modules=["progress_core.rounds"])
+@stage("commit_warmup")
 def commit_warmup_stage(
     pools: StageRecord,
     pool_name: str,
@@ -83,7 +83,7 @@ def strategy_options(settings: SelectionConfig) -> dict:
 
 
 @task(name="select", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="select[r={round_index}]")
-@stage("select", modules=["progress_core.selection", "progress_core.rounds", "progress_core.accuracy_table"])
+@stage("select")
 def select_stage(
     settings: SelectionConfig,
     budget: int,

@@ -19,7 +19,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 
 
 @task(name="init-model", task_run_name="init-model", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("init_model", modules=["progress_core.model"], hash_outputs=False)
+@stage("init_model", hash_outputs=False)
 def init_model_stage(manifest: StageRecord, settings: ModelConfig, out_dir: str) -> StageRecord:
     """Tiny mode: a randomly initialised LLaVA with a word-level tokenizer built from the pool's text."""
     if settings.mode != "tiny":
@@ -40,7 +40,7 @@ def init_model_stage(manifest: StageRecord, settings: ModelConfig, out_dir: str)
     retry_delay_seconds=[10, 60],
     task_run_name="train[r={round_index}]",
 )
-@stage("train", modules=["progress_core.training", "progress_core.model"], hash_outputs=False)
+@stage("train", hash_outputs=False)
 def train_stage(
     start: StageRecord,
     samples: StageRecord,

@@ -16,7 +16,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 
 
 @task(name="warmup-pools", task_run_name="warmup-pools", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("warmup_pools", modules=["progress_core.coincide", "progress_core.rounds"])
+@stage("warmup_pools")
 def warmup_stage(
     features: StageRecord, selection_clusters: StageRecord, settings: WarmupConfig, out_dir: str
 ) -> StageRecord:
@@ -36,7 +36,7 @@ def warmup_stage(
 
 
 @task(name="coincide-order", task_run_name="coincide-order", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("coincide_order", modules=["progress_core.coincide", "progress_core.rounds"])
+@stage("coincide_order")
 def coincide_order_stage(
     features: StageRecord, selection_clusters: StageRecord, budget: int, settings: WarmupConfig, out_dir: str
 ) -> StageRecord:

@@ -1,11 +1,8 @@
-import os
+from progress_core.environment import apply_defaults
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+apply_defaults()
 
-import pytest
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
