@@ -259,10 +259,20 @@ def register(app: typer.Typer) -> None:
     def config_command(
         preset: str = typer.Option("demo", "--preset", help="demo or paper."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Validate this YAML file instead."),
+        explain: Optional[str] = typer.Option(
+            None,
+            "--explain",
+            metavar="FIELD",
+            help="Explain one field (e.g. selection.temperature): description, default per preset, what it recomputes.",
+        ),
     ) -> None:
         """Print a complete run config as YAML, every field explained in a comment (a starting point for
         `progress run --config`)."""
-        from progress_core.config_doc import commented_yaml
+        from progress_core.config_doc import commented_yaml, explain_or_error
+
+        if explain:
+            typer.echo(explain_or_error(explain), nl=False)
+            return
 
         cfg = load_config(config, None if config else {"preset": preset})
         typer.echo(commented_yaml(cfg), nl=False)
