@@ -328,7 +328,7 @@ def question_text(conversations_json: str | list) -> str:
 def _l2_rows(x: np.ndarray) -> np.ndarray:
     """Row-wise L2 normalisation; all-zero rows stay zero (no NaN)."""
     x = np.asarray(x, np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
@@ -461,11 +461,14 @@ def combine_features(image: np.ndarray, text: np.ndarray, balanced: bool = False
         tx = np.asarray(text[s : s + chunk], np.float32)
         if balanced:
             im, tx = _l2_rows(im) / np.sqrt(2.0), _l2_rows(tx) / np.sqrt(2.0)
-        both = np.concatenate([im, tx], axis=1)
-        if not np.isfinite(both).all():
-            bad = s + int(np.flatnonzero(~np.isfinite(both).all(1))[0])
+        both = np.empty((im.shape[0], out.shape[1]), np.float32)
+        both[:, :di], both[:, di:] = im, tx
+        norms = np.sqrt(np.einsum("ij,ij->i", both, both))
+        if not np.isfinite(norms).all():
+            bad = s + int(np.flatnonzero(~np.isfinite(norms))[0])
             raise FeatureError(f"non-finite feature at sample_id {bad}")
-        out[s : s + chunk] = _l2_rows(both)
+        np.divide(both, norms[:, None], out=both, where=norms[:, None] > 0)
+        out[s : s + chunk] = both
     return out
 
 
