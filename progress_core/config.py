@@ -120,6 +120,26 @@ class ScheduleConfig(_Strict):
     max_rounds: int | None = Field(None, ge=0, description="Stop after this many selection rounds (empty = no limit).")
 
 
+class OrchestrationConfig(_Strict):
+    """Where the flow's embarrassingly parallel stages run (docs/architecture.md#orchestration).
+
+    ``threads`` (default): feature shards run as tasks of the flow's own thread pool. ``dask``: they run as
+    mapped tasks on a Dask cluster through prefect-dask, each shard committed on its own, so a lost worker
+    loses only the shards it was computing; ``address`` connects to an existing cluster (a Kubernetes or
+    Slurm deployment, see the README's "Scaling out"), otherwise a ``LocalCluster`` of ``n_workers``
+    processes is started for the stage and closed after it.
+    """
+
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="threads: the flow's thread pool; dask: a Dask cluster through prefect-dask."
+    )
+    address: str | None = Field(
+        None, description="Scheduler address of an existing Dask cluster (tcp://host:8786); empty = LocalCluster."
+    )
+    n_workers: int = Field(2, ge=1, description="LocalCluster worker processes (when no address is given).")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per LocalCluster worker process.")
+
+
 _PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "run_dir": "runs/demo",
@@ -177,6 +197,7 @@ class RunConfig(_Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     shard_size: int = Field(4096, ge=1, description="Rows per feature-extraction shard (one task each).")
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     export_original: bool = Field(True, description="Also write the original scripts' JSON files (Top_50K.json, ...).")
 
     @model_validator(mode="before")

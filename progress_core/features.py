@@ -77,6 +77,28 @@ class FeatureConfig(BaseModel):
     )
     max_text_length: int = Field(256, ge=8, description="token limit of the text encoder (MiniLM: 256)")
     verify_weights: bool = Field(True, description="check the sha256 of the bundled MiniLM weights once at load")
+    import_image: str | None = Field(
+        None,
+        description="bring your own features: image feature .npy in pool order (the original's DINOv2 file); "
+        "with import_text it replaces extraction",
+    )
+    import_text: str | None = Field(None, description="text feature .npy in pool order (the original's MiniLM file)")
+    import_features: str | None = Field(
+        None,
+        description="joint features computed elsewhere: .npy in pool order (or keyed by import_ids), or Parquet "
+        "with sample_id and a 'features' (or 'image' + 'text') list column",
+    )
+    import_ids: str | None = Field(None, description="sample ids of the import_features .npy rows (.npy or Parquet)")
+
+    def import_sources(self) -> dict[str, str]:
+        """The files to import instead of extracting (empty when features are extracted)."""
+        named = {
+            "image": self.import_image,
+            "text": self.import_text,
+            "features": self.import_features,
+            "ids": self.import_ids,
+        }
+        return {k: v for k, v in named.items() if v}
 
 
 class ImageEncoder(Protocol):
