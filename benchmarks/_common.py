@@ -63,9 +63,9 @@ def write_fake_pool(path: Path, n_rows: int, seed: int = 0, repeat_fraction: flo
     names = list(REAL_SHARES)
     probs = np.array([REAL_SHARES[k] for k in names], dtype=float)
     sources = rng.choice(len(names), size=n_rows, p=probs / probs.sum())
-    repeats = rng.random(n_rows) < repeat_fraction
     text = _text_block(rng, 200_000)
     offsets = rng.integers(0, len(text) - 2_000, size=(n_rows, 40))
+    repeats = np.random.default_rng([seed, 1]).random(n_rows) < repeat_fraction
     last_of_source: dict[str, int] = {}
     with open(path, "w", encoding="utf-8") as f:
         f.write("[")
