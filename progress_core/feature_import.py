@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from progress_core.features import FeatureError, combine_features
+from progress_core.features import FeatureError, NpyRowWriter, combine_features
 from progress_core.io import atomic_path, file_hash, write_json
 
 CHUNK_ROWS = 16384
@@ -107,38 +107,6 @@ def iter_npy_rows(info: NpyInfo, chunk: int = CHUNK_ROWS) -> Iterator[tuple[int,
             yield start, block.reshape(count, info.cols)
         if row_bytes and f.read(1):
             raise FeatureImportError(f"{str(info.path)!r} has trailing bytes after {info.rows} rows")
-
-
-class NpyRowWriter:
-    """Write a ``(rows, cols)`` float16 ``.npy`` chunk by chunk, in order, renamed into place when complete."""
-
-    def __init__(self, path: str | os.PathLike, rows: int, cols: int):
-        self.path, self.rows, self.cols = Path(path), rows, cols
-        self.written = 0
-
-    def __enter__(self) -> NpyRowWriter:
-        self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
-        self._file = open(tmp, "wb")
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False}
-        header["shape"] = (self.rows, self.cols)
-        np.lib.format.write_array_header_2_0(self._file, header)
-        return self
-
-    def write(self, block: np.ndarray) -> None:
-        block = np.ascontiguousarray(block, dtype=np.float16)
-        if block.ndim != 2 or block.shape[1] != self.cols:
-            raise FeatureImportError(f"block of shape {block.shape} does not fit {self.cols} columns")
-        self._file.write(block.tobytes())
-        self.written += block.shape[0]
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._file.close()
-        if exc_type is None and self.written != self.rows:
-            exc = FeatureImportError(f"wrote {self.written} of {self.rows} rows to {self.path}")
-            self._atomic.__exit__(type(exc), exc, None)
-            raise exc
-        self._atomic.__exit__(exc_type, exc, tb)
 
 
 def _check_rows(info_rows: int, n_rows: int, what: str) -> None:

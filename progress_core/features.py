@@ -527,6 +527,72 @@ def load_shards(paths: Sequence[str | os.PathLike]) -> ShardFeatures:
     )
 
 
+class NpyRowWriter:
+    """Write a ``(rows, cols)`` float16 ``.npy`` chunk by chunk, in order, renamed into place when complete."""
+
+    def __init__(self, path: str | os.PathLike, rows: int, cols: int):
+        self.path, self.rows, self.cols = Path(path), rows, cols
+        self.written = 0
+
+    def __enter__(self) -> NpyRowWriter:
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._file = open(tmp, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False}
+        header["shape"] = (self.rows, self.cols)
+        np.lib.format.write_array_header_2_0(self._file, header)
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=np.float16)
+        if block.ndim != 2 or block.shape[1] != self.cols:
+            raise FeatureError(f"block of shape {block.shape} does not fit {self.cols} columns")
+        self._file.write(block.tobytes())
+        self.written += block.shape[0]
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._file.close()
+        if exc_type is None and self.written != self.rows:
+            exc = FeatureError(f"wrote {self.written} of {self.rows} rows to {self.path}")
+            self._atomic.__exit__(type(exc), exc, None)
+            raise exc
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
+def combine_shards(
+    paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, balanced: bool = False
+) -> tuple[int, int, int, np.ndarray]:
+    """Combine shards written by :func:`save_shard` into the float16 feature matrix, one shard in memory at a
+    time (docs/algorithm.md#features). The shards must tile ``0..N`` without gaps.
+
+    Returns ``(rows, image_dim, text_dim, failed_sample_ids)``.
+    """
+    heads = []
+    for p in paths:
+        with np.load(p) as z:
+            heads.append(
+                (int(z["start"]), int(z["text"].shape[0]), int(z["image"].shape[1]), int(z["text"].shape[1]), p)
+            )
+    heads.sort(key=lambda h: h[0])
+    pos = 0
+    for start, n, *_ in heads:
+        if start != pos:
+            raise FeatureError(f"shards do not tile the manifest: expected start {pos}, found {start}")
+        pos += n
+    if not heads:
+        raise FeatureError("no feature shards to combine")
+    image_dim, text_dim = heads[0][2], heads[0][3]
+    failed = []
+    with NpyRowWriter(out_path, pos, image_dim + text_dim) as out:
+        for start, _, di, dt, p in heads:
+            if (di, dt) != (image_dim, text_dim):
+                raise FeatureError(f"shard at {start} has dims {di}+{dt}, the first shard {image_dim}+{text_dim}")
+            with np.load(p) as z:
+                out.write(combine_features(z["image"], z["text"], balanced))
+                failed.append(start + np.flatnonzero(z["image_failed"]))
+    return pos, image_dim, text_dim, np.concatenate(failed).astype(np.int64)
+
+
 def extract_features(
     manifest_path: str | os.PathLike | pa.Table,
     image_root: str | os.PathLike | None,

@@ -159,3 +159,24 @@ def test_cli_features_import(parts, tmp_path, capsys):
     assert main([*args, "--features", str(tmp_path / "short.npy")]) == 1
     assert "FeatureRowCountError" not in capsys.readouterr().err  # one readable line, not a traceback
     assert main(["features", "--out", str(tmp_path / "x.npy")]) == 1
+
+
+def test_combine_shards_streams_to_the_same_matrix(parts, tmp_path):
+    from progress_core.features import FeatureError, ShardFeatures, combine_shards, load_shards, save_shard
+
+    _, image, text = parts
+    failed = np.zeros(N, bool)
+    failed[[4, 33]] = True
+    paths = [
+        save_shard(
+            ShardFeatures(s, image[s : s + 20], text[s : s + 20].astype(np.float16), failed[s : s + 20]), tmp_path
+        )
+        for s in range(0, N, 20)
+    ]
+    n, di, dt, bad = combine_shards(paths[::-1], tmp_path / "f.npy")
+    merged = load_shards(paths)
+    assert (n, di, dt, bad.tolist()) == (N, 12, 5, [4, 33])
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), combine_features(merged.image, merged.text))
+    with pytest.raises(FeatureError, match="tile"):
+        combine_shards(paths[1:], tmp_path / "g.npy")
+    assert not (tmp_path / "g.npy").exists()
