@@ -53,14 +53,14 @@ def sequential(env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("threads")
     proc = start(config(tmp / "run"), tmp, "threads", env)
     assert proc.wait(timeout=600) == 0, (tmp / "threads.log").read_text()[-3000:]
-    return (tmp / "run" / "features" / "features.npy").read_bytes()
+    return tmp / "run" / "features" / "features.npy"
 
 
 def test_local_cluster_of_two_processes_gives_identical_features(env, sequential, tmp_path):
     cfg = config(tmp_path / "run", task_runner="dask", n_workers=2, threads_per_worker=1)
     proc = start(cfg, tmp_path, "dask", env)
     assert proc.wait(timeout=600) == 0, (tmp_path / "dask.log").read_text()[-3000:]
-    assert (tmp_path / "run" / "features" / "features.npy").read_bytes() == sequential
+    assert (tmp_path / "run" / "features" / "features.npy").read_bytes() == sequential.read_bytes()
     assert len(markers(tmp_path / "run")) == 12
 
 
@@ -91,4 +91,16 @@ def test_killed_worker_costs_only_its_shards(env, sequential, tmp_path, monkeypa
     assert len(after) == 12
     assert {k: after[k] for k in done} == done, "committed shards are not recomputed"
     assert all(after[k] != done.get(k) for k in set(after) - set(done))
-    assert (run / "features" / "features.npy").read_bytes() == sequential
+    assert (run / "features" / "features.npy").read_bytes() == sequential.read_bytes()
+
+
+def test_flow_imports_features_instead_of_extracting(env, sequential, tmp_path):
+    import numpy as np
+
+    cfg = config(tmp_path / "run")
+    cfg["features"] = {"import_features": str(sequential)}
+    proc = start(cfg, tmp_path, "import", env)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "import.log").read_text()[-3000:]
+    assert not (tmp_path / "run" / "features" / "shards").exists()
+    got, want = np.load(tmp_path / "run" / "features" / "features.npy"), np.load(sequential)
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=2e-3)
