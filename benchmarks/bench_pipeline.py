@@ -113,8 +113,6 @@ def stage_manifest(ctx: dict) -> tuple[dict, str]:
     rec = manifest_stage.fn(pool=pool, mode="skip", allow_duplicate_ids=True, out_dir=_dir(ctx, "manifest"))
     report = rec.meta["report"]
     note = f"{rec.rows['manifest']} rows, {report.get('n_text_only')} text-only"
-    if "n_duplicate_ids" in report:
-        note += f", {report['n_duplicate_ids']} repeated ids"
     return {"manifest": rec}, note
 
 
