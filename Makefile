@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast lint format ui bench clean
+.PHONY: install demo test test-fast lint format ui bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,8 +42,12 @@ format: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/python -m deployments.ui
 
+# Every benchmark at full size, then one summary table (benchmarks/README.md); `make bench-quick` for the small sizes.
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -37,6 +37,9 @@ from progress_core.coincide import (  # noqa: E402
     greedy_mmd_selection,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import summary  # noqa: E402
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -110,6 +113,9 @@ def main() -> None:
     for f in (0.075, 0.09):
         print(f"prune fraction {f:<5} -> {picks[f].size:7d} rows : {times[f]:8.2f} s")
     print(f"total warm-up (ours)                : {total:8.2f} s; peak RSS {peak_rss_mb():.0f} MB")
+    summary(
+        "bench_coincide", f"warm-up pools, {args.n} x {args.d}, k={args.k}", f"{total:.1f} s, {peak_rss_mb():.0f} MB"
+    )
 
     counts = np.bincount(fine.assignment[picks[0.09]], minlength=args.k)
     sizes = members.sizes
@@ -137,6 +143,7 @@ def main() -> None:
         f"  EXTRAPOLATED to all {greedy_clusters.size} greedy clusters of the 0.09 run: "
         f"original {t_orig * scale:.1f} s vs ours {t_ours * scale:.2f} s"
     )
+    summary("bench_coincide", "greedy MMD vs the original (extrapolated)", f"{t_orig / max(t_ours, 1e-9):.0f}x faster")
 
 
 if __name__ == "__main__":

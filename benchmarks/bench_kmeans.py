@@ -27,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from progress_core.clustering import KMeansResult, _check_collapse, _check_finite, spherical_kmeans  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import summary  # noqa: E402
+
 
 def clustered_data(n: int, d: int, n_centres: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -91,6 +94,7 @@ def main() -> None:
     print(
         f"ours / raw faiss          : {t_ours / t_raw:8.3f}   (overhead {100 * (t_ours / t_raw - 1):+.1f}%, target <= +5%)"
     )
+    summary("bench_kmeans", f"{args.n} x {args.d}, k={args.k}, ours / raw faiss", f"{t_ours:.2f} s / {t_raw:.2f} s")
     res = spherical_kmeans(x, args.k, niter=1, seed=1234, gpu=False)
     t = time.perf_counter()
     view = np.ascontiguousarray(x, dtype=np.float32)

@@ -18,96 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-REAL_ROWS = 665_298
-REAL_SHARES = {"coco": 364_100, "vg": 86_417, "gqa": 72_140, "ocr_vqa": 80_000, "textvqa": 21_953, "text": 40_688}
-"""Rows per source in llava_v1_5_mix665k.json (haotian-liu/LLaVA issue #657)."""
-
-IMAGE_DIRS = {
-    "coco": "coco/train2017/{:012d}.jpg",
-    "vg": "vg/VG_100K/{}.jpg",
-    "gqa": "gqa/images/{}.jpg",
-    "ocr_vqa": "ocr_vqa/images/{}.jpg",
-    "textvqa": "textvqa/train_images/{:016x}.jpg",
-}
-
-WORDS = (
-    "the a man woman dog cat street table red blue green white black small large left right "
-    "standing sitting holding wearing picture image shows there is are two three several near "
-    "behind front building sky tree car bus train people playing with on in of and"
-).split()
-
-
-def _text_block(rng: np.random.Generator, n_chars: int) -> str:
-    words = rng.choice(WORDS, size=n_chars // 4)
-    return " ".join(words.tolist())[:n_chars]
-
-
-def write_fake_pool(path: Path, n_rows: int, seed: int = 0) -> None:
-    """Write a LLaVA-665K-shaped JSON list of ``n_rows`` rows (about 1.5 KB per row on average)."""
-    rng = np.random.default_rng(seed)
-    names = list(REAL_SHARES)
-    probs = np.array([REAL_SHARES[k] for k in names], dtype=float)
-    sources = rng.choice(len(names), size=n_rows, p=probs / probs.sum())
-    text = _text_block(rng, 200_000)
-    offsets = rng.integers(0, len(text) - 2_000, size=(n_rows, 40))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("[")
-        for i in range(n_rows):
-            source = names[sources[i]]
-            o = offsets[i]
-            if source == "coco":
-                n_pairs = 1 + int(rng.geometric(0.3)) if i % 2 else 1 + int(rng.geometric(0.6))
-                long_answers = i % 2 == 0
-            elif source == "ocr_vqa":
-                n_pairs = 4 + int(rng.integers(0, 3))
-                long_answers = False
-            elif source == "text":
-                n_pairs = 1 + int(rng.geometric(0.5))
-                long_answers = True
-            else:
-                n_pairs = 1 + int(rng.geometric(0.25))
-                long_answers = False
-            n_pairs = min(n_pairs, 19)
-            conversations = []
-            for t in range(n_pairs):
-                q = text[o[2 * t] : o[2 * t] + 40 + int(o[2 * t]) % 120] + "?"
-                if t == 0 and source != "text":
-                    q = "<image>\n" + q if i % 2 else q + "\n<image>"
-                a_len = 300 + int(o[2 * t + 1]) % 900 if long_answers else 1 + int(o[2 * t + 1]) % 12
-                a = text[o[2 * t + 1] : o[2 * t + 1] + a_len]
-                conversations.append({"from": "human", "value": q})
-                conversations.append({"from": "gpt", "value": a})
-            if source == "text":
-                row = {"id": f"{i:x}_{t}", "model": "", "conversations": conversations}
-            else:
-                row = {"id": f"{i:012d}", "image": IMAGE_DIRS[source].format(i), "conversations": conversations}
-            if i:
-                f.write(", ")
-            f.write(json.dumps(row))
-        f.write("]")
-
-
-def _peak_rss_mb() -> float:
-    """This process image's peak RSS: VmHWM (ru_maxrss would include the parent's RSS at fork)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REAL_ROWS, run_phase, summary, write_fake_pool  # noqa: E402
+from _common import peak_rss_mb as _peak_rss_mb  # noqa: E402
 
 
 def phase_idle(_: str, __: str) -> tuple[float, float, str]:
@@ -160,12 +79,6 @@ def phase_export(pool: str, workdir: str, verify: bool = False) -> tuple[float, 
     return seconds, peak, note
 
 
-def run_phase(fn, *args) -> tuple[float, float, str]:
-    """Run ``fn`` in a fresh spawned process so its ru_maxrss is its own peak."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
-        return ex.submit(fn, *args).result()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=REAL_ROWS, help="rows of the fake pool (default: real 665K)")
@@ -211,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  ratio ours/baseline   : time {os_ / bs:.2f}x, peak RSS {orss / brss:.2f}x, "
             f"RSS above idle {(orss - idle) / max(brss - idle, 1e-9):.2f}x"
         )
+        summary("bench_manifest", f"manifest of {n_rows} rows, time", f"{os_:.1f} s vs json.load+DataFrame {bs:.1f} s")
+        summary("bench_manifest", "manifest peak RSS", f"{orss:.0f} MB vs {brss:.0f} MB ({orss / brss:.2f}x)")
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -18,6 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import summary  # noqa: E402
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +88,9 @@ def main() -> int:
         f"({args.tasks} trivial tasks: {in_flow:.2f} s in a flow vs {plain * 1e3:.3f} ms plain)"
     )
     print(f"run directory                    : {work / 'run'}")
+    summary(
+        "bench_resume", "cached re-run / first run", f"{t_second:.1f} s / {t_first:.1f} s ({t_second / t_first:.1%})"
+    )
     return 0
 
 

@@ -34,6 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from progress_core.rounds import apply_round, commit_round  # noqa: E402
 from progress_core.selection import SelectionHistory, select  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import summary  # noqa: E402
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -262,6 +265,16 @@ def main(argv: list[str] | None = None) -> None:
         (">= 20x faster than the original (with I/O)", t_orig_io / t_ours_io >= 20),
     ]
     print("targets: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets))
+    summary(
+        "bench_selection",
+        f"one round, {args.n} samples, compute",
+        f"{t_ours * 1e3:.0f} ms vs {t_orig * 1e3:.0f} ms ({t_orig / t_ours:.0f}x)",
+    )
+    summary(
+        "bench_selection",
+        "one round with I/O",
+        f"{t_ours_io * 1e3:.0f} ms vs {t_orig_io * 1e3:.0f} ms ({t_orig_io / t_ours_io:.0f}x)",
+    )
 
 
 if __name__ == "__main__":

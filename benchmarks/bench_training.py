@@ -29,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import summary  # noqa: E402
+
 
 def _load_split(pool, json_path: Path, split: str) -> pd.DataFrame:
     rows = json.loads(Path(json_path).read_text())
@@ -105,6 +108,8 @@ def bench_speed(init: Path, train_df: pd.DataFrame, eval_df: pd.DataFrame, image
         f"{ours_probe / base_probe:>8.2f}"
     )
     print(f"batched answers equal one-at-a-time answers: {same}")
+    summary("bench_training", "train steps/s, ours vs bare torch", f"{ours_train:.1f} vs {base_train:.1f}")
+    summary("bench_training", "probe samples/s, batched vs one at a time", f"{ours_probe:.1f} vs {base_probe:.1f}")
     return {"train_base": base_train, "train": ours_train, "probe_base": base_probe, "probe": ours_probe}
 
 

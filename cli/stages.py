@@ -23,13 +23,20 @@ def _need_file(path: Path, what: str) -> Path:
 
 
 def _register_features(app: typer.Typer) -> None:
-    """Add ``progress features`` (SPEC §1)."""
+    """Add ``progress features`` (SPEC §1) and ``progress features import``."""
+    features_app = typer.Typer(
+        help="Extract image + question features for every manifest row, or import features computed elsewhere.",
+        invoke_without_command=True,
+        no_args_is_help=False,
+    )
+    app.add_typer(features_app, name="features")
 
-    @app.command("features")
+    @features_app.callback()
     def features(
-        manifest: Path = typer.Option(..., "--manifest", help="manifest Parquet (one row per sample)"),
+        ctx: typer.Context,
+        manifest: Optional[Path] = typer.Option(None, "--manifest", help="manifest Parquet (one row per sample)"),
         images: Optional[Path] = typer.Option(None, "--images", help="image root the manifest's paths are relative to"),
-        out: Path = typer.Option(..., "--out", help="output float16 .npy, row i = sample_id i"),
+        out: Optional[Path] = typer.Option(None, "--out", help="output float16 .npy, row i = sample_id i"),
         image_encoder: str = typer.Option("descriptor", help="descriptor | dinov2 | local DINOv2 path"),
         text_encoder: str = typer.Option("minilm", help="minilm (bundled all-MiniLM-L6-v2) | local HF encoder path"),
         balanced: bool = typer.Option(False, "--balanced", help="normalise image and text parts separately"),
@@ -37,7 +44,14 @@ def _register_features(app: typer.Typer) -> None:
         shard_size: int = typer.Option(4096, min=1, help="rows encoded and written per shard"),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
     ) -> None:
-        """Extract image + question features for every manifest row (DINOv2/descriptor + MiniLM, SPEC §1)."""
+        """Extract image + question features for every manifest row (DINOv2/descriptor + MiniLM, SPEC §1).
+
+        `progress features import ...` stores features computed elsewhere instead (see its --help).
+        """
+        if ctx.invoked_subcommand is not None:
+            return
+        if manifest is None or out is None:
+            raise StageInputError("features needs --manifest and --out (or use `progress features import`)")
         from progress_core.features import FeatureConfig, extract_features
 
         _need_file(manifest, "manifest")
@@ -57,6 +71,67 @@ def _register_features(app: typer.Typer) -> None:
         if report.failed_sample_ids:
             shown = ", ".join(map(str, report.failed_sample_ids[:10]))
             typer.echo(f"unreadable image sample_ids (first 10): {shown}")
+
+    @features_app.command("import")
+    def import_cmd(
+        manifest: Path = typer.Option(..., "--manifest", help="manifest Parquet the features belong to"),
+        out: Path = typer.Option(..., "--out", help="output directory: features.npy and its stage record"),
+        image: Optional[Path] = typer.Option(
+            None, "--image", help="image features .npy in pool order (the original's DINOv2 file)"
+        ),
+        text: Optional[Path] = typer.Option(
+            None, "--text", help="text features .npy in pool order (the original's MiniLM file)"
+        ),
+        joint: Optional[Path] = typer.Option(
+            None,
+            "--features",
+            help="joint features: .npy in pool order (or keyed by --ids), or Parquet with sample_id and a "
+            "'features' (or 'image' + 'text') list column",
+        ),
+        ids: Optional[Path] = typer.Option(
+            None, "--ids", help="sample ids of the --features .npy rows (.npy of ints or Parquet sample_id column)"
+        ),
+        balanced: bool = typer.Option(False, "--balanced", help="normalise image and text parts separately"),
+    ) -> None:
+        """Store features computed elsewhere as the features stage's output (no extraction).
+
+        The output is float16, unit-norm, row i = sample_id i, keyed by the content of the source files:
+        importing the same files again does nothing, changed files are imported again. A row count or a set
+        of ids that does not match the manifest is an error.
+        """
+        import pyarrow.parquet as pq
+
+        from progress_core.io import file_hash
+        from tasks.features import import_fingerprint, import_stage
+        from tasks.stage import StageRecord
+
+        _need_file(manifest, "manifest")
+        sources = {
+            name: str(path.resolve())
+            for name, path in (("image", image), ("text", text), ("features", joint), ("ids", ids))
+            if path is not None
+        }
+        n = pq.ParquetFile(manifest).metadata.num_rows
+        record = StageRecord(
+            stage="manifest",
+            out_dir=str(manifest.parent.resolve()),
+            files={"manifest": str(manifest.resolve())},
+            rows={"manifest": n},
+            content_hash=file_hash(manifest)[:24],
+        )
+        out_dir = str(out.resolve())
+        result = import_stage.fn(
+            manifest=record,
+            sources=sources,
+            fingerprint=import_fingerprint(sources, out_dir),
+            balanced=balanced,
+            out_dir=out_dir,
+        )
+        dims = f"image {result.meta['image_dim']} + text {result.meta['text_dim']}" if result.meta["image_dim"] else ""
+        typer.echo(
+            f"features {result.files['features']}: {result.rows['features']} rows ({result.meta['imported']}"
+            f"{'; ' + dims if dims else ''}); all-zero rows {result.meta['n_zero_rows']}; key {result.key}"
+        )
 
 
 def _register_cluster(app: typer.Typer) -> None:

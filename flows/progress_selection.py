@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
 
 from flows.approval import approve_after_warmup
+from flows.feature_shards import run_feature_shards
 from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
 from progress_core.config import RunConfig
 from progress_core.features import shard_ranges
@@ -37,10 +38,10 @@ from tasks.artifacts import publish_round, publish_summary, set_progress, start_
 from tasks.clustering import kmeans_stage
 from tasks.data import image_fingerprint, manifest_stage, pool_fingerprint, prepare_pool
 from tasks.export import export_stage
-from tasks.features import combine_stage, feature_shard
+from tasks.features import combine_stage, import_fingerprint, import_stage
 from tasks.probe import probe_stage
 from tasks.selection import commit_warmup_stage, select_stage
-from tasks.stage import StageRecord, finish_run, run_stage, skip_counts, submit_stage
+from tasks.stage import StageRecord, finish_run, run_stage, skip_counts
 from tasks.training import init_model_stage, train_stage
 from tasks.warmup import coincide_order_stage, warmup_stage
 
@@ -61,6 +62,26 @@ class PreparedData:
     pools: StageRecord
 
 
+def feature_stage(cfg: RunConfig, manifest: StageRecord, shared: Path) -> StageRecord:
+    """Features imported from files (``features.import_*``) or extracted shard by shard on the configured
+    task runner (``orchestration``), then combined into ``features.npy``."""
+    features_cfg = cfg.feature_config()
+    out_dir = shared / "features"
+    sources = features_cfg.import_sources()
+    if sources:
+        return run_stage(
+            import_stage,
+            manifest=manifest,
+            sources=sources,
+            fingerprint=import_fingerprint(sources, out_dir),
+            balanced=features_cfg.balanced,
+            out_dir=out_dir,
+        )
+    ranges = shard_ranges(manifest.rows["manifest"], cfg.shard_size)
+    shards = run_feature_shards(manifest, features_cfg, ranges, str(out_dir / "shards"), cfg.orchestration)
+    return run_stage(combine_stage, shards=shards, balanced=features_cfg.balanced, out_dir=out_dir)
+
+
 def prepare_stages(cfg: RunConfig, shared: Path) -> PreparedData:
     """Pool, manifest, features (one task per shard), dual k-means and COINCIDE warm-up pools, under ``shared``."""
     pool = run_stage(prepare_pool, data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=shared / "data")
@@ -73,20 +94,7 @@ def prepare_stages(cfg: RunConfig, shared: Path) -> PreparedData:
         out_dir=shared / "manifest",
     )
     n = manifest.rows["manifest"]
-    features_cfg = cfg.feature_config()
-    futures = [
-        submit_stage(
-            feature_shard,
-            manifest=manifest,
-            start=a,
-            stop=b,
-            settings=features_cfg,
-            out_dir=shared / "features" / "shards" / f"{a:010d}",
-        )
-        for a, b in shard_ranges(n, cfg.shard_size)
-    ]
-    shards = [f.result() for f in futures]
-    features = run_stage(combine_stage, shards=shards, balanced=features_cfg.balanced, out_dir=shared / "features")
+    features = feature_stage(cfg, manifest, shared)
 
     k_annotation = resolve_k(cfg.clustering.annotation_k, n, PAPER_ANNOTATION_K)
     k_selection = resolve_k(cfg.clustering.selection_k, n, PAPER_SELECTION_K)

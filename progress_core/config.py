@@ -127,13 +127,28 @@ class ScheduleConfig(_Strict):
 
 
 class OrchestrationConfig(_Strict):
-    """How the flow is run and supervised (docs/architecture.md#orchestration)."""
+    """Where and how the flow runs (docs/architecture.md#orchestration).
+
+    An optional approval pause after the warm-up rounds. ``threads`` (default): feature shards run as tasks of the flow's own thread pool. ``dask``: they run as
+    mapped tasks on a Dask cluster through prefect-dask, each shard committed on its own, so a lost worker
+    loses only the shards it was computing; ``address`` connects to an existing cluster (a Kubernetes or
+    Slurm deployment, see the README's "Scaling out"), otherwise a ``LocalCluster`` of ``n_workers``
+    processes is started for the stage and closed after it.
+    """
 
     approve_after_warmup: bool = Field(
         False,
         description="Pause after the two warm-up rounds, show the warm-up report and the planned rounds, and "
         "continue only when someone approves in the Prefect UI.",
     )
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="threads: the flow's thread pool; dask: a Dask cluster through prefect-dask."
+    )
+    address: str | None = Field(
+        None, description="Scheduler address of an existing Dask cluster (tcp://host:8786); empty = LocalCluster."
+    )
+    n_workers: int = Field(2, ge=1, description="LocalCluster worker processes (when no address is given).")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per LocalCluster worker process.")
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -192,8 +207,8 @@ class RunConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
-    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     shard_size: int = Field(4096, ge=1, description="Rows per feature-extraction shard (one task each).")
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     export_original: bool = Field(True, description="Also write the original scripts' JSON files (Top_50K.json, ...).")
 
     @model_validator(mode="before")

@@ -77,6 +77,28 @@ class FeatureConfig(BaseModel):
     )
     max_text_length: int = Field(256, ge=8, description="token limit of the text encoder (MiniLM: 256)")
     verify_weights: bool = Field(True, description="check the sha256 of the bundled MiniLM weights once at load")
+    import_image: str | None = Field(
+        None,
+        description="bring your own features: image feature .npy in pool order (the original's DINOv2 file); "
+        "with import_text it replaces extraction",
+    )
+    import_text: str | None = Field(None, description="text feature .npy in pool order (the original's MiniLM file)")
+    import_features: str | None = Field(
+        None,
+        description="joint features computed elsewhere: .npy in pool order (or keyed by import_ids), or Parquet "
+        "with sample_id and a 'features' (or 'image' + 'text') list column",
+    )
+    import_ids: str | None = Field(None, description="sample ids of the import_features .npy rows (.npy or Parquet)")
+
+    def import_sources(self) -> dict[str, str]:
+        """The files to import instead of extracting (empty when features are extracted)."""
+        named = {
+            "image": self.import_image,
+            "text": self.import_text,
+            "features": self.import_features,
+            "ids": self.import_ids,
+        }
+        return {k: v for k, v in named.items() if v}
 
 
 class ImageEncoder(Protocol):
@@ -328,7 +350,7 @@ def question_text(conversations_json: str | list) -> str:
 def _l2_rows(x: np.ndarray) -> np.ndarray:
     """Row-wise L2 normalisation; all-zero rows stay zero (no NaN)."""
     x = np.asarray(x, np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
@@ -461,11 +483,14 @@ def combine_features(image: np.ndarray, text: np.ndarray, balanced: bool = False
         tx = np.asarray(text[s : s + chunk], np.float32)
         if balanced:
             im, tx = _l2_rows(im) / np.sqrt(2.0), _l2_rows(tx) / np.sqrt(2.0)
-        both = np.concatenate([im, tx], axis=1)
-        if not np.isfinite(both).all():
-            bad = s + int(np.flatnonzero(~np.isfinite(both).all(1))[0])
+        both = np.empty((im.shape[0], out.shape[1]), np.float32)
+        both[:, :di], both[:, di:] = im, tx
+        norms = np.sqrt(np.einsum("ij,ij->i", both, both))
+        if not np.isfinite(norms).all():
+            bad = s + int(np.flatnonzero(~np.isfinite(norms))[0])
             raise FeatureError(f"non-finite feature at sample_id {bad}")
-        out[s : s + chunk] = _l2_rows(both)
+        np.divide(both, norms[:, None], out=both, where=norms[:, None] > 0)
+        out[s : s + chunk] = both
     return out
 
 
@@ -500,6 +525,72 @@ def load_shards(paths: Sequence[str | os.PathLike]) -> ShardFeatures:
         failed,
         np.flatnonzero(failed).astype(np.int64),
     )
+
+
+class NpyRowWriter:
+    """Write a ``(rows, cols)`` float16 ``.npy`` chunk by chunk, in order, renamed into place when complete."""
+
+    def __init__(self, path: str | os.PathLike, rows: int, cols: int):
+        self.path, self.rows, self.cols = Path(path), rows, cols
+        self.written = 0
+
+    def __enter__(self) -> NpyRowWriter:
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._file = open(tmp, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False}
+        header["shape"] = (self.rows, self.cols)
+        np.lib.format.write_array_header_2_0(self._file, header)
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=np.float16)
+        if block.ndim != 2 or block.shape[1] != self.cols:
+            raise FeatureError(f"block of shape {block.shape} does not fit {self.cols} columns")
+        self._file.write(block.tobytes())
+        self.written += block.shape[0]
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._file.close()
+        if exc_type is None and self.written != self.rows:
+            exc = FeatureError(f"wrote {self.written} of {self.rows} rows to {self.path}")
+            self._atomic.__exit__(type(exc), exc, None)
+            raise exc
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
+def combine_shards(
+    paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, balanced: bool = False
+) -> tuple[int, int, int, np.ndarray]:
+    """Combine shards written by :func:`save_shard` into the float16 feature matrix, one shard in memory at a
+    time (docs/algorithm.md#features). The shards must tile ``0..N`` without gaps.
+
+    Returns ``(rows, image_dim, text_dim, failed_sample_ids)``.
+    """
+    heads = []
+    for p in paths:
+        with np.load(p) as z:
+            heads.append(
+                (int(z["start"]), int(z["text"].shape[0]), int(z["image"].shape[1]), int(z["text"].shape[1]), p)
+            )
+    heads.sort(key=lambda h: h[0])
+    pos = 0
+    for start, n, *_ in heads:
+        if start != pos:
+            raise FeatureError(f"shards do not tile the manifest: expected start {pos}, found {start}")
+        pos += n
+    if not heads:
+        raise FeatureError("no feature shards to combine")
+    image_dim, text_dim = heads[0][2], heads[0][3]
+    failed = []
+    with NpyRowWriter(out_path, pos, image_dim + text_dim) as out:
+        for start, _, di, dt, p in heads:
+            if (di, dt) != (image_dim, text_dim):
+                raise FeatureError(f"shard at {start} has dims {di}+{dt}, the first shard {image_dim}+{text_dim}")
+            with np.load(p) as z:
+                out.write(combine_features(z["image"], z["text"], balanced))
+                failed.append(start + np.flatnonzero(z["image_failed"]))
+    return pos, image_dim, text_dim, np.concatenate(failed).astype(np.int64)
 
 
 def extract_features(

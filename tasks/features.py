@@ -12,16 +12,15 @@ from pathlib import Path
 
 from prefect import task
 
+from progress_core.feature_import import import_features, source_fingerprint
 from progress_core.features import (
     FeatureConfig,
-    combine_features,
+    combine_shards,
     extract_shard,
     load_image_encoder,
-    load_shards,
     load_text_encoder,
     save_shard,
 )
-from progress_core.io import write_npy
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 _ENCODER_LOCK = threading.Lock()
@@ -67,20 +66,53 @@ def feature_shard(manifest: StageRecord, start: int, stop: int, settings: Featur
 @task(name="features", task_run_name="features", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("features")
 def combine_stage(shards: list[StageRecord], balanced: bool, out_dir: str) -> StageRecord:
-    """Concatenate the shards into the float16 feature matrix (memory-mappable .npy)."""
-    parts = load_shards([s.files["shard"] for s in sorted(shards, key=lambda s: s.meta["start"])])
+    """Combine the shards into the float16 feature matrix (memory-mappable .npy), one shard at a time."""
     out = Path(out_dir) / "features.npy"
-    write_npy(combine_features(parts.image, parts.text, balanced), out)
+    n, image_dim, text_dim, _ = combine_shards([s.files["shard"] for s in shards], out, balanced)
     failed = [i for s in shards for i in s.meta.get("failed_sample_ids", [])]
     return StageRecord(
         stage="features",
         out_dir=out_dir,
         files={"features": str(out)},
-        rows={"features": parts.n},
+        rows={"features": n},
         meta={
-            "image_dim": int(parts.image.shape[1]),
-            "text_dim": int(parts.text.shape[1]),
+            "image_dim": image_dim,
+            "text_dim": text_dim,
             "n_image_failures": len(failed),
             "failed_sample_ids": failed[:1000],
         },
     )
+
+
+@task(name="features-import", task_run_name="features-import", cache_key_fn=stage_cache_key, persist_result=True)
+@stage("features", modules=["progress_core.features", "progress_core.feature_import"])
+def import_stage(
+    manifest: StageRecord, sources: dict[str, str], fingerprint: str, balanced: bool, out_dir: str
+) -> StageRecord:
+    """Features computed elsewhere stored as this stage's ``features.npy`` (no extraction).
+
+    ``sources`` names the files (``image`` + ``text``, or ``features`` with optional ``ids``); the cache
+    key holds ``fingerprint``, their content hash (:func:`progress_core.feature_import.source_fingerprint`),
+    so replacing a source file re-imports and everything downstream recomputes.
+    """
+    out = Path(out_dir) / "features.npy"
+    report = import_features(out, manifest.rows["manifest"], balanced=balanced, **sources)
+    return StageRecord(
+        stage="features",
+        out_dir=out_dir,
+        files={"features": str(out)},
+        rows={"features": report.n},
+        meta={
+            "image_dim": report.image_dim,
+            "text_dim": report.text_dim,
+            "imported": report.layout,
+            "n_zero_rows": report.n_zero_rows,
+            "n_image_failures": 0,
+            "failed_sample_ids": [],
+        },
+    )
+
+
+def import_fingerprint(sources: dict[str, str], out_dir: str | Path) -> str:
+    """Content hash of the import sources, remembered beside the stage output (see ``source_fingerprint``)."""
+    return source_fingerprint([sources[k] for k in sorted(sources)], Path(out_dir) / ".source_hashes.json")
