@@ -53,6 +53,14 @@ def _manifest_rows(manifest: Path, ids):
     return table.take(ids)
 
 
+def _nproc(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--nproc-per-node must be a positive integer or 'auto', got {value!r}")
+    return int(value)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``probe`` to the progress app."""
 
@@ -77,18 +85,28 @@ def register(app: typer.Typer) -> None:
         patch_size: int = typer.Option(4, min=1, help="tiny: ViT patch size"),
         global_batch_size: int = typer.Option(16, min=1, help="samples per optimizer step (paper: 128)"),
         per_device_batch_size: Optional[int] = typer.Option(None, min=1, help="samples per forward pass"),
+        gradient_accumulation_steps: Optional[int] = typer.Option(
+            None, "--gradient-accumulation-steps", min=1, help="micro-batches per optimizer step on each device"
+        ),
+        nproc_per_node: Optional[str] = typer.Option(
+            None,
+            "--nproc-per-node",
+            help="launch this many processes (one per GPU; gloo on CPU); 'auto' = the GPUs visible; "
+            "default: train in this process",
+        ),
         lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-4 real, 1e-3 tiny)"),
         seed: int = typer.Option(42, help="run seed (initial RNG, data order)"),
         threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads"),
     ) -> None:
         """Continue ONE training run to --to-step on the given samples (SPEC §3.1: steps = samples // batch)."""
         from progress_core.model import ModelConfig, build_tiny_model
-        from progress_core.training import TrainingConfig, read_train_state, train_to_step
+        from progress_core.training import TrainingConfig, read_train_state, train_launched
 
         if (checkpoint is None) == (not init):
             raise ConfigError("give exactly one of --checkpoint (continue) or --init (new run)")
         if mode not in ("tiny", "real"):
             raise ConfigError(f"--mode must be tiny or real, got {mode!r}")
+        nproc = _nproc(nproc_per_node)
         if checkpoint is not None:
             _need(checkpoint, "checkpoint")
             final_step = final_step or read_train_state(checkpoint).get("final_step")
@@ -101,6 +119,8 @@ def register(app: typer.Typer) -> None:
             model=model_cfg,
             global_batch_size=global_batch_size,
             per_device_batch_size=per_device_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            nproc_per_node=nproc,
             learning_rate=lr,
             final_step=final_step,
             seed=seed,
@@ -114,7 +134,7 @@ def register(app: typer.Typer) -> None:
                 convs = read_manifest(manifest, columns=["conversations"]).column("conversations").to_pylist()
                 texts = [t.get("value", "") for c in convs if c for t in json.loads(c)]
                 start = build_tiny_model(texts, model_cfg, Path(tmp) / "init")
-            result = train_to_step(start, rows, images, to_step, cfg, out, progress=True)
+            result = train_launched(start, rows, images, to_step, cfg, out, log_line=typer.echo, progress=True)
         last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
         typer.echo(f"wrote {result.checkpoint}: step {result.step}, samples seen {result.samples_seen}{last}")
 

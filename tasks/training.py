@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from prefect import task
+from prefect import get_run_logger, task
 
 from progress_core.model import ModelConfig, build_tiny_model
-from progress_core.training import TrainingConfig, train_to_step
+from progress_core.training import TrainingConfig, train_launched
 from tasks._tables import ids_of, manifest_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
 
@@ -50,14 +50,25 @@ def train_stage(
     round_index: int,
     out_dir: str,
 ) -> StageRecord:
-    """Continue ``start``'s checkpoint to ``target_step`` on the round's new samples."""
+    """Continue ``start``'s checkpoint to ``target_step`` on the round's new samples.
+
+    With ``settings.nproc_per_node`` set the piece runs as a launched multi-process job (one rank per GPU)
+    whose output streams into this task's log.
+    """
     rows = manifest_rows(manifest, ids_of(samples, "new"))
     checkpoint = start.files.get("checkpoint")
     if start.stage == "init_model" and settings.model.mode == "tiny":
         settings = settings.model_copy(update={"model": settings.model.model_copy(update={"base_model": checkpoint})})
         checkpoint = None
-    result = train_to_step(
-        checkpoint, rows, manifest.meta.get("image_root"), target_step, settings, Path(out_dir) / "checkpoint"
+    logger = get_run_logger()
+    result = train_launched(
+        checkpoint,
+        rows,
+        manifest.meta.get("image_root"),
+        target_step,
+        settings,
+        Path(out_dir) / "checkpoint",
+        log_line=logger.info,
     )
     losses = [float(x) for x in result.losses]
     return StageRecord(
