@@ -35,6 +35,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from progress_core.errors import ConfigError, ProgressError
+from progress_core.llava_assembly import base_model_path
 from progress_core.model import (
     IGNORE_INDEX,
     ModelConfig,
@@ -240,6 +241,7 @@ class Encoder:
         self.n_image_tokens = image_token_count(processor)
         self.image_root = Path(image_root) if image_root is not None else None
         self.max_length = max_length
+        self.system = getattr(processor, "system_prompt", None)
 
     def image_path(self, image: str, row: int) -> Path:
         if self.image_root is None:
@@ -254,7 +256,7 @@ class Encoder:
         if not pairs:
             raise TrainingDataError(f"row {row}: conversations hold no human turn")
         ids, labels = encode_conversation(
-            self.tokenizer, pairs, self.n_image_tokens, self.image_token_id, prompt_only=prompt_only
+            self.tokenizer, pairs, self.n_image_tokens, self.image_token_id, prompt_only=prompt_only, system=self.system
         )
         if len(ids) > self.max_length:
             if image is not None and self.n_image_tokens + 1 > self.max_length:
@@ -542,7 +544,7 @@ def train_to_step(
     saved = Path(checkpoint) / STATE_FILE if checkpoint is not None else None
     if saved is None or not saved.is_file():
         _seed_all(cfg.seed)
-    model, processor = load_model(checkpoint if checkpoint is not None else cfg.model.base_model, cfg.model)
+    model, processor = load_model(checkpoint if checkpoint is not None else base_model_path(cfg.model), cfg.model)
     model.train()
     device = _device()
     dtype = next(model.parameters()).dtype

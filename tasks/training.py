@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 
+from progress_core.llava_assembly import base_model_path
 from progress_core.model import ModelConfig, build_tiny_model
 from progress_core.training import TrainingConfig, train_launched
 from tasks._tables import ids_of, manifest_rows
@@ -19,11 +20,17 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 
 
 @task(name="init-model", task_run_name="init-model", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("init_model", modules=["progress_core.model"], hash_outputs=False)
+@stage("init_model", modules=["progress_core.model", "progress_core.llava_assembly"], hash_outputs=False)
 def init_model_stage(manifest: StageRecord, settings: ModelConfig, out_dir: str) -> StageRecord:
-    """Tiny mode: a randomly initialised LLaVA with a word-level tokenizer built from the pool's text."""
+    """Tiny mode: a randomly initialised LLaVA with a word-level tokenizer built from the pool's text.
+
+    Real mode: the starting LLaVA; assembled here once from language model, vision tower and stage-1
+    projector when those are named (PROGRESS §4.1), so the rounds only load it.
+    """
     if settings.mode != "tiny":
-        return StageRecord(stage="init_model", out_dir=out_dir, files={}, meta={"base_model": settings.base_model})
+        return StageRecord(
+            stage="init_model", out_dir=out_dir, files={}, meta={"base_model": base_model_path(settings)}
+        )
     table = pq.read_table(manifest.files["manifest"], columns=["conversations"])
     path = build_tiny_model(table.column("conversations").to_pylist(), settings, Path(out_dir) / "model")
     return StageRecord(
@@ -40,7 +47,11 @@ def init_model_stage(manifest: StageRecord, settings: ModelConfig, out_dir: str)
     retry_delay_seconds=[10, 60],
     task_run_name="train[r={round_index}]",
 )
-@stage("train", modules=["progress_core.training", "progress_core.model"], hash_outputs=False)
+@stage(
+    "train",
+    modules=["progress_core.training", "progress_core.model", "progress_core.launch", "progress_core.llava_assembly"],
+    hash_outputs=False,
+)
 def train_stage(
     start: StageRecord,
     samples: StageRecord,

@@ -35,7 +35,9 @@ def setup(tmp_path_factory):
 def test_batch_product_is_checked_before_anything_starts(setup, tmp_path):
     root, pool, cfg, init = setup
     bad = cfg.model_copy(update={"gradient_accumulation_steps": 2, "nproc_per_node": 3})
-    with pytest.raises(ConfigError, match=r"global_batch_size 4 != per_device_batch_size 2 x .*accumulation_steps 2 x "):
+    with pytest.raises(
+        ConfigError, match=r"global_batch_size 4 != per_device_batch_size 2 x .*accumulation_steps 2 x "
+    ):
         train_launched(init, pool, root / "images", 1, bad, tmp_path / "x")
     assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
     assert cfg.model_copy(update={"gradient_accumulation_steps": 2}).micro_batches(1) == (2, 2)
