@@ -198,7 +198,8 @@ def register(app: typer.Typer) -> None:
             model=ModelConfig(mode=mode, base_model=base_model),
             num_threads=threads,
         )
-        result = probe(checkpoint, rows, images, make_judge(judge_cfg), cfg, progress=True)
+        with make_judge(judge_cfg) as judge_impl:
+            result = probe(checkpoint, rows, images, judge_impl, cfg, progress=True)
         paths = save_probe(result, out)
         s = result.stats
         typer.echo(

@@ -154,7 +154,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
                 "mm_projector": "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5",
             },
         },
-        "probe": {"samples_per_cluster": 100, "judge": {"kind": "llm", "backend": "lmdeploy"}},
+        "probe": {"samples_per_cluster": 100, "judge": {"kind": "llm", "backend": "lmdeploy", "tp": 4}},
     },
 }
 # The original's own setting: 8 GPUs x 16 per device, no accumulation (finetune_lora.sh).
