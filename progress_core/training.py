@@ -374,7 +374,8 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _deepspeed_wanted(cfg: TrainingConfig) -> bool:
+def _deepspeed_wanted(cfg: TrainingConfig, distributed: bool) -> bool:
+    """DeepSpeed runs only inside a launched job (the launcher's process group, never MPI discovery)."""
     import importlib.util
 
     import torch
@@ -385,10 +386,18 @@ def _deepspeed_wanted(cfg: TrainingConfig) -> bool:
             raise ConfigError("use_deepspeed is true but deepspeed is not installed (pip install '.[gpu]')")
         if not cfg.deepspeed_config:
             raise ConfigError("use_deepspeed is true but deepspeed_config is empty")
+        if not distributed:
+            raise ConfigError("DeepSpeed training needs the launcher: set training.nproc_per_node (auto on GPU nodes)")
         return True
     if cfg.use_deepspeed is False:
         return False
-    return bool(cfg.deepspeed_config) and torch.cuda.is_available() and installed
+    return distributed and bool(cfg.deepspeed_config) and torch.cuda.is_available() and installed
+
+
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _dist() -> tuple[int, int]:
@@ -537,7 +546,9 @@ def train_to_step(
     per_device, accum = cfg.micro_batches(world)
     rows = samples_rows(samples)
     n_steps = target_step - start
-    use_ds = _deepspeed_wanted(cfg)
+    use_ds = _deepspeed_wanted(cfg, distributed=_dist_initialized())
+    if use_ds:
+        _deepspeed_join()
     ds_cfg = deepspeed_config_dict(cfg, per_device, accum, world) if use_ds else None
     hf_ds = _hf_deepspeed_config(ds_cfg) if use_ds else None  # noqa: F841  (alive while the model loads)
 
@@ -794,6 +805,14 @@ def deepspeed_config_dict(cfg: TrainingConfig, per_device: int, accum: int, worl
         if isinstance(ds_cfg.get(section), dict) and ds_cfg[section].get("enabled") == "auto":
             ds_cfg[section]["enabled"] = dtype == wanted
     return ds_cfg
+
+
+def _deepspeed_join() -> None:
+    """Hand DeepSpeed the launcher's process group (it would otherwise look for MPI or see one rank)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
 
 
 def _hf_deepspeed_config(ds_cfg: dict):

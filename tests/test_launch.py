@@ -161,3 +161,35 @@ def test_text_only_micro_batch_still_runs_the_vision_tower(setup):
     grad = model.model.multi_modal_projector.linear_1.weight.grad
     assert grad is not None and not grad.any()
     assert float(vision_keepalive(model, torch.device("cpu"), torch.float32)) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("deepspeed") is None,
+    reason="deepspeed is not installed (GPU extra; on CPU: pip install --no-build-isolation deepspeed)",
+)
+def test_deepspeed_zero3_on_two_cpu_ranks_resumes_like_one_process(setup, tmp_path):
+    """ZeRO-3 through the launcher on 2 gloo ranks, interrupted at step 1 and resumed from its engine state,
+    gives the losses of one process with accumulation 2; only the trainable weights are gathered to save."""
+    root, pool, cfg, init = setup
+    ds = cfg.model_copy(update={"nproc_per_node": 2, "use_deepspeed": True})
+    first = train_launched(init, pool.iloc[:8], root / "images", 1, ds, tmp_path / "a", progress=False)
+    assert (first.checkpoint / "deepspeed").is_dir() and (first.checkpoint / "model.safetensors").is_file()
+    second = train_launched(first.checkpoint, pool.iloc[4:8], root / "images", 2, ds, tmp_path / "b", progress=False)
+    reference = train_to_step(
+        init,
+        pool.iloc[:8],
+        root / "images",
+        2,
+        cfg.model_copy(update={"gradient_accumulation_steps": 2}),
+        tmp_path / "ref",
+        progress=False,
+    )
+    np.testing.assert_allclose(first.losses + second.losses, reference.losses, rtol=1e-5, atol=1e-6)
+
+
+def test_deepspeed_outside_a_launched_job_is_a_config_error(setup, tmp_path):
+    root, pool, cfg, init = setup
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed")
+    with pytest.raises(ConfigError, match="needs the launcher"):
+        train_to_step(init, pool, root / "images", 1, cfg.model_copy(update={"use_deepspeed": True}), tmp_path / "x")
