@@ -160,7 +160,12 @@ def spherical_kmeans(
     converted once. Raises :class:`KTooLargeError`, :class:`NonFiniteFeaturesError` or
     :class:`CollapsedClusteringError` instead of returning a meaningless clustering.
     """
-    import faiss
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ClusteringError(
+            "faiss is not installed: pip install 'progress-flows[cpu]' (or '[gpu]' on GPU machines)"
+        ) from exc
 
     if features.ndim != 2:
         raise ClusteringError(f"features must be 2-D, got shape {features.shape}")
