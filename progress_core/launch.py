@@ -15,12 +15,15 @@ Run as ``python -m progress_core.launch <module:function> <job file>`` this modu
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +75,22 @@ def launch_command(target: str, job: str | os.PathLike, nproc_per_node: int, por
     ]
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (ranks may sit in process groups of their own)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def _error_report(job_dir: Path, tail: collections.deque) -> tuple[str, str]:
     """(which rank, its last error lines): the first rank to fail, else the output's tail.
 
@@ -97,8 +116,13 @@ def launch(
     log_line: Callable[[str], None] | None = None,
     env: dict[str, str] | None = None,
     host: str = "127.0.0.1",
+    timeout_s: float | None = None,
 ) -> None:
-    """Run ``target(job)`` on ``nproc_per_node`` ranks; return when all exited 0, else raise :class:`LaunchError`."""
+    """Run ``target(job)`` on ``nproc_per_node`` ranks; return when all exited 0, else raise :class:`LaunchError`.
+
+    With ``timeout_s`` the whole job (launcher and ranks) is killed after that many seconds, e.g. when a
+    collective waits forever.
+    """
     if nproc_per_node < 1:
         raise ConfigError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
     job = Path(job)
@@ -111,15 +135,39 @@ def launch(
     emit = log_line or log.info
     emit(f"launching {target} on {nproc_per_node} process(es), {child_env[BACKEND_ENV]}, {host}:{port}")
     tail: collections.deque = collections.deque(maxlen=200)
+    timed_out = threading.Event()
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, text=True, errors="replace", bufsize=1
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=child_env,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        start_new_session=True,
     ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            emit(line)
-        code = proc.wait()
+
+        def kill() -> None:
+            timed_out.set()
+            _kill_tree(proc.pid)
+
+        timer = threading.Timer(timeout_s, kill) if timeout_s else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                emit(line)
+            code = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+    if timed_out.is_set():
+        lines = "\n".join(list(tail)[-ERROR_LINES:])
+        raise LaunchError(f"{target} did not finish within {timeout_s:g} s and was stopped:\n{lines}")
     if code != 0:
         where, lines = _error_report(job.parent, tail)
         raise LaunchError(f"{target} failed on {where} (exit code {code}):\n{lines}")

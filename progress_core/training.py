@@ -706,6 +706,7 @@ def train_launched(
     out_dir: str | os.PathLike,
     log_line=None,
     progress: bool = True,
+    timeout_s: float | None = None,
 ) -> TrainResult:
     """:func:`train_to_step` as a multi-process job when ``cfg.nproc_per_node`` asks for one.
 
@@ -742,6 +743,7 @@ def train_launched(
             nproc_per_node=world,
             backend=cfg.dist_backend,
             log_line=log_line,
+            timeout_s=timeout_s,
         )
         result = json.loads((job_dir / "result.json").read_text())
     finally:

@@ -193,3 +193,14 @@ def test_deepspeed_outside_a_launched_job_is_a_config_error(setup, tmp_path):
     pytest.importorskip("deepspeed", reason="deepspeed is not installed")
     with pytest.raises(ConfigError, match="needs the launcher"):
         train_to_step(init, pool, root / "images", 1, cfg.model_copy(update={"use_deepspeed": True}), tmp_path / "x")
+
+
+@pytest.mark.slow
+def test_a_job_past_its_timeout_is_stopped(tmp_path):
+    from progress_core.launch import launch
+
+    job = tmp_path / "job.sh"
+    job.write_text("#!/bin/sh\nsleep 120\n")
+    job.chmod(0o755)
+    with pytest.raises(LaunchError, match="did not finish within 8 s"):
+        launch("os:system", job, nproc_per_node=1, backend="gloo", timeout_s=8)
