@@ -340,7 +340,13 @@ def load_model(path_or_name: str | os.PathLike, cfg: ModelConfig, trainable: boo
 
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
     elif cfg.use_lora() and trainable:
-        model = add_lora(model, cfg)
+        import torch
+
+        # The adapter's initialisation depends on init_seed only, not on how the loader used the RNG
+        # (loading partitioned under DeepSpeed ZeRO-3 draws differently from a plain load).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            model = add_lora(model, cfg)
     if cfg.use_gradient_checkpointing() and trainable:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
