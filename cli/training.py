@@ -82,6 +82,15 @@ def register(app: typer.Typer) -> None:
         ),
         mode: str = typer.Option("tiny", help="tiny | real"),
         base_model: str = typer.Option("llava-hf/llava-1.5-7b-hf", help="real mode: LLaVA name or local path"),
+        language_model: Optional[str] = typer.Option(
+            None, "--language-model", help="real mode: assemble from this LLM (paper: lmsys/vicuna-7b-v1.5)"
+        ),
+        vision_tower: Optional[str] = typer.Option(
+            None, "--vision-tower", help="real mode: CLIP vision tower (paper: openai/clip-vit-large-patch14-336)"
+        ),
+        mm_projector: Optional[str] = typer.Option(
+            None, "--mm-projector", help="real mode: stage-1 mm_projector.bin, its folder or hub repo"
+        ),
         patch_size: int = typer.Option(4, min=1, help="tiny: ViT patch size"),
         global_batch_size: int = typer.Option(16, min=1, help="samples per optimizer step (paper: 128)"),
         per_device_batch_size: Optional[int] = typer.Option(None, min=1, help="samples per forward pass"),
@@ -114,7 +123,14 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--final-step is required for a new run (the schedule spans the whole planned run)")
         ids, _ = _read_ids(samples, "samples")
         rows = _manifest_rows(manifest, ids)
-        model_cfg = ModelConfig(mode=mode, base_model=base_model, patch_size=patch_size)
+        model_cfg = ModelConfig(
+            mode=mode,
+            base_model=base_model,
+            patch_size=patch_size,
+            language_model=language_model,
+            vision_tower=vision_tower,
+            mm_projector=mm_projector,
+        )
         cfg = TrainingConfig(
             model=model_cfg,
             global_batch_size=global_batch_size,
@@ -158,6 +174,15 @@ def register(app: typer.Typer) -> None:
         judge_timeout: Optional[float] = typer.Option(None, help="seconds per judge batch before it is unjudged"),
         mode: str = typer.Option("tiny", help="tiny | real (real: LoRA checkpoints load on --base-model)"),
         base_model: str = typer.Option("llava-hf/llava-1.5-7b-hf", help="real mode: LLaVA base of LoRA checkpoints"),
+        language_model: Optional[str] = typer.Option(
+            None, "--language-model", help="real mode: assemble from this LLM (paper: lmsys/vicuna-7b-v1.5)"
+        ),
+        vision_tower: Optional[str] = typer.Option(
+            None, "--vision-tower", help="real mode: CLIP vision tower (paper: openai/clip-vit-large-patch14-336)"
+        ),
+        mm_projector: Optional[str] = typer.Option(
+            None, "--mm-projector", help="real mode: stage-1 mm_projector.bin, its folder or hub repo"
+        ),
         batch_size: int = typer.Option(64, min=1, help="prompts per generate call"),
         seed: int = typer.Option(42, help="seed of the per-cluster probe sample"),
         threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads"),
@@ -195,7 +220,13 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             seed=seed,
             judge=judge_cfg,
-            model=ModelConfig(mode=mode, base_model=base_model),
+            model=ModelConfig(
+                mode=mode,
+                base_model=base_model,
+                language_model=language_model,
+                vision_tower=vision_tower,
+                mm_projector=mm_projector,
+            ),
             num_threads=threads,
         )
         with make_judge(judge_cfg) as judge_impl:

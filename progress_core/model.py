@@ -1,8 +1,9 @@
 """The LLaVA model that PROGRESS trains and probes, in two modes (DESIGN §4, SPEC §3.1).
 
-*real*: a LLaVA checkpoint by hub name or local path (``llava-hf/llava-1.5-7b-hf``), wrapped with a peft
-LoRA adapter following the LLaVA-1.5 recipe (r 128, alpha 256 on the language model's linear layers; the
-projector fully trainable with its own learning rate), bf16.
+*real*: a LLaVA checkpoint by hub name or local path (``llava-hf/llava-1.5-7b-hf``), or the paper's stage-1
+LLaVA assembled from language model, vision tower and projector (:mod:`progress_core.llava_assembly`),
+wrapped with a peft LoRA adapter following the LLaVA-1.5 recipe (r 128, alpha 256 on the language model's
+linear layers; the projector fully trainable with its own learning rate), bf16, Vicuna v1 prompts.
 
 *tiny* (the embedded default): the same ``transformers`` LLaVA classes with a small config (CLIP-style
 vision tower, Llama-style language model, ~1M parameters, 32 px images) and a word-level tokenizer built

@@ -90,3 +90,9 @@ def test_wrong_batch_product_names_the_three_numbers():
         ConfigError, match=r"128 != per_device_batch_size 16 x gradient_accumulation_steps 2 x world size 8"
     ):
         load_config(overrides={"preset": "paper", "training": {"nproc_per_node": 8}})
+
+
+def test_nproc_per_node_maps_from_the_run_config_to_the_trainer():
+    cfg = load_config(overrides={"training": {"nproc_per_node": 2, "global_batch_size": 8}})
+    assert cfg.training_config(5).nproc_per_node == 2 and cfg.training_config(5).micro_batches(2) == (4, 1)
+    assert load_config(overrides={"training": {"nproc_per_node": "auto"}}).training.nproc_per_node == "auto"
