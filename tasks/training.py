@@ -7,10 +7,12 @@ optimizer, scheduler and RNG state carried over and one cosine schedule over FIN
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from progress_core.llava_assembly import base_model_path
 from progress_core.model import ModelConfig, build_tiny_model
@@ -71,7 +73,10 @@ def train_stage(
     if start.stage == "init_model" and settings.model.mode == "tiny":
         settings = settings.model_copy(update={"model": settings.model.model_copy(update={"base_model": checkpoint})})
         checkpoint = None
-    logger = get_run_logger()
+    try:
+        logger = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger(__name__)
     result = train_launched(
         checkpoint,
         rows,
