@@ -51,3 +51,8 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# GPU smoke check (needs >= 1 GPU and the [gpu] extra; without a GPU every path reports "skipped").
+.PHONY: gpu-check
+gpu-check:
+	bash scripts/gpu_check.sh

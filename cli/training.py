@@ -53,6 +53,14 @@ def _manifest_rows(manifest: Path, ids):
     return table.take(ids)
 
 
+def _nproc(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--nproc-per-node must be a positive integer or 'auto', got {value!r}")
+    return int(value)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``probe`` to the progress app."""
 
@@ -74,21 +82,40 @@ def register(app: typer.Typer) -> None:
         ),
         mode: str = typer.Option("tiny", help="tiny | real"),
         base_model: str = typer.Option("llava-hf/llava-1.5-7b-hf", help="real mode: LLaVA name or local path"),
+        language_model: Optional[str] = typer.Option(
+            None, "--language-model", help="real mode: assemble from this LLM (paper: lmsys/vicuna-7b-v1.5)"
+        ),
+        vision_tower: Optional[str] = typer.Option(
+            None, "--vision-tower", help="real mode: CLIP vision tower (paper: openai/clip-vit-large-patch14-336)"
+        ),
+        mm_projector: Optional[str] = typer.Option(
+            None, "--mm-projector", help="real mode: stage-1 mm_projector.bin, its folder or hub repo"
+        ),
         patch_size: int = typer.Option(4, min=1, help="tiny: ViT patch size"),
         global_batch_size: int = typer.Option(16, min=1, help="samples per optimizer step (paper: 128)"),
         per_device_batch_size: Optional[int] = typer.Option(None, min=1, help="samples per forward pass"),
+        gradient_accumulation_steps: Optional[int] = typer.Option(
+            None, "--gradient-accumulation-steps", min=1, help="micro-batches per optimizer step on each device"
+        ),
+        nproc_per_node: Optional[str] = typer.Option(
+            None,
+            "--nproc-per-node",
+            help="launch this many processes (one per GPU; gloo on CPU); 'auto' = the GPUs visible; "
+            "default: train in this process",
+        ),
         lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-4 real, 1e-3 tiny)"),
         seed: int = typer.Option(42, help="run seed (initial RNG, data order)"),
         threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads"),
     ) -> None:
         """Continue ONE training run to --to-step on the given samples (SPEC §3.1: steps = samples // batch)."""
         from progress_core.model import ModelConfig, build_tiny_model
-        from progress_core.training import TrainingConfig, read_train_state, train_to_step
+        from progress_core.training import TrainingConfig, read_train_state, train_launched
 
         if (checkpoint is None) == (not init):
             raise ConfigError("give exactly one of --checkpoint (continue) or --init (new run)")
         if mode not in ("tiny", "real"):
             raise ConfigError(f"--mode must be tiny or real, got {mode!r}")
+        nproc = _nproc(nproc_per_node)
         if checkpoint is not None:
             _need(checkpoint, "checkpoint")
             final_step = final_step or read_train_state(checkpoint).get("final_step")
@@ -96,11 +123,20 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--final-step is required for a new run (the schedule spans the whole planned run)")
         ids, _ = _read_ids(samples, "samples")
         rows = _manifest_rows(manifest, ids)
-        model_cfg = ModelConfig(mode=mode, base_model=base_model, patch_size=patch_size)
+        model_cfg = ModelConfig(
+            mode=mode,
+            base_model=base_model,
+            patch_size=patch_size,
+            language_model=language_model,
+            vision_tower=vision_tower,
+            mm_projector=mm_projector,
+        )
         cfg = TrainingConfig(
             model=model_cfg,
             global_batch_size=global_batch_size,
             per_device_batch_size=per_device_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            nproc_per_node=nproc,
             learning_rate=lr,
             final_step=final_step,
             seed=seed,
@@ -114,7 +150,7 @@ def register(app: typer.Typer) -> None:
                 convs = read_manifest(manifest, columns=["conversations"]).column("conversations").to_pylist()
                 texts = [t.get("value", "") for c in convs if c for t in json.loads(c)]
                 start = build_tiny_model(texts, model_cfg, Path(tmp) / "init")
-            result = train_to_step(start, rows, images, to_step, cfg, out, progress=True)
+            result = train_launched(start, rows, images, to_step, cfg, out, log_line=typer.echo, progress=True)
         last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
         typer.echo(f"wrote {result.checkpoint}: step {result.step}, samples seen {result.samples_seen}{last}")
 
@@ -138,6 +174,15 @@ def register(app: typer.Typer) -> None:
         judge_timeout: Optional[float] = typer.Option(None, help="seconds per judge batch before it is unjudged"),
         mode: str = typer.Option("tiny", help="tiny | real (real: LoRA checkpoints load on --base-model)"),
         base_model: str = typer.Option("llava-hf/llava-1.5-7b-hf", help="real mode: LLaVA base of LoRA checkpoints"),
+        language_model: Optional[str] = typer.Option(
+            None, "--language-model", help="real mode: assemble from this LLM (paper: lmsys/vicuna-7b-v1.5)"
+        ),
+        vision_tower: Optional[str] = typer.Option(
+            None, "--vision-tower", help="real mode: CLIP vision tower (paper: openai/clip-vit-large-patch14-336)"
+        ),
+        mm_projector: Optional[str] = typer.Option(
+            None, "--mm-projector", help="real mode: stage-1 mm_projector.bin, its folder or hub repo"
+        ),
         batch_size: int = typer.Option(64, min=1, help="prompts per generate call"),
         seed: int = typer.Option(42, help="seed of the per-cluster probe sample"),
         threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads"),
@@ -175,10 +220,17 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             seed=seed,
             judge=judge_cfg,
-            model=ModelConfig(mode=mode, base_model=base_model),
+            model=ModelConfig(
+                mode=mode,
+                base_model=base_model,
+                language_model=language_model,
+                vision_tower=vision_tower,
+                mm_projector=mm_projector,
+            ),
             num_threads=threads,
         )
-        result = probe(checkpoint, rows, images, make_judge(judge_cfg), cfg, progress=True)
+        with make_judge(judge_cfg) as judge_impl:
+            result = probe(checkpoint, rows, images, judge_impl, cfg, progress=True)
         paths = save_probe(result, out)
         s = result.stats
         typer.echo(

@@ -9,6 +9,7 @@ score is the cosine similarity to the centre (the original calls it ``dist_to_ce
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from pydantic import BaseModel, Field
 
 from progress_core.errors import ProgressError
 from progress_core.io import write_npy, write_parquet
+
+log = logging.getLogger(__name__)
 
 PAPER_N = 665_298
 PAPER_ANNOTATION_K = 1000
@@ -72,6 +75,7 @@ class KMeansResult:
     centroids: np.ndarray
     assignment: np.ndarray
     similarity: np.ndarray
+    device: str = "cpu"
 
     @property
     def k(self) -> int:
@@ -94,11 +98,40 @@ def resolve_k(k: int | None, n_samples: int, paper_k: int) -> int:
     return int(k) if k is not None else scaled_k(n_samples, paper_k)
 
 
+def faiss_gpu_count(faiss_module=None) -> int:
+    """GPUs the installed faiss can use: 0 for a CPU-only build (no ``get_num_gpus``) or no visible GPU."""
+    if faiss_module is None:
+        import faiss as faiss_module
+    get = getattr(faiss_module, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
 def faiss_gpu_available() -> bool:
     """True when the installed faiss has GPU support and sees at least one GPU."""
-    import faiss
+    return faiss_gpu_count() > 0
 
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+def flat_index(d: int, spherical: bool, gpu: bool | Literal["auto"] = "auto", faiss_module=None):
+    """``(index, device)``: the exact inner-product (spherical) or L2 index k-means assigns with.
+
+    On GPUs (``faiss.get_num_gpus() > 0`` and ``gpu`` not False) the index lives on one GPU through
+    ``StandardGpuResources`` or, with several GPUs, is sharded over all of them (665K x 5000 on a node);
+    otherwise it stays on the CPU. ``device`` says which ("cpu", "gpu", "gpu-sharded-4"), and is logged.
+    """
+    if faiss_module is None:
+        import faiss as faiss_module
+    cpu_index = faiss_module.IndexFlatIP(d) if spherical else faiss_module.IndexFlatL2(d)
+    n_gpus = faiss_gpu_count(faiss_module) if gpu is not False else 0
+    if gpu is True and n_gpus == 0:
+        log.warning("clustering.use_gpu is true but faiss sees no GPU (CPU-only faiss build?); using the CPU")
+    if n_gpus == 0:
+        return cpu_index, "cpu"
+    if n_gpus == 1:
+        resources = faiss_module.StandardGpuResources()
+        return faiss_module.index_cpu_to_gpu(resources, 0, cpu_index), "gpu"
+    options = faiss_module.GpuMultipleClonerOptions()
+    options.shard = True
+    return faiss_module.index_cpu_to_all_gpus(cpu_index, co=options, ngpu=n_gpus), f"gpu-sharded-{n_gpus}"
 
 
 def _check_finite(x: np.ndarray, chunk: int = 1 << 16) -> None:
@@ -118,13 +151,21 @@ def spherical_kmeans(
     spherical: bool = True,
     verbose: bool = False,
 ) -> KMeansResult:
-    """``faiss.Kmeans`` + nearest-centre search, exactly the original's call (SPEC §2.1).
+    """faiss k-means + nearest-centre search with the original's parameters (``docs/algorithm.md#concept-clustering``).
+
+    The same ``faiss.Clustering`` that ``faiss.Kmeans`` runs, on the index :func:`flat_index` chooses (GPU,
+    sharded over the node's GPUs, when faiss has them; CPU otherwise).
 
     A float32 C-contiguous input is passed to faiss without a copy; float16 features (as stored) are
     converted once. Raises :class:`KTooLargeError`, :class:`NonFiniteFeaturesError` or
     :class:`CollapsedClusteringError` instead of returning a meaningless clustering.
     """
-    import faiss
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ClusteringError(
+            "faiss is not installed: pip install 'progress-flows[cpu]' (or '[gpu]' on GPU machines)"
+        ) from exc
 
     if features.ndim != 2:
         raise ClusteringError(f"features must be 2-D, got shape {features.shape}")
@@ -135,23 +176,25 @@ def spherical_kmeans(
         raise KTooLargeError(f"k={k} centres requested for only {n} samples")
     x = np.ascontiguousarray(features, dtype=np.float32)
     _check_finite(x)
-    use_gpu = faiss_gpu_available() if gpu == "auto" else bool(gpu and faiss_gpu_available())
-    km = faiss.Kmeans(
-        d,
-        int(k),
-        niter=int(niter),
-        seed=int(seed),
-        spherical=bool(spherical),
-        gpu=use_gpu,
-        verbose=verbose,
-        max_points_per_centroid=int(max_points_per_centroid),
-    )
-    km.train(x)
-    sim, idx = km.index.search(x, 1)
+    params = faiss.ClusteringParameters()
+    params.niter = int(niter)
+    params.seed = int(seed)
+    params.spherical = bool(spherical)
+    params.verbose = bool(verbose)
+    params.max_points_per_centroid = int(max_points_per_centroid)
+    clus = faiss.Clustering(d, int(k), params)
+    index, device = flat_index(d, spherical, gpu)
+    log.info("k-means k=%d on %d x %d features: faiss index on %s", k, n, d, device)
+    clus.train(x, index)
+    centroids = faiss.vector_to_array(clus.centroids).reshape(int(k), d).astype(np.float32)
+    index.reset()
+    index.add(centroids)
+    sim, idx = index.search(x, 1)
     result = KMeansResult(
-        centroids=np.asarray(km.centroids, np.float32),
+        centroids=centroids,
         assignment=idx[:, 0].astype(np.int64),
         similarity=sim[:, 0].astype(np.float32),
+        device=device,
     )
     _check_collapse(result)
     return result

@@ -4,11 +4,13 @@ The flow ``progress_selection`` takes a :class:`RunConfig` as its single paramet
 a typed form from it, and ``progress run --config run.yaml`` reads a YAML file of the same shape. Every
 field has a default and a description; unknown keys and invalid values are rejected with the field's name.
 
-Two presets fill the defaults: ``demo`` (the bundled synthetic pool, the tiny LLaVA model, exact-match
+Presets fill the defaults: ``demo`` (the bundled synthetic pool, the tiny LLaVA model, exact-match
 judge, a run that finishes in minutes on a laptop CPU) and ``paper`` (PROGRESS on LLaVA-665K: DINOv2 +
-MiniLM features, 1000/5000 centres, fractions 0.075/0.09, LLaVA-1.5-7B LoRA at global batch 128, an
-InternVL judge through lmdeploy, SELECTION_NUM 7500, SAMPLES_PER_CLUSTER 100, FINAL_STEP 1039). Values
-given explicitly always win over the preset.
+MiniLM features, 1000/5000 centres, fractions 0.075/0.09, LLaVA-1.5-7B assembled from Vicuna-7B v1.5,
+CLIP ViT-L/14-336 and the stage-1 projector, LoRA at global batch 128 = 16 per GPU x 2 accumulation x 4
+GPUs launched with torchrun, an InternVL judge through lmdeploy, SELECTION_NUM 7500, SAMPLES_PER_CLUSTER
+100, FINAL_STEP 1039) and ``paper-8gpu`` (the same, 16 x 1 x 8 GPUs). Values given explicitly always win
+over the preset.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from progress_core.errors import ConfigError
 from progress_core.features import FeatureConfig
 from progress_core.training import TrainingConfig
 
-Preset = Literal["demo", "paper"]
+Preset = Literal["demo", "paper", "paper-8gpu"]
 Strategy = Literal["progress", "random", "coincide", "tfs", "full"]
 
 
@@ -170,10 +172,25 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "warmup": {"fractions": (0.075, 0.09), "temperature": 0.1},
         "selection": {"selection_num": 7500, "temperature": 0.5},
         "schedule": {"final_step": 1039},
-        "training": {"global_batch_size": 128, "model": {"mode": "real"}},
-        "probe": {"samples_per_cluster": 100, "judge": {"kind": "llm", "backend": "lmdeploy"}},
+        "training": {
+            "global_batch_size": 128,
+            "per_device_batch_size": 16,
+            "gradient_accumulation_steps": 2,
+            "nproc_per_node": 4,
+            "max_length": 2048,
+            "model": {
+                "mode": "real",
+                "language_model": "lmsys/vicuna-7b-v1.5",
+                "vision_tower": "openai/clip-vit-large-patch14-336",
+                "mm_projector": "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5",
+            },
+        },
+        "probe": {"samples_per_cluster": 100, "judge": {"kind": "llm", "backend": "lmdeploy", "tp": 4}},
     },
 }
+# The original's own setting: 8 GPUs x 16 per device, no accumulation (finetune_lora.sh).
+_PRESETS["paper-8gpu"] = copy.deepcopy(_PRESETS["paper"])
+_PRESETS["paper-8gpu"]["training"].update(gradient_accumulation_steps=1, nproc_per_node=8)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +207,9 @@ class RunConfig(_Strict):
     """Every knob of one PROGRESS run; the flow's only parameter."""
 
     preset: Preset = Field(
-        "demo", description="Defaults to start from: demo (laptop CPU) or paper (LLaVA-665K on GPUs)."
+        "demo",
+        description="Defaults to start from: demo (laptop CPU), paper (LLaVA-665K on one 4-GPU node) or "
+        "paper-8gpu (the same on 8 GPUs, no gradient accumulation).",
     )
     run_dir: str = Field("runs/demo", description="Directory of the run: every stage's outputs, per round.")
     shared_dir: str | None = Field(
@@ -210,6 +229,17 @@ class RunConfig(_Strict):
     shard_size: int = Field(4096, ge=1, description="Rows per feature-extraction shard (one task each).")
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     export_original: bool = Field(True, description="Also write the original scripts' JSON files (Top_50K.json, ...).")
+
+    @model_validator(mode="after")
+    def _batch_product(self) -> RunConfig:
+        """per-device x accumulation x processes must be the global batch (checked before any model loads)."""
+        n = self.training.nproc_per_node
+        if isinstance(n, int):
+            try:
+                self.training_config(1).micro_batches(n)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -151,6 +151,15 @@ class ExactMatchJudge:
 
     name = "exact"
 
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self) -> ExactMatchJudge:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def judge(self, questions: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> list[Verdict]:
         _check_lengths(questions, predictions, references)
         return [
@@ -196,9 +205,12 @@ class Backend(Protocol):
 
 
 class LmdeployBackend:
-    """InternVL (or any chat model lmdeploy serves) through ``lmdeploy.pipeline`` (SPEC §3.2c).
+    """InternVL (or any chat model lmdeploy serves) through ``lmdeploy.pipeline`` (``docs/algorithm.md#probe-and-judge``).
 
-    ``lmdeploy`` is imported on first use only: it needs CUDA and its own torch pin (NOTES-dependencies).
+    ``lmdeploy`` is imported on first use only (it needs CUDA and its own torch pin). The engine is
+    TurboMind or the PyTorch engine with ``tp`` GPUs; ``trust_remote_code`` lets InternVL2's own model code
+    load; with ``chat_template`` None lmdeploy picks the template that matches the model. :meth:`close`
+    shuts the engine down and returns its GPU memory, so the next round's probe starts on free GPUs.
     """
 
     def __init__(
@@ -207,8 +219,11 @@ class LmdeployBackend:
         tp: int = 1,
         session_len: int = 8192,
         cache_max_entry_count: float = 0.5,
-        chat_template: str | None = "internvl2-internlm2",
+        chat_template: str | None = None,
         max_new_tokens: int = 64,
+        engine: Literal["turbomind", "pytorch"] = "turbomind",
+        max_batch_size: int | None = None,
+        trust_remote_code: bool = True,
     ):
         self.model = model
         self.tp = tp
@@ -216,8 +231,19 @@ class LmdeployBackend:
         self.cache_max_entry_count = cache_max_entry_count
         self.chat_template = chat_template
         self.max_new_tokens = max_new_tokens
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.trust_remote_code = trust_remote_code
         self._pipe = None
         self._lmdeploy = None
+
+    def engine_config(self, lmdeploy):
+        """``TurbomindEngineConfig`` or ``PytorchEngineConfig`` with tp, session length, KV cache and batch."""
+        cls = lmdeploy.TurbomindEngineConfig if self.engine == "turbomind" else lmdeploy.PytorchEngineConfig
+        kwargs = {"tp": self.tp, "session_len": self.session_len, "cache_max_entry_count": self.cache_max_entry_count}
+        if self.max_batch_size:
+            kwargs["max_batch_size"] = self.max_batch_size
+        return cls(**kwargs)
 
     def _pipeline(self):
         if self._pipe is None:
@@ -226,20 +252,42 @@ class LmdeployBackend:
             except ImportError as exc:
                 raise JudgeError("the lmdeploy judge backend needs `pip install lmdeploy` (GPU hosts)") from exc
             self._lmdeploy = lmdeploy
-            engine = lmdeploy.TurbomindEngineConfig(
-                tp=self.tp, session_len=self.session_len, cache_max_entry_count=self.cache_max_entry_count
-            )
-            kwargs = {"backend_config": engine}
+            kwargs = {"backend_config": self.engine_config(lmdeploy), "trust_remote_code": self.trust_remote_code}
             if self.chat_template:
                 kwargs["chat_template_config"] = lmdeploy.ChatTemplateConfig(model_name=self.chat_template)
+            log.info("starting lmdeploy %s engine for %s (tp=%d)", self.engine, self.model, self.tp)
             self._pipe = lmdeploy.pipeline(self.model, **kwargs)
         return self._pipe
 
     def generate(self, prompts: Sequence[str]) -> list[str]:
         pipe = self._pipeline()
-        gen = self._lmdeploy.GenerationConfig(max_new_tokens=self.max_new_tokens)
+        gen = self._lmdeploy.GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False)
         responses = pipe(list(prompts), gen_config=gen)
         return [r.text for r in responses]
+
+    def close(self) -> None:
+        """Shut the engine down and release its CUDA memory (safe to call twice)."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
+            return
+        close = getattr(pipe, "close", None)
+        if close is not None:
+            close()
+        del pipe
+        _release_cuda_memory()
+
+
+def _release_cuda_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
 
 
 class TransformersBackend:
@@ -260,6 +308,11 @@ class TransformersBackend:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         self.max_new_tokens = max_new_tokens
+
+    def close(self) -> None:
+        """Drop the model and release its CUDA memory."""
+        self.model = None
+        _release_cuda_memory()
 
     def render(self, prompt: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -300,6 +353,18 @@ class LLMJudge:
         self.batch_size = batch_size
         self.timeout_s = timeout_s
         self.stats = {"judged": 0, "unparseable": 0, "timeout": 0}
+
+    def close(self) -> None:
+        """Close the backend (lmdeploy: engine shut down, GPU memory returned)."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> LLMJudge:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _call(self, prompts: list[str]) -> list[str]:
         if self.timeout_s is None:
@@ -347,17 +412,29 @@ class JudgeConfig(BaseModel):
     kind: Literal["exact", "llm"] = Field("exact", description="exact: normalised match; llm: LLM judge")
     backend: Literal["lmdeploy", "transformers"] = Field("lmdeploy", description="LLM judge server")
     model: str = Field("OpenGVLab/InternVL2-26B", description="LLM judge model name or local path")
-    tp: int = Field(1, description="lmdeploy tensor-parallel size (number of GPUs)")
+    engine: Literal["turbomind", "pytorch"] = Field(
+        "turbomind", description="lmdeploy engine: turbomind (fastest) or pytorch (more model types)"
+    )
+    tp: int = Field(1, ge=1, description="lmdeploy tensor-parallel size (number of GPUs)")
     session_len: int = Field(8192, description="lmdeploy session length")
     cache_max_entry_count: float = Field(0.5, description="lmdeploy KV cache fraction of GPU memory")
-    chat_template: str | None = Field("internvl2-internlm2", description="lmdeploy chat template name")
-    batch_size: int = Field(128, description="prompts per judge call (original: 128 warm-up, 300 loop)")
+    chat_template: str | None = Field(
+        None, description="lmdeploy chat template name; empty = the template lmdeploy matches to the model"
+    )
+    trust_remote_code: bool = Field(True, description="let the judge model's own code load (InternVL2 needs it)")
+    batch_size: int = Field(
+        128, ge=1, description="prompts per judge call and engine batch (original: 128 warm-up, 300 loop)"
+    )
     max_new_tokens: int = Field(64, description="judge output length")
     timeout_s: float | None = Field(None, description="seconds per batch before it is marked unjudged")
 
 
 def make_judge(cfg: JudgeConfig) -> ExactMatchJudge | LLMJudge:
-    """The judge the config names; LLM backends load their model here (lmdeploy on first use)."""
+    """The judge the config names; LLM backends load their model here (lmdeploy on first use).
+
+    Use it as a context manager (``with make_judge(cfg) as judge:``) so an LLM judge's engine is closed
+    and its GPU memory released when the probe ends.
+    """
     if cfg.kind == "exact":
         return ExactMatchJudge()
     if cfg.backend == "lmdeploy":
@@ -368,6 +445,9 @@ def make_judge(cfg: JudgeConfig) -> ExactMatchJudge | LLMJudge:
             cache_max_entry_count=cfg.cache_max_entry_count,
             chat_template=cfg.chat_template,
             max_new_tokens=cfg.max_new_tokens,
+            engine=cfg.engine,
+            max_batch_size=cfg.batch_size,
+            trust_remote_code=cfg.trust_remote_code,
         )
     else:
         backend = TransformersBackend(cfg.model, max_new_tokens=cfg.max_new_tokens)

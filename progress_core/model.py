@@ -1,8 +1,9 @@
 """The LLaVA model that PROGRESS trains and probes, in two modes (DESIGN §4, SPEC §3.1).
 
-*real*: a LLaVA checkpoint by hub name or local path (``llava-hf/llava-1.5-7b-hf``), wrapped with a peft
-LoRA adapter following the LLaVA-1.5 recipe (r 128, alpha 256 on the language model's linear layers; the
-projector fully trainable with its own learning rate), bf16.
+*real*: a LLaVA checkpoint by hub name or local path (``llava-hf/llava-1.5-7b-hf``), or the paper's stage-1
+LLaVA assembled from language model, vision tower and projector (:mod:`progress_core.llava_assembly`),
+wrapped with a peft LoRA adapter following the LLaVA-1.5 recipe (r 128, alpha 256 on the language model's
+linear layers; the projector fully trainable with its own learning rate), bf16, Vicuna v1 prompts.
 
 *tiny* (the embedded default): the same ``transformers`` LLaVA classes with a small config (CLIP-style
 vision tower, Llama-style language model, ~1M parameters, 32 px images) and a word-level tokenizer built
@@ -51,6 +52,13 @@ CHAT_TEMPLATE = (
 )
 
 
+VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+VICUNA_V1_CHAT_TEMPLATE = '{{ "' + VICUNA_V1_SYSTEM + ' " }}' + CHAT_TEMPLATE
+
+
 class ModelError(ProgressError):
     """A model or processor cannot be built or loaded from the given path or config."""
 
@@ -66,7 +74,23 @@ class ModelConfig(BaseModel):
 
     mode: Literal["tiny", "real"] = Field("tiny", description="tiny: small local LLaVA; real: LLaVA checkpoint + LoRA")
     base_model: str = Field(
-        "llava-hf/llava-1.5-7b-hf", description="real mode: hub name or local path of the LLaVA checkpoint"
+        "llava-hf/llava-1.5-7b-hf",
+        description="real mode: hub name or local path of the LLaVA checkpoint (unused when the parts below are set)",
+    )
+    language_model: str | None = Field(
+        None, description="real mode: assemble from this LLM (paper: lmsys/vicuna-7b-v1.5), name or local path"
+    )
+    vision_tower: str | None = Field(
+        None, description="real mode: CLIP vision tower of the assembly (paper: openai/clip-vit-large-patch14-336)"
+    )
+    mm_projector: str | None = Field(
+        None,
+        description="real mode: stage-1 mm_projector.bin, its folder or hub repo "
+        "(paper: liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5)",
+    )
+    vision_feature_layer: int = Field(-2, description="assembly: vision layer fed to the projector (LLaVA-1.5: -2)")
+    conversation: Literal["auto", "plain", "vicuna_v1"] = Field(
+        "auto", description="prompt format; auto = vicuna_v1 (system prompt + USER/ASSISTANT) in real mode"
     )
     image_size: int = Field(32, description="tiny: input image side in pixels")
     patch_size: int = Field(
@@ -91,6 +115,18 @@ class ModelConfig(BaseModel):
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations to save memory; default: on in real mode (LLaVA-1.5 recipe)"
     )
+
+    def assembles(self) -> bool:
+        """True when the starting model is assembled from language model, vision tower and projector."""
+        parts = (self.language_model, self.vision_tower, self.mm_projector)
+        if any(parts) and not all(parts):
+            raise ConfigError("language_model, vision_tower and mm_projector must be given together")
+        return self.mode == "real" and all(parts)
+
+    def system_prompt(self) -> str | None:
+        """The Vicuna v1 system prompt LLaVA-1.5 trains with, or None for the plain USER/ASSISTANT format."""
+        fmt = self.conversation if self.conversation != "auto" else ("vicuna_v1" if self.mode == "real" else "plain")
+        return VICUNA_V1_SYSTEM if fmt == "vicuna_v1" else None
 
     def use_lora(self) -> bool:
         return self.mode == "real" if self.lora is None else self.lora
@@ -287,22 +323,31 @@ def load_model(path_or_name: str | os.PathLike, cfg: ModelConfig, trainable: boo
     """
     from transformers import LlavaForConditionalGeneration
 
+    from progress_core.llava_assembly import base_model_path
+
     path = str(path_or_name)
     dtype = cfg.torch_dtype()
     adapter = is_adapter_dir(path)
-    base = cfg.base_model if adapter else path
+    base = base_model_path(cfg) if adapter else path
     try:
         model = LlavaForConditionalGeneration.from_pretrained(base, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a LLaVA model from {base}: {exc}") from exc
     has_processor = any((Path(path) / f).is_file() for f in ("processor_config.json", "preprocessor_config.json"))
     processor = load_processor(path if has_processor or not adapter else base)
+    processor.system_prompt = cfg.system_prompt()
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
     elif cfg.use_lora() and trainable:
-        model = add_lora(model, cfg)
+        import torch
+
+        # The adapter's initialisation depends on init_seed only, not on how the loader used the RNG
+        # (loading partitioned under DeepSpeed ZeRO-3 draws differently from a plain load).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            model = add_lora(model, cfg)
     if cfg.use_gradient_checkpointing() and trainable:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
@@ -384,18 +429,25 @@ def normalise_turns(conversations: Sequence[dict], has_image: bool) -> list[tupl
 
 
 def encode_conversation(
-    tokenizer, pairs: Sequence[tuple[str, str | None]], n_image_tokens: int, image_id: int, prompt_only: bool = False
+    tokenizer,
+    pairs: Sequence[tuple[str, str | None]],
+    n_image_tokens: int,
+    image_id: int,
+    prompt_only: bool = False,
+    system: str | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Token ids and labels for ``USER: q ASSISTANT: a</s>`` rounds; labels only on answers + EOS.
+    """Token ids and labels for ``[system ]USER: q ASSISTANT: a</s>`` rounds; labels only on answers + EOS.
 
-    LLaVA trains every round of the conversation and masks the human side (SPEC §3.1). With
+    LLaVA trains every round of the conversation and masks the human side (``docs/algorithm.md#training``);
+    ``system`` (the Vicuna v1 system prompt in real mode) opens the first round, masked too. With
     ``prompt_only`` the first human turn is rendered with a trailing ``ASSISTANT:`` for generation
-    (SPEC §3.2b: the probe answers the first human turn).
+    (``docs/algorithm.md#probe-and-judge``: the probe answers the first human turn).
     """
     ids = [tokenizer.bos_token_id]
     labels = [IGNORE_INDEX]
-    for human, answer in pairs:
-        prompt = _encode_text(tokenizer, f"{USER_TAG} {human} {ASSISTANT_TAG}", image_id, n_image_tokens)
+    for turn, (human, answer) in enumerate(pairs):
+        opening = f"{system} " if system and turn == 0 else ""
+        prompt = _encode_text(tokenizer, f"{opening}{USER_TAG} {human} {ASSISTANT_TAG}", image_id, n_image_tokens)
         ids.extend(prompt)
         labels.extend([IGNORE_INDEX] * len(prompt))
         if prompt_only:

@@ -35,6 +35,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from progress_core.errors import ConfigError, ProgressError
+from progress_core.llava_assembly import base_model_path
 from progress_core.model import (
     IGNORE_INDEX,
     ModelConfig,
@@ -49,8 +50,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
 STATE_JSON = "training_state.json"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ZERO3 = REPO_ROOT / "deployments" / "zero3.json"
+DEPLOYMENTS_DIR = Path(__file__).resolve().parent.parent / "deployments"
 
 
 class TrainingDataError(ProgressError):
@@ -63,7 +63,10 @@ class TrainingConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig, description="which LLaVA to train")
     global_batch_size: int = Field(16, description="samples per optimizer step (paper: 128)")
     per_device_batch_size: int | None = Field(
-        None, description="samples per forward pass; default = global batch / devices (no accumulation)"
+        None, ge=1, description="samples per forward pass; default = global batch / (devices x accumulation)"
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None, ge=1, description="micro-batches per optimizer step on each device; default = what the batch leaves"
     )
     learning_rate: float | None = Field(None, description="peak LR; default 2e-4 (real, paper) or 1e-3 (tiny)")
     projector_lr: float | None = Field(
@@ -77,8 +80,21 @@ class TrainingConfig(BaseModel):
     seed: int = Field(42, description="seed of initial RNG state and of each piece's data order")
     shuffle: bool = Field(True, description="shuffle each piece's samples (seeded by seed and start step)")
     max_length: int | None = Field(None, description="truncate sequences to this many tokens; None = model max")
+    nproc_per_node: int | Literal["auto"] | None = Field(
+        None,
+        description="processes a launcher starts per training piece (one per GPU); auto = the GPUs visible; "
+        "empty = train inside the calling process",
+    )
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend of launched jobs; auto = nccl on GPUs, gloo on CPU"
+    )
+    use_deepspeed: bool | Literal["auto"] = Field(
+        "auto", description="auto = DeepSpeed when installed, CUDA present and deepspeed_config set; true = required"
+    )
     deepspeed_config: str | None = Field(
-        str(DEFAULT_ZERO3), description="DeepSpeed config, used only when deepspeed is installed and CUDA present"
+        "zero3.json",
+        description="DeepSpeed config; a relative path is looked up in the working directory, then in the "
+        "package's deployments/ folder",
     )
     num_threads: int | None = Field(None, description="torch CPU threads; None = torch default")
 
@@ -93,15 +109,53 @@ class TrainingConfig(BaseModel):
         return 2e-5 if self.model.mode == "real" else self.lr()
 
     def micro_batches(self, world_size: int = 1) -> tuple[int, int]:
-        """(per-device batch, gradient accumulation) with per_device × accum × world = global batch."""
-        per_device = self.per_device_batch_size or max(1, self.global_batch_size // world_size)
-        denom = per_device * world_size
-        if self.global_batch_size % denom:
+        """(per-device batch, gradient accumulation) with per_device x accumulation x world = global batch.
+
+        Raises :class:`ConfigError` naming the three numbers when they do not multiply to the global batch
+        (``docs/algorithm.md#training``: the paper's global batch is 128).
+        """
+        world = max(1, int(world_size))
+        accum = self.gradient_accumulation_steps
+        per_device = self.per_device_batch_size
+        if per_device is None:
+            per_device = max(1, self.global_batch_size // (world * (accum or 1)))
+        if accum is None:
+            if self.global_batch_size % (per_device * world):
+                raise ConfigError(
+                    f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
+                    f"{per_device} x {world} devices"
+                )
+            accum = self.global_batch_size // (per_device * world)
+        if per_device * accum * world != self.global_batch_size:
             raise ConfigError(
-                f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
-                f"{per_device} x {world_size} devices"
+                f"global_batch_size {self.global_batch_size} != per_device_batch_size {per_device} x "
+                f"gradient_accumulation_steps {accum} x world size {world} (= {per_device * accum * world})"
             )
-        return per_device, self.global_batch_size // denom
+        return per_device, accum
+
+    def world_size(self) -> int:
+        """Processes per piece: 1 in-process, else ``nproc_per_node`` (auto = visible CUDA devices, >= 1)."""
+        if self.nproc_per_node is None:
+            return 1
+        if self.nproc_per_node == "auto":
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        return int(self.nproc_per_node)
+
+
+def resolve_config_path(value: str | os.PathLike) -> Path:
+    """A config file named relative to the run (working directory) or, failing that, to the package.
+
+    Keeps configs free of build-machine paths: ``zero3.json`` finds the packaged ``deployments/zero3.json``.
+    """
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    packaged = DEPLOYMENTS_DIR / path
+    if packaged.exists():
+        return packaged
+    raise ConfigError(f"config file {value!s} not found in {Path.cwd()} nor in {DEPLOYMENTS_DIR}")
 
 
 @dataclass
@@ -187,6 +241,7 @@ class Encoder:
         self.n_image_tokens = image_token_count(processor)
         self.image_root = Path(image_root) if image_root is not None else None
         self.max_length = max_length
+        self.system = getattr(processor, "system_prompt", None)
 
     def image_path(self, image: str, row: int) -> Path:
         if self.image_root is None:
@@ -201,7 +256,7 @@ class Encoder:
         if not pairs:
             raise TrainingDataError(f"row {row}: conversations hold no human turn")
         ids, labels = encode_conversation(
-            self.tokenizer, pairs, self.n_image_tokens, self.image_token_id, prompt_only=prompt_only
+            self.tokenizer, pairs, self.n_image_tokens, self.image_token_id, prompt_only=prompt_only, system=self.system
         )
         if len(ids) > self.max_length:
             if image is not None and self.n_image_tokens + 1 > self.max_length:
@@ -319,32 +374,100 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _deepspeed_wanted(cfg: TrainingConfig) -> bool:
+def _deepspeed_wanted(cfg: TrainingConfig, distributed: bool) -> bool:
+    """DeepSpeed runs only inside a launched job (the launcher's process group, never MPI discovery)."""
     import importlib.util
 
     import torch
 
-    return (
-        bool(cfg.deepspeed_config) and torch.cuda.is_available() and importlib.util.find_spec("deepspeed") is not None
-    )
+    installed = importlib.util.find_spec("deepspeed") is not None
+    if cfg.use_deepspeed is True:
+        if not installed:
+            raise ConfigError("use_deepspeed is true but deepspeed is not installed (pip install '.[gpu]')")
+        if not cfg.deepspeed_config:
+            raise ConfigError("use_deepspeed is true but deepspeed_config is empty")
+        if not distributed:
+            raise ConfigError("DeepSpeed training needs the launcher: set training.nproc_per_node (auto on GPU nodes)")
+        return True
+    if cfg.use_deepspeed is False:
+        return False
+    return distributed and bool(cfg.deepspeed_config) and torch.cuda.is_available() and installed
+
+
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _dist() -> tuple[int, int]:
+    """(world size, rank) of the process group, (1, 0) when there is none."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _device():
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _answer_tokens(labels) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def _sum_loss(model, batch: dict):
+def _llava_of(model):
+    """The ``LlavaForConditionalGeneration`` inside a DeepSpeed engine and/or a peft wrapper."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return inner
+
+
+def vision_keepalive(model, device, dtype):
+    """A zero-valued loss term that runs the vision tower and projector on one all-zero image.
+
+    A micro-batch of text-only rows would otherwise skip those modules; under ZeRO-3 every rank must run
+    the same modules or the parameter gathers of the other ranks wait forever. The original LLaVA feeds a
+    zero image for text-only rows for the same reason (``docs/algorithm.md#training``).
+    """
+    import torch
+
+    llava = _llava_of(model)
+    config = llava.config
+    side = config.vision_config.image_size
+    pixels = torch.zeros(1, 3, side, side, device=device, dtype=dtype)
+    out = llava.model.get_image_features(
+        pixel_values=pixels,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+    )
+    feats = getattr(out, "pooler_output", out)
+    if isinstance(feats, (list, tuple)):
+        return sum(f.float().sum() for f in feats) * 0.0
+    return feats.float().sum() * 0.0
+
+
+def _sum_loss(model, batch: dict, keep_vision: bool = False):
     import torch
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs).logits
     labels = batch["labels"][:, 1:].to(logits.device)
-    return torch.nn.functional.cross_entropy(
+    loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
         labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+    if keep_vision and "pixel_values" not in batch:
+        loss = loss + vision_keepalive(model, logits.device, next(_llava_of(model).parameters()).dtype)
+    return loss
 
 
 def _to_device(batch: dict, device, dtype) -> dict:
@@ -353,6 +476,37 @@ def _to_device(batch: dict, device, dtype) -> dict:
         v = v.to(device)
         out[k] = v.to(dtype) if k == "pixel_values" else v
     return out
+
+
+def _all_reduce_sum(value: float, device) -> float:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def _all_reduce_grads(params: list, device) -> None:
+    """Sum gradients over ranks; a parameter without a gradient on every rank keeps none (as one process)."""
+    import torch
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    flags = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    grads = []
+    for p, has in zip(params, flags.tolist()):
+        if has:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -373,6 +527,9 @@ def train_to_step(
     e.g. the tiny model of :func:`progress_core.model.build_tiny_model`). ``samples`` has ``conversations``
     (JSON text or list) and ``image`` (relative to ``image_root``, null for text-only rows). Losses are the
     mean token loss of each optimizer step, over the answer tokens of the whole global batch.
+
+    Inside a process group (one rank of :func:`train_launched`) each rank trains its slice of every global
+    batch and gradients are summed over ranks, so N ranks x batch b equals one rank x accumulation N x b.
     """
     import torch
     from tqdm.auto import tqdm
@@ -385,19 +542,22 @@ def train_to_step(
         raise ConfigError(f"target step {target_step} is before the checkpoint's step {start} ({checkpoint})")
     if target_step > cfg.final_step:
         raise ConfigError(f"target step {target_step} is past the schedule horizon final_step {cfg.final_step}")
+    world, rank = _dist()
+    per_device, accum = cfg.micro_batches(world)
     rows = samples_rows(samples)
     n_steps = target_step - start
-    use_ds = _deepspeed_wanted(cfg)
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    per_device, accum = cfg.micro_batches(world)
+    use_ds = _deepspeed_wanted(cfg, distributed=_dist_initialized())
+    if use_ds:
+        _deepspeed_join()
+    ds_cfg = deepspeed_config_dict(cfg, per_device, accum, world) if use_ds else None
+    hf_ds = _hf_deepspeed_config(ds_cfg) if use_ds else None  # noqa: F841  (alive while the model loads)
 
     saved = Path(checkpoint) / STATE_FILE if checkpoint is not None else None
     if saved is None or not saved.is_file():
         _seed_all(cfg.seed)
-    model, processor = load_model(checkpoint if checkpoint is not None else cfg.model.base_model, cfg.model)
+    model, processor = load_model(checkpoint if checkpoint is not None else base_model_path(cfg.model), cfg.model)
     model.train()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device()
     dtype = next(model.parameters()).dtype
     base_config = model.config
     max_length = cfg.max_length or getattr(base_config.get_text_config(), "max_position_embeddings", 2048)
@@ -407,7 +567,7 @@ def train_to_step(
     scheduler = _scheduler(optimizer, cfg)
     engine = None
     if use_ds:
-        engine, optimizer, scheduler = _deepspeed_init(model, optimizer, scheduler, cfg, per_device, accum, world)
+        engine, optimizer, scheduler = _deepspeed_init(model, optimizer, scheduler, ds_cfg)
         if saved is not None and (Path(checkpoint) / "deepspeed").is_dir():
             engine.load_checkpoint(str(Path(checkpoint) / "deepspeed"), load_module_strict=False)
     else:
@@ -417,7 +577,8 @@ def train_to_step(
         if engine is None:
             optimizer.load_state_dict(blob["optimizer"])
             scheduler.load_state_dict(blob["scheduler"])
-        _set_rng_state(blob["rng"])
+        per_rank = blob.get("rng_per_rank")
+        _set_rng_state(per_rank[rank] if per_rank and len(per_rank) == world else blob["rng"])
 
     order = data_order(len(rows), n_steps * cfg.global_batch_size, cfg.seed, start, cfg.shuffle)
     cache: dict[int, EncodedRow] = {}
@@ -427,32 +588,41 @@ def train_to_step(
             cache[i] = encoder.encode(rows[i][0], rows[i][1], i)
         return cache[i]
 
+    keep_vision = engine is not None or world > 1
+    trainable = [p for p in model.parameters() if p.requires_grad]
     losses: list[float] = []
-    bar = tqdm(total=n_steps, desc=f"train {start}->{target_step}", disable=not progress, unit="step")
+    bar = tqdm(total=n_steps, desc=f"train {start}->{target_step}", disable=not progress or rank != 0, unit="step")
     for k in range(n_steps):
         step_rows = order[k * cfg.global_batch_size : (k + 1) * cfg.global_batch_size]
         local = step_rows[rank * per_device * accum : (rank + 1) * per_device * accum]
         micro = [local[j * per_device : (j + 1) * per_device] for j in range(accum)]
         batches = [encoder.collate([encoded(int(i)) for i in m], [int(i) for i in m]) for m in micro]
         n_tokens = sum(_answer_tokens(b["labels"]) for b in batches)
+        if world > 1:
+            n_tokens = _all_reduce_sum(n_tokens, device)
         total = 0.0
         for b in batches:
             b = _to_device(b, device, dtype)
             if engine is not None:
-                loss = _sum_loss(engine, b) / max(1, _answer_tokens(b["labels"]))
-                engine.backward(loss)
+                # DeepSpeed divides by accumulation and averages over ranks; undo both so the gradient is
+                # the global batch's mean token loss, as in one process.
+                loss = _sum_loss(engine, b, keep_vision) / max(1, n_tokens)
+                engine.backward(loss * accum * world)
                 engine.step()
-                total += float(loss.detach()) / accum
             else:
-                loss = _sum_loss(model, b) / max(1, n_tokens)
+                loss = _sum_loss(model, b, keep_vision) / max(1, n_tokens)
                 loss.backward()
-                total += float(loss.detach())
+            total += float(loss.detach())
         if engine is None:
+            if world > 1:
+                _all_reduce_grads(trainable, device)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            total = _all_reduce_sum(total, device)
         losses.append(total)
         bar.update(1)
         bar.set_postfix(loss=f"{total:.3f}")
@@ -464,17 +634,28 @@ def train_to_step(
         "samples_seen": samples_seen,
         "final_step": cfg.final_step,
         "global_batch_size": cfg.global_batch_size,
+        "world_size": world,
         "learning_rate": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else None,
         "losses": losses,
         "config": cfg.model_dump(mode="json"),
     }
     blob = {"rng": _rng_state(), "step": target_step, "samples_seen": samples_seen}
+    if world > 1:
+        import torch.distributed as dist
+
+        states: list = [None] * world
+        dist.all_gather_object(states, blob["rng"])
+        blob["rng_per_rank"] = states
     if engine is None:
         blob["optimizer"] = optimizer.state_dict()
         blob["scheduler"] = scheduler.state_dict()
     out = _save_checkpoint(
         model if engine is None else engine, processor, out_dir, blob, info, engine is not None, rank
     )
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     return TrainResult(checkpoint=out, step=target_step, losses=losses, samples_seen=samples_seen)
 
 
@@ -513,15 +694,105 @@ def _save_checkpoint(model, processor, out_dir, blob: dict, info: dict, deepspee
     return out
 
 
+# --------------------------------------------------------------------------------------- launched job
+
+
+def train_launched(
+    checkpoint: str | os.PathLike | None,
+    samples: Any,
+    image_root: str | os.PathLike | None,
+    target_step: int,
+    cfg: TrainingConfig,
+    out_dir: str | os.PathLike,
+    log_line=None,
+    progress: bool = True,
+    timeout_s: float | None = None,
+) -> TrainResult:
+    """:func:`train_to_step` as a multi-process job when ``cfg.nproc_per_node`` asks for one.
+
+    The batch product is checked for the launched world size before anything starts; the samples go to a
+    job file beside ``out_dir``; :func:`progress_core.launch.launch` starts one process per device
+    (``docs/architecture.md#orchestration``) and streams their output to ``log_line``.
+    """
+    if cfg.nproc_per_node is None:
+        return train_to_step(checkpoint, samples, image_root, target_step, cfg, out_dir, progress=progress)
+    from progress_core.launch import launch
+
+    world = cfg.world_size()
+    cfg.micro_batches(world)
+    rows = samples_rows(samples)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    job_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.job.", dir=out.parent))
+    try:
+        payload = {
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "samples": [{"conversations": c, "image": im} for c, im in rows],
+            "image_root": None if image_root is None else str(image_root),
+            "target_step": int(target_step),
+            "config": cfg.model_dump(mode="json"),
+            "out_dir": str(out),
+            "result": str(job_dir / "result.json"),
+            "progress": bool(progress),
+        }
+        job = job_dir / "job.json"
+        job.write_text(json.dumps(payload))
+        launch(
+            "progress_core.training:run_train_job",
+            job,
+            nproc_per_node=world,
+            backend=cfg.dist_backend,
+            log_line=log_line,
+            timeout_s=timeout_s,
+        )
+        result = json.loads((job_dir / "result.json").read_text())
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+    return TrainResult(
+        checkpoint=Path(result["checkpoint"]),
+        step=int(result["step"]),
+        losses=[float(x) for x in result["losses"]],
+        samples_seen=int(result["samples_seen"]),
+    )
+
+
+def run_train_job(job: str | os.PathLike) -> None:
+    """One rank of a launched training job: read the job file, train, rank 0 writes the result."""
+    payload = json.loads(Path(job).read_text())
+    cfg = TrainingConfig.model_validate(payload["config"])
+    result = train_to_step(
+        payload["checkpoint"],
+        payload["samples"],
+        payload["image_root"],
+        payload["target_step"],
+        cfg,
+        payload["out_dir"],
+        progress=payload.get("progress", True),
+    )
+    if _dist()[1] == 0:
+        path = Path(payload["result"])
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "checkpoint": str(result.checkpoint),
+                    "step": result.step,
+                    "losses": result.losses,
+                    "samples_seen": result.samples_seen,
+                }
+            )
+        )
+        os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------------- deepspeed (GPU)
 
 
-def _deepspeed_init(model, optimizer, scheduler, cfg: TrainingConfig, per_device: int, accum: int, world: int):
-    """ZeRO-3 engine from the repo's config (deployments/zero3.json), "auto" fields filled from cfg."""
-    import deepspeed
+def deepspeed_config_dict(cfg: TrainingConfig, per_device: int, accum: int, world: int) -> dict:
+    """The DeepSpeed config file (``deployments/zero3.json`` by default) with its "auto" fields filled."""
     import torch
 
-    ds_cfg = json.loads(Path(cfg.deepspeed_config).read_text())
+    ds_cfg = json.loads(resolve_config_path(cfg.deepspeed_config).read_text())
     fill = {
         "train_batch_size": per_device * accum * world,
         "train_micro_batch_size_per_gpu": per_device,
@@ -535,23 +806,70 @@ def _deepspeed_init(model, optimizer, scheduler, cfg: TrainingConfig, per_device
     for section, wanted in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if isinstance(ds_cfg.get(section), dict) and ds_cfg[section].get("enabled") == "auto":
             ds_cfg[section]["enabled"] = dtype == wanted
+    return ds_cfg
+
+
+def _deepspeed_join() -> None:
+    """Hand DeepSpeed the launcher's process group (it would otherwise look for MPI or see one rank)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
+
+
+def _hf_deepspeed_config(ds_cfg: dict):
+    """Under ZeRO-3, ``from_pretrained`` then loads the weights partitioned (``deepspeed.zero.Init``)."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_cfg)
+
+
+def _deepspeed_init(model, optimizer, scheduler, ds_cfg: dict):
+    """The DeepSpeed engine over the model, inside the launcher's process group (no MPI discovery)."""
+    import deepspeed
+
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg, dist_init_required=False
     )
     return engine, optimizer, scheduler
 
 
+def _gathered_trainable_state(engine, rank: int) -> dict:
+    """16-bit copies of the trainable parameters (LoRA adapter + projector) gathered onto rank 0.
+
+    Gathering only what a later round reads keeps a 7B checkpoint at the adapter's size; the engine's own
+    checkpoint holds the optimizer state and the full-precision partitions.
+    """
+    import deepspeed
+
+    named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+    state: dict = {}
+    with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+        if rank == 0:
+            state = {n: p.detach().to("cpu").clone() for n, p in named}
+    return state
+
+
 def _deepspeed_save(engine, processor, tmp: Path | None, rank: int) -> None:
-    """Gather the ZeRO-3 shards into a 16-bit state dict on rank 0 and save the HF dir + engine state."""
+    """Engine state on every rank; the weights a later round reads (HF dir) gathered onto rank 0 once."""
     import torch
 
-    state = engine._zero3_consolidated_16bit_state_dict()
     ds_dir = tmp / "deepspeed" if tmp is not None else None
     if torch.distributed.is_initialized():
         shared = [str(ds_dir) if ds_dir else None]
         torch.distributed.broadcast_object_list(shared, src=0)
         ds_dir = Path(shared[0])
     engine.save_checkpoint(str(ds_dir))
+    module = engine.module
+    if hasattr(module, "peft_config"):
+        state = _gathered_trainable_state(engine, rank)
+        if rank == 0:
+            module.save_pretrained(tmp, state_dict=state)
+    else:
+        state = engine._zero3_consolidated_16bit_state_dict()
+        if rank == 0:
+            module.save_pretrained(tmp, state_dict=state)
     if rank == 0:
-        engine.module.save_pretrained(tmp, state_dict=state)
         processor.save_pretrained(tmp)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

@@ -40,9 +40,8 @@ def probe_stage(
     ids = probe_sample(selected_ids, clusters[selected_ids], samples_per_cluster, seed)
     rows = manifest_rows(manifest, ids)
     rows = rows.append_column("cluster_id", pa.array(clusters[np.asarray(ids, dtype=np.int64)]))
-    result = probe(
-        checkpoint.files["checkpoint"], rows, manifest.meta.get("image_root"), make_judge(settings.judge), settings
-    )
+    with make_judge(settings.judge) as judge:
+        result = probe(checkpoint.files["checkpoint"], rows, manifest.meta.get("image_root"), judge, settings)
     paths = save_probe(result, out_dir)
     return StageRecord(
         stage="probe",

@@ -7,13 +7,16 @@ optimizer, scheduler and RNG state carried over and one cosine schedule over FIN
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
+from progress_core.llava_assembly import base_model_path
 from progress_core.model import ModelConfig, build_tiny_model
-from progress_core.training import TrainingConfig, train_to_step
+from progress_core.training import TrainingConfig, train_launched
 from tasks._tables import ids_of, manifest_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
 
@@ -21,9 +24,15 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 @task(name="init-model", task_run_name="init-model", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("init_model", hash_outputs=False)
 def init_model_stage(manifest: StageRecord, settings: ModelConfig, out_dir: str) -> StageRecord:
-    """Tiny mode: a randomly initialised LLaVA with a word-level tokenizer built from the pool's text."""
+    """Tiny mode: a randomly initialised LLaVA with a word-level tokenizer built from the pool's text.
+
+    Real mode: the starting LLaVA; assembled here once from language model, vision tower and stage-1
+    projector when those are named (PROGRESS §4.1), so the rounds only load it.
+    """
     if settings.mode != "tiny":
-        return StageRecord(stage="init_model", out_dir=out_dir, files={}, meta={"base_model": settings.base_model})
+        return StageRecord(
+            stage="init_model", out_dir=out_dir, files={}, meta={"base_model": base_model_path(settings)}
+        )
     table = pq.read_table(manifest.files["manifest"], columns=["conversations"])
     path = build_tiny_model(table.column("conversations").to_pylist(), settings, Path(out_dir) / "model")
     return StageRecord(
@@ -50,14 +59,28 @@ def train_stage(
     round_index: int,
     out_dir: str,
 ) -> StageRecord:
-    """Continue ``start``'s checkpoint to ``target_step`` on the round's new samples."""
+    """Continue ``start``'s checkpoint to ``target_step`` on the round's new samples.
+
+    With ``settings.nproc_per_node`` set the piece runs as a launched multi-process job (one rank per GPU)
+    whose output streams into this task's log.
+    """
     rows = manifest_rows(manifest, ids_of(samples, "new"))
     checkpoint = start.files.get("checkpoint")
     if start.stage == "init_model" and settings.model.mode == "tiny":
         settings = settings.model_copy(update={"model": settings.model.model_copy(update={"base_model": checkpoint})})
         checkpoint = None
-    result = train_to_step(
-        checkpoint, rows, manifest.meta.get("image_root"), target_step, settings, Path(out_dir) / "checkpoint"
+    try:
+        logger = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger(__name__)
+    result = train_launched(
+        checkpoint,
+        rows,
+        manifest.meta.get("image_root"),
+        target_step,
+        settings,
+        Path(out_dir) / "checkpoint",
+        log_line=logger.info,
     )
     losses = [float(x) for x in result.losses]
     return StageRecord(

@@ -103,3 +103,71 @@ def test_save_and_load_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(ClusteringError):
         load_clustering(tmp_path, "selection")
+
+
+def test_same_clustering_as_faiss_kmeans_on_the_cpu():
+    import faiss
+
+    x = np.random.default_rng(3).normal(size=(600, 12)).astype(np.float32)
+    ours = spherical_kmeans(x, 7, niter=10, seed=5, gpu="auto")
+    km = faiss.Kmeans(12, 7, niter=10, seed=5, spherical=True, max_points_per_centroid=256)
+    km.train(x)
+    sim, idx = km.index.search(x, 1)
+    assert ours.device == "cpu"
+    np.testing.assert_array_equal(ours.centroids, km.centroids)
+    np.testing.assert_array_equal(ours.assignment, idx[:, 0])
+    np.testing.assert_allclose(ours.similarity, sim[:, 0], rtol=1e-6)
+
+
+class FakeFaiss:
+    """faiss's GPU entry points, recording calls; ``n_gpus`` None = a CPU-only build without get_num_gpus."""
+
+    def __init__(self, n_gpus):
+        self.calls = []
+        if n_gpus is not None:
+            self.get_num_gpus = lambda: n_gpus
+
+    def IndexFlatIP(self, d):
+        return ("cpu-ip", d)
+
+    def IndexFlatL2(self, d):
+        return ("cpu-l2", d)
+
+    def StandardGpuResources(self):
+        self.calls.append("resources")
+        return "res"
+
+    def GpuMultipleClonerOptions(self):
+        return type("Options", (), {"shard": False})()
+
+    def index_cpu_to_gpu(self, res, device, index):
+        self.calls.append(("to_gpu", res, device, index))
+        return ("gpu", index)
+
+    def index_cpu_to_all_gpus(self, index, co=None, ngpu=-1):
+        self.calls.append(("to_all_gpus", co.shard, ngpu, index))
+        return ("sharded", index)
+
+
+@pytest.mark.parametrize(
+    "n_gpus, gpu, device, calls",
+    [
+        (None, "auto", "cpu", []),
+        (0, "auto", "cpu", []),
+        (0, True, "cpu", []),
+        (4, False, "cpu", []),
+        (1, "auto", "gpu", ["resources", ("to_gpu", "res", 0, ("cpu-ip", 8))]),
+        (4, "auto", "gpu-sharded-4", [("to_all_gpus", True, 4, ("cpu-ip", 8))]),
+        (2, True, "gpu-sharded-2", [("to_all_gpus", True, 2, ("cpu-ip", 8))]),
+    ],
+)
+def test_gpu_index_selection(n_gpus, gpu, device, calls, caplog):
+    from progress_core.clustering import flat_index
+
+    fake = FakeFaiss(n_gpus)
+    with caplog.at_level("WARNING"):
+        index, used = flat_index(8, spherical=True, gpu=gpu, faiss_module=fake)
+    assert used == device and fake.calls == calls
+    assert (index == ("cpu-ip", 8)) == (device == "cpu")
+    assert ("faiss sees no GPU" in caplog.text) == (gpu is True and not n_gpus)
+    assert flat_index(8, spherical=False, gpu=False, faiss_module=fake) == (("cpu-l2", 8), "cpu")

@@ -65,3 +65,34 @@ def test_yaml_file_and_cli_errors(tmp_path, capsys):
     assert "config file not found" in err and "selection.temperature" in err
     assert main(["config", "--preset", "paper"]) == 0
     assert "mode: real" in capsys.readouterr().out
+
+
+def test_paper_presets_fit_a_node_as_they_stand(capsys):
+    """global 128 = 16 per GPU x 2 accumulation x 4 GPUs (paper) or 16 x 1 x 8 (paper-8gpu), stage-1 parts."""
+    import yaml
+
+    assert main(["config", "--preset", "paper"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    cfg = load_config(overrides=printed)
+    t = cfg.training
+    assert (t.per_device_batch_size, t.gradient_accumulation_steps, t.nproc_per_node) == (16, 2, 4)
+    assert cfg.training_config(1039).micro_batches(t.nproc_per_node) == (16, 2)
+    assert t.max_length == 2048 and t.model.language_model == "lmsys/vicuna-7b-v1.5"
+    assert t.model.vision_tower == "openai/clip-vit-large-patch14-336" and t.model.vision_feature_layer == -2
+    assert t.model.mm_projector == "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5"
+    assert t.deepspeed_config == "zero3.json" and not t.deepspeed_config.startswith("/")
+    wide = load_config(overrides={"preset": "paper-8gpu"}).training
+    assert (wide.per_device_batch_size, wide.gradient_accumulation_steps, wide.nproc_per_node) == (16, 1, 8)
+
+
+def test_wrong_batch_product_names_the_three_numbers():
+    with pytest.raises(
+        ConfigError, match=r"128 != per_device_batch_size 16 x gradient_accumulation_steps 2 x world size 8"
+    ):
+        load_config(overrides={"preset": "paper", "training": {"nproc_per_node": 8}})
+
+
+def test_nproc_per_node_maps_from_the_run_config_to_the_trainer():
+    cfg = load_config(overrides={"training": {"nproc_per_node": 2, "global_batch_size": 8}})
+    assert cfg.training_config(5).nproc_per_node == 2 and cfg.training_config(5).micro_batches(2) == (4, 1)
+    assert load_config(overrides={"training": {"nproc_per_node": "auto"}}).training.nproc_per_node == "auto"

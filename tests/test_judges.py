@@ -163,43 +163,75 @@ def test_transformers_backend_generates_one_parsed_verdict_per_prompt(tiny_causa
     assert batched == single
 
 
-def test_lmdeploy_backend_calls_pipeline_with_prompts_and_config(monkeypatch):
-    seen = {}
+def _fake_lmdeploy(seen: dict) -> types.ModuleType:
+    """A stand-in with lmdeploy's call signatures that records every call."""
 
     class Config:
         def __init__(self, **kwargs):
             self.kwargs = kwargs
 
-    def pipeline(model_path, backend_config=None, chat_template_config=None, **kwargs):
-        seen["model"] = model_path
-        seen["backend"] = backend_config.kwargs
-        seen["template"] = chat_template_config.kwargs
+    class Pipeline:
+        def __init__(self, model_path, backend_config=None, chat_template_config=None, trust_remote_code=False):
+            seen["model"] = model_path
+            seen["engine"] = type(backend_config).__name__
+            seen["backend"] = backend_config.kwargs
+            seen["template"] = chat_template_config
+            seen["trust_remote_code"] = trust_remote_code
+            seen["closed"] = 0
 
-        def run(prompts, gen_config=None):
+        def __call__(self, prompts, gen_config=None):
             seen.setdefault("prompts", []).append(list(prompts))
             seen["gen"] = gen_config.kwargs
             return [types.SimpleNamespace(text="Answer - correct\nReason - same") for _ in prompts]
 
-        return run
+        def close(self):
+            seen["closed"] += 1
 
     fake = types.ModuleType("lmdeploy")
-    fake.pipeline = pipeline
+    fake.pipeline = Pipeline
     fake.TurbomindEngineConfig = type("TurbomindEngineConfig", (Config,), {})
+    fake.PytorchEngineConfig = type("PytorchEngineConfig", (Config,), {})
     fake.ChatTemplateConfig = type("ChatTemplateConfig", (Config,), {})
     fake.GenerationConfig = type("GenerationConfig", (Config,), {})
-    monkeypatch.setitem(sys.modules, "lmdeploy", fake)
-    judge = make_judge(JudgeConfig(kind="llm", backend="lmdeploy", model="OpenGVLab/InternVL2-26B", tp=4, batch_size=2))
-    assert isinstance(judge.backend, LmdeployBackend) and "model" not in seen
-    verdicts = judge.judge(["q1", "q2", "q3"], ["a", "b", "c"], ["a", "x", "c"])
+    return fake
+
+
+def test_lmdeploy_backend_calls_pipeline_with_prompts_and_config(monkeypatch):
+    seen: dict = {}
+    monkeypatch.setitem(sys.modules, "lmdeploy", _fake_lmdeploy(seen))
+    cfg = JudgeConfig(kind="llm", backend="lmdeploy", model="OpenGVLab/InternVL2-26B", tp=4, batch_size=2)
+    with make_judge(cfg) as judge:
+        assert isinstance(judge.backend, LmdeployBackend) and "model" not in seen
+        verdicts = judge.judge(["q1", "q2", "q3"], ["a", "b", "c"], ["a", "x", "c"])
+        assert seen["closed"] == 0
+    assert seen["closed"] == 1 and judge.backend._pipe is None
     assert [v.verdict for v in verdicts] == [1, 1, 1]
-    assert seen["model"] == "OpenGVLab/InternVL2-26B"
-    assert seen["backend"] == {"tp": 4, "session_len": 8192, "cache_max_entry_count": 0.5}
-    assert seen["template"] == {"model_name": "internvl2-internlm2"}
-    assert seen["gen"] == {"max_new_tokens": 64}
+    assert seen["model"] == "OpenGVLab/InternVL2-26B" and seen["trust_remote_code"] is True
+    assert seen["engine"] == "TurbomindEngineConfig"
+    assert seen["backend"] == {"tp": 4, "session_len": 8192, "cache_max_entry_count": 0.5, "max_batch_size": 2}
+    assert seen["template"] is None
+    assert seen["gen"] == {"max_new_tokens": 64, "do_sample": False}
     assert seen["prompts"] == [
         [judge_prompt("q1", "a", "a"), judge_prompt("q2", "b", "x")],
         [judge_prompt("q3", "c", "c")],
     ]
+
+
+def test_lmdeploy_pytorch_engine_named_template_and_one_engine_per_probe(monkeypatch):
+    seen: dict = {}
+    monkeypatch.setitem(sys.modules, "lmdeploy", _fake_lmdeploy(seen))
+    cfg = JudgeConfig(
+        kind="llm", engine="pytorch", chat_template="internvl2_5", tp=2, trust_remote_code=False, timeout_s=30
+    )
+    for probe_round in range(2):
+        with make_judge(cfg) as judge:
+            judge.judge(["q"], ["a"], ["a"])
+            assert judge.timeout_s == 30 and seen["closed"] == 0
+        assert seen["closed"] == 1, probe_round
+    assert seen["engine"] == "PytorchEngineConfig" and seen["backend"]["tp"] == 2
+    assert seen["template"].kwargs == {"model_name": "internvl2_5"} and seen["trust_remote_code"] is False
+    judge.close()
+    assert seen["closed"] == 1
 
 
 def test_lmdeploy_missing_is_a_named_error(monkeypatch):
