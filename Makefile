@@ -18,6 +18,8 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# DeepSpeed (an sdist) for the ZeRO tests on CPU ranks; built against the installed torch, never a new one.
+	$(BIN)/pip install -q --no-build-isolation -c constraints.txt deepspeed==0.19.8
 	touch $(STAMP)
 
 install: $(STAMP)
