@@ -16,27 +16,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import yaml
 
+from cli.options import parse_set as _parse_set
 from progress_core.config import RunConfig, load_config
 from progress_core.environment import apply_defaults
-from progress_core.errors import ConfigError
 from progress_core.validation import validate_run
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    """``a.b.c=value`` pairs (values parsed as YAML scalars) → nested dict."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
 
 
 def format_rounds(rows: list[dict]) -> str:

@@ -1,5 +1,7 @@
-"""``progress train`` (continue the run to a step, SPEC §3.1) and ``progress probe`` (per-cluster accuracy,
-SPEC §3.2), run by hand as the original's Selection_1 / Selection_2+3 scripts are."""
+"""``progress train`` (continue the run to a step, docs/algorithm.md#training) and ``progress probe``
+(per-cluster accuracy, docs/algorithm.md#probe-and-judge), run by hand as the original's Selection_1 /
+Selection_2+3 scripts are. Every knob comes from the run config (``--config``/``--preset``/``--set``,
+docs/architecture.md#configuration)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from cli.options import EXPLAIN_HINT, ConfigFile, PresetName, resolve_config, set_option
 from progress_core.errors import ConfigError, ProgressError
 
 
@@ -37,7 +40,7 @@ def _read_ids(path: Path, what: str):
 
 
 def _manifest_rows(manifest: Path, ids):
-    """Manifest rows of ``ids`` in the given order (sample_id is dense 0..N-1, BRIEF manifest contract)."""
+    """Manifest rows of ``ids`` in the given order (sample_id is dense 0..N-1, docs/architecture.md#file-kinds)."""
     import numpy as np
 
     from progress_core.manifest import read_manifest
@@ -53,187 +56,134 @@ def _manifest_rows(manifest: Path, ids):
     return table.take(ids)
 
 
-def _nproc(value: str | None) -> int | str | None:
-    if value is None or value == "auto":
-        return value
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"--nproc-per-node must be a positive integer or 'auto', got {value!r}")
-    return int(value)
+def _final_step(cfg, checkpoint: Optional[Path], manifest: Path) -> int:
+    """FINAL_STEP of the schedule: schedule.final_step when set, else the checkpoint's, else the run's rule
+    (``budget_fraction`` of the manifest's rows at the global batch, docs/algorithm.md#round-schedule)."""
+    from progress_core.manifest import read_manifest
+    from progress_core.training import read_train_state
+
+    if cfg.schedule.final_step is not None:
+        return cfg.schedule.final_step
+    if checkpoint is not None:
+        stored = read_train_state(checkpoint).get("final_step")
+        if stored is not None:
+            return int(stored)
+    return cfg.final_step(read_manifest(manifest, columns=["sample_id"]).num_rows)
+
+
+def _start_model(manifest: Path, model_cfg, tmp: Path) -> Path:
+    """A new tiny model whose vocabulary is the manifest's words (docs/algorithm.md#training)."""
+    from progress_core.manifest import read_manifest
+    from progress_core.model import build_tiny_model
+
+    convs = read_manifest(manifest, columns=["conversations"]).column("conversations").to_pylist()
+    texts = [t.get("value", "") for c in convs if c for t in json.loads(c)]
+    return build_tiny_model(texts, model_cfg, tmp / "init")
+
+
+def _train_command(
+    samples: Path = typer.Option(..., "--samples", help="Parquet with a sample_id column: this piece's data, in order"),
+    manifest: Path = typer.Option(..., "--manifest", help="manifest Parquet the sample ids index"),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="image root the manifest's paths are relative to (default: data.image_root)"
+    ),
+    to_step: int = typer.Option(..., "--to-step", min=0, help="train until this global step"),
+    out: Path = typer.Option(..., "--out", help="checkpoint directory to write (HF model dir + training state)"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="continue this checkpoint"),
+    init: bool = typer.Option(False, "--init", help="start a new run (tiny: build the model from the manifest's text)"),
+    config: ConfigFile = None,
+    preset: PresetName = None,
+    set_: Optional[list[str]] = set_option("training.global_batch_size=16"),
+) -> None:
+    """Continue ONE training run to --to-step on the given samples (steps = samples // global batch).
+
+    The model, batch sizes, processes, learning rate, seed and threads come from the `training` section.
+    The schedule spans FINAL_STEP: schedule.final_step when set, else the checkpoint's, else
+    schedule.budget_fraction of the manifest's rows, as a run computes it.
+    """
+    from progress_core.training import train_launched
+
+    if (checkpoint is None) == (not init):
+        raise ConfigError("give exactly one of --checkpoint (continue) or --init (new run)")
+    cfg = resolve_config(config, preset, set_)
+    if checkpoint is not None:
+        _need(checkpoint, "checkpoint")
+    train_cfg = cfg.training_config(_final_step(cfg, checkpoint, _need(manifest, "manifest")))
+    ids, _ = _read_ids(samples, "samples")
+    rows = _manifest_rows(manifest, ids)
+    image_root = images if images is not None else cfg.data.image_root
+    with tempfile.TemporaryDirectory(prefix="progress-init-") as tmp:
+        start = checkpoint
+        if init and train_cfg.model.mode == "tiny":
+            start = _start_model(manifest, train_cfg.model, Path(tmp))
+        result = train_launched(start, rows, image_root, to_step, train_cfg, out, log_line=typer.echo, progress=True)
+    last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
+    typer.echo(f"wrote {result.checkpoint}: step {result.step}, samples seen {result.samples_seen}{last}")
+
+
+def _probe_rows(manifest: Path, selected: Path, clusters: Path, samples_per_cluster, seed: int):
+    """Manifest rows of the probe sample (<= samples_per_cluster selected samples per annotation cluster,
+    docs/algorithm.md#probe-and-judge), with their ``cluster_id``."""
+    import numpy as np
+    import pyarrow as pa
+
+    from progress_core.accuracy import probe_sample
+
+    sel_ids, _ = _read_ids(selected, "selected set")
+    assign_ids, assign = _read_ids(clusters, "cluster assignment")
+    if "cluster_id" not in assign.column_names:
+        raise TrainInputError(f"cluster assignment {clusters} has no cluster_id column")
+    lookup = np.full(int(max(assign_ids.max(initial=-1), sel_ids.max(initial=-1))) + 1, -1, dtype=np.int64)
+    lookup[assign_ids] = assign.column("cluster_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    sel_clusters = lookup[sel_ids]
+    missing = np.flatnonzero(sel_clusters < 0)
+    if missing.size:
+        raise TrainInputError(f"selected sample_id {int(sel_ids[missing[0]])} has no cluster in {clusters}")
+    chosen = probe_sample(sel_ids, sel_clusters, samples_per_cluster, seed)
+    rows = _manifest_rows(manifest, chosen)
+    return rows.append_column("cluster_id", pa.array(lookup[chosen]))
+
+
+def _probe_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="checkpoint directory to probe"),
+    manifest: Path = typer.Option(..., "--manifest", help="manifest Parquet"),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="image root the manifest's paths are relative to (default: data.image_root)"
+    ),
+    selected: Path = typer.Option(..., "--selected", help="Parquet with sample_id: the selected-so-far set"),
+    clusters: Path = typer.Option(
+        ..., "--clusters", help="annotation cluster assignment Parquet (sample_id, cluster_id)"
+    ),
+    out: Path = typer.Option(..., "--out", help="directory for probe_samples.parquet and accuracy.parquet"),
+    config: ConfigFile = None,
+    preset: PresetName = None,
+    set_: Optional[list[str]] = set_option("probe.samples_per_cluster=100"),
+) -> None:
+    """Answer <= N selected samples per annotation cluster, judge them, write per-sample and per-cluster tables.
+
+    N is probe.samples_per_cluster (empty = all, as at the warm-up probes); the judge is probe.judge.*,
+    the batch and threads probe.*, the checkpoint loads with training.model.* (as the trainer wrote it) and
+    the probe sample is drawn with the run's seed.
+    """
+    from progress_core.accuracy import probe, save_probe
+    from progress_core.judges import make_judge
+
+    cfg = resolve_config(config, preset, set_)
+    probe_cfg = cfg.probe_config()
+    _need(checkpoint, "checkpoint")
+    rows = _probe_rows(manifest, selected, clusters, probe_cfg.samples_per_cluster, probe_cfg.seed)
+    image_root = images if images is not None else cfg.data.image_root
+    with make_judge(probe_cfg.judge) as judge_impl:
+        result = probe(checkpoint, rows, image_root, judge_impl, probe_cfg, progress=True)
+    paths = save_probe(result, out)
+    s = result.stats
+    typer.echo(
+        f"probed {s['n']} samples in {s['clusters']} clusters: {s['correct']} correct, "
+        f"{s['unjudged']} unjudged; wrote {paths['per_sample']} and {paths['per_cluster']}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``probe`` to the progress app."""
-
-    @app.command("train")
-    def train(
-        samples: Path = typer.Option(
-            ..., "--samples", help="Parquet with a sample_id column: this piece's data, in order"
-        ),
-        manifest: Path = typer.Option(..., "--manifest", help="manifest Parquet the sample ids index"),
-        images: Optional[Path] = typer.Option(None, "--images", help="image root the manifest's paths are relative to"),
-        to_step: int = typer.Option(..., "--to-step", min=0, help="train until this global step"),
-        out: Path = typer.Option(..., "--out", help="checkpoint directory to write (HF model dir + training state)"),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="continue this checkpoint"),
-        init: bool = typer.Option(
-            False, "--init", help="start a new run (tiny: build the model from the manifest's text)"
-        ),
-        final_step: Optional[int] = typer.Option(
-            None, "--final-step", min=1, help="schedule horizon (whole planned run); default: the checkpoint's"
-        ),
-        mode: str = typer.Option("tiny", help="tiny | real"),
-        base_model: str = typer.Option("llava-hf/llava-1.5-7b-hf", help="real mode: LLaVA name or local path"),
-        language_model: Optional[str] = typer.Option(
-            None, "--language-model", help="real mode: assemble from this LLM (paper: lmsys/vicuna-7b-v1.5)"
-        ),
-        vision_tower: Optional[str] = typer.Option(
-            None, "--vision-tower", help="real mode: CLIP vision tower (paper: openai/clip-vit-large-patch14-336)"
-        ),
-        mm_projector: Optional[str] = typer.Option(
-            None, "--mm-projector", help="real mode: stage-1 mm_projector.bin, its folder or hub repo"
-        ),
-        patch_size: int = typer.Option(4, min=1, help="tiny: ViT patch size"),
-        global_batch_size: int = typer.Option(16, min=1, help="samples per optimizer step (paper: 128)"),
-        per_device_batch_size: Optional[int] = typer.Option(None, min=1, help="samples per forward pass"),
-        gradient_accumulation_steps: Optional[int] = typer.Option(
-            None, "--gradient-accumulation-steps", min=1, help="micro-batches per optimizer step on each device"
-        ),
-        nproc_per_node: Optional[str] = typer.Option(
-            None,
-            "--nproc-per-node",
-            help="launch this many processes (one per GPU; gloo on CPU); 'auto' = the GPUs visible; "
-            "default: train in this process",
-        ),
-        lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-4 real, 1e-3 tiny)"),
-        seed: int = typer.Option(42, help="run seed (initial RNG, data order)"),
-        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads"),
-    ) -> None:
-        """Continue ONE training run to --to-step on the given samples (SPEC §3.1: steps = samples // batch)."""
-        from progress_core.model import ModelConfig, build_tiny_model
-        from progress_core.training import TrainingConfig, read_train_state, train_launched
-
-        if (checkpoint is None) == (not init):
-            raise ConfigError("give exactly one of --checkpoint (continue) or --init (new run)")
-        if mode not in ("tiny", "real"):
-            raise ConfigError(f"--mode must be tiny or real, got {mode!r}")
-        nproc = _nproc(nproc_per_node)
-        if checkpoint is not None:
-            _need(checkpoint, "checkpoint")
-            final_step = final_step or read_train_state(checkpoint).get("final_step")
-        if final_step is None:
-            raise ConfigError("--final-step is required for a new run (the schedule spans the whole planned run)")
-        ids, _ = _read_ids(samples, "samples")
-        rows = _manifest_rows(manifest, ids)
-        model_cfg = ModelConfig(
-            mode=mode,
-            base_model=base_model,
-            patch_size=patch_size,
-            language_model=language_model,
-            vision_tower=vision_tower,
-            mm_projector=mm_projector,
-        )
-        cfg = TrainingConfig(
-            model=model_cfg,
-            global_batch_size=global_batch_size,
-            per_device_batch_size=per_device_batch_size,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            nproc_per_node=nproc,
-            learning_rate=lr,
-            final_step=final_step,
-            seed=seed,
-            num_threads=threads,
-        )
-        with tempfile.TemporaryDirectory(prefix="progress-init-") as tmp:
-            start = checkpoint
-            if init and mode == "tiny":
-                from progress_core.manifest import read_manifest
-
-                convs = read_manifest(manifest, columns=["conversations"]).column("conversations").to_pylist()
-                texts = [t.get("value", "") for c in convs if c for t in json.loads(c)]
-                start = build_tiny_model(texts, model_cfg, Path(tmp) / "init")
-            result = train_launched(start, rows, images, to_step, cfg, out, log_line=typer.echo, progress=True)
-        last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
-        typer.echo(f"wrote {result.checkpoint}: step {result.step}, samples seen {result.samples_seen}{last}")
-
-    @app.command("probe")
-    def probe_cmd(
-        checkpoint: Path = typer.Option(..., "--checkpoint", help="checkpoint directory to probe"),
-        manifest: Path = typer.Option(..., "--manifest", help="manifest Parquet"),
-        images: Optional[Path] = typer.Option(None, "--images", help="image root the manifest's paths are relative to"),
-        selected: Path = typer.Option(..., "--selected", help="Parquet with sample_id: the selected-so-far set"),
-        clusters: Path = typer.Option(
-            ..., "--clusters", help="annotation cluster assignment Parquet (sample_id, cluster_id)"
-        ),
-        out: Path = typer.Option(..., "--out", help="directory for probe_samples.parquet and accuracy.parquet"),
-        samples_per_cluster: int = typer.Option(
-            100, "--samples-per-cluster", min=0, help="probe at most this many per cluster; 0 = all (warm-up probes)"
-        ),
-        judge: str = typer.Option("exact", "--judge", help="exact | llm"),
-        judge_backend: str = typer.Option("lmdeploy", help="llm judge: lmdeploy | transformers"),
-        judge_model: str = typer.Option("OpenGVLab/InternVL2-26B", help="llm judge model name or local path"),
-        judge_tp: int = typer.Option(1, min=1, help="lmdeploy tensor-parallel size"),
-        judge_timeout: Optional[float] = typer.Option(None, help="seconds per judge batch before it is unjudged"),
-        mode: str = typer.Option("tiny", help="tiny | real (real: LoRA checkpoints load on --base-model)"),
-        base_model: str = typer.Option("llava-hf/llava-1.5-7b-hf", help="real mode: LLaVA base of LoRA checkpoints"),
-        language_model: Optional[str] = typer.Option(
-            None, "--language-model", help="real mode: assemble from this LLM (paper: lmsys/vicuna-7b-v1.5)"
-        ),
-        vision_tower: Optional[str] = typer.Option(
-            None, "--vision-tower", help="real mode: CLIP vision tower (paper: openai/clip-vit-large-patch14-336)"
-        ),
-        mm_projector: Optional[str] = typer.Option(
-            None, "--mm-projector", help="real mode: stage-1 mm_projector.bin, its folder or hub repo"
-        ),
-        batch_size: int = typer.Option(64, min=1, help="prompts per generate call"),
-        seed: int = typer.Option(42, help="seed of the per-cluster probe sample"),
-        threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads"),
-    ) -> None:
-        """Answer <= N selected samples per annotation cluster, judge them, write per-sample and per-cluster tables."""
-        import numpy as np
-        import pyarrow as pa
-
-        from progress_core.accuracy import ProbeConfig, probe, probe_sample, save_probe
-        from progress_core.judges import JudgeConfig, make_judge
-        from progress_core.model import ModelConfig
-
-        if judge not in ("exact", "llm"):
-            raise ConfigError(f"--judge must be exact or llm, got {judge!r}")
-        _need(checkpoint, "checkpoint")
-        sel_ids, _ = _read_ids(selected, "selected set")
-        assign_ids, assign = _read_ids(clusters, "cluster assignment")
-        if "cluster_id" not in assign.column_names:
-            raise TrainInputError(f"cluster assignment {clusters} has no cluster_id column")
-        lookup = np.full(int(max(assign_ids.max(initial=-1), sel_ids.max(initial=-1))) + 1, -1, dtype=np.int64)
-        lookup[assign_ids] = assign.column("cluster_id").to_numpy(zero_copy_only=False).astype(np.int64)
-        sel_clusters = lookup[sel_ids]
-        missing = np.flatnonzero(sel_clusters < 0)
-        if missing.size:
-            raise TrainInputError(f"selected sample_id {int(sel_ids[missing[0]])} has no cluster in {clusters}")
-        spc = samples_per_cluster or None
-        chosen = probe_sample(sel_ids, sel_clusters, spc, seed)
-        rows = _manifest_rows(manifest, chosen)
-        rows = rows.append_column("cluster_id", pa.array(lookup[chosen]))
-        judge_cfg = JudgeConfig(
-            kind=judge, backend=judge_backend, model=judge_model, tp=judge_tp, timeout_s=judge_timeout
-        )
-        cfg = ProbeConfig(
-            samples_per_cluster=spc,
-            batch_size=batch_size,
-            seed=seed,
-            judge=judge_cfg,
-            model=ModelConfig(
-                mode=mode,
-                base_model=base_model,
-                language_model=language_model,
-                vision_tower=vision_tower,
-                mm_projector=mm_projector,
-            ),
-            num_threads=threads,
-        )
-        with make_judge(judge_cfg) as judge_impl:
-            result = probe(checkpoint, rows, images, judge_impl, cfg, progress=True)
-        paths = save_probe(result, out)
-        s = result.stats
-        typer.echo(
-            f"probed {s['n']} samples in {s['clusters']} clusters: {s['correct']} correct, "
-            f"{s['unjudged']} unjudged; wrote {paths['per_sample']} and {paths['per_cluster']}"
-        )
+    app.command("train", epilog=EXPLAIN_HINT)(_train_command)
+    app.command("probe", epilog=EXPLAIN_HINT)(_probe_command)

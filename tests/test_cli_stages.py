@@ -69,10 +69,10 @@ def test_features_cluster_warmup_end_to_end(workdir, capsys):
             str(workdir),
             "--out",
             str(feats),
-            "--text-encoder",
-            str(workdir / "bert"),
-            "--batch-size",
-            "16",
+            "--set",
+            f"features.text_encoder={workdir / 'bert'}",
+            "--set",
+            "features.batch_size=16",
         ]
     )
     assert rc == 0
@@ -87,10 +87,10 @@ def test_features_cluster_warmup_end_to_end(workdir, capsys):
                 "cluster",
                 "--features",
                 str(feats),
-                "--k",
-                "3",
-                "--niter",
-                "10",
+                "--set",
+                "clustering.selection_k=3",
+                "--set",
+                "clustering.niter=10",
                 "--out",
                 str(clusters),
                 "--name",
@@ -106,11 +106,12 @@ def test_features_cluster_warmup_end_to_end(workdir, capsys):
 
     assert (
         main(
-            ["cluster", "--features", str(feats), "--out", str(clusters), "--name", "annotation", "--paper-k", "22176"]
+            ["cluster", "--features", str(feats), "--out", str(clusters), "--name", "annotation"]
+            + ["--set", "clustering.annotation_k=null"]
         )
         == 0
     )
-    assert "k=2," in capsys.readouterr().out
+    assert "k=2, niter=50, seed=1234" in capsys.readouterr().out
 
     out = workdir / "pools"
     assert (
@@ -121,9 +122,8 @@ def test_features_cluster_warmup_end_to_end(workdir, capsys):
                 str(feats),
                 "--clusters",
                 str(clusters),
-                "--fractions",
-                "0.2",
-                "0.3",
+                "--set",
+                "warmup.fractions=[0.2, 0.3]",
                 "--out",
                 str(out),
             ]
@@ -143,8 +143,49 @@ def test_stage_errors_are_one_line(workdir, tmp_path, capsys):
     assert "manifest not found" in capsys.readouterr().err
     feats = tmp_path / "f.npy"
     np.save(feats, np.eye(4, dtype=np.float16))
-    assert main(["cluster", "--features", str(feats), "--k", "9", "--out", str(tmp_path), "--name", "x"]) == 1
+    cluster = ["cluster", "--features", str(feats), "--out", str(tmp_path), "--name", "annotation"]
+    assert main([*cluster, "--set", "clustering.annotation_k=9"]) == 1
     err = capsys.readouterr().err
     assert "k=9" in err and len(err.strip().splitlines()) == 1
     assert main(["warmup", "--features", str(feats), "--clusters", str(tmp_path), "--out", str(tmp_path)]) == 1
     assert "no clustering 'selection'" in capsys.readouterr().err
+
+
+def test_stage_knobs_come_from_config_file_preset_and_sets(workdir, tmp_path, capsys):
+    """The same resolution as `progress run`: file, then --preset, then each --set."""
+    feats = tmp_path / "f.npy"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 6)).astype(np.float32)
+    np.save(feats, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16))
+    config = tmp_path / "run.yaml"
+    config.write_text("clustering:\n  selection_k: 3\n  niter: 5\n  seed: 7\n")
+    cluster = ["cluster", "--features", str(feats), "--out", str(tmp_path / "c"), "--name", "selection"]
+    assert main([*cluster, "--config", str(config)]) == 0
+    assert "k=3, niter=5, seed=7" in capsys.readouterr().out
+    assert main([*cluster, "--config", str(config), "--set", "clustering.selection_k=4"]) == 0
+    assert "k=4, niter=5, seed=7" in capsys.readouterr().out
+    assert main([*cluster, "--preset", "paper"]) == 1
+    assert "k=5000" in capsys.readouterr().err
+    assert main([*cluster, "--set", "clustering.nitre=5"]) == 1
+    assert "invalid config field 'clustering.nitre': unknown field" in capsys.readouterr().err
+
+    warmup = ["warmup", "--features", str(feats), "--clusters", str(tmp_path / "c"), "--out", str(tmp_path / "w")]
+    sets = ["warmup.fractions=[0.2, 0.3]", "selection.strategy=coincide", "schedule.final_step=2"]
+    sets += ["training.global_batch_size=5"]
+    assert main([*warmup, *(arg for item in sets for arg in ("--set", item))]) == 0
+    assert "w1=6 " in capsys.readouterr().out
+    order = pq.read_table(tmp_path / "w" / "coincide_order.parquet").column("sample_id").to_numpy()
+    assert order.size == 10 and len(set(order.tolist())) == 10
+
+
+def test_features_import_reads_the_config_sources(tmp_path, capsys):
+    n = 12
+    pq.write_table(pa.table({"sample_id": pa.array(np.arange(n), pa.int64())}), tmp_path / "manifest.parquet")
+    np.save(tmp_path / "joint.npy", np.eye(n, 5, dtype=np.float32) + 0.5)
+    args = ["features", "import", "--manifest", str(tmp_path / "manifest.parquet"), "--out", str(tmp_path / "feat")]
+    assert main([*args, "--set", f"features.import_features={tmp_path / 'joint.npy'}"]) == 0
+    assert f"{n} rows (joint)" in capsys.readouterr().out
+    assert np.load(tmp_path / "feat" / "features.npy").shape == (n, 5)
+    extract = ["features", "--manifest", str(tmp_path / "manifest.parquet"), "--out", str(tmp_path / "x.npy")]
+    assert main([*extract, "--set", f"features.import_features={tmp_path / 'joint.npy'}"]) == 1
+    assert "use `progress features import`" in capsys.readouterr().err

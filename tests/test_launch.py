@@ -127,8 +127,10 @@ def test_cli_train_with_nproc_per_node_two(tmp_path, capsys):
     build_manifest(pool.pool_json, manifest, image_root=pool.image_root)
     pd.DataFrame({"sample_id": range(16)}).to_parquet(tmp_path / "w1.parquet")
     args = ["train", "--samples", str(tmp_path / "w1.parquet"), "--manifest", str(manifest)]
-    args += ["--images", str(pool.image_root), "--global-batch-size", "4", "--patch-size", "8", "--threads", "1"]
-    args += ["--init", "--final-step", "4", "--to-step", "2", "--out", str(tmp_path / "ck"), "--nproc-per-node", "2"]
+    args += ["--images", str(pool.image_root), "--init", "--to-step", "2", "--out", str(tmp_path / "ck")]
+    sets = ["training.global_batch_size=4", "training.model.patch_size=8", "training.num_threads=1"]
+    sets += ["schedule.final_step=4", "training.nproc_per_node=2"]
+    args += [arg for item in sets for arg in ("--set", item)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "launching progress_core.training:run_train_job on 2 process(es)" in out

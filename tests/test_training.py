@@ -104,10 +104,10 @@ def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
         str(manifest),
         "--images",
         str(pool.image_root),
-        "--global-batch-size",
-        "8",
-        "--patch-size",
-        "8",
+        "--set",
+        "training.global_batch_size=8",
+        "--set",
+        "training.model.patch_size=8",
     ]
     assert (
         main(
@@ -118,8 +118,8 @@ def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
                 str(tmp_path / "w1.parquet"),
                 "--to-step",
                 "2",
-                "--final-step",
-                "5",
+                "--set",
+                "schedule.final_step=5",
                 "--out",
                 str(tmp_path / "s2"),
                 *common,
@@ -159,8 +159,8 @@ def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
                 str(tmp_path / "w1.parquet"),
                 "--clusters",
                 str(tmp_path / "a.parquet"),
-                "--samples-per-cluster",
-                "4",
+                "--set",
+                "probe.samples_per_cluster=4",
                 "--out",
                 str(tmp_path / "probe"),
             ]
