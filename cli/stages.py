@@ -1,6 +1,5 @@
-"""Stage commands run by hand, as the original's scripts are: ``features`` (PROGRESS §3.1 features,
-docs/algorithm.md#features), ``cluster`` (docs/algorithm.md#concept-clustering), ``warmup``
-(docs/algorithm.md#warm-up-pools) from this module, and ``select`` (docs/algorithm.md#selection) from
+"""Stage commands run by hand, as the original's scripts are: ``features`` (docs/algorithm.md#features),
+``cluster`` (docs/algorithm.md#concept-clustering), ``warmup`` (docs/algorithm.md#warm-up-pools) from this module, and ``select`` (docs/algorithm.md#selection) from
 ``cli.select_cmd``.
 
 Each command takes its input and output paths as options and every knob from the run config
