@@ -1,6 +1,6 @@
 """Stage commands run by hand, as the original's scripts are: ``features`` (docs/algorithm.md#features),
-``cluster`` (docs/algorithm.md#concept-clustering), ``warmup`` (docs/algorithm.md#warm-up-pools) from this module, and ``select`` (docs/algorithm.md#selection) from
-``cli.select_cmd``.
+``cluster`` (docs/algorithm.md#concept-clustering), ``warmup`` (docs/algorithm.md#warm-up-pools) from this
+module, and ``select`` (docs/algorithm.md#selection) from ``cli.select_cmd``.
 
 Each command takes its input and output paths as options and every knob from the run config
 (``--config``/``--preset``/``--set``, see :mod:`cli.options`), so a default lives in one place
