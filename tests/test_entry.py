@@ -54,7 +54,7 @@ def test_form_descriptions_come_from_the_config_model():
     assert props["seed"]["description"].startswith(describe("seed"))
     assert props["pool_json"]["description"] == describe("data.pool_json")
     assert props["strategy"]["enum"] and props["strategy"]["default"] == "progress"
-    assert props["preset"]["enum"] == ["demo", "paper"]
+    assert props["preset"]["enum"] == ["demo", "paper", "paper-8gpu"]
 
 
 @pytest.mark.parametrize("preset", ["demo", "paper"])

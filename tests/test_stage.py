@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from progress_core.io import write_json
@@ -454,16 +455,18 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
     )
 
     hand = tmp_path / "hand"
+    hand.mkdir()
+    config = hand / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    use = ["--config", str(config)]
     steps = [
         ["manifest", pool.files["pool_json"], "--images", pool.meta["image_root"], "--out", str(hand / "m.parquet")],
         ["features", "--manifest", str(hand / "m.parquet"), "--images", pool.meta["image_root"]]
-        + ["--out", str(hand / "features.npy")],
-        ["cluster", "--features", str(hand / "features.npy"), "--out", str(hand / "c"), "--name", "annotation"]
-        + ["--k", "4"],
-        ["cluster", "--features", str(hand / "features.npy"), "--out", str(hand / "c"), "--name", "selection"]
-        + ["--k", "8"],
-        ["warmup", "--features", str(hand / "features.npy"), "--clusters", str(hand / "c"), "--fractions", "0.2"]
-        + ["0.3", "--coincide-budget", str(budget_total), "--out", str(hand / "w")],
+        + ["--out", str(hand / "features.npy"), *use],
+        ["cluster", "--features", str(hand / "features.npy"), "--out", str(hand / "c"), "--name", "annotation", *use],
+        ["cluster", "--features", str(hand / "features.npy"), "--out", str(hand / "c"), "--name", "selection", *use],
+        ["warmup", "--features", str(hand / "features.npy"), "--clusters", str(hand / "c"), "--out", str(hand / "w")]
+        + use,
         ["select", "--strategy", "coincide", "--clusters", str(hand / "c" / "annotation_assignment.parquet")]
         + ["--remaining", str(hand / "w" / "remaining.parquet"), "--coincide-order"]
         + [str(hand / "w" / "coincide_order.parquet"), "--budget", str(budget), "--out", str(hand / "new.parquet")],
