@@ -8,7 +8,14 @@ from typing import Optional
 
 import typer
 
+from progress_core.config import DataConfig
+
 MANIFEST_NAME = "manifest.parquet"
+
+
+def _default(field: str):
+    """The run config's default for ``data.<field>``: one place for each default (docs/architecture.md#configuration)."""
+    return DataConfig.model_fields[field].default
 
 
 def _format(df) -> str:
@@ -27,9 +34,13 @@ def _register_prepare(app: typer.Typer) -> None:
         out: Path = typer.Option(
             ..., "--out", help="output folder (pool.json, eval.json, images/, labels.parquet, manifest.parquet)"
         ),
-        n: int = typer.Option(3000, "--n", help="samples in the selection pool"),
-        n_eval: int = typer.Option(600, "--n-eval", help="samples in the separate evaluation split"),
-        seed: int = typer.Option(0, "--seed", help="generator seed; the same seed gives identical files"),
+        n: int = typer.Option(_default("synthetic_n"), "--n", help="samples in the selection pool (data.synthetic_n)"),
+        n_eval: int = typer.Option(
+            _default("synthetic_n_eval"), "--n-eval", help="samples in the evaluation split (data.synthetic_n_eval)"
+        ),
+        seed: int = typer.Option(
+            _default("synthetic_seed"), "--seed", help="generator seed (data.synthetic_seed); same seed, same files"
+        ),
         image_size: int = typer.Option(32, "--image-size", help="PNG side in pixels (drawn at 32 px)"),
     ) -> None:
         """Generate the bundled synthetic visual-QA pool and its manifest, then print per-concept statistics.
@@ -65,7 +76,12 @@ def _register_prepare(app: typer.Typer) -> None:
 def register(app: typer.Typer) -> None:
     """Add ``prepare synthetic``, ``manifest``, ``export`` and ``stats`` to the progress app."""
     _register_prepare(app)
+    _register_manifest(app)
+    _register_export(app)
+    _register_stats(app)
 
+
+def _register_manifest(app: typer.Typer) -> None:
     @app.command("manifest")
     def manifest(
         pool_json: Path = typer.Argument(..., help="LLaVA-format pool: a JSON list of {id, image?, conversations}"),
@@ -74,13 +90,15 @@ def register(app: typer.Typer) -> None:
             None, "--images", help="image root; when given, every row's image must exist under it"
         ),
         strict: bool = typer.Option(
-            False,
+            _default("manifest_mode") == "strict",
             "--strict/--skip",
             help="--skip (default, as `progress run`) drops bad rows, counts them and writes them with reasons "
             "to <out stem>.rejected.jsonl; --strict stops at the first bad row",
         ),
         allow_duplicate_ids: bool = typer.Option(
-            False, "--allow-duplicate-ids", help="accept rows that reuse an earlier row's id"
+            _default("allow_duplicate_ids"),
+            "--allow-duplicate-ids",
+            help="accept rows that reuse an earlier row's id (data.allow_duplicate_ids)",
         ),
     ) -> None:
         """Convert a LLaVA JSON pool into the Parquet manifest (one row per sample, dense sample_id).
@@ -103,6 +121,8 @@ def register(app: typer.Typer) -> None:
         require_rows(report, pool_json)
         typer.echo(report.summary())
 
+
+def _register_export(app: typer.Typer) -> None:
     @app.command("export")
     def export(
         manifest_path: Path = typer.Argument(..., metavar="MANIFEST", help="Parquet manifest"),
@@ -115,6 +135,8 @@ def register(app: typer.Typer) -> None:
         export_llava(manifest_path, out, verbose=True)
         typer.echo(f"wrote {n_rows} rows to {out}")
 
+
+def _register_stats(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(
         manifest_path: Path = typer.Argument(..., metavar="MANIFEST", help="Parquet manifest"),
