@@ -1,5 +1,6 @@
-"""The probe stage (tasks/probe.py) as a plain function with the model run replaced by a recorder: which samples are probed and with which cluster, which checkpoint and judge are
-used, what the record says, and that a retrained checkpoint is probed again (docs/algorithm.md#probe-and-judge)."""
+"""The probe stage (tasks/probe.py) as a plain function with the model run replaced by a recorder: which
+samples are probed and with which cluster, which checkpoint and judge are used, what the record says, and that
+a retrained checkpoint is probed again (docs/algorithm.md#probe-and-judge)."""
 
 from __future__ import annotations
 
