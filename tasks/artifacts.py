@@ -127,7 +127,8 @@ def _words(texts: pd.Series) -> str:
     counts: Counter[str] = Counter()
     for text in texts.dropna():
         counts.update(w for w in set(re.findall(r"[a-z][a-z'-]{2,}", str(text).lower())) if w not in _STOPWORDS)
-    return ", ".join(w for w, _ in counts.most_common(WORDS_SHOWN))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(w for w, _ in ranked[:WORDS_SHOWN])
 
 
 def describe_clusters(manifest: StageRecord, annotation_ids: np.ndarray) -> dict[int, str]:
@@ -159,7 +160,7 @@ def _describe(manifest_path: str, labels_path: str | None, digest: str, annotati
     for cid, group in members.groupby("cluster_id"):
         words = _words(group["question"])
         label = family.get(cid) if family is not None else None
-        out[int(cid)] = f"{label} · {words}" if label else words
+        out[int(cid)] = f"{label} · {words}" if isinstance(label, str) and label else words
     _DESCRIPTIONS.clear()
     _DESCRIPTIONS[cache_key] = out
     return out

@@ -21,7 +21,11 @@ def export_stage(
     selection_num: int,
     out_dir: str,
 ) -> StageRecord:
-    """``Top_50K.json`` … ``Selected_until_{step}.json``, ``step_list.txt`` and the judge JSON per stop."""
+    """``Top_50K.json`` … ``Selected_until_{step}.json``, ``step_list.txt`` and the judge JSON per stop.
+
+    Every exported file is an output of the record, so the marker verifies each one and a damaged file is
+    rewritten rather than reused (docs/architecture.md#stage-contract).
+    """
     exports = [
         RoundExport(
             step=r.meta["step"],
@@ -45,5 +49,6 @@ def export_stage(
         step_list=steps,
         accuracy_tables=tables,
     )
-    files = {"step_list": f"{out_dir}/step_list.txt", "summary": f"{out_dir}/export_summary.json"}
+    files = {name: f"{out_dir}/{name}" for name in counts}
+    files.update(step_list=f"{out_dir}/step_list.txt", summary=f"{out_dir}/export_summary.json")
     return StageRecord(stage="export_original", out_dir=out_dir, files=files, rows=dict(counts))
