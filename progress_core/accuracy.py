@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,22 @@ class ProbeConfig(BaseModel):
 
     samples_per_cluster: int | None = Field(
         100, description="probe at most this many selected samples per cluster; None = all (warm-up probes)"
+    )
+    source: Literal["held_out", "selected"] = Field(
+        "held_out",
+        description=(
+            "which samples of each cluster are probed: held_out = not yet selected (never trained on, the same "
+            "seeded samples at every probe while they stay unselected), so a rise means the model generalises "
+            "on the cluster; selected = the original scripts' already-selected (mostly trained-on) samples, "
+            "all of them at the warm-up probes"
+        ),
+    )
+    all_strategies: bool = Field(
+        False,
+        description=(
+            "probe after every round whatever the strategy; off = only strategies that read the accuracy "
+            "(progress) pay for probes, the others write an empty probe"
+        ),
     )
     max_new_tokens: int = Field(25, description="greedy answer length (original: 25)")
     batch_size: int = Field(64, description="prompts per generate call")
