@@ -232,7 +232,9 @@ def _round_summary(row: dict, plan: RoundPlan, outcome: RoundOutcome, cfg: RunCo
         **{k: row[k] for k in RoundSummary.model_fields if k in row},
         budget=plan.budget,
         stage_seconds=outcome.stage_seconds,
-        quota_mode="-" if plan.kind == "warmup" else ("original" if original else "redistribute"),
+        quota_mode="-"
+        if plan.kind == "warmup" or cfg.selection.strategy != "progress"
+        else ("original" if original else "redistribute"),
         notes=list(outcome.commit.meta.get("notes", [])),
     )
 

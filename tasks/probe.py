@@ -42,13 +42,14 @@ def probe_stage(
 ) -> StageRecord:
     """Probe the checkpoint at ``to_step`` on the samples ``settings.source`` names (module docstring)."""
     clusters = cluster_ids(annotation)
-    if settings.source == "held_out":
+    held_out = settings.source == "held_out"
+    if held_out:
         pool_ids = ids_of(selected, "remaining_after")
         spc = samples_per_cluster if samples_per_cluster is not None else settings.samples_per_cluster
     else:
         pool_ids = ids_of(selected, "selected_until")
         spc = samples_per_cluster
-    ids = probe_sample(pool_ids, clusters[pool_ids], spc, seed)
+    ids = probe_sample(pool_ids, clusters[pool_ids], spc, seed, n_samples=clusters.size if held_out else None)
     rows = manifest_rows(manifest, ids)
     rows = rows.append_column("cluster_id", pa.array(clusters[np.asarray(ids, dtype=np.int64)]))
     result = probe(
