@@ -86,6 +86,18 @@ def quality_table(table: pd.DataFrame, majority: float | None) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
+def concept_table(concepts: pd.DataFrame) -> str:
+    """Per concept: held-out accuracy at the largest budget per strategy and on the full pool (mean over seeds)."""
+    largest = max(b for b in concepts["budget"].unique() if b < 1.0)
+    part = concepts[(concepts["budget"] == largest) | (concepts["strategy"] == "full")]
+    wide = part.pivot_table(index="concept", columns="strategy", values="accuracy", aggfunc="mean")
+    cols = [c for c in (*STRATEGIES, "full") if c in wide.columns]
+    lines = [f"| concept | {' | '.join(f'{c} @ {largest:g}' if c != 'full' else 'full' for c in cols)} |"]
+    lines.append("|" + "---|" * (len(cols) + 1))
+    lines += [f"| {c} | " + " | ".join(f"{r[k]:.2f}" for k in cols) + " |" for c, r in wide.iterrows()]
+    return "\n".join(lines)
+
+
 def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
@@ -121,6 +133,11 @@ def main() -> None:
     table = pd.read_parquet(run_dir / "comparison.parquet")
     majority = json.loads((run_dir / "comparison.json").read_text()).get("majority_baseline")
     text = quality_table(table, majority)
+    concepts_path = run_dir / "comparison_concepts.parquet"
+    if concepts_path.is_file():
+        text += "\n\nPer concept (held-out accuracy, mean over seeds):\n\n" + concept_table(
+            pd.read_parquet(concepts_path)
+        )
     header = f"Measured {date.today().isoformat()} on {_machine()}; {table['seed'].nunique()} seeds.\n\n"
     (run_dir / "bench_quality.md").write_text(header + text + "\n")
     print("\n" + header + text)

@@ -72,9 +72,12 @@ def plot_concept_report(report: pd.DataFrame, out_png: str | os.PathLike) -> Pat
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     acc = report.pivot_table(index="step", columns="family", values="probe_accuracy")
-    acc.plot(ax=ax1, marker="o", ms=3)
+    if acc.notna().to_numpy().any():
+        acc.plot(ax=ax1, marker="o", ms=3)
+        ax1.legend(fontsize=7, ncol=2)
+    else:
+        ax1.text(0.5, 0.5, "not probed (the strategy does not read accuracy)", ha="center", transform=ax1.transAxes)
     ax1.set(title="probe accuracy per concept family", xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
-    ax1.legend(fontsize=7, ncol=2)
     share = report.pivot_table(index="round", columns="family", values="new_share", fill_value=0.0)
     share.plot(ax=ax2, kind="bar", stacked=True, width=0.85, legend=False)
     ax2.set(title="share of each round's new samples", xlabel="round (0, 1 = warm-up)", ylabel="share")
