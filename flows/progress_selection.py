@@ -14,7 +14,7 @@ committed selection.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,23 @@ import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
 
+from progress_core.accuracy import ProbeConfig
 from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
 from progress_core.config import RunConfig
 from progress_core.features import shard_ranges
 from progress_core.report import write_concept_report
-from progress_core.schedule import RoundPlan, advance, horizon, initial_state, next_round, plan_from, steps_for_new
+from progress_core.schedule import (
+    RoundPlan,
+    ScheduleState,
+    advance,
+    horizon,
+    initial_state,
+    next_round,
+    plan_from,
+    steps_for_new,
+)
 from progress_core.summary import RoundSummary, RunSummary, total_seconds
+from progress_core.training import TrainingConfig
 from tasks._tables import cluster_ids
 from tasks.artifacts import publish_round, publish_summary, set_progress, start_progress
 from tasks.clustering import kmeans_stage
@@ -160,18 +171,16 @@ def run_round(
     cfg: RunConfig,
     run: Path,
     prepared: PreparedData,
-    context: dict[str, Any],
-    checkpoint: StageRecord,
-    last: StageRecord | None,
-    probes: list[StageRecord],
+    setup: RunSetup,
+    rounds: RoundsSoFar,
 ) -> RoundOutcome:
     """Select (or commit a warm-up pool), train to the round's step, probe: one round of PROGRESS §3.4."""
     rdir = round_dir(run, plan.index)
-    n = context["n"]
+    last, probes, checkpoint = rounds.last, rounds.probes, rounds.checkpoint
     common = dict(
         selected_before=last,
         remaining_before=last,
-        n_samples=n,
+        n_samples=setup.n,
         round_index=plan.index,
         step=plan.from_step,
         out_dir=rdir / "select",
@@ -188,7 +197,7 @@ def run_round(
             annotation=prepared.annotation,
             acc_prev=probes[-2],
             acc_now=probes[-1],
-            coincide_order=context["coincide_order"],
+            coincide_order=setup.coincide_order,
             **common,
         )
     to_step = plan.from_step + steps_for_new(commit.rows["new"], cfg.training.global_batch_size)
@@ -201,7 +210,7 @@ def run_round(
         samples=commit,
         manifest=prepared.manifest,
         target_step=to_step,
-        settings=context["training"],
+        settings=setup.training,
         round_index=plan.index,
         out_dir=rdir / "train",
     )
@@ -218,7 +227,7 @@ def run_round(
         manifest=prepared.manifest,
         samples_per_cluster=spc,
         seed=cfg.seed if held_out else cfg.seed + plan.index,
-        settings=context["probe"],
+        settings=setup.probe,
         round_index=plan.index,
         to_step=to_step,
         out_dir=rdir / "probe",
@@ -239,20 +248,46 @@ def _round_summary(row: dict, plan: RoundPlan, outcome: RoundOutcome, cfg: RunCo
     )
 
 
-@flow(name="progress-selection", log_prints=True, validate_parameters=True)
-def progress_selection(config: RunConfig = RunConfig()) -> dict:
-    """Run PROGRESS data selection end to end on ``config`` (resumable; see module docstring)."""
-    log = get_run_logger()
-    cfg = config
-    run = Path(cfg.run_dir).resolve()
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(cfg.model_dump_json(indent=2))
-    shared = Path(cfg.shared_dir).resolve() if cfg.shared_dir else run
-    log.info("run directory: %s", run)
+@dataclass
+class RunSetup:
+    """What every round needs beyond the prepared data: the schedule, the trainer's and the probe's settings,
+    the COINCIDE order (strategy ``coincide`` only)."""
 
-    prepared, t_prepare = _timed(prepare_stages, cfg, shared)
-    manifest, annotation, pools = prepared.manifest, prepared.annotation, prepared.pools
-    n = manifest.rows["manifest"]
+    n: int
+    final_step: int
+    training: TrainingConfig
+    probe: ProbeConfig
+    coincide_order: StageRecord | None
+    initial_model: StageRecord
+    init_seconds: float
+
+
+@dataclass
+class RoundsSoFar:
+    """The flow's own record of the rounds it ran (stage outputs are never modified)."""
+
+    state: ScheduleState
+    checkpoint: StageRecord
+    summaries: list[RoundSummary] = field(default_factory=list)
+    commits: list[StageRecord] = field(default_factory=list)
+    probes: list[StageRecord] = field(default_factory=list)
+
+    @property
+    def last(self) -> StageRecord | None:
+        return self.commits[-1] if self.commits else None
+
+    def add(self, outcome: RoundOutcome, summary: RoundSummary) -> None:
+        self.summaries.append(summary)
+        self.commits.append(outcome.commit)
+        self.probes.append(outcome.probe)
+        self.checkpoint = outcome.checkpoint
+        self.state = advance(self.state, outcome.commit.rows["new"])
+
+
+def set_up_rounds(cfg: RunConfig, shared: Path, prepared: PreparedData) -> tuple[RunSetup, ScheduleState]:
+    """Plan the schedule (its last step is the trainer's horizon), build the initial model of the seed."""
+    n = prepared.manifest.rows["manifest"]
+    pools = prepared.pools
     state = initial_state(cfg, n, (pools.rows["w1"], pools.rows["w2"]))
     final_step = horizon(plan_from(state), cfg.final_step(n))
     training = cfg.training_config(final_step)
@@ -266,75 +301,49 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
             settings=cfg.warmup,
             out_dir=shared / "coincide",
         )
-    log.info(
-        "pool %d samples, %d annotation / %d selection clusters, W1 %d, W2 %d, horizon %d steps at batch %d",
-        n,
-        annotation.meta["k"],
-        prepared.selection_clusters.meta["k"],
-        pools.rows["w1"],
-        pools.rows["w2"],
-        final_step,
-        cfg.training.global_batch_size,
-    )
-    checkpoint, t_init = _timed(
+    model, seconds = _timed(
         run_stage,
         init_model_stage,
-        manifest=manifest,
+        manifest=prepared.manifest,
         settings=training.model,
         out_dir=init_model_dir(shared, training.model.init_seed),
     )
-    context = {"n": n, "training": training, "probe": cfg.probe_config(), "coincide_order": coincide_order}
-    annotation_ids = cluster_ids(annotation)
-    progress_id = start_progress(str(run))
-    rounds: list[RoundSummary] = []
-    commits: list[StageRecord] = []
-    probes: list[StageRecord] = []
-    last: StageRecord | None = None
-    while (plan := next_round(state)) is not None:
-        started = time.monotonic()
-        outcome = run_round(plan, cfg, run, prepared, context, checkpoint, last, probes)
-        for note in outcome.commit.meta.get("notes", []):
-            log.info("round %d: %s", plan.index, note)
-        if outcome.commit.rows["new"] == 0:
-            log.info("round %d selected nothing; stopping at step %d", plan.index, state.step)
-            break
-        row = publish_round.with_options(cache_policy=NO_CACHE)(
-            run_dir=str(run),
-            round_index=plan.index,
-            step=plan.from_step,
-            next_step=outcome.to_step,
-            commit=outcome.commit,
-            probe_after=outcome.probe,
-            train=outcome.checkpoint,
-            annotation_ids=annotation_ids,
-            manifest=manifest,
-            seconds=time.monotonic() - started,
-        )
-        rounds.append(_round_summary(row, plan, outcome, cfg))
-        set_progress(progress_id, outcome.to_step, final_step)
-        log.info(
-            "round %d done: steps %d→%d, %d new of budget %d, %d selected so far, probe accuracy %.3f",
-            plan.index,
-            plan.from_step,
-            outcome.to_step,
-            outcome.commit.rows["new"],
-            plan.budget,
-            outcome.commit.rows["selected_until"],
-            rounds[-1].probe_accuracy,
-        )
-        commits.append(outcome.commit)
-        probes.append(outcome.probe)
-        checkpoint, last = outcome.checkpoint, outcome.commit
-        state = advance(state, outcome.commit.rows["new"])
+    setup = RunSetup(n, final_step, training, cfg.probe_config(), coincide_order, model, seconds)
+    return setup, state
 
-    export = None
+
+def record_round(
+    run: Path, plan: RoundPlan, outcome: RoundOutcome, cfg: RunConfig, prepared: PreparedData, seconds: float
+) -> RoundSummary:
+    """Publish the round's artifacts and return its typed summary."""
+    row = publish_round.with_options(cache_policy=NO_CACHE)(
+        run_dir=str(run),
+        round_index=plan.index,
+        step=plan.from_step,
+        next_step=outcome.to_step,
+        commit=outcome.commit,
+        probe_after=outcome.probe,
+        train=outcome.checkpoint,
+        annotation_ids=cluster_ids(prepared.annotation),
+        manifest=prepared.manifest,
+        seconds=seconds,
+    )
+    return _round_summary(row, plan, outcome, cfg)
+
+
+def finish_run(
+    cfg: RunConfig, run: Path, prepared: PreparedData, setup: RunSetup, rounds: RoundsSoFar, prepare_seconds: float
+) -> RunSummary:
+    """Export to the original file names, write the concept report and the typed run summary."""
+    manifest, commits, probes = prepared.manifest, rounds.commits, rounds.probes
     steps = [p.meta["step"] for p in probes]
+    export = None
     if cfg.export_original and commits:
         export = run_stage(
             export_stage,
             manifest=manifest,
-            annotation=annotation,
-            pools=pools,
+            annotation=prepared.annotation,
+            pools=prepared.pools,
             rounds=commits,
             probes=probes,
             steps=steps,
@@ -352,30 +361,76 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
             ],
             run,
         )
-        log.info("concept report: %s", concept["plot"])
-    summary = RunSummary(
+    return RunSummary(
         run_dir=str(run),
         flow_run_id=str(prefect_runtime.flow_run.id),
         strategy=cfg.selection.strategy,
         seed=cfg.seed,
-        final_step=final_step,
-        step=state.step,
-        n_samples=n,
+        final_step=setup.final_step,
+        step=rounds.state.step,
+        n_samples=setup.n,
         n_selected=commits[-1].rows["selected_until"] if commits else 0,
-        rounds=rounds,
-        stage_seconds=total_seconds(rounds, {"prepare": t_prepare, "init_model": t_init}),
+        rounds=rounds.summaries,
+        stage_seconds=total_seconds(rounds.summaries, {"prepare": prepare_seconds, "init_model": setup.init_seconds}),
         final_selection=commits[-1].files["selected_until"] if commits else None,
         export_dir=export.out_dir if export else None,
-        final_checkpoint=checkpoint.files.get("checkpoint"),
-        final_checkpoint_key=checkpoint.content_hash,
+        final_checkpoint=rounds.checkpoint.files.get("checkpoint"),
+        final_checkpoint_key=rounds.checkpoint.content_hash,
         concept_report=str(concept["plot"]) if concept else None,
         concept_summary=str(concept["summary"]) if concept else None,
         eval_json=prepared.pool.files.get("eval_json"),
         labels=prepared.pool.files.get("labels"),
         image_root=prepared.pool.meta.get("image_root"),
     )
-    rows = [r.model_dump() for r in rounds]
-    summary = publish_run_report(summary, manifest, rows)
-    publish_summary(str(run), rows, final_step, summary.model_dump())
+
+
+@flow(name="progress-selection", log_prints=True, validate_parameters=True)
+def progress_selection(config: RunConfig = RunConfig()) -> dict:
+    """Run PROGRESS data selection end to end on ``config`` (resumable; see module docstring)."""
+    log = get_run_logger()
+    cfg = config
+    run = Path(cfg.run_dir).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(cfg.model_dump_json(indent=2))
+    shared = Path(cfg.shared_dir).resolve() if cfg.shared_dir else run
+
+    prepared, prepare_seconds = _timed(prepare_stages, cfg, shared)
+    setup, state = set_up_rounds(cfg, shared, prepared)
+    log.info(
+        "%s: pool %d, W1 %d, W2 %d, %d annotation clusters; %d steps planned at batch %d",
+        run,
+        setup.n,
+        prepared.pools.rows["w1"],
+        prepared.pools.rows["w2"],
+        prepared.annotation.meta["k"],
+        setup.final_step,
+        cfg.training.global_batch_size,
+    )
+    rounds = RoundsSoFar(state, setup.initial_model)
+    progress_id = start_progress(str(run))
+    while (plan := next_round(rounds.state)) is not None:
+        started = time.monotonic()
+        outcome = run_round(plan, cfg, run, prepared, setup, rounds)
+        for note in outcome.commit.meta.get("notes", []):
+            log.info("round %d: %s", plan.index, note)
+        if outcome.commit.rows["new"] == 0:
+            log.info("round %d selected nothing; stopping at step %d", plan.index, plan.from_step)
+            break
+        rounds.add(outcome, record_round(run, plan, outcome, cfg, prepared, time.monotonic() - started))
+        set_progress(progress_id, outcome.to_step, setup.final_step)
+        log.info(
+            "round %d: steps %d→%d, %d new of budget %d, probe accuracy %.3f",
+            plan.index,
+            plan.from_step,
+            outcome.to_step,
+            outcome.commit.rows["new"],
+            plan.budget,
+            rounds.summaries[-1].probe_accuracy,
+        )
+
+    summary = finish_run(cfg, run, prepared, setup, rounds, prepare_seconds)
+    rows = [r.model_dump() for r in summary.rounds]
+    summary = publish_run_report(summary, prepared.manifest, rows)
+    publish_summary(str(run), rows, setup.final_step, summary.model_dump())
     summary.write(run / "summary.json")
     return summary.model_dump(mode="json")
