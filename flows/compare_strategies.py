@@ -232,7 +232,7 @@ def compare_strategies(
     labels = split_files.get("labels") or str(shared / "data" / "labels.parquet")
     eval_json = split_files.get("eval_json") or str(shared / "data" / "eval.json")
     majority = majority_baseline(eval_json, labels) if Path(labels).is_file() and Path(eval_json).is_file() else None
-    report = publish_comparison_report(str(base), str(table_path), str(concepts_path))
+    report = publish_comparison_report(str(base), str(table_path), str(concepts_path), majority)
     summary = {
         "run_dir": str(base),
         "comparison": str(table_path),

@@ -253,8 +253,9 @@ def spread_table(table: pd.DataFrame) -> pd.DataFrame:
     return g.agg(mean="mean", sd="std", seeds="count").reset_index()
 
 
-def plot_accuracy_vs_budget(table: pd.DataFrame, out_png: str | os.PathLike) -> Path:
-    """Held-out accuracy per strategy against budget, mean ± sd over seeds; ``full`` as a band."""
+def plot_accuracy_vs_budget(table: pd.DataFrame, out_png: str | os.PathLike, majority: float | None = None) -> Path:
+    """Held-out accuracy per strategy against budget, mean ± sd over seeds; ``full`` as a band; the
+    majority-answer baseline as a dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,6 +272,8 @@ def plot_accuracy_vs_budget(table: pd.DataFrame, out_png: str | os.PathLike) -> 
             ax.axhspan(m - s, m + s, color="k", alpha=0.08)
             continue
         ax.errorbar(part["budget"], part["mean"], yerr=sd, marker="o", capsize=3, label=name)
+    if majority is not None:
+        ax.axhline(majority, color="grey", ls=":", lw=1, label=f"majority answer ({majority:.3f})")
     ax.set(
         title="held-out accuracy vs budget (mean ± sd over seeds)", xlabel="budget (share of pool)", ylabel="accuracy"
     )
@@ -298,12 +301,12 @@ def plot_concepts_by_strategy(concepts: pd.DataFrame, out_png: str | os.PathLike
     return _save(fig, Path(out_png))
 
 
-def comparison_report(table_path, concepts_path, out_dir: str | os.PathLike) -> Report:
+def comparison_report(table_path, concepts_path, out_dir: str | os.PathLike, majority: float | None = None) -> Report:
     """``report.html`` of a comparison: accuracy vs budget with spread, per-concept accuracy per strategy,
     the table of mean ± sd."""
     out = Path(out_dir)
     table = pd.read_parquet(table_path)
-    plot_accuracy_vs_budget(table, out / "accuracy_vs_budget.png")
+    plot_accuracy_vs_budget(table, out / "accuracy_vs_budget.png", majority)
     spread = spread_table(table)
     sections: list[tuple[str, str | None, pd.DataFrame | None]] = [
         ("Held-out accuracy vs budget", "accuracy_vs_budget.png", spread)

@@ -31,9 +31,11 @@ def publish_run_report(summary: RunSummary, manifest: StageRecord, rows: list[di
 
 
 @task(name="comparison-report", task_run_name="comparison-report")
-def publish_comparison_report(base_dir: str, table_path: str, concepts_path: str | None) -> str:
+def publish_comparison_report(
+    base_dir: str, table_path: str, concepts_path: str | None, majority: float | None = None
+) -> str:
     """Write the comparison's ``report.html`` + PNGs under ``base_dir`` and publish them; returns the HTML path."""
-    report = comparison_report(table_path, concepts_path, Path(base_dir))
+    report = comparison_report(table_path, concepts_path, Path(base_dir), majority)
     create_markdown_artifact(
         key=artifact_key(base_dir, "comparison-report"),
         markdown=report.markdown,
