@@ -147,6 +147,53 @@ def _one_run(cfg: RunConfig, label: str, eval_split: dict | None, log) -> dict:
     return result
 
 
+def held_out_split(config: RunConfig, shared: Path, log) -> tuple[RunConfig, dict | None]:
+    """The evaluation split: the bundled pool's own (None here), a user's ``data.eval_json``, or
+    ``data.holdout_fraction`` of a user's pool held out (the runs then select from the rest)."""
+    if not config.data.pool_json:
+        if config.data.synthetic_n_eval == 0:
+            raise ConfigError("the comparison needs a held-out split: set data.synthetic_n_eval > 0")
+        return config, None
+    split = run_stage(holdout_stage, data=config.data, out_dir=shared / "holdout")
+    files = {
+        "eval_json": split.files["eval_json"],
+        "image_root": split.meta["image_root"],
+        "labels": split.files["labels"],
+    }
+    if not config.data.eval_json:
+        config = config.model_copy(
+            update={"data": config.data.model_copy(update={"pool_json": split.files["pool_json"]})}
+        )
+        log.info(
+            "held out %d rows for evaluation (data.holdout_fraction=%s)",
+            split.rows["eval"],
+            config.data.holdout_fraction,
+        )
+    return config, files
+
+
+def _row(strategy: str, variant: str, budget: float, seed: int, result: dict) -> dict:
+    row = {
+        "strategy": strategy,
+        "variant": variant,
+        "budget": float(budget),
+        "seed": int(seed),
+        "n_selected": int(result["n_selected"]),
+        "steps": int(result["steps"]),
+        "rounds": int(result["rounds"]),
+        "accuracy": float(result["accuracy"]),
+        "run_dir": result["run_dir"],
+    }
+    row.update({f"seconds_{k}": float(v) for k, v in result["seconds"].items()})
+    return row
+
+
+def _named(frame: pd.DataFrame) -> pd.DataFrame:
+    """Strategy names carry the sweep value (``progress[temperature=0.25]``)."""
+    frame["strategy"] = [s + (f"[{v}]" if v else "") for s, v in zip(frame["strategy"], frame["variant"])]
+    return frame
+
+
 @flow(name="compare-strategies", log_prints=True, validate_parameters=True)
 def compare_strategies(
     config: RunConfig = RunConfig(),
@@ -169,75 +216,38 @@ def compare_strategies(
             f"every budget must exceed the warm-up (warmup.fractions[1] = {config.warmup.fractions[1]}); "
             f"got budgets {budgets}"
         )
-    sweeps: list[tuple[str, Any] | None] = [None]
-    if sweep_field:
-        sweeps = [(sweep_field, v) for v in (sweep_values or [])]
+    sweeps: list[tuple[str, Any] | None] = [(sweep_field, v) for v in sweep_values or []] if sweep_field else [None]
     base = Path(config.run_dir).resolve()
     shared = Path(config.shared_dir).resolve() if config.shared_dir else base / "shared"
-    eval_split = None
-    if config.data.pool_json:
-        split = run_stage(holdout_stage, data=config.data, out_dir=shared / "holdout")
-        eval_split = {
-            "eval_json": split.files["eval_json"],
-            "image_root": split.meta["image_root"],
-            "labels": split.files["labels"],
-        }
-        if not config.data.eval_json:
-            data = config.data.model_copy(update={"pool_json": split.files["pool_json"]})
-            config = config.model_copy(update={"data": data})
-            log.info(
-                "held out %d of the pool's rows for evaluation (data.holdout_fraction=%s)",
-                split.rows["eval"],
-                config.data.holdout_fraction,
-            )
-
-    jobs: list[tuple[str, float, int, tuple[str, Any] | None]] = [
-        (s, b, seed, sw) for b in budgets for sw in sweeps for s in strategies for seed in seeds
-    ]
-    if include_full:
-        jobs += [("full", 1.0, seed, None) for seed in seeds]
+    config, eval_split = held_out_split(config, shared, log)
+    jobs = [(s, b, seed, sw) for b in budgets for sw in sweeps for s in strategies for seed in seeds]
+    jobs += [("full", 1.0, seed, None) for seed in seeds] if include_full else []
     rows, concept_parts = [], []
     for strategy, budget, seed, sw in jobs:
-        cfg = run_config(config, base, shared, strategy, budget, seed, sw)
         variant = _variant_label(*(sw or (None, None)))
         label = f"{base.name} {strategy}{'[' + variant + ']' if variant else ''} b={budget:g} seed={seed}"
-        result = _one_run(cfg, label, eval_split, log)
-        row = {
-            "strategy": strategy,
-            "variant": variant,
-            "budget": float(budget),
-            "seed": int(seed),
-            "n_selected": int(result["n_selected"]),
-            "steps": int(result["steps"]),
-            "rounds": int(result["rounds"]),
-            "accuracy": float(result["accuracy"]),
-            "run_dir": result["run_dir"],
-        }
-        row.update({f"seconds_{k}": float(v) for k, v in result["seconds"].items()})
-        rows.append(row)
+        result = _one_run(run_config(config, base, shared, strategy, budget, seed, sw), label, eval_split, log)
+        rows.append(_row(strategy, variant, budget, seed, result))
         concepts = pd.read_parquet(result["concepts"])
         for key in ("seed", "budget", "variant", "strategy"):
-            concepts.insert(0, key, row[key])
+            concepts.insert(0, key, rows[-1][key])
         concept_parts.append(concepts)
     table = pd.DataFrame(rows)
-    table = table.fillna({c: 0.0 for c in table.columns if c.startswith("seconds_")})
-    if sweep_field:
-        table["strategy"] = [s + (f"[{v}]" if v else "") for s, v in zip(table["strategy"], table["variant"])]
-    concepts = pd.concat(concept_parts, ignore_index=True)
-    if sweep_field:
-        concepts["strategy"] = [s + (f"[{v}]" if v else "") for s, v in zip(concepts["strategy"], concepts["variant"])]
+    table = _named(table.fillna({c: 0.0 for c in table.columns if c.startswith("seconds_")}))
     table_path = write_parquet(table, base / "comparison.parquet")
-    concepts_path = write_parquet(concepts, base / "comparison_concepts.parquet")
-    split_files = eval_split or {}
-    labels = split_files.get("labels") or str(shared / "data" / "labels.parquet")
-    eval_json = split_files.get("eval_json") or str(shared / "data" / "eval.json")
-    majority = majority_baseline(eval_json, labels) if Path(labels).is_file() and Path(eval_json).is_file() else None
-    report = publish_comparison_report(str(base), str(table_path), str(concepts_path), majority)
+    concepts_path = write_parquet(
+        _named(pd.concat(concept_parts, ignore_index=True)), base / "comparison_concepts.parquet"
+    )
+    split = eval_split or {
+        "labels": str(shared / "data" / "labels.parquet"),
+        "eval_json": str(shared / "data" / "eval.json"),
+    }
+    majority = majority_baseline(split["eval_json"], split["labels"])
     summary = {
         "run_dir": str(base),
         "comparison": str(table_path),
         "comparison_concepts": str(concepts_path),
-        "report_html": report,
+        "report_html": publish_comparison_report(str(base), str(table_path), str(concepts_path), majority),
         "majority_baseline": majority,
         "rows": rows,
     }
