@@ -20,7 +20,6 @@ default selection modes do while samples remain.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -31,8 +30,8 @@ from progress_core.errors import ConfigError
 class RoundPlan:
     """One round: ``budget`` new samples trained from ``from_step`` to ``to_step``.
 
-    ``kind`` is ``warmup`` (``pool`` names W1 or W2) or ``select``; ``probe_all`` is True for the warm-up
-    probes, which look at every selected sample (PROGRESS §3.2).
+    ``kind`` is ``warmup`` (``pool`` names W1 or W2) or ``select``; ``budget`` is the samples the round
+    selects, ``to_step`` where training stops if it selects all of them.
     """
 
     index: int
@@ -154,7 +153,3 @@ def plan_rounds(config, pool_size: int, warmup: tuple[int, int] | None = None) -
 def horizon(plans: list[RoundPlan], fallback: int) -> int:
     """The last planned step (the cosine schedule's end), or ``fallback`` when nothing is planned."""
     return max((p.to_step for p in plans), default=fallback) or fallback
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)
