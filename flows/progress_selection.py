@@ -75,7 +75,8 @@ def round_dir(run: Path, round_index: int) -> Path:
 
 @dataclass
 class PreparedData:
-    """Records of the stages before the rounds (DESIGN §2: manifest → features → clusters → pools)."""
+    """Records of the stages before the rounds: manifest → features → clusters → warm-up pools
+    (``docs/architecture.md#a-round-through-the-files``)."""
 
     pool: StageRecord
     manifest: StageRecord

@@ -1,8 +1,8 @@
 """Held-out evaluation per concept: how a finished run's model does on the evaluation split.
 
-Selection never reads concept labels; they exist to judge the outcome. Comparing strategies at equal budgets
-(DESIGN §5) means training each, then answering the same evaluation split with each final checkpoint. The
-probe machinery of PROGRESS §3.2 is reused with the concept as the "cluster".
+Selection never reads concept labels; they exist to judge the outcome. Comparing strategies at equal
+budgets (``docs/algorithm.md#selection``) means training each, then answering the same evaluation split with
+each final checkpoint. The probe machinery of PROGRESS §3.2 is reused with the concept as the "cluster".
 """
 
 from __future__ import annotations

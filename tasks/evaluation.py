@@ -1,4 +1,5 @@
-"""Held-out evaluation of a run's final checkpoint, per concept (DESIGN §5 strategy comparison)."""
+"""Held-out evaluation of a run's final checkpoint, per concept, and the held-out split of a user's pool
+(``docs/algorithm.md#selection``: comparing strategies)."""
 
 from __future__ import annotations
 
