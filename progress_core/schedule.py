@@ -113,7 +113,8 @@ def advance(state: ScheduleState, n_new: int) -> ScheduleState:
 
 
 def warmup_sizes(fractions: tuple[float, float], pool_size: int) -> tuple[int, int]:
-    """|W1| = int(f1 * N) and |W2 \\ W1| = int(f2 * N) - |W1| (COINCIDE targets, ``docs/algorithm.md#warm-up-pools``)."""
+    """|W1| = int(f1 * N) and |W2 \\ W1| = int(f2 * N) - |W1|, the COINCIDE targets
+    (``docs/algorithm.md#warm-up-pools``)."""
     w1 = int(fractions[0] * pool_size)
     return w1, max(int(fractions[1] * pool_size) - w1, 0)
 

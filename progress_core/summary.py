@@ -1,4 +1,5 @@
-"""What a finished run reports: the typed run summary written to ``summary.json`` (``docs/architecture.md#a-round-through-the-files``).
+"""What a finished run reports: the typed run summary in ``summary.json``
+(``docs/architecture.md#a-round-through-the-files``).
 
 One :class:`RoundSummary` per round (warm-up rounds included) with the steps it trained, the samples it
 selected against its budget, the probe accuracy after it and the seconds each stage took, and one
