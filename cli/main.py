@@ -49,9 +49,9 @@ def version() -> None:
 
 
 def _register_all() -> None:
-    from cli import data, run, stages, training
+    from cli import compare, data, run, stages, training
 
-    for module in (data, stages, training, run):
+    for module in (data, stages, training, run, compare):
         module.register(app)
 
 

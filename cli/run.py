@@ -25,12 +25,16 @@ from progress_core.validation import validate_run
 
 def format_rounds(rows: list[dict]) -> str:
     """The table of rounds printed at the end of a run."""
-    header = f"{'round':>5} {'strategy':<12} {'steps':>11} {'new':>6} {'selected':>8} {'probe acc':>9} {'secs':>6}"
+    header = (
+        f"{'round':>5} {'strategy':<12} {'steps':>11} {'budget':>6} {'new':>6} {'selected':>8} {'probe acc':>9} "
+        f"{'secs':>6}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r['round']:>5} {str(r['strategy'])[:12]:<12} {r['from_step']:>5}→{r['to_step']:<5} "
-            f"{r['new']:>6} {r['selected']:>8} {r['probe_accuracy']:>9.3f} {r['seconds']:>6}"
+            f"{r.get('budget', r['new']):>6} {r['new']:>6} {r['selected']:>8} {r['probe_accuracy']:>9.3f} "
+            f"{r['seconds']:>6}"
         )
     return "\n".join(lines)
 
@@ -121,6 +125,8 @@ def _report(summary: dict) -> None:
         typer.echo(f"original-format:    {summary['export_dir']}  (Top_50K.json, Selected_until_*.json, ...)")
     typer.echo(f"per-round files:    {summary['run_dir']}/rounds/rNN/{{select,train,probe}}")
     typer.echo(f"run summary:        {summary['run_dir']}/summary.json")
+    if summary.get("report_html"):
+        typer.echo(f"run report:         {summary['report_html']}  (HTML with plots)")
     if summary.get("concept_report"):
         typer.echo(f"per-concept plot:   {summary['concept_report']}  (probe accuracy and selection share per round)")
     skipped = summary.get("skipped") or {}
@@ -197,47 +203,6 @@ def register(app: typer.Typer) -> None:
         typer.echo("")
         for key, value in result.items():
             typer.echo(f"{key:<13} {value}")
-
-    @app.command("compare")
-    def compare_command(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (as for `progress run`)."),
-        run_dir: Optional[str] = typer.Option(
-            None, "--run-dir", help="Base directory: one sub-directory per strategy."
-        ),
-        strategies: list[str] = typer.Option(
-            ["progress", "random", "tfs", "coincide"], "--strategy", "-s", help="Strategy to compare (repeatable)."
-        ),
-        set_: list[str] = typer.Option([], "--set", help="Override one config field (repeatable)."),
-    ) -> None:
-        """Compare selection strategies at equal budgets; report held-out accuracy per concept.
-
-        The stages before the rounds are computed once and shared; each strategy then runs its own rounds
-        from the same warm-up. With the bundled pool, every final model answers the evaluation split.
-        """
-        overrides = _parse_set(set_)
-        if run_dir:
-            overrides["run_dir"] = run_dir
-        cfg = load_config(config, overrides)
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        from flows.compare_strategies import compare_strategies
-
-        result = compare_strategies(config=cfg, strategies=list(strategies))
-        typer.echo("")
-        for row in result["strategies"]:
-            acc = f"  held-out accuracy {row['eval_accuracy']:.3f}" if "eval_accuracy" in row else ""
-            typer.echo(
-                f"{row['strategy']:<10} {row['rounds']:>3} rounds  step {row['final_step']:>5}  "
-                f"{row['selected']:>7} selected{acc}"
-            )
-        if "per_concept" in result:
-            names = [r["strategy"] for r in result["strategies"]]
-            typer.echo("\n" + f"{'concept':<22}" + "".join(f"{n:>10}" for n in names))
-            for concept, accs in result["per_concept"].items():
-                typer.echo(
-                    f"{concept:<22}"
-                    + "".join(f"{'-' if accs.get(n) is None else format(accs[n], '.2f'):>10}" for n in names)
-                )
-            typer.echo(f"\ncomparison table: {result['comparison']}")
 
     @app.command("config")
     def config_command(

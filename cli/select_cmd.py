@@ -91,10 +91,13 @@ def register(app: typer.Typer) -> None:
         measure: Optional[str] = typer.Option(
             None, "--measure", help=("progress: relative_change (original) | relative_error_reduction.")
         ),
-        redistribute_overflow: bool = typer.Option(
-            False,
-            "--redistribute-overflow",
-            help=("progress: give quota capped by availability to the other improving clusters."),
+        redistribute_overflow: Optional[bool] = typer.Option(
+            None,
+            "--redistribute-overflow/--no-redistribute-overflow",
+            help=(
+                "progress: give quota capped by availability to the other improving clusters (default) or drop it "
+                "as the original."
+            ),
         ),
         fallback: Optional[str] = typer.Option(
             None,
@@ -131,9 +134,9 @@ def register(app: typer.Typer) -> None:
             ):
                 if value is not None:
                     options[key] = value
-            if redistribute_overflow:
-                options["redistribute_overflow"] = True
-        elif any(v is not None for v in (temperature, exploit_frac, measure, fallback)) or redistribute_overflow:
+            if redistribute_overflow is not None:
+                options["redistribute_overflow"] = redistribute_overflow
+        elif any(v is not None for v in (temperature, exploit_frac, measure, fallback, redistribute_overflow)):
             raise SelectInputError(
                 f"--temperature/--exploit-frac/--measure/--redistribute-overflow/"
                 f"--fallback-when-no-progress apply to strategy 'progress', not {strategy!r}"

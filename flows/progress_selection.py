@@ -1,37 +1,46 @@
-"""The PROGRESS selection flow (arXiv 2506.01085; DESIGN §1-§3).
+"""The PROGRESS selection flow (arXiv 2506.01085 §3; ``docs/architecture.md#orchestration``).
 
-features → dual k-means → COINCIDE warm-up pools → train W1 → probe → train W2 → probe →
-loop { select → train → probe } until FINAL_STEP, the round budget or an exhausted pool.
+prepare (pool → manifest → features → dual k-means → COINCIDE warm-up pools) → warm-up (train W1, probe;
+train W2, probe) → for each planned round: select, train, probe → export → report.
 
-The loop is plain Python unrolled at run time, so the UI shows one task run per stage per round
-(``select[r=3]``, ``train[r=3]``, ``probe[r=3]``). Every stage is cached by content (``tasks/stage.py``): re-running
-or retrying with the same config and run directory re-executes nothing that completed and continues from the
-first round without a committed selection; the last selected batch is trained too (SPEC §7.6 fixed).
-
-A round advances ``len(new) // global_batch`` steps (SPEC §3.4), at least one: a selection smaller than one
-batch is still trained (one step, its samples cycled) rather than silently dropped. The last round's budget
-is cut to what fits before FINAL_STEP.
+The rounds follow the pure schedule of :mod:`progress_core.schedule` (``docs/algorithm.md#round-schedule``):
+every selected sample is trained, selection budgets are whole global batches, no tiny tail rounds. The loop
+is plain Python unrolled at run time, so the UI shows one task run per stage per round (``select[r=3]``,
+``train[r=3]``, ``probe[r=3]``). Every stage is cached by content (``tasks/stage.py``): re-running with the same
+config and run directory re-executes nothing that completed and continues from the first round without a
+committed selection.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
 
 from flows.approval import approve_after_warmup
 from flows.feature_shards import run_feature_shards
+from progress_core.accuracy import ProbeConfig
 from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
 from progress_core.config import RunConfig
 from progress_core.features import shard_ranges
 from progress_core.report import write_concept_report
-from progress_core.rounds import next_step
+from progress_core.schedule import (
+    RoundPlan,
+    ScheduleState,
+    advance,
+    horizon,
+    initial_state,
+    next_round,
+    plan_from,
+    steps_for_new,
+)
+from progress_core.summary import RoundSummary, RunSummary, total_seconds
+from progress_core.training import TrainingConfig
 from progress_core.validation import validate_run
 from tasks._tables import cluster_ids
 from tasks.artifacts import publish_round, publish_summary, set_progress, start_progress
@@ -40,8 +49,10 @@ from tasks.data import image_fingerprint, manifest_stage, pool_fingerprint, prep
 from tasks.export import export_stage
 from tasks.features import combine_stage, import_fingerprint, import_stage
 from tasks.probe import probe_stage
+from tasks.report import publish_run_report
 from tasks.selection import commit_warmup_stage, select_stage
-from tasks.stage import StageRecord, finish_run, run_stage, skip_counts
+from tasks.stage import StageRecord, run_stage, skip_counts
+from tasks.stage import finish_run as write_run_manifest
 from tasks.training import init_model_stage, train_stage
 from tasks.warmup import coincide_order_stage, warmup_stage
 
@@ -52,7 +63,8 @@ def round_dir(run: Path, round_index: int) -> Path:
 
 @dataclass
 class PreparedData:
-    """Records of the stages before the rounds (DESIGN §2: manifest → features → clusters → pools)."""
+    """Records of the stages before the rounds: manifest → features → clusters → warm-up pools
+    (``docs/architecture.md#a-round-through-the-files``)."""
 
     pool: StageRecord
     manifest: StageRecord
@@ -125,6 +137,272 @@ def prepare_stages(cfg: RunConfig, shared: Path) -> PreparedData:
     return PreparedData(pool, manifest, features, annotation, selection_clusters, pools)
 
 
+PROBING_STRATEGIES = frozenset({"progress"})
+"""Strategies that read the probe's accuracy; the others skip probing unless ``probe.all_strategies``."""
+
+
+def init_model_dir(shared: Path, init_seed: int) -> Path:
+    """Initial model of the run's seed (seed 0 keeps the plain name, so existing runs stay valid)."""
+    return shared / ("model_init" if init_seed == 0 else f"model_init_seed{init_seed}")
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What one round produced: the committed selection, the trained checkpoint, the probe after it."""
+
+    commit: StageRecord
+    checkpoint: StageRecord
+    probe: StageRecord
+    to_step: int
+    stage_seconds: dict[str, float]
+
+
+def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    started = time.monotonic()
+    out = fn(*args, **kwargs)
+    return out, round(time.monotonic() - started, 3)
+
+
+def run_round(
+    plan: RoundPlan,
+    cfg: RunConfig,
+    run: Path,
+    prepared: PreparedData,
+    setup: RunSetup,
+    rounds: RoundsSoFar,
+) -> RoundOutcome:
+    """Select (or commit a warm-up pool), train to the round's step, probe: one round of PROGRESS §3.4."""
+    rdir = round_dir(run, plan.index)
+    last, probes, checkpoint = rounds.last, rounds.probes, rounds.checkpoint
+    common = dict(
+        selected_before=last,
+        remaining_before=last,
+        n_samples=setup.n,
+        round_index=plan.index,
+        step=plan.from_step,
+        out_dir=rdir / "select",
+    )
+    if plan.kind == "warmup":
+        commit, t_select = _timed(run_stage, commit_warmup_stage, pools=prepared.pools, pool_name=plan.pool, **common)
+    else:
+        commit, t_select = _timed(
+            run_stage,
+            select_stage,
+            settings=cfg.selection,
+            budget=plan.budget,
+            seed=cfg.seed,
+            annotation=prepared.annotation,
+            acc_prev=probes[-2],
+            acc_now=probes[-1],
+            coincide_order=setup.coincide_order,
+            **common,
+        )
+    to_step = plan.from_step + steps_for_new(commit.rows["new"], cfg.training.global_batch_size)
+    if commit.rows["new"] == 0:
+        return RoundOutcome(commit, checkpoint, probes[-1] if probes else None, plan.from_step, {"select": t_select})
+    trained, t_train = _timed(
+        run_stage,
+        train_stage,
+        start=checkpoint,
+        samples=commit,
+        manifest=prepared.manifest,
+        target_step=to_step,
+        settings=setup.training,
+        round_index=plan.index,
+        out_dir=rdir / "train",
+    )
+    held_out = cfg.probe.source == "held_out"
+    spc = None if plan.kind == "warmup" and not held_out else cfg.probe.samples_per_cluster
+    if not (cfg.probe.all_strategies or cfg.selection.strategy in PROBING_STRATEGIES):
+        spc = 0
+    probe, t_probe = _timed(
+        run_stage,
+        probe_stage,
+        checkpoint=trained,
+        selected=commit,
+        annotation=prepared.annotation,
+        manifest=prepared.manifest,
+        samples_per_cluster=spc,
+        seed=cfg.seed if held_out else cfg.seed + plan.index,
+        settings=setup.probe,
+        round_index=plan.index,
+        to_step=to_step,
+        out_dir=rdir / "probe",
+    )
+    return RoundOutcome(commit, trained, probe, to_step, {"select": t_select, "train": t_train, "probe": t_probe})
+
+
+def _round_summary(row: dict, plan: RoundPlan, outcome: RoundOutcome, cfg: RunConfig) -> RoundSummary:
+    original = not cfg.selection.redistribute_overflow or cfg.selection.fallback_when_no_progress == "original"
+    return RoundSummary(
+        **{k: row[k] for k in RoundSummary.model_fields if k in row},
+        budget=plan.budget,
+        stage_seconds=outcome.stage_seconds,
+        quota_mode="-"
+        if plan.kind == "warmup" or cfg.selection.strategy != "progress"
+        else ("original" if original else "redistribute"),
+        notes=list(outcome.commit.meta.get("notes", [])),
+    )
+
+
+@dataclass
+class RunSetup:
+    """What every round needs beyond the prepared data: the schedule, the trainer's and the probe's settings,
+    the COINCIDE order (strategy ``coincide`` only)."""
+
+    n: int
+    final_step: int
+    training: TrainingConfig
+    probe: ProbeConfig
+    coincide_order: StageRecord | None
+    initial_model: StageRecord
+    init_seconds: float
+
+
+@dataclass
+class RoundsSoFar:
+    """The flow's own record of the rounds it ran (stage outputs are never modified)."""
+
+    state: ScheduleState
+    checkpoint: StageRecord
+    summaries: list[RoundSummary] = field(default_factory=list)
+    commits: list[StageRecord] = field(default_factory=list)
+    probes: list[StageRecord] = field(default_factory=list)
+
+    @property
+    def last(self) -> StageRecord | None:
+        return self.commits[-1] if self.commits else None
+
+    def add(self, outcome: RoundOutcome, summary: RoundSummary) -> None:
+        self.summaries.append(summary)
+        self.commits.append(outcome.commit)
+        self.probes.append(outcome.probe)
+        self.checkpoint = outcome.checkpoint
+        self.state = advance(self.state, outcome.commit.rows["new"])
+
+
+def set_up_rounds(cfg: RunConfig, shared: Path, prepared: PreparedData) -> tuple[RunSetup, ScheduleState]:
+    """Plan the schedule (its last step is the trainer's horizon), build the initial model of the seed."""
+    n = prepared.manifest.rows["manifest"]
+    pools = prepared.pools
+    state = initial_state(cfg, n, (pools.rows["w1"], pools.rows["w2"]))
+    final_step = horizon(plan_from(state), cfg.final_step(n))
+    training = cfg.training_config(final_step)
+    coincide_order = None
+    if cfg.selection.strategy == "coincide":
+        coincide_order = run_stage(
+            coincide_order_stage,
+            features=prepared.features,
+            selection_clusters=prepared.selection_clusters,
+            budget=min(n, final_step * cfg.training.global_batch_size + pools.rows["w1"] + pools.rows["w2"]),
+            settings=cfg.warmup,
+            out_dir=shared / "coincide",
+        )
+    model, seconds = _timed(
+        run_stage,
+        init_model_stage,
+        manifest=prepared.manifest,
+        settings=training.model,
+        out_dir=init_model_dir(shared, training.model.init_seed),
+    )
+    setup = RunSetup(n, final_step, training, cfg.probe_config(), coincide_order, model, seconds)
+    return setup, state
+
+
+def record_round(
+    run: Path, plan: RoundPlan, outcome: RoundOutcome, cfg: RunConfig, prepared: PreparedData, seconds: float
+) -> RoundSummary:
+    """Publish the round's artifacts and return its typed summary."""
+    row = publish_round.with_options(cache_policy=NO_CACHE)(
+        run_dir=str(run),
+        round_index=plan.index,
+        step=plan.from_step,
+        next_step=outcome.to_step,
+        commit=outcome.commit,
+        probe_after=outcome.probe,
+        train=outcome.checkpoint,
+        annotation_ids=cluster_ids(prepared.annotation),
+        manifest=prepared.manifest,
+        seconds=seconds,
+    )
+    return _round_summary(row, plan, outcome, cfg)
+
+
+def finish_rounds(
+    cfg: RunConfig, run: Path, prepared: PreparedData, setup: RunSetup, rounds: RoundsSoFar, prepare_seconds: float
+) -> RunSummary:
+    """Export to the original file names, write the concept report and the typed run summary."""
+    manifest, commits, probes = prepared.manifest, rounds.commits, rounds.probes
+    steps = [p.meta["step"] for p in probes]
+    export = None
+    if cfg.export_original and commits:
+        export = run_stage(
+            export_stage,
+            manifest=manifest,
+            annotation=prepared.annotation,
+            pools=prepared.pools,
+            rounds=commits,
+            probes=probes,
+            steps=steps,
+            selection_num=cfg.selection.selection_num,
+            out_dir=run / "export",
+        )
+    concept = None
+    if commits and manifest.meta.get("labels"):
+        concept = write_concept_report(
+            manifest.files["manifest"],
+            manifest.meta["labels"],
+            [
+                {"round": i, "to_step": t, "new_path": c.files["new"], "probe_path": p.files["per_sample"]}
+                for i, (c, p, t) in enumerate(zip(commits, probes, steps))
+            ],
+            run,
+        )
+    return RunSummary(
+        run_dir=str(run),
+        flow_run_id=str(prefect_runtime.flow_run.id),
+        strategy=cfg.selection.strategy,
+        seed=cfg.seed,
+        final_step=setup.final_step,
+        step=rounds.state.step,
+        n_samples=setup.n,
+        n_selected=commits[-1].rows["selected_until"] if commits else 0,
+        rounds=rounds.summaries,
+        stage_seconds=total_seconds(rounds.summaries, {"prepare": prepare_seconds, "init_model": setup.init_seconds}),
+        final_selection=commits[-1].files["selected_until"] if commits else None,
+        export_dir=export.out_dir if export else None,
+        final_checkpoint=rounds.checkpoint.files.get("checkpoint"),
+        final_checkpoint_key=rounds.checkpoint.content_hash,
+        concept_report=str(concept["plot"]) if concept else None,
+        concept_summary=str(concept["summary"]) if concept else None,
+        eval_json=prepared.pool.files.get("eval_json"),
+        labels=prepared.pool.files.get("labels"),
+        image_root=prepared.pool.meta.get("image_root"),
+    )
+
+
+def record_run_outputs(
+    run: Path, prepared: PreparedData, setup: RunSetup, rounds: RoundsSoFar, summary: RunSummary
+) -> RunSummary:
+    """``run_manifest.json`` of every current output; round and export files of an older schedule moved to
+    ``stale/``; rows left out by reason (docs/architecture.md#stage-contract)."""
+    records = [*vars(prepared).values(), setup.coincide_order, setup.initial_model, summary.export_dir]
+    records += [*rounds.commits, *rounds.probes, *(Path(c.out_dir).parent / "train" for c in rounds.commits)]
+    outputs = write_run_manifest(run, records, keep=[run / "config.json", run / "summary.json"], sweep=SWEPT)
+    return summary.model_copy(
+        update={
+            "skipped": skip_counts(prepared.manifest, prepared.features),
+            "run_manifest": outputs["manifest"],
+            "stale_moved": outputs["stale_moved"],
+            "stale_dir": outputs["stale_dir"],
+        }
+    )
+
+
+SWEPT = ("rounds", "export")
+"""Run subfolders whose files an older config can leave behind; reports and evaluations beside them stay."""
+
+
 @flow(name="progress-selection", log_prints=True, validate_parameters=True)
 def progress_selection(config: RunConfig = RunConfig()) -> dict:
     """Run PROGRESS data selection end to end on ``config`` (resumable; see module docstring)."""
@@ -135,207 +413,50 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(cfg.model_dump_json(indent=2))
     shared = Path(cfg.shared_dir).resolve() if cfg.shared_dir else run
-    log.info("run directory: %s", run)
 
-    prepared = prepare_stages(cfg, shared)
-    pool, manifest, features = prepared.pool, prepared.manifest, prepared.features
-    annotation, selection_clusters, pools = prepared.annotation, prepared.selection_clusters, prepared.pools
-    n = manifest.rows["manifest"]
-    k_annotation, k_selection = annotation.meta["k"], selection_clusters.meta["k"]
-
-    gb = cfg.training.global_batch_size
-    final_step = cfg.final_step(n)
-    training = cfg.training_config(final_step)
-    probe_cfg = cfg.probe_config()
-    coincide_order = None
-    if cfg.selection.strategy == "coincide":
-        coincide_order = run_stage(
-            coincide_order_stage,
-            features=features,
-            selection_clusters=selection_clusters,
-            budget=min(n, final_step * gb),
-            settings=cfg.warmup,
-            out_dir=shared / "coincide",
-        )
+    prepared, prepare_seconds = _timed(prepare_stages, cfg, shared)
+    setup, state = set_up_rounds(cfg, shared, prepared)
     log.info(
-        "pool %d samples, %d annotation / %d selection clusters, W1 %d, W2 %d, FINAL_STEP %d at batch %d",
-        n,
-        k_annotation,
-        k_selection,
-        pools.rows["w1"],
-        pools.rows["w2"],
-        final_step,
-        gb,
+        "%s: pool %d, W1 %d, W2 %d, %d annotation clusters; %d steps planned at batch %d",
+        run,
+        setup.n,
+        prepared.pools.rows["w1"],
+        prepared.pools.rows["w2"],
+        prepared.annotation.meta["k"],
+        setup.final_step,
+        cfg.training.global_batch_size,
     )
-
-    checkpoint = run_stage(init_model_stage, manifest=manifest, settings=training.model, out_dir=shared / "model_init")
-    annotation_ids = cluster_ids(annotation)
+    rounds = RoundsSoFar(state, setup.initial_model)
     progress_id = start_progress(str(run))
-    rows: list[dict] = []
-    commits: list[StageRecord] = []
-    probes: list[StageRecord] = []
-    steps: list[int] = []
-    step = 0
-    selected = remaining = None
-    round_index = 0
-    while step < final_step:
+    while (plan := next_round(rounds.state)) is not None:
         started = time.monotonic()
-        rdir = round_dir(run, round_index)
-        approve_after_warmup(cfg, run, round_index, rows, step, final_step)
-        if round_index < 2:
-            commit = run_stage(
-                commit_warmup_stage,
-                pools=pools,
-                pool_name=("w1", "w2")[round_index],
-                selected_before=selected,
-                remaining_before=remaining,
-                n_samples=n,
-                round_index=round_index,
-                step=step,
-                out_dir=rdir / "select",
-            )
-            spc = None
-        else:
-            if remaining.rows["remaining_after"] == 0:
-                log.info("pool exhausted after round %d; stopping at step %d", round_index - 1, step)
-                break
-            if cfg.schedule.max_rounds is not None and round_index - 2 >= cfg.schedule.max_rounds:
-                log.info("max_rounds=%d reached; stopping at step %d", cfg.schedule.max_rounds, step)
-                break
-            budget = min(cfg.selection.selection_num, (final_step - step) * gb)
-            commit = run_stage(
-                select_stage,
-                settings=cfg.selection,
-                budget=budget,
-                seed=cfg.seed,
-                annotation=annotation,
-                selected_before=selected,
-                remaining_before=remaining,
-                acc_prev=probes[-2],
-                acc_now=probes[-1],
-                coincide_order=coincide_order,
-                n_samples=n,
-                round_index=round_index,
-                step=step,
-                out_dir=rdir / "select",
-            )
-            for note in commit.meta.get("notes", []):
-                log.info("round %d: %s", round_index, note)
-            spc = cfg.probe.samples_per_cluster
-        if commit.rows["new"] == 0:
-            log.info("round %d selected nothing; stopping at step %d", round_index, step)
+        approve_after_warmup(
+            cfg, run, plan.index, [s.model_dump() for s in rounds.summaries], plan.from_step, setup.final_step
+        )
+        outcome = run_round(plan, cfg, run, prepared, setup, rounds)
+        for note in outcome.commit.meta.get("notes", []):
+            log.info("round %d: %s", plan.index, note)
+        if outcome.commit.rows["new"] == 0:
+            log.info("round %d selected nothing; stopping at step %d", plan.index, plan.from_step)
             break
-        target = min(max(next_step(step, commit.rows["new"], gb), step + 1), final_step)
-        checkpoint = run_stage(
-            train_stage,
-            start=checkpoint,
-            samples=commit,
-            manifest=manifest,
-            target_step=target,
-            settings=training,
-            round_index=round_index,
-            out_dir=rdir / "train",
-        )
-        probe = run_stage(
-            probe_stage,
-            checkpoint=checkpoint,
-            selected=commit,
-            annotation=annotation,
-            manifest=manifest,
-            samples_per_cluster=spc,
-            seed=cfg.seed + round_index,
-            settings=probe_cfg,
-            round_index=round_index,
-            out_dir=rdir / "probe",
-        )
-        probe.meta["step"] = target
-        rows.append(
-            publish_round.with_options(cache_policy=NO_CACHE)(
-                run_dir=str(run),
-                round_index=round_index,
-                step=step,
-                next_step=target,
-                commit=commit,
-                probe_after=probe,
-                train=checkpoint,
-                annotation_ids=annotation_ids,
-                manifest=manifest,
-                seconds=time.monotonic() - started,
-            )
-        )
-        set_progress(progress_id, target, final_step)
+        rounds.add(outcome, record_round(run, plan, outcome, cfg, prepared, time.monotonic() - started))
+        set_progress(progress_id, outcome.to_step, setup.final_step)
         log.info(
-            "round %d done: steps %d→%d, %d new, %d selected so far, probe accuracy %.3f",
-            round_index,
-            step,
-            target,
-            commit.rows["new"],
-            commit.rows["selected_until"],
-            rows[-1]["probe_accuracy"],
+            "round %d: steps %d→%d, %d new of budget %d, probe accuracy %.3f",
+            plan.index,
+            plan.from_step,
+            outcome.to_step,
+            outcome.commit.rows["new"],
+            plan.budget,
+            rounds.summaries[-1].probe_accuracy,
         )
-        commits.append(commit)
-        probes.append(probe)
-        steps.append(target)
-        selected = remaining = commit
-        step = target
-        round_index += 1
 
-    export = None
-    if cfg.export_original and commits:
-        export = run_stage(
-            export_stage,
-            manifest=manifest,
-            annotation=annotation,
-            pools=pools,
-            rounds=commits,
-            probes=probes,
-            steps=steps,
-            selection_num=cfg.selection.selection_num,
-            out_dir=run / "export",
-        )
-    final_selection = commits[-1].files["selected_until"] if commits else None
-    report = None
-    if commits and manifest.meta.get("labels"):
-        report = write_concept_report(
-            manifest.files["manifest"],
-            manifest.meta["labels"],
-            [
-                {"round": i, "to_step": t, "new_path": c.files["new"], "probe_path": p.files["per_sample"]}
-                for i, (c, p, t) in enumerate(zip(commits, probes, steps))
-            ],
-            run,
-        )
-        log.info("concept report: %s", report["plot"])
-    summary = {
-        "run_dir": str(run),
-        "flow_run_id": str(prefect_runtime.flow_run.id),
-        "final_step": final_step,
-        "step": step,
-        "rounds": rows,
-        "final_selection": final_selection,
-        "export_dir": export.out_dir if export else None,
-        "n_samples": n,
-        "final_checkpoint": checkpoint.files.get("checkpoint"),
-        "final_checkpoint_key": checkpoint.content_hash,
-        "concept_report": str(report["plot"]) if report else None,
-        "concept_summary": str(report["summary"]) if report else None,
-        "eval_json": pool.files.get("eval_json"),
-        "labels": pool.files.get("labels"),
-        "image_root": pool.meta.get("image_root"),
-    }
-    summary["skipped"] = skip_counts(manifest, features)
-    records = [*vars(prepared).values(), coincide_order, export, *commits, *probes, shared / "model_init"]
-    records += [Path(c.out_dir).parent / "train" for c in commits]
-    keep = [run / "config.json", run / "summary.json", *(report.values() if report else ())]
-    summary.update(finish_run(run, records, keep))
-    if summary["stale_moved"]:
-        log.info("moved %d outdated files to %s", summary["stale_moved"], summary["stale_dir"])
-    publish_summary(str(run), rows, final_step, summary)
-    (run / "summary.json").write_text(_json(summary))
-    return summary
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
+    summary = finish_rounds(cfg, run, prepared, setup, rounds, prepare_seconds)
+    rows = [r.model_dump() for r in summary.rounds]
+    summary = publish_run_report(summary, prepared.manifest, rows)
+    summary = record_run_outputs(run, prepared, setup, rounds, summary)
+    if summary.stale_moved:
+        log.info("moved %d outdated files to %s", summary.stale_moved, summary.stale_dir)
+    publish_summary(str(run), rows, setup.final_step, summary.model_dump())
+    summary.write(run / "summary.json")
+    return summary.model_dump(mode="json")

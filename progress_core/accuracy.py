@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,22 @@ class ProbeConfig(BaseModel):
     samples_per_cluster: int | None = Field(
         100, description="probe at most this many selected samples per cluster; None = all (warm-up probes)"
     )
+    source: Literal["held_out", "selected"] = Field(
+        "held_out",
+        description=(
+            "which samples of each cluster are probed: held_out = not yet selected (never trained on, the same "
+            "seeded samples at every probe while they stay unselected), so a rise means the model generalises "
+            "on the cluster; selected = the original scripts' already-selected (mostly trained-on) samples, "
+            "all of them at the warm-up probes"
+        ),
+    )
+    all_strategies: bool = Field(
+        False,
+        description=(
+            "probe after every round whatever the strategy; off = only strategies that read the accuracy "
+            "(progress) pay for probes, the others write an empty probe"
+        ),
+    )
     max_new_tokens: int = Field(25, description="greedy answer length (original: 25)")
     batch_size: int = Field(64, description="prompts per generate call")
     seed: int = Field(42, description="seed of the per-cluster probe sample")
@@ -68,12 +84,15 @@ def probe_sample(
     cluster_ids: Sequence[int] | np.ndarray,
     samples_per_cluster: int | None,
     seed: int,
+    n_samples: int | None = None,
 ) -> np.ndarray:
     """Sorted sample ids to probe: <= ``samples_per_cluster`` per cluster, drawn from ``selected_ids`` only.
 
     ``cluster_ids[i]`` is the annotation cluster of ``selected_ids[i]`` (parallel arrays). Each sample
     gets a seeded uniform key; the lowest keys per cluster are kept, i.e. ``random.sample`` per cluster
-    as the original's ``concat_jsons --random_select_samples`` (SPEC §3.2a), vectorised.
+    as the original's ``concat_jsons --random_select_samples`` (SPEC §3.2a), vectorised. With ``n_samples``
+    the key belongs to the sample id (one key per id of the manifest), so probes of a shrinking pool keep
+    the same samples while they remain.
     """
     sel = np.asarray(selected_ids, dtype=np.int64)
     cl = np.asarray(cluster_ids, dtype=np.int64)
@@ -87,7 +106,12 @@ def probe_sample(
         raise ConfigError(f"samples_per_cluster must be >= 0, got {samples_per_cluster}")
     if sel.size == 0:
         return sel
-    key = np.random.default_rng(seed).random(sel.size)
+    if n_samples is not None:
+        if sel.size and (sel.min() < 0 or sel.max() >= n_samples):
+            raise ProbeError(f"selected ids must lie in 0..{n_samples - 1}")
+        key = np.random.default_rng(seed).random(n_samples)[sel]
+    else:
+        key = np.random.default_rng(seed).random(sel.size)
     order = np.lexsort((key, cl))
     sorted_cl = cl[order]
     starts = np.flatnonzero(np.r_[True, sorted_cl[1:] != sorted_cl[:-1]])

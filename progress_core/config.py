@@ -27,6 +27,7 @@ from progress_core.accuracy import ProbeConfig
 from progress_core.clustering import ClusteringConfig
 from progress_core.errors import ConfigError
 from progress_core.features import FeatureConfig
+from progress_core.selection import ProgressOptions
 from progress_core.training import TrainingConfig
 
 Preset = Literal["demo", "paper", "paper-8gpu"]
@@ -77,6 +78,15 @@ class DataConfig(_Strict):
     allow_duplicate_ids: bool = Field(
         False, description="Accept rows that repeat an id (rows stay distinct by sample_id); off = DuplicateIdError."
     )
+    eval_json: str | None = Field(
+        None, description="Held-out LLaVA-format split of a user's pool for `progress compare` (same image_root)."
+    )
+    holdout_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of a user's pool held out for evaluation by `progress compare` when eval_json is empty.",
+    )
     synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
     synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
     synthetic_seed: int = Field(0, description="Seed of the synthetic pool generator.")
@@ -102,37 +112,40 @@ class WarmupConfig(_Strict):
         return self
 
 
-class SelectionConfig(_Strict):
-    """Per-round selection (PROGRESS §3.3, SPEC §3.3 acc_sort.py) and its options."""
+class SelectionConfig(ProgressOptions):
+    """Per-round selection (PROGRESS §3.3, ``docs/algorithm.md#selection``): the strategy, the round size and
+    the ``progress`` knobs (defined once, in :class:`progress_core.selection.ProgressOptions`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     strategy: Strategy = Field("progress", description="Strategy name: progress, random, coincide, tfs, full.")
-    selection_num: int = Field(7500, ge=1, description="SELECTION_NUM: samples drawn per round.")
-    temperature: float = Field(0.5, gt=0, description="Softmax temperature over relative accuracy change.")
-    exploit_fraction: float = Field(0.9, ge=0, le=1, description="Share of the budget given by softmax quotas.")
-    redistribute_overflow: bool = Field(False, description="Roll quota capped by availability over to other clusters.")
-    progress_measure: Literal["relative_change", "relative_error_reduction"] = Field(
-        "relative_change", description="(a_now-a_prev)/a_prev as the original, or (a_now-a_prev)/(1-a_prev)."
-    )
-    fallback_when_no_progress: Literal["original", "explore"] = Field(
-        "original", description="No cluster improved: original = only the exploration share; explore = whole budget."
+    selection_num: int = Field(
+        7500, ge=1, description="SELECTION_NUM: samples drawn per round (rounded down to whole global batches)."
     )
 
 
 class ScheduleConfig(_Strict):
-    """How far the run goes. Steps follow from cumulative samples and the global batch (SPEC §3.1)."""
+    """How far the run goes and how rounds are cut (PROGRESS §3.4, ``docs/algorithm.md#round-schedule``)."""
 
     final_step: int | None = Field(None, ge=1, description="FINAL_STEP; empty = budget_fraction of the pool.")
     budget_fraction: float = Field(
         0.2, gt=0, le=1, description="Share of the pool trained on when final_step is empty."
     )
     max_rounds: int | None = Field(None, ge=0, description="Stop after this many selection rounds (empty = no limit).")
+    min_round_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A last round smaller than this share of selection_num is merged into the round before it "
+        "(no tiny tail rounds, each paying a full probe).",
+    )
 
 
 class OrchestrationConfig(_Strict):
     """Where and how the flow runs (docs/architecture.md#orchestration).
 
-    An optional approval pause after the warm-up rounds. ``threads`` (default): feature shards run as tasks of the flow's own thread pool. ``dask``: they run as
-    mapped tasks on a Dask cluster through prefect-dask, each shard committed on its own, so a lost worker
+    An optional approval pause after the warm-up rounds. ``threads`` (default): feature shards run as tasks
+    of the flow's own thread pool. ``dask``: they run as mapped tasks on a Dask cluster through prefect-dask, each shard committed on its own, so a lost worker
     loses only the shards it was computing; ``address`` connects to an existing cluster (a Kubernetes or
     Slurm deployment, see the README's "Scaling out"), otherwise a ``LocalCluster`` of ``n_workers``
     processes is started for the stage and closed after it.
@@ -156,13 +169,13 @@ class OrchestrationConfig(_Strict):
 _PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "run_dir": "runs/demo",
-        "data": {"synthetic_n": 5000, "synthetic_n_eval": 0},
+        "data": {"synthetic_n": 5000, "synthetic_n_eval": 600},
         "clustering": {"annotation_k": 40, "selection_k": 150},
         "warmup": {"fractions": (0.15, 0.2)},
         "selection": {"selection_num": 250},
         "schedule": {"budget_fraction": 0.5},
         "training": {"global_batch_size": 8},
-        "probe": {"samples_per_cluster": 30},
+        "probe": {"samples_per_cluster": 30, "max_new_tokens": 8},
     },
     "paper": {
         "run_dir": "runs/paper",

@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from progress_core.errors import ProgressError
 
@@ -102,15 +102,23 @@ class SelectionResult:
 
 
 class ProgressOptions(BaseModel):
-    """Options of the ``progress`` strategy; the defaults are the original ``acc_sort.py`` (SPEC §3.3)."""
+    """Knobs of the ``progress`` strategy (PROGRESS §3.3, ``docs/algorithm.md#selection``).
 
-    model_config = ConfigDict(extra="forbid")
+    The run config's ``SelectionConfig`` extends this model, so each knob is defined once. The defaults keep
+    the paper's formula (relative change, T = 0.5, 90 % exploitation) but spend the whole round budget:
+    quota a cluster cannot fill goes to the other improving clusters, and a round in which no cluster
+    improved explores with the whole budget. ``redistribute_overflow=False`` with
+    ``fallback_when_no_progress='original'`` reproduces the original scripts, which drop both.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     temperature: float = Field(0.5, gt=0, description="Softmax temperature T over the progress scores.")
-    exploit_frac: float = Field(
+    exploit_fraction: float = Field(
         0.9,
         ge=0,
         le=1,
+        validation_alias=AliasChoices("exploit_fraction", "exploit_frac"),
         description=(
             "Share of the budget spent on clusters that improved; the rest is uniform exploration over the "
             "samples of all other clusters."
@@ -125,19 +133,28 @@ class ProgressOptions(BaseModel):
         ),
     )
     redistribute_overflow: bool = Field(
-        False,
+        True,
         description=(
             "Give the quota a cluster cannot fill (capped by its remaining samples) to the other improving "
-            "clusters in proportion to their probabilities. The original drops it."
+            "clusters in proportion to their probabilities, then to exploration, so the round spends its "
+            "budget. False = the original: the overflow is dropped and the round selects fewer samples."
         ),
     )
     fallback_when_no_progress: Literal["original", "explore"] = Field(
-        "original",
+        "explore",
         description=(
-            "When no cluster improved: 'original' selects only the exploration share (as acc_sort.py); "
-            "'explore' spends the whole budget uniformly over the remaining pool."
+            "When no cluster improved: 'explore' spends the whole budget uniformly over the remaining pool; "
+            "'original' selects only the exploration share (as acc_sort.py)."
         ),
     )
+
+    @property
+    def exploit_frac(self) -> float:
+        return self.exploit_fraction
+
+    def progress_options(self) -> dict:
+        """Just the ``progress`` strategy's knobs (for :func:`select`), whatever model this is."""
+        return {name: getattr(self, name) for name in ProgressOptions.model_fields}
 
 
 Strategy = Callable[["SelectionContext", np.random.Generator, dict], SelectionResult]
@@ -376,18 +393,29 @@ def _redistribute(quota: np.ndarray, avail: np.ndarray, prob: np.ndarray, target
         quota += add
 
 
+def _top_up(ctx: SelectionContext, chosen: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` more remaining samples not in ``chosen``, uniformly (exploration had too few candidates)."""
+    taken = np.zeros(ctx.cluster_ids.size, dtype=bool)
+    taken[chosen] = True
+    free = ctx.remaining[~taken[ctx.remaining]]
+    return free[rng.choice(free.size, size=min(n, free.size), replace=False)]
+
+
 @register_strategy("progress", ProgressOptions)
 def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: ProgressOptions) -> SelectionResult:
-    """PROGRESS relative-change selection, exactly as ``acc_sort.py`` by default (SPEC §3.3).
+    """PROGRESS relative-change selection (PROGRESS §3.3, ``docs/algorithm.md#selection``).
 
     C = clusters with an accuracy now; a_prev = accuracy at the previous probe (0 if not probed then);
     delta = a_now - a_prev; a_prev == 0 floored to 1/n_now (one correct answer out of the current probe,
     n_now = judged samples); rel = (a_now - a_prev) / a_prev. Exploit set P = {rel > 0 and samples left};
     p = softmax(rel / T) over P; quota = min(int(exploit_frac * budget * p), available), drawn uniformly
-    inside each cluster; the capped overflow is dropped unless ``redistribute_overflow``. Exploration:
-    floor((1 - exploit_frac) * budget) samples uniformly over the samples of every other cluster (declined,
-    flat, never probed), all of them if fewer. No improving cluster: the original takes the exploration
-    share only (default); ``fallback_when_no_progress='explore'`` spends the whole budget uniformly.
+    inside each cluster. Exploration: uniformly over the samples of every other cluster (declined, flat,
+    never probed). Default (``redistribute_overflow``): the capped overflow goes to the other improving
+    clusters, exploration takes the rest of the budget and, if it has too few candidates, the remaining
+    improving-cluster samples fill it, so a round spends its whole budget while samples remain. Original
+    (``redistribute_overflow=False``): the overflow is dropped and exploration is floor((1 - exploit) *
+    budget). No improving cluster: ``explore`` (default) spends the whole budget uniformly; ``original``
+    takes the exploration share only.
     Clusters whose current accuracy is NaN (nothing judged) count as not probed.
     """
     scores = _progress_scores(ctx, opts)
@@ -436,6 +464,8 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
             order = p_clusters[np.lexsort((p_clusters, -p))]
             exploit = _draw_within_clusters(ctx, quota_all[:k], order[order < k], rng)
             n_explore_target = int(math.floor((1.0 - opts.exploit_frac) * ctx.budget + 1e-9))
+            if opts.redistribute_overflow:
+                n_explore_target = ctx.budget - int(exploit.size)
         else:
             exploit = np.empty(0, dtype=np.int64)
             if opts.fallback_when_no_progress == "explore":
@@ -457,6 +487,12 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
         else:
             explore = ctx.remaining[outside[rng.choice(outside.size, size=n_explore_target, replace=False)]]
         chosen = np.concatenate([exploit, explore])
+        short = ctx.budget - chosen.size
+        if short > 0 and opts.redistribute_overflow:
+            topped = _top_up(ctx, chosen, short, rng)
+            notes.append(f"{topped.size} more drawn uniformly from the improving clusters to spend the budget")
+            explore = np.concatenate([explore, topped])
+            chosen = np.concatenate([chosen, topped])
         n_exploit, n_explore = int(exploit.size), int(explore.size)
         if chosen.size < ctx.budget:
             notes.append(f"selected {chosen.size} of budget {ctx.budget}")

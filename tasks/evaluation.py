@@ -1,4 +1,5 @@
-"""Held-out evaluation of a run's final checkpoint, per concept (DESIGN §5 strategy comparison)."""
+"""Held-out evaluation of a run's final checkpoint, per concept, and the held-out split of a user's pool
+(``docs/algorithm.md#selection``: comparing strategies)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 from prefect import task
 
 from progress_core.accuracy import ProbeConfig
-from progress_core.evaluation import evaluate_concepts
+from progress_core.config import DataConfig
+from progress_core.evaluation import evaluate_concepts, split_holdout
 from progress_core.io import write_parquet
 from tasks.stage import StageRecord, stage, stage_cache_key
 
@@ -39,4 +41,19 @@ def evaluate_stage(
         files={"concepts": str(path)},
         rows={"concepts": len(table)},
         meta={"label": label, "accuracy": float(table["correct"].sum() / max(table["n"].sum(), 1))},
+    )
+
+
+@task(name="holdout", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="holdout")
+@stage("holdout", modules=["progress_core.evaluation"])
+def holdout_stage(data: DataConfig, out_dir: str) -> StageRecord:
+    """Held-out split of a user's pool (``data.eval_json`` or ``data.holdout_fraction`` of the rows)."""
+    split = split_holdout(data.pool_json, out_dir, data.holdout_fraction, data.synthetic_seed, data.eval_json)
+    image_root = str(Path(data.image_root).resolve()) if data.image_root else None
+    return StageRecord(
+        stage="holdout",
+        out_dir=out_dir,
+        files={k: str(split[k]) for k in ("pool_json", "eval_json", "labels")},
+        rows={"eval": int(split["n_eval"])},
+        meta={"image_root": image_root},
     )

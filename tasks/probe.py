@@ -1,5 +1,10 @@
-"""Accuracy probe (PROGRESS §3.2, SPEC §3.2): answer ≤ SAMPLES_PER_CLUSTER selected samples per annotation
-cluster with the current checkpoint and judge them; per-sample and per-cluster tables as Parquet."""
+"""Accuracy probe (PROGRESS §3.2, ``docs/algorithm.md#probe-and-judge``): answer ≤ SAMPLES_PER_CLUSTER samples
+per annotation cluster with the current checkpoint and judge them; per-sample and per-cluster tables as Parquet.
+
+Which samples: ``settings.source`` — ``held_out`` (default) probes not-yet-selected samples of every cluster
+with one seeded key per sample for the whole run, so consecutive probes mostly see the same samples and the
+change between them is the model's, not the sample draw's; ``selected`` probes the selected-so-far set as the
+original scripts (all of it at the warm-up probes)."""
 
 from __future__ import annotations
 
@@ -32,12 +37,19 @@ def probe_stage(
     seed: int,
     settings: ProbeConfig,
     round_index: int,
+    to_step: int,
     out_dir: str,
 ) -> StageRecord:
-    """Probe the selected-so-far set (all of it when ``samples_per_cluster`` is None, as at warm-up)."""
+    """Probe the checkpoint at ``to_step`` on the samples ``settings.source`` names (module docstring)."""
     clusters = cluster_ids(annotation)
-    selected_ids = ids_of(selected, "selected_until")
-    ids = probe_sample(selected_ids, clusters[selected_ids], samples_per_cluster, seed)
+    held_out = settings.source == "held_out"
+    if held_out:
+        pool_ids = ids_of(selected, "remaining_after")
+        spc = samples_per_cluster if samples_per_cluster is not None else settings.samples_per_cluster
+    else:
+        pool_ids = ids_of(selected, "selected_until")
+        spc = samples_per_cluster
+    ids = probe_sample(pool_ids, clusters[pool_ids], spc, seed, n_samples=clusters.size if held_out else None)
     rows = manifest_rows(manifest, ids)
     rows = rows.append_column("cluster_id", pa.array(clusters[np.asarray(ids, dtype=np.int64)]))
     with make_judge(settings.judge) as judge:
@@ -48,5 +60,5 @@ def probe_stage(
         out_dir=out_dir,
         files={k: str(v) for k, v in paths.items()},
         rows={"per_sample": len(result.per_sample), "per_cluster": len(result.per_cluster)},
-        meta={**result.stats, "round": round_index},
+        meta={**result.stats, "round": round_index, "step": to_step, "source": settings.source},
     )

@@ -71,15 +71,7 @@ def commit_warmup_stage(
 
 def strategy_options(settings: SelectionConfig) -> dict:
     """The chosen strategy's options from the run config (only ``progress`` takes options)."""
-    if settings.strategy != "progress":
-        return {}
-    return {
-        "temperature": settings.temperature,
-        "exploit_frac": settings.exploit_fraction,
-        "progress_measure": settings.progress_measure,
-        "redistribute_overflow": settings.redistribute_overflow,
-        "fallback_when_no_progress": settings.fallback_when_no_progress,
-    }
+    return settings.progress_options() if settings.strategy == "progress" else {}
 
 
 @task(name="select", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="select[r={round_index}]")

@@ -479,9 +479,14 @@ def skip_counts(manifest: StageRecord, features: StageRecord | None = None) -> d
 
 
 def finish_run(
-    run_dir: str | Path, records: Iterable[StageRecord | str | Path | None], keep: Iterable[str | Path] = ()
+    run_dir: str | Path,
+    records: Iterable[StageRecord | str | Path | None],
+    keep: Iterable[str | Path] = (),
+    sweep: Iterable[str] | None = None,
 ) -> dict:
     """Write ``run_manifest.json`` (every current output and its key) and move everything else to ``stale/``.
+
+    ``sweep`` limits the move to these subfolders of ``run_dir`` (default: the whole run directory).
 
     Files under ``run_dir`` that no current stage wrote (round directories beyond a shorter schedule, an
     older export) are moved, never deleted, to ``stale/<time>/`` keeping their relative paths
@@ -520,7 +525,8 @@ def finish_run(
     stale_root = run / STALE_DIR
     target = stale_root / time.strftime("%Y%m%d-%H%M%S")
     moved: list[str] = []
-    for path in sorted(run.rglob("*")):
+    roots = [run] if sweep is None else [run / name for name in sweep]
+    for path in sorted(p for root in roots if root.exists() for p in root.rglob("*")):
         if not path.is_file() or _inside(path, stale_root) or path.resolve() in current:
             continue
         rel = path.relative_to(run)
@@ -528,7 +534,8 @@ def finish_run(
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, dest)
         moved.append(str(rel))
-    for d in sorted((p for p in run.rglob("*") if p.is_dir() and not _inside(p, stale_root)), reverse=True):
+    dirs = (p for root in roots if root.exists() for p in root.rglob("*"))
+    for d in sorted((p for p in dirs if p.is_dir() and not _inside(p, stale_root)), reverse=True):
         if not any(d.iterdir()):
             d.rmdir()
     return {"manifest": str(run / RUN_MANIFEST), "stale_moved": len(moved), "stale_dir": str(target) if moved else None}

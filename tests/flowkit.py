@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 def small_config(run_dir: Path, **overrides) -> dict:
     """A run that exercises every stage and three selection rounds in well under a minute.
 
-    The tiny model barely learns in 33 steps, so most clusters show no progress; ``explore`` spends the whole
-    budget then, which keeps the number of rounds fixed (the default path is tested in test_selection.py).
+    The tiny model barely learns in 33 steps, so most clusters show no progress; ``explore`` (the default)
+    spends the whole budget then, which keeps the number of rounds fixed.
     """
     cfg = {
         "run_dir": str(run_dir),

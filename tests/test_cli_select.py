@@ -64,7 +64,8 @@ def args(tmp_path, *extra):
 
 def test_select_end_to_end(tmp_path, capsys):
     cids = inputs(tmp_path)
-    assert main(args(tmp_path, "--cluster-table", str(tmp_path / "table.parquet"))) == 0
+    original = ("--no-redistribute-overflow", "--fallback-when-no-progress", "original")
+    assert main(args(tmp_path, "--cluster-table", str(tmp_path / "table.parquet"), *original)) == 0
     ids = read_ids(tmp_path / "new.parquet")
     # same quotas as the hand-computed example in test_selection: 3, 10, 5 (capped) + 10 exploration
     counts = np.bincount(cids[ids], minlength=5)

@@ -1,44 +1,104 @@
-"""compare_strategies: shared upstream stages computed once, equal budgets, held-out accuracy per concept."""
+"""progress compare: equal budgets, trained samples and steps across strategies; adding a seed reuses the runs
+that exist; comparison tables and a report whose plots exist."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
-from flowkit import REPO, env_for, small_config, states_by_stage, task_runs, write_config
+from flowkit import REPO, env_for, small_config, write_config
+from PIL import Image
 
-pytestmark = pytest.mark.slow
+from flows.compare_strategies import RESULT_FILE, config_digest, run_config
+from progress_core.config import RunConfig
 
 
-def test_two_strategies_share_upstream_and_are_evaluated(prefect_api, tmp_path):
-    api_url, home = prefect_api
-    cfg = small_config(tmp_path / "cmp", **{"data.synthetic_n_eval": 60, "schedule.final_step": 25})
-    config = write_config(cfg, tmp_path / "cmp.yaml")
+def test_a_seed_sets_init_order_selection_and_probe(tmp_path):
+    base = RunConfig.model_validate(small_config(tmp_path / "cmp"))
+    a = run_config(base, tmp_path, tmp_path / "shared", "progress", 0.3, 1)
+    b = run_config(base, tmp_path, tmp_path / "shared", "progress", 0.3, 2, ("selection.temperature", 1.0))
+    assert (a.seed, a.training.seed, a.training.model.init_seed) == (1, 1, 1)
+    assert (b.seed, b.training.seed, b.training.model.init_seed) == (2, 2, 2)
+    assert a.schedule.budget_fraction == 0.3 and a.schedule.final_step is None
+    assert b.selection.temperature == 1.0 and a.selection.temperature == 0.5
+    assert a.run_dir.endswith("b0.3/progress/seed1") and "progress[temperature=1.0]" in b.run_dir
+    assert config_digest(a) != config_digest(b) and config_digest(a) == config_digest(a.model_copy())
+
+
+def _compare(config, api_url, home, *extra):
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", "compare", "--config", str(config), "-s", "progress", "-s", "random"],
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "compare",
+            "--config",
+            str(config),
+            "-s",
+            "progress",
+            "-s",
+            "random",
+            "--budgets",
+            "0.35",
+            "--no-full",
+            *extra,
+        ],
         cwd=REPO,
         env=env_for(api_url, home),
         capture_output=True,
         text=True,
-        timeout=500,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "held-out accuracy" in proc.stdout
-    long = pd.read_parquet(tmp_path / "cmp" / "comparison.parquet")
-    assert set(long["strategy"]) == {"progress", "random"}
-    per = long.groupby("strategy")["n"].sum()
-    assert per["progress"] == per["random"] == 60, "every evaluation row answered by each strategy's model"
-    assert {"colour", "random"} <= set(long["concept"])
-    summaries = {s: json.loads((tmp_path / "cmp" / s / "summary.json").read_text()) for s in ("progress", "random")}
-    assert summaries["progress"]["step"] == summaries["random"]["step"] == 25, "equal budgets"
-    assert (
-        not (tmp_path / "cmp" / "progress" / "features").exists()
-        and (tmp_path / "cmp" / "shared" / "features").exists()
+    return proc
+
+
+@pytest.mark.slow
+def test_equal_budgets_and_a_seed_added_reuses_the_others(prefect_api, tmp_path):
+    api_url, home = prefect_api
+    cfg = small_config(
+        tmp_path / "cmp",
+        **{
+            "data.synthetic_n": 200,
+            "data.synthetic_n_eval": 40,
+            "warmup.fractions": [0.1, 0.2],
+            "schedule.final_step": None,
+            "selection.selection_num": 24,
+        },
     )
-    random_run = task_runs(api_url, summaries["random"]["flow_run_id"])
-    states = states_by_stage(random_run)
-    for stage in ("pool", "manifest", "features", "kmeans", "warmup-pools", "init-model"):
-        assert set(states[stage]) == {"Cached"}, (stage, states[stage])
+    config = write_config(cfg, tmp_path / "cmp.yaml")
+    _compare(config, api_url, home, "--seeds", "1")
+    first = {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").glob(f"b0.35/*/seed0/{RESULT_FILE}")}
+    assert len(first) == 2
+    proc = _compare(config, api_url, home, "--seeds", "2")
+    assert proc.stdout.count("±") >= 2
+    for path, mtime in first.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
+    table = pd.read_parquet(tmp_path / "cmp" / "comparison.parquet")
+    assert len(table) == 4 and set(table["seed"]) == {0, 1}
+    assert table["n_selected"].nunique() == 1 and table["steps"].nunique() == 1, "equal selected and steps"
+    for row in table.itertuples():
+        summary = json.loads(
+            (tmp_path / "cmp" / "b0.35" / row.strategy / f"seed{row.seed}" / "summary.json").read_text()
+        )
+        rounds = summary["rounds"]
+        assert sum(r["new"] for r in rounds) == row.n_selected
+        trained = sum(r["to_step"] - r["from_step"] for r in rounds)
+        assert trained == row.steps, "every round trains from where the last stopped"
+        for r in rounds[2:]:
+            assert r["new"] == r["budget"], f"round {r['round']} under-spent its budget"
+            assert (r["to_step"] - r["from_step"]) * 8 == r["new"], "selection budgets are whole batches"
+        assert set(rounds[-1]["stage_seconds"]) == {"select", "train", "probe"}
+    assert {"seconds_train", "seconds_probe", "seconds_evaluate", "accuracy"} <= set(table.columns)
+    concepts = pd.read_parquet(tmp_path / "cmp" / "comparison_concepts.parquet")
+    assert {"strategy", "budget", "seed", "concept", "accuracy"} <= set(concepts.columns)
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        with Image.open(tmp_path / "cmp" / src) as im:
+            im.verify()
+    run_page = tmp_path / "cmp" / "b0.35" / "progress" / "seed0" / "report.html"
+    assert run_page.is_file()

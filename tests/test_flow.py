@@ -50,7 +50,9 @@ def test_run_writes_every_round(baseline, server):
         per_cluster = pd.read_parquet(rdir / "probe" / "accuracy.parquet")
         per_sample = pd.read_parquet(rdir / "probe" / "probe_samples.parquet")
         assert per_cluster["n"].sum() == len(per_sample) == r["probe_n"]
-        assert set(per_sample["sample_id"]) <= set(until.tolist())
+        assert per_sample["sample_id"].size and not set(per_sample["sample_id"]) & set(until.tolist()), "held out"
+        assert per_sample.groupby("cluster_id").size().max() <= 10
+        assert r["budget"] == r["new"] and r["to_step"] - r["from_step"] == -(-r["new"] // 8)
     for a, b in zip(rounds, rounds[1:]):
         assert b["from_step"] == a["to_step"]
         assert b["selected"] == a["selected"] + b["new"]

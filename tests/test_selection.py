@@ -12,6 +12,9 @@ from progress_core.selection import (
     select,
 )
 
+ORIGINAL = {"redistribute_overflow": False, "fallback_when_no_progress": "original"}
+"""The original scripts' quota rules (the hand-computed numbers below follow acc_sort.py)."""
+
 
 def table(d):
     """{cluster: (probed, correct)} -> accuracy table."""
@@ -54,7 +57,7 @@ def test_progress_hand_computed_relative_change():
     assert [round(x, 6) for x in p] == [0.04201, 0.114195, 0.843795]
     # quotas = min(int(0.9 * 100 * p), avail): int(3.78) = 3, int(10.28) = 10, min(int(75.94), 5) = 5
     # exploration = int(0.1 * 100) = 10 over the 50 samples of c3 and c4.
-    r = select("progress", REMAINING, CIDS, HISTORY, 100, 0)
+    r = select("progress", REMAINING, CIDS, HISTORY, 100, 0, **ORIGINAL)
     counts = per_cluster(r.sample_ids)
     assert counts[:3] == [3, 10, 5]
     assert counts[3] + counts[4] == 10 and counts[5] == 0
@@ -77,16 +80,17 @@ def test_progress_hand_computed_relative_change():
 def test_progress_redistribute_overflow():
     # c2's quota 75 is capped at 5: overflow 70 goes to c0/c1 in proportion p0:p1 = 0.26894:0.73106
     # -> c0 += int(18.83) = 18 (21), c1 += int(51.17) = 51 capped at room 40 (50); 88 - 76 = 12 left -> c0 = 33.
-    r = select("progress", REMAINING, CIDS, HISTORY, 100, 0, redistribute_overflow=True)
+    # the default also lets exploration take the rest of the budget: 100 - 88 = 12 over c3/c4
+    r = select("progress", REMAINING, CIDS, HISTORY, 100, 0)
     assert per_cluster(r.sample_ids)[:3] == [33, 50, 5]
-    assert (r.n_exploit, r.n_explore) == (88, 10)
+    assert (r.n_exploit, r.n_explore) == (88, 12) and r.sample_ids.size == 100
 
 
 def test_progress_relative_error_reduction():
     # rel = (a_now - a_prev) / (1 - a_prev): c0 0.25/0.5 = 0.5, c1 0.5/1 = 0.5, c2 0.75/1 = 0.75, c3 -0.2/0.2 = -1
     # softmax([1, 1, 1.5]) -> e^-0.5 / (2 e^-0.5 + 1) = 0.274069 (c0, c1), 0.451863 (c2)
     # quotas int(24.67) = 24, 24, min(int(40.67), 5) = 5
-    r = select("progress", REMAINING, CIDS, HISTORY, 100, 0, progress_measure="relative_error_reduction")
+    r = select("progress", REMAINING, CIDS, HISTORY, 100, 0, progress_measure="relative_error_reduction", **ORIGINAL)
     assert per_cluster(r.sample_ids)[:3] == [24, 24, 5]
     t = r.cluster_table.set_index("cluster_id")
     assert t.loc[[0, 1, 2, 3], "rel"].tolist() == pytest.approx([0.5, 0.5, 0.75, -1.0])
@@ -103,7 +107,7 @@ def test_relative_error_reduction_floors_perfect_previous_accuracy():
 
 
 def test_temperature_changes_the_quotas():
-    r = select("progress", REMAINING, CIDS, HISTORY, 100, 0, temperature=100.0)
+    r = select("progress", REMAINING, CIDS, HISTORY, 100, 0, temperature=100.0, **ORIGINAL)
     # softmax([0.005, 0.01, 0.02]) ~ [0.3317, 0.3333, 0.3350] -> int(29.85)=29, int(30.0)=29 or 30, c2 capped 5
     z = np.exp(np.array([0.5, 1.0, 2.0]) / 100)
     q = np.floor(90 * z / z.sum()).astype(int)
@@ -112,16 +116,16 @@ def test_temperature_changes_the_quotas():
 
 def test_no_cluster_improved_original_and_fallback():
     flat = SelectionHistory(table({0: (4, 2), 1: (4, 3)}), table({0: (4, 2), 1: (4, 1)}))
-    r = select("progress", REMAINING, CIDS, flat, 100, 0)
+    r = select("progress", REMAINING, CIDS, flat, 100, 0, **ORIGINAL)
     assert r.sample_ids.size == 10 and r.n_exploit == 0
     assert any("no cluster improved" in n for n in r.notes)
-    r2 = select("progress", REMAINING, CIDS, flat, 100, 0, fallback_when_no_progress="explore")
+    r2 = select("progress", REMAINING, CIDS, flat, 100, 0)
     assert r2.sample_ids.size == 100 and r2.n_explore == 100
 
 
 def test_every_cluster_improved_leaves_no_exploration():
     pool = np.flatnonzero(np.isin(CIDS, [0, 1]))
-    r = select("progress", pool, CIDS, HISTORY, 40, 0)
+    r = select("progress", pool, CIDS, HISTORY, 40, 0, **ORIGINAL)
     # p over {c0, c1} = softmax([1, 2]) = [0.268941, 0.731059]: int(36 * p) = 9, 26
     assert per_cluster(r.sample_ids)[:2] == [9, 26]
     assert r.n_explore == 0

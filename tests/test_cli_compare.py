@@ -1,0 +1,41 @@
+"""``progress compare`` argument parsing and its printed table (the flow itself: test_compare.py)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from cli.compare import _floats, format_comparison, parse_sweep
+from cli.main import main
+from progress_core.errors import ConfigError
+
+
+def test_parse_sweep_any_field():
+    assert parse_sweep("selection.temperature=0.25,0.5,1.0") == ("selection.temperature", [0.25, 0.5, 1.0])
+    assert parse_sweep("probe.source=held_out,selected") == ("probe.source", ["held_out", "selected"])
+    assert parse_sweep(None) == (None, [])
+    with pytest.raises(ConfigError, match="FIELD=V1"):
+        parse_sweep("selection.temperature")
+    with pytest.raises(ConfigError, match="no values"):
+        parse_sweep("selection.temperature=")
+
+
+def test_budgets_and_table():
+    assert _floats("0.1,0.2, 0.3") == [0.1, 0.2, 0.3]
+    with pytest.raises(ConfigError, match="--budgets"):
+        _floats("0.1,x")
+    table = pd.DataFrame(
+        {"strategy": ["progress"] * 2 + ["random"] * 2, "budget": [0.2] * 4, "accuracy": [0.3, 0.5, 0.2, 0.2]}
+    )
+    text = format_comparison(table, 0.25)
+    assert "0.400 ± 0.141 (2)" in text and "0.200 ± 0.000 (2)" in text and "majority-answer baseline: 0.250" in text
+
+
+def test_compare_is_registered(capsys):
+    assert main(["compare", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--seeds" in out and "--budgets" in out and "--sweep" in out
+
+
+def test_unknown_config_field_is_named():
+    assert main(["compare", "--set", "selection.temprature=1", "--seeds", "1"]) == 1

@@ -1,0 +1,63 @@
+"""Held-out split of a user's pool and the majority-answer baseline (``progress compare``)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from progress_core.evaluation import EvaluationError, concept_of_row, majority_baseline, split_holdout
+
+
+def _rows(n):
+    rows = []
+    for i in range(n):
+        image = None if i % 5 == 0 else f"{'coco' if i % 2 else 'gqa'}/{i}.jpg"
+        rows.append(
+            {
+                "id": f"s{i}",
+                **({"image": image} if image else {}),
+                "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "yes" if i % 3 else "no"}],
+            }
+        )
+    return rows
+
+
+def test_split_holdout_keeps_every_row_once(tmp_path):
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(_rows(50)))
+    split = split_holdout(pool, tmp_path / "out", 0.2, seed=3)
+    kept = json.loads(split["pool_json"].read_text())
+    held = json.loads(split["eval_json"].read_text())
+    assert len(held) == split["n_eval"] == 10 and len(kept) == 40
+    assert sorted(r["id"] for r in kept + held) == sorted(r["id"] for r in _rows(50))
+    labels = pd.read_parquet(split["labels"])
+    assert labels["id"].tolist() == [r["id"] for r in held]
+    assert set(labels["concept"]) <= {"coco", "gqa", "text"}
+    again = split_holdout(pool, tmp_path / "again", 0.2, seed=3)
+    assert json.loads(again["eval_json"].read_text()) == held, "seeded"
+
+
+def test_split_holdout_with_a_given_eval_split_and_bad_fractions(tmp_path):
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(_rows(20)))
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps(_rows(4)))
+    split = split_holdout(pool, tmp_path / "out", 0.0, eval_json=ev)
+    assert split["pool_json"] == pool and split["n_eval"] == 4
+    with pytest.raises(EvaluationError, match="fraction"):
+        split_holdout(pool, tmp_path / "bad", 0.0)
+
+
+def test_concept_of_row_and_majority_baseline(tmp_path):
+    assert concept_of_row({"image": "coco/a.jpg"}) == "coco" and concept_of_row({}) == "text"
+    rows = _rows(30)
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(rows))
+    labels = pd.DataFrame({"id": [r["id"] for r in rows], "concept": [concept_of_row(r) for r in rows]})
+    labels["family"], labels["difficulty"] = labels["concept"], "-"
+    expected = 0
+    for _, part in labels.assign(answer=[r["conversations"][1]["value"] for r in rows]).groupby("concept"):
+        expected += part["answer"].value_counts().iloc[0]
+    assert majority_baseline(path, labels) == pytest.approx(expected / 30)
