@@ -1,4 +1,4 @@
-"""COINCIDE warm-up pruning (SPEC §2.3-2.4) at the paper's scale: 665K rows, 5000 clusters, 1408-d float16.
+"""COINCIDE warm-up pruning (docs/algorithm.md#warm-up-pools) at the paper's scale: 665K rows, 5000 clusters, 1408-d float16.
 
 Synthetic features: 5000 cluster centres built from 100 shared "topic" directions plus noise (so centroid
 similarities and hence transferability vary), rows = centre + per-cluster noise level (so densities vary),

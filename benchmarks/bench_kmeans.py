@@ -1,4 +1,4 @@
-"""Spherical k-means (SPEC §2.1): ``clustering.spherical_kmeans`` vs raw ``faiss.Kmeans`` vs scikit-learn.
+"""Spherical k-means (docs/algorithm.md#concept-clustering): ``clustering.spherical_kmeans`` vs raw ``faiss.Kmeans`` vs scikit-learn.
 
 Same data, k, iterations and seed for all three; each timing includes the nearest-centre assignment of
 every row (faiss: ``index.search``; sklearn: ``labels_`` from the fit). Our call adds input validation

@@ -1,4 +1,4 @@
-"""One PROGRESS selection round (SPEC §3.3-§3.4): ours vs the original scripts' way, side by side.
+"""One PROGRESS selection round (docs/algorithm.md#selection): ours vs the original scripts' way, side by side.
 
 Ours: ``selection.select("progress", ...)`` on sample_id arrays + ``rounds.apply_round`` set operations;
 "with I/O" adds ``commit_round``'s three Parquet files (new, selected_until, remaining_after).
@@ -90,7 +90,7 @@ def original_rows(ids: np.ndarray, cluster_ids: np.ndarray) -> list[dict]:
 
 
 def original_select(pool: list[dict], prev: dict, cur: dict, budget: int, temperature: float = 0.5) -> tuple:
-    """acc_sort.py's compare + relative-change softmax selection over dict rows (SPEC §3.3)."""
+    """acc_sort.py's compare + relative-change softmax selection over dict rows (docs/algorithm.md#selection)."""
     rel = {}
     for c, v in cur["cluster_accuracies"].items():
         a_prev = prev["cluster_accuracies"][c]["accuracy"] if c in prev["cluster_accuracies"] else 0

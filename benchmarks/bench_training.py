@@ -9,7 +9,7 @@ Speed, baseline vs ours in the same process:
 - probing: greedy generation one sample at a time vs ``generate_answers`` (left-padded batches).
 
 Curve: train one continuous run on the synthetic pool, probe the eval split every K steps with the exact
-judge and print per-concept accuracy (what selection will see, DESIGN §4); a PNG when matplotlib exists.
+judge and print per-concept accuracy (what selection will see, docs/architecture.md#the-bundled-demo); a PNG when matplotlib exists.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Data commands: ``prepare synthetic``, ``manifest``, ``export``, ``stats`` (DESIGN §2 "manifest",
+"""Data commands: ``prepare synthetic``, ``manifest``, ``export``, ``stats`` (docs/architecture.md#layers "manifest",
 §4 "Data"). They turn a LLaVA pool into the Parquet manifest every later stage reads, and back."""
 
 from __future__ import annotations

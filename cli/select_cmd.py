@@ -1,4 +1,4 @@
-"""``progress select``: one selection round by hand, as the original's ``acc_sort.py`` call (SPEC §3.3)."""
+"""``progress select``: one selection round by hand, as the original's ``acc_sort.py`` call (docs/algorithm.md#selection)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Work pools, concurrency limits, deployments and workers for progress-flows.
 
-DESIGN §3/§6: the flow itself stays on CPU; a ``cpu`` process pool runs the demo, a ``gpu`` kubernetes pool
+docs/architecture.md#orchestration: the flow itself stays on CPU; a ``cpu`` process pool runs the demo, a ``gpu`` kubernetes pool
 (job template ``deployments/gpu-job-template.json``, image from ``deployments/Dockerfile``) runs real
 runs, and the tag concurrency limit ``gpu`` keeps GPU stages to the number of GPUs in that pool.
 

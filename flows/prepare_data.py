@@ -1,4 +1,4 @@
-"""Data preparation on its own (DESIGN §2): pool → manifest → features → dual k-means → warm-up pools.
+"""Data preparation on its own (docs/architecture.md#layers): pool → manifest → features → dual k-means → warm-up pools.
 
 For teams that prepare a pool once (e.g. features on a GPU pool) and run selections from it later: point
 the selection runs' ``shared_dir`` at this flow's directory and every stage here is reused from its cache.

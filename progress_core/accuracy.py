@@ -1,8 +1,8 @@
-"""The accuracy probe: how well does the current model answer each annotation cluster? (SPEC §3.2).
+"""The accuracy probe: how well does the current model answer each annotation cluster? (docs/algorithm.md#probe-and-judge).
 
 1. :func:`probe_sample` draws at most SAMPLES_PER_CLUSTER samples per cluster from the selected-so-far
-   set (SPEC §3.2a; all of them at the warm-up checkpoints: ``samples_per_cluster=None``).
-2. :func:`generate_answers` greedily answers the FIRST human turn (<= 25 new tokens, SPEC §3.2b) in
+   set (docs/algorithm.md#probe-and-judge; all of them at the warm-up checkpoints: ``samples_per_cluster=None``).
+2. :func:`generate_answers` greedily answers the FIRST human turn (<= 25 new tokens, docs/algorithm.md#probe-and-judge) in
    left-padded batches; the reference is the first gpt turn.
 3. A judge (:mod:`progress_core.judges`) scores each answer; :func:`probe` returns the per-sample table
    (what the model said and the verdict) and the per-cluster table (``cluster_id, n, correct, unjudged,
@@ -40,7 +40,7 @@ class ProbeError(ProgressError):
 
 
 class ProbeConfig(BaseModel):
-    """How the accuracy probe samples, generates and judges (SPEC §3.2)."""
+    """How the accuracy probe samples, generates and judges (docs/algorithm.md#probe-and-judge)."""
 
     samples_per_cluster: int | None = Field(
         100, description="probe at most this many selected samples per cluster; None = all (warm-up probes)"
@@ -90,7 +90,7 @@ def probe_sample(
 
     ``cluster_ids[i]`` is the annotation cluster of ``selected_ids[i]`` (parallel arrays). Each sample
     gets a seeded uniform key; the lowest keys per cluster are kept, i.e. ``random.sample`` per cluster
-    as the original's ``concat_jsons --random_select_samples`` (SPEC §3.2a), vectorised. With ``n_samples``
+    as the original's ``concat_jsons --random_select_samples`` (docs/algorithm.md#probe-and-judge), vectorised. With ``n_samples``
     the key belongs to the sample id (one key per id of the manifest), so probes of a shrinking pool keep
     the same samples while they remain.
     """

@@ -1,9 +1,9 @@
-"""Per-cluster accuracy tables: the learning-progress signal of PROGRESS (SPEC §3.2).
+"""Per-cluster accuracy tables: the learning-progress signal of PROGRESS (docs/algorithm.md#probe-and-judge).
 
 One row per annotation cluster probed at a step: ``cluster_id:int64, n:int64, correct:int64,
 unjudged:int64, accuracy:float64`` with ``accuracy = correct / (n - unjudged)`` (NaN when nothing in
 the cluster could be judged). ``n`` is the probe size of the cluster; ``unjudged`` counts samples whose
-verdict is missing (judge failure), which the original scripts count as incorrect (SPEC §7.9) and we keep
+verdict is missing (judge failure), which the original scripts count as incorrect (docs/algorithm.md#differences-from-the-original-scripts) and we keep
 out of the denominator instead.
 
 The original scripts store the same information as ``combined_results_internVL.json`` /
@@ -36,7 +36,7 @@ ACCURACY_SCHEMA = pa.schema(
         pa.field("accuracy", pa.float64()),
     ]
 )
-"""Parquet schema of an accuracy table (BRIEF contract)."""
+"""Parquet schema of an accuracy table (docs/architecture.md#file-kinds)."""
 
 COLUMNS = tuple(ACCURACY_SCHEMA.names)
 
@@ -102,7 +102,7 @@ def validate_accuracy_table(table: pd.DataFrame, source: str = "accuracy table")
 def accuracy_from_verdicts(
     cluster_ids: Sequence[int] | np.ndarray, verdicts: Sequence[Any] | np.ndarray
 ) -> pd.DataFrame:
-    """Per-cluster accuracy from one verdict per probed sample (SPEC §3.2c: correct/total per cluster).
+    """Per-cluster accuracy from one verdict per probed sample (docs/algorithm.md#probe-and-judge: correct/total per cluster).
 
     ``verdicts[i]`` is 1/True (correct), 0/False (incorrect) or None/NaN (unjudged: counted in ``n`` and
     ``unjudged``, not in the accuracy's denominator).
@@ -144,7 +144,9 @@ def accuracy_from_verdicts(
 def accuracy_table_from_original(obj: Any, source: str = "judge JSON") -> pd.DataFrame:
     """Convert the original's ``{"cluster_accuracies": {"<cid>": {"correct", "total", "accuracy"}}}``."""
     if not isinstance(obj, dict) or not isinstance(obj.get("cluster_accuracies"), dict):
-        raise AccuracyTableError(f"{source}: expected an object with a 'cluster_accuracies' object (SPEC §3.2c)")
+        raise AccuracyTableError(
+            f"{source}: expected an object with a 'cluster_accuracies' object (docs/algorithm.md#probe-and-judge)"
+        )
     rows = []
     for key, entry in obj["cluster_accuracies"].items():
         try:
@@ -163,7 +165,7 @@ def accuracy_table_from_original(obj: Any, source: str = "judge JSON") -> pd.Dat
 def accuracy_table_to_original(table: pd.DataFrame) -> dict:
     """The original's judge JSON for ``table`` (``combined_results_internVL.json``, sorted by accuracy desc).
 
-    Unjudged samples are counted as incorrect in ``total``, as the original judge does (SPEC §7.9).
+    Unjudged samples are counted as incorrect in ``total``, as the original judge does (docs/algorithm.md#differences-from-the-original-scripts).
     """
     df = validate_accuracy_table(table)
     df = df.sort_values(["accuracy", "cluster_id"], ascending=[False, True], kind="stable")
@@ -184,7 +186,7 @@ def accuracy_table_to_original(table: pd.DataFrame) -> dict:
 
 
 def read_accuracy_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read an accuracy table from our Parquet or the original's judge JSON (SPEC §3.2c), validated."""
+    """Read an accuracy table from our Parquet or the original's judge JSON (docs/algorithm.md#probe-and-judge), validated."""
     p = Path(path)
     if not p.is_file():
         raise AccuracyTableError(f"accuracy table not found: {str(p)!r}")

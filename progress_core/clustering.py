@@ -1,4 +1,4 @@
-"""Dual spherical k-means with faiss (SPEC §2.1-2.2).
+"""Dual spherical k-means with faiss (docs/algorithm.md#concept-clustering).
 
 Two clusterings of the same features: the *annotation* clustering (paper: k=1000 on 665K) gives every
 sample the ``cluster_id`` that accuracy is tracked by, and the *selection* clustering (paper: k=5000)
@@ -47,7 +47,7 @@ class CollapsedClusteringError(ClusteringError):
 
 
 class ClusteringConfig(BaseModel):
-    """Parameters of the two k-means runs (SPEC §2.1); defaults are the original's."""
+    """Parameters of the two k-means runs (docs/algorithm.md#concept-clustering); defaults are the original's."""
 
     annotation_k: int | None = Field(
         None,

@@ -1,11 +1,11 @@
-"""COINCIDE warm-up pools: cluster transferability and cluster-wise pruning (SPEC §2.3-2.4).
+"""COINCIDE warm-up pools: cluster transferability and cluster-wise pruning (docs/algorithm.md#warm-up-pools).
 
 Formula by formula what COINCIDE's ``cluster_transferability.py`` and ``cluster_wise_prune.py`` compute
 on the selection clustering (paper: k=5000), but vectorised: the greedy MMD-critic prototype search keeps
 running sums instead of re-evaluating every candidate subset (same picks, O(m*n) per cluster instead of
 O(m*n*m^2)), and kernels are built per cluster from one matrix product.
 
-Deliberate differences from the released scripts (DESIGN §1), each documented where it applies:
+Deliberate differences from the released scripts (docs/algorithm.md#differences-from-the-original-scripts), each documented where it applies:
 - kernels in float64 from float32/float16 features (COINCIDE: float64; PROGRESS' copy: float16, which
   COINCIDE's authors note "highly differs");
 - the softmax subtracts its maximum (the original ``exp(score/0.1)`` overflows to NaN once a score exceeds
@@ -30,7 +30,7 @@ class CoincideError(ProgressError):
 
 
 def cluster_transferability(centroids: np.ndarray, threshold: float = 0.9) -> np.ndarray:
-    """Transferability of every cluster (SPEC §2.3).
+    """Transferability of every cluster (docs/algorithm.md#warm-up-pools).
 
     ``S`` = cosine similarity of the centroids; entries above ``threshold`` (near-duplicate clusters,
     including the diagonal) are zeroed and ``transfer[i]`` is the mean of row ``i`` over the entries not
@@ -90,7 +90,7 @@ def single_threaded_blas():
 
 
 def gaussian_kernel(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """``exp(-||x_a - x_b||^2 / (2 sigma^2))`` for all pairs of rows, in float64 (SPEC §2.4)."""
+    """``exp(-||x_a - x_b||^2 / (2 sigma^2))`` for all pairs of rows, in float64 (docs/algorithm.md#warm-up-pools)."""
     x = np.asarray(x, np.float64)
     sq = np.einsum("ij,ij->i", x, x)
     d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
@@ -106,7 +106,7 @@ def cluster_density(
     members: ClusterMembers | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """Mean within-cluster Gaussian kernel per cluster (SPEC §2.4), NaN for an empty cluster."""
+    """Mean within-cluster Gaussian kernel per cluster (docs/algorithm.md#warm-up-pools), NaN for an empty cluster."""
     from tqdm.auto import tqdm
 
     members = members or cluster_members(assignment, k)
@@ -170,7 +170,7 @@ def cluster_wise_prune(
     members: ClusterMembers | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """COINCIDE cluster-wise pruning (SPEC §2.4); returns row indices in the original's order.
+    """COINCIDE cluster-wise pruning (docs/algorithm.md#warm-up-pools); returns row indices in the original's order.
 
     ``target = int(fraction * N)`` (or ``n_target``). ``score = transfer / density``, ``ratio =
     softmax(score / temperature)`` over the non-empty clusters, visited by descending ratio
@@ -230,7 +230,7 @@ def cluster_wise_prune(
 
 @dataclass
 class WarmupPools:
-    """Warm-up pools of SPEC §2.2 as sample_id arrays (feature row i = sample_id i).
+    """Warm-up pools of docs/algorithm.md#warm-up-pools as sample_id arrays (feature row i = sample_id i).
 
     ``w1`` = Top_50K (fraction 0.075 run, pruning order); ``w2`` = W(0.09) minus W(0.075) (Top_50K_to_60K,
     in the 0.09 run's order); ``remaining`` = all minus (W(0.075) ∪ W(0.09)), ascending; ``order`` = the
@@ -254,7 +254,7 @@ def warmup_pools(
     threshold: float = 0.9,
     progress: bool = False,
 ) -> WarmupPools:
-    """Both warm-up runs of SPEC §2.2 on the selection clustering ``fine``.
+    """Both warm-up runs of docs/algorithm.md#warm-up-pools on the selection clustering ``fine``.
 
     The two fractions are independent greedy runs (as the original), sharing transferability and
     densities. We differ from the original in one place: its ``Remaining_605K = All \\ Top_60K`` keeps
@@ -296,7 +296,7 @@ def coincide_selection(
     sigma: float = 1.0,
     threshold: float = 0.9,
 ) -> np.ndarray:
-    """The COINCIDE baseline: ``budget`` samples chosen at once by cluster-wise pruning (DESIGN §5)."""
+    """The COINCIDE baseline: ``budget`` samples chosen at once by cluster-wise pruning (docs/algorithm.md#baseline-strategies)."""
     transfer = cluster_transferability(fine.centroids, threshold)
     return cluster_wise_prune(
         features, fine.assignment, transfer, temperature=temperature, sigma=sigma, n_target=budget

@@ -66,7 +66,7 @@ ProbeSettings = _strict_copy(ProbeConfig, "ProbeSettings", exclude=("model", "se
 
 
 class DataConfig(_Strict):
-    """Where the instruction pool comes from (DESIGN §4: the bundled synthetic pool by default)."""
+    """Where the instruction pool comes from (docs/architecture.md#the-bundled-demo: the bundled synthetic pool by default)."""
 
     pool_json: str | None = Field(
         None, description="LLaVA-format pool JSON; empty = generate the bundled synthetic pool."
@@ -98,7 +98,7 @@ class DataConfig(_Strict):
 
 
 class WarmupConfig(_Strict):
-    """COINCIDE warm-up pools (SPEC §2.4): W1 = fraction[0] of the pool, W2 = fraction[1] minus W1."""
+    """COINCIDE warm-up pools (docs/algorithm.md#warm-up-pools): W1 = fraction[0] of the pool, W2 = fraction[1] minus W1."""
 
     fractions: tuple[float, float] = Field((0.075, 0.09), description="Pool fractions of the two warm-up stops.")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature over transfer/density scores.")
@@ -278,7 +278,7 @@ class RunConfig(_Strict):
         return ClusteringConfig.model_validate(self.clustering.model_dump())
 
     def training_config(self, final_step: int) -> TrainingConfig:
-        """The trainer's config: one schedule over the whole planned run (FINAL_STEP), SPEC §3.1 fixed."""
+        """The trainer's config: one schedule over the whole planned run (FINAL_STEP), see docs/algorithm.md#differences-from-the-original-scripts."""
         return TrainingConfig.model_validate({**self.training.model_dump(), "final_step": final_step})
 
     def probe_config(self) -> ProbeConfig:

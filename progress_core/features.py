@@ -1,9 +1,9 @@
-"""Per-sample features for clustering: an image part and a question-text part (SPEC §1).
+"""Per-sample features for clustering: an image part and a question-text part (docs/algorithm.md#features).
 
 The original extracts DINOv2 ViT-L/14 ``pooler_output`` for images and ``all-MiniLM-L6-v2`` mean-pooled,
 unit-norm vectors for the human turns, concatenates them and applies one global L2 normalisation
-(SPEC §1 "Concatenation / weighting"). We keep that as the default and differ in one place on purpose
-(DESIGN §1): text-only rows get a zero image part instead of being dropped, so row ``i`` of the feature
+(docs/algorithm.md#features "Concatenation / weighting"). We keep that as the default and differ in one place on purpose
+(docs/algorithm.md#differences-from-the-original-scripts): text-only rows get a zero image part instead of being dropped, so row ``i`` of the feature
 matrix is always ``sample_id`` ``i``. An offline, training-free image descriptor is the default image
 encoder so the pipeline runs without downloading DINOv2; ``image_encoder="dinov2"`` (or a local path)
 gives the faithful model.
@@ -53,7 +53,7 @@ class WeightsChecksumError(FeatureError):
 
 
 class FeatureConfig(BaseModel):
-    """How features are extracted (SPEC §1)."""
+    """How features are extracted (docs/algorithm.md#features)."""
 
     image_encoder: str = Field(
         "descriptor",
@@ -136,7 +136,7 @@ def _torch_dtype(dtype: str, device: str):
 
 
 class DescriptorEncoder:
-    """Training-free image descriptor (DESIGN §4): the offline default image encoder.
+    """Training-free image descriptor (docs/architecture.md#the-bundled-demo): the offline default image encoder.
 
     On a 64x64 RGB thumbnail: a joint RGB histogram (4x4x4 bins), a 4x4 colour layout, a 4x4 grey layout
     and 8-bin magnitude-weighted gradient-orientation histograms in 4x4 cells (a small HOG). Each block is
@@ -179,7 +179,7 @@ class DescriptorEncoder:
 
 
 class DinoV2Encoder:
-    """DINOv2 image features exactly as the original's ``dino_features.py`` (SPEC §1).
+    """DINOv2 image features exactly as the original's ``dino_features.py`` (docs/algorithm.md#features).
 
     Resize the shorter side to 224 (bicubic), centre-crop 224, RGB, scale to [0,1], normalise with the
     CLIP mean/std (not ImageNet's, as the original does), and take ``pooler_output`` (final-LayerNorm CLS
@@ -272,7 +272,7 @@ def default_minilm_path() -> Path:
 
 
 class MiniLMEncoder:
-    """Sentence embeddings as ``SentenceTransformer("all-MiniLM-L6-v2")`` computes them (SPEC §1).
+    """Sentence embeddings as ``SentenceTransformer("all-MiniLM-L6-v2")`` computes them (docs/algorithm.md#features).
 
     ``AutoModel`` + ``AutoTokenizer``, mean pooling of the last hidden state over the attention mask, L2
     normalisation, at most 256 tokens. Works for any local HF encoder path; the bundled default's weights
@@ -339,7 +339,7 @@ def load_text_encoder(cfg: FeatureConfig) -> TextEncoder:
 
 
 def question_text(conversations_json: str | list) -> str:
-    """The text the original encodes (SPEC §1): human turns joined by "\\n", cut at the first
+    """The text the original encodes (docs/algorithm.md#features): human turns joined by "\\n", cut at the first
     "\\nAnswer with" / "\\nAnswer the" (LLaVA's answer-format suffix); ``<image>`` is kept."""
     turns = json.loads(conversations_json) if isinstance(conversations_json, str) else conversations_json
     text = "\n".join(str(t.get("value", "")) for t in turns or [] if t.get("from") == "human")
@@ -402,7 +402,7 @@ def _manifest_table(manifest: pa.Table | str | os.PathLike) -> pa.Table:
 
 
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` covering ``0..n`` in shards of ``shard_size`` rows (DESIGN §3: mapped shards)."""
+    """``[(start, stop), ...]`` covering ``0..n`` in shards of ``shard_size`` rows (docs/architecture.md#stage-contract: mapped shards)."""
     if shard_size < 1:
         raise FeatureError(f"shard_size must be >= 1, got {shard_size}")
     return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
@@ -425,7 +425,7 @@ def extract_shard(
     image_encoder: ImageEncoder | None = None,
     text_encoder: TextEncoder | None = None,
 ) -> ShardFeatures:
-    """Encode manifest rows ``start:stop`` (SPEC §1).
+    """Encode manifest rows ``start:stop`` (docs/algorithm.md#features).
 
     Text-only rows get a zero image part (not a failure). A missing or unreadable image file gives a
     zero image part, a warning and a count in ``image_failed``; it never stops the extraction. Pass
@@ -467,7 +467,7 @@ def extract_shard(
 
 
 def combine_features(image: np.ndarray, text: np.ndarray, balanced: bool = False, chunk: int = 65536) -> np.ndarray:
-    """Joint feature of SPEC §1: ``concat(image, text)`` with unit-norm rows, float16.
+    """Joint feature of docs/algorithm.md#features: ``concat(image, text)`` with unit-norm rows, float16.
 
     ``balanced=False`` (original): one global L2 normalisation, so the raw DINOv2 norm (tens) dominates
     the unit-norm MiniLM part. ``balanced=True``: each part L2-normalised and scaled by 1/sqrt(2) (as
@@ -601,7 +601,7 @@ def extract_features(
     shard_size: int = 4096,
     progress: bool = True,
 ) -> FeatureReport:
-    """Extract, combine and write the float16 feature matrix (row i = sample_id i) atomically (SPEC §1)."""
+    """Extract, combine and write the float16 feature matrix (row i = sample_id i) atomically (docs/algorithm.md#features)."""
     from tqdm.auto import tqdm
 
     cfg = cfg or FeatureConfig()

@@ -1,8 +1,8 @@
-"""Judges: is a probed answer correct? (PROGRESS §3.2, SPEC §3.2c).
+"""Judges: is a probed answer correct? (PROGRESS §3.2, docs/algorithm.md#probe-and-judge).
 
 One interface, :meth:`Judge.judge`, returning one :class:`Verdict` per answer: 1 correct, 0 incorrect,
 None unjudged (the judge's output could not be parsed, or its batch timed out). Unjudged answers are
-counted and reported, never scored as wrong (fixing SPEC §7.9).
+counted and reported, never scored as wrong (a fix, see docs/algorithm.md#differences-from-the-original-scripts).
 
 - :class:`ExactMatchJudge` — normalised exact match (case, punctuation, articles, whitespace, number
   words <-> digits); the default for short-answer VQA.
@@ -27,7 +27,7 @@ from progress_core.errors import ConfigError, ProgressError
 
 log = logging.getLogger(__name__)
 
-# The original judge prompt verbatim (SPEC §3.2c): 4-space indents inside the string, no separator after
+# The original judge prompt verbatim (docs/algorithm.md#probe-and-judge): 4-space indents inside the string, no separator after
 # "Question", the last line's \n escapes are newlines.
 CAPTION_PROMPT_V2 = (
     """Given a input question and two answers: a candidate answer and a reference answer, determine if the candidate answer is correct or incorrect.
@@ -176,7 +176,7 @@ _WORD = re.compile(r"\b(not\s+correct|incorrect|correct|wrong)\b")
 
 
 def judge_prompt(question: str, prediction: str, reference: str) -> str:
-    """The original's CAPTION_PROMPT_v2 filled in (SPEC §3.2c; text-only, the judge never sees the image)."""
+    """The original's CAPTION_PROMPT_v2 filled in (docs/algorithm.md#probe-and-judge; text-only, the judge never sees the image)."""
     return CAPTION_PROMPT_V2.format(question=question, pred=prediction, gt=reference)
 
 
@@ -338,7 +338,7 @@ class TransformersBackend:
 
 
 class LLMJudge:
-    """The original's LLM judge (SPEC §3.2c) with robust parsing, batching and a per-batch timeout.
+    """The original's LLM judge (docs/algorithm.md#probe-and-judge) with robust parsing, batching and a per-batch timeout.
 
     A batch whose backend call does not return within ``timeout_s`` is marked unjudged with reason
     "timeout" (the worker thread is abandoned; the backend call cannot be interrupted from Python).
@@ -407,7 +407,7 @@ class LLMJudge:
 
 
 class JudgeConfig(BaseModel):
-    """Which judge decides correctness (SPEC §3.2c; exact match is the default for short answers)."""
+    """Which judge decides correctness (docs/algorithm.md#probe-and-judge; exact match is the default for short answers)."""
 
     kind: Literal["exact", "llm"] = Field("exact", description="exact: normalised match; llm: LLM judge")
     backend: Literal["lmdeploy", "transformers"] = Field("lmdeploy", description="LLM judge server")

@@ -1,8 +1,8 @@
 """LLaVA instruction pool (JSON) <-> Parquet manifest, with validation.
 
-DESIGN §2 "manifest": every later stage (features, clustering, selection, training) addresses samples by
+docs/architecture.md#layers "manifest": every later stage (features, clustering, selection, training) addresses samples by
 a dense integer ``sample_id`` (0..N-1 in input order) read from this one Parquet file, instead of by
-list position in a 1 GB JSON file as the original scripts do (PROGRESS_SPEC §7.8: set operations on
+list position in a 1 GB JSON file as the original scripts do (docs/algorithm.md#differences-from-the-original-scripts: set operations on
 ``sample_id`` replace O(N·M) dict comparisons).
 
 The JSON is streamed: rows are decoded one at a time with :meth:`json.JSONDecoder.raw_decode` over a
@@ -10,7 +10,7 @@ buffered read and turned into Arrow columns in record batches, so peak memory st
 one batch (plus the set of ids seen) rather than of the whole ``llava_v1_5_mix665k.json`` (665K rows,
 ~1 GB). The original row is kept losslessly (``conversations`` as JSON text, other keys in ``extra``,
 key order and non-string ids in ``layout``), so exporting gives rows equal to the input, which is what
-the original scripts consume (``Top_50K.json``, ``fastest_acc_data_7500.json``, PROGRESS_SPEC §3.5).
+the original scripts consume (``Top_50K.json``, ``fastest_acc_data_7500.json``, docs/architecture.md#file-kinds).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ MANIFEST_SCHEMA = pa.schema(
     ],
     metadata={b"progress.manifest_version": b"1"},
 )
-"""Manifest columns (BRIEF contract). ``layout`` is null for rows shaped ``{id, [image,] conversations,
+"""Manifest columns (docs/architecture.md#file-kinds). ``layout`` is null for rows shaped ``{id, [image,] conversations,
 ...extra}`` with a string id; otherwise a JSON object with the original key order (``keys``) and/or the
 original non-string ``id`` value, so the export reproduces the row exactly."""
 
@@ -355,7 +355,7 @@ def build_manifest(
     batch_rows: int = 50_000,
     verbose: bool = False,
 ) -> ManifestReport:
-    """Convert a LLaVA-format JSON pool into the Parquet manifest (DESIGN §2, BRIEF manifest contract).
+    """Convert a LLaVA-format JSON pool into the Parquet manifest (docs/architecture.md#layers, docs/architecture.md#file-kinds).
 
     ``mode="strict"`` raises the first row's :class:`ManifestError`; ``mode="skip"`` drops bad rows and
     writes each, with its row index, id, error class, reason and raw value, to
@@ -478,7 +478,7 @@ def manifest_rows_to_llava(table: pa.Table, extra_fields: Mapping[str, Sequence]
     """Rebuild the original LLaVA rows of ``table`` (equal to the input rows, key order included).
 
     ``extra_fields`` maps a key to one value per table row, appended to each row, as the original scripts
-    annotate rows with ``cluster_id``/``dist_to_cent``/``index`` (PROGRESS_SPEC §2.2).
+    annotate rows with ``cluster_id``/``dist_to_cent``/``index`` (docs/algorithm.md#warm-up-pools).
     """
     missing = [c for c in ("id", "image", "conversations", "extra") if c not in table.column_names]
     if missing:
@@ -581,7 +581,7 @@ def source_statistics(table: pa.Table) -> pd.DataFrame:
     """Per-source summary of a manifest (rows, share, text-only, multi-turn, answer vocabulary, chance).
 
     ``majority_rate`` is the accuracy of always giving the source's most frequent first answer, the
-    floor an exact-match probe (DESIGN §1 "Accuracy probe") measures against.
+    floor an exact-match probe (docs/algorithm.md#probe-and-judge) measures against.
     """
     import pandas as pd
 

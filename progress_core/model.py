@@ -1,4 +1,4 @@
-"""The LLaVA model that PROGRESS trains and probes, in two modes (DESIGN §4, SPEC §3.1).
+"""The LLaVA model that PROGRESS trains and probes, in two modes (docs/architecture.md#the-bundled-demo, docs/algorithm.md#training).
 
 *real*: a LLaVA checkpoint by hub name or local path (``llava-hf/llava-1.5-7b-hf``), or the paper's stage-1
 LLaVA assembled from language model, vision tower and projector (:mod:`progress_core.llava_assembly`),
@@ -64,7 +64,7 @@ class ModelError(ProgressError):
 
 
 class ModelConfig(BaseModel):
-    """Which LLaVA to train (SPEC §3.1 for real mode, DESIGN §4 for the tiny default).
+    """Which LLaVA to train (docs/algorithm.md#training for real mode, docs/architecture.md#the-bundled-demo for the tiny default).
 
     Tiny defaults (32 px, patch 4, ~0.7M parameters; with TrainingConfig's batch 16 and lr 1e-3) on the
     bundled 3000-sample pool (benchmarks/bench_training.py): whole-image colour is learned by step ~200,
@@ -163,7 +163,7 @@ def _word_counts(texts: Iterable[str]) -> collections.Counter:
 
 
 def build_word_tokenizer(texts: Iterable[str], max_vocab: int = 20000):
-    """A word-level fast tokenizer over the pool's whitespace-separated words (DESIGN §4).
+    """A word-level fast tokenizer over the pool's whitespace-separated words (docs/architecture.md#the-bundled-demo).
 
     ``texts`` may be plain strings or manifest ``conversations`` JSON strings (their turn values count).
 
@@ -319,7 +319,7 @@ def load_model(path_or_name: str | os.PathLike, cfg: ModelConfig, trainable: boo
 
     A LoRA checkpoint (``adapter_config.json`` present) is loaded on top of its base model
     (``cfg.base_model``) with the adapter trainable. A full checkpoint is wrapped with a fresh LoRA
-    adapter when ``cfg.use_lora()`` (SPEC §3.1: r 128, alpha 256, projector trained in full).
+    adapter when ``cfg.use_lora()`` (docs/algorithm.md#training: r 128, alpha 256, projector trained in full).
     """
     from transformers import LlavaForConditionalGeneration
 

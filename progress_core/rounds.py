@@ -1,4 +1,4 @@
-"""Round bookkeeping of the PROGRESS loop and export to the original scripts' files (SPEC §3.4, §3.5).
+"""Round bookkeeping of the PROGRESS loop and export to the original scripts' files (docs/algorithm.md#round-schedule, docs/architecture.md#file-kinds).
 
 Each round's sets are Parquet files of ``sample_id:int64`` in the run directory, named by step and round
 so a person can open any round with pandas/duckdb/polars:
@@ -9,7 +9,7 @@ so a person can open any round with pandas/duckdb/polars:
 
 where ``step`` is the training step at which the round's selection was made (the original's ``cur``).
 They are computed with set operations on ``sample_id`` instead of the original's O(N·M) list difference
-of dicts (SPEC §7.8). :func:`export_original` writes the same sets under the original names and JSON
+of dicts (docs/algorithm.md#differences-from-the-original-scripts). :func:`export_original` writes the same sets under the original names and JSON
 format, so the original training/probing scripts can take over at any round.
 """
 
@@ -42,7 +42,7 @@ class ExportError(ProgressError):
 
 
 def steps_for(cumulative_samples: int, global_batch: int) -> int:
-    """Training step reached after ``cumulative_samples`` samples (SPEC §3.1/§3.4: step = samples // batch)."""
+    """Training step reached after ``cumulative_samples`` samples (docs/algorithm.md#training, docs/algorithm.md#round-schedule: step = samples // batch)."""
     if global_batch <= 0:
         raise ConfigError(f"global batch must be positive, got {global_batch}")
     if cumulative_samples < 0:
@@ -159,7 +159,7 @@ def commit_round(
 
 def warmup_sets(n_samples: int, w1, w2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(W2 \\ W1, W1 ∪ W2, all \\ (W1 ∪ W2))`` for the original's ``Top_50K_to_60K``, ``Top_60K`` and
-    ``Remaining_605K`` (SPEC §2.2); W1 ∪ W2 keeps W1's order then W2's new ids, the remaining pool is in
+    ``Remaining_605K`` (docs/algorithm.md#warm-up-pools); W1 ∪ W2 keeps W1's order then W2's new ids, the remaining pool is in
     sample_id order."""
     w1 = np.asarray(w1, dtype=np.int64)
     w2 = np.asarray(w2, dtype=np.int64)
@@ -178,7 +178,7 @@ def warmup_sets(n_samples: int, w1, w2) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 @dataclass
 class RoundExport:
-    """One selection round as the original files see it (SPEC §3.5).
+    """One selection round as the original files see it (docs/architecture.md#file-kinds).
 
     ``step``: step at which the selection was made; ``new_ids``: the selection (``fastest_acc_data``);
     ``probabilities``: ``{cluster_id: softmax probability}``; ``selected_until``/``remaining_after``: the
@@ -203,10 +203,10 @@ SUMMARY_FILE = "export_summary.json"
 
 
 class OriginalExporter:
-    """Writes subsets of the manifest in the original's JSON format (SPEC §2.2, §3.5).
+    """Writes subsets of the manifest in the original's JSON format (docs/algorithm.md#warm-up-pools, docs/architecture.md#file-kinds).
 
     Every row carries the original LLaVA keys plus ``cluster_id`` (annotation cluster), ``dist_to_cent``
-    (the similarity to the centre, which is what the original's field really holds, SPEC §2.1) and
+    (the similarity to the centre, which is what the original's field really holds, docs/algorithm.md#concept-clustering) and
     ``index`` (= sample_id). File names are the original's even when the sizes differ on a small pool;
     the actual counts are recorded in ``export_summary.json``.
     """
@@ -256,7 +256,7 @@ class OriginalExporter:
 
     def write_warmup(self, w1, w2) -> None:
         """``Top_50K.json`` (W1), ``Top_50K_to_60K.json`` (W2 \\ W1), ``Top_60K.json`` (W1 ∪ W2) and
-        ``Remaining_605K.json`` (the pool left for selection), SPEC §2.2."""
+        ``Remaining_605K.json`` (the pool left for selection), docs/algorithm.md#warm-up-pools."""
         w2_only, union, pool = warmup_sets(self.n_samples, w1, w2)
         self.write_rows(w1, W1_FILE)
         self.write_rows(w2_only, W2_FILE)
@@ -276,7 +276,7 @@ class OriginalExporter:
         self.counts[name] = len(probs)
 
     def write_accuracy(self, step: int, table: pd.DataFrame) -> Path:
-        """``selection_step_{step}/combined_results_internVL.json`` from an accuracy table (SPEC §3.2c)."""
+        """``selection_step_{step}/combined_results_internVL.json`` from an accuracy table (docs/algorithm.md#probe-and-judge)."""
         from progress_core.accuracy_table import accuracy_table_to_original
 
         name = f"selection_step_{int(step)}/combined_results_internVL.json"
@@ -285,7 +285,7 @@ class OriginalExporter:
         return write_json(obj, self.out_dir / name)
 
     def write_step_list(self, steps: Sequence[int]) -> Path:
-        """``step_list.txt``: stop steps one per line, no trailing newline (SPEC §3.4)."""
+        """``step_list.txt``: stop steps one per line, no trailing newline (docs/algorithm.md#round-schedule)."""
         path = self.out_dir / STEP_LIST_FILE
         with atomic_path(path) as tmp:
             tmp.write_text("\n".join(str(int(s)) for s in steps), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Selection strategies: which samples of the remaining pool to train on next (PROGRESS §3.3, DESIGN §5).
+"""Selection strategies: which samples of the remaining pool to train on next (PROGRESS §3.3, docs/algorithm.md#baseline-strategies).
 
 One interface for every strategy::
 
@@ -8,11 +8,11 @@ One interface for every strategy::
 - ``cluster_ids``: int64 annotation cluster of every sample of the manifest, indexed by sample_id.
 - ``history``: what earlier rounds know (:class:`SelectionHistory`: accuracy tables at the previous and
   the current probe, the sample_ids selected so far, the COINCIDE pruning order).
-- ``budget``: samples to select (SPEC: SELECTION_NUM = 7500).
+- ``budget``: samples to select (SELECTION_NUM = 7500, docs/algorithm.md#selection).
 - ``rng``: a ``numpy.random.Generator`` or a seed; same inputs and seed give the same ids, in the same order.
 
 Strategies live in :data:`STRATEGIES` (add one with :func:`register_strategy`):
-``progress`` (relative accuracy change, SPEC §3.3 / the original ``acc_sort.py``), ``random``,
+``progress`` (relative accuracy change, docs/algorithm.md#selection / the original ``acc_sort.py``), ``random``,
 ``coincide`` (the whole budget by the COINCIDE pruning order), ``tfs`` (Tail First Sampling, ALOR) and
 ``full``. Every strategy works on arrays of sample_ids with numpy set operations, never Python loops over
 samples, so a 665K pool takes milliseconds (benchmarks/bench_selection.py).
@@ -55,7 +55,7 @@ CLUSTER_TABLE_COLUMNS = (
     "quota",
     "selected",
 )
-"""Columns of :attr:`SelectionResult.cluster_table` (DESIGN §3: the per-round cluster artifact)."""
+"""Columns of :attr:`SelectionResult.cluster_table` (docs/architecture.md#stage-contract: the per-round cluster artifact)."""
 
 
 @dataclass
@@ -93,7 +93,7 @@ class SelectionResult:
     @property
     def probabilities(self) -> dict[int, float]:
         """``{cluster_id: softmax probability}`` of the exploitation clusters, as the original's
-        ``fastest_selected_cluster_accuracies_{num}.json`` (SPEC §3.3)."""
+        ``fastest_selected_cluster_accuracies_{num}.json`` (docs/algorithm.md#selection)."""
         t = self.cluster_table
         if t.empty:
             return {}
@@ -310,7 +310,7 @@ def _draw_within_clusters(
     ctx: SelectionContext, quotas: np.ndarray, cluster_order: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """Uniform draw without replacement of ``quotas[c]`` remaining samples of each cluster in
-    ``cluster_order`` (the original's shuffle + take-first-n per cluster, SPEC §3.3)."""
+    ``cluster_order`` (the original's shuffle + take-first-n per cluster, docs/algorithm.md#selection)."""
     wanted = cluster_order[quotas[cluster_order] > 0]
     if wanted.size == 0:
         return np.empty(0, dtype=np.int64)
@@ -332,7 +332,7 @@ def _draw_within_clusters(
 
 
 def _progress_scores(ctx: SelectionContext, opts: ProgressOptions) -> pd.DataFrame:
-    """Per probed cluster: a_prev, a_now, delta, the floored baseline and the progress score (SPEC §3.3)."""
+    """Per probed cluster: a_prev, a_now, delta, the floored baseline and the progress score (docs/algorithm.md#selection)."""
     from progress_core.accuracy_table import validate_accuracy_table
 
     h = ctx.history
@@ -515,7 +515,7 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
 
 @register_strategy("random")
 def random_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> SelectionResult:
-    """Uniform over the remaining pool at equal budget (DESIGN §5 baseline)."""
+    """Uniform over the remaining pool at equal budget (docs/algorithm.md#baseline-strategies baseline)."""
     notes = []
     if ctx.remaining.size == 0:
         notes.append("remaining pool is empty: nothing to select")
@@ -530,7 +530,7 @@ def random_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> S
 
 @register_strategy("coincide")
 def coincide_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> SelectionResult:
-    """The first ``budget`` samples of the COINCIDE pruning order that are still remaining (SPEC §2.4:
+    """The first ``budget`` samples of the COINCIDE pruning order that are still remaining (docs/algorithm.md#warm-up-pools:
     the whole budget by COINCIDE at once). Deterministic; the seed is unused."""
     order = ctx.history.coincide_order
     if order is None:
@@ -619,7 +619,7 @@ def tfs_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> Sele
 
 @register_strategy("full")
 def full_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> SelectionResult:
-    """Everything remaining, whatever the budget (DESIGN §5: the full-data reference)."""
+    """Everything remaining, whatever the budget (docs/algorithm.md#baseline-strategies: the full-data reference)."""
     notes = ["strategy 'full': taking the whole remaining pool"]
     if ctx.remaining.size and ctx.budget < ctx.remaining.size:
         notes.append(f"budget {ctx.budget} ignored: selecting all {ctx.remaining.size} remaining samples")

@@ -1,4 +1,4 @@
-"""Bundled synthetic visual-QA pool in LLaVA format (DESIGN §4 "Data").
+"""Bundled synthetic visual-QA pool in LLaVA format (docs/architecture.md#the-bundled-demo "Data").
 
 The demo, the tests and the benchmarks need a pool whose concepts are learned at clearly different
 speeds by a tiny LLaVA, because that is what PROGRESS (arXiv 2506.01085, §3) detects: selection should
@@ -83,7 +83,7 @@ LABEL_SCHEMA = pa.schema(
 
 
 class SyntheticConfig(BaseModel):
-    """Sizes and mix of the bundled pool (DESIGN §4)."""
+    """Sizes and mix of the bundled pool (docs/architecture.md#the-bundled-demo)."""
 
     n: int = Field(3000, ge=1, description="samples in the selection pool (pool.json)")
     n_eval: int = Field(600, ge=0, description="samples in the separate evaluation split (eval.json)")
@@ -96,7 +96,7 @@ class SyntheticConfig(BaseModel):
 
 
 class SyntheticPool(BaseModel):
-    """Where :func:`generate_pool` wrote the pool (BRIEF synthetic contract)."""
+    """Where :func:`generate_pool` wrote the pool (docs/architecture.md#file-kinds)."""
 
     pool_json: Path = Field(description="LLaVA JSON list of the selection pool")
     eval_json: Path = Field(description="LLaVA JSON list of the evaluation split")
@@ -462,7 +462,7 @@ def generate_pool(
     """Write the bundled pool: ``pool.json``, ``eval.json``, ``images/<family>/<id>.png``, ``labels.parquet``.
 
     Families appear in equal shares (text-only arithmetic at ``text_fraction``), difficulty is a fair coin
-    for graded families. Deterministic in ``seed`` (DESIGN §4).
+    for graded families. Deterministic in ``seed`` (docs/architecture.md#the-bundled-demo).
     """
     try:
         cfg = SyntheticConfig(

@@ -1,14 +1,14 @@
-"""One continuous LLaVA training run, advanced piece by piece (PROGRESS §3, SPEC §3.1, §3.4).
+"""One continuous LLaVA training run, advanced piece by piece (PROGRESS §3, docs/algorithm.md#training, docs/algorithm.md#round-schedule).
 
 The paper trains a single run to FINAL_STEP in pieces: W1 to step 391, W2 to 469, then each round's newly
 selected samples only. :func:`train_to_step` advances that run from a checkpoint to a target step on the
-samples it is given. Model weights, optimizer, scheduler (ONE cosine schedule over ``final_step``, fixing
-SPEC §7.7), RNG states and the global step live in the checkpoint directory (a standard HF model dir plus
+samples it is given. Model weights, optimizer, scheduler (ONE cosine schedule over ``final_step``, a fix, see
+docs/algorithm.md#differences-from-the-original-scripts), RNG states and the global step live in the checkpoint directory (a standard HF model dir plus
 ``training_state.pt`` / ``training_state.json``), so training to step 20 in two pieces equals training to
 step 20 at once on the same data stream.
 
-Data stream of a piece: a plain iterator over the given samples (not HF Trainer's resume skip logic, SPEC
-§3.1 caveat). With ``shuffle`` the order is a permutation seeded by ``(seed, start_step, epoch)``; when a
+Data stream of a piece: a plain iterator over the given samples (not HF Trainer's resume skip logic, docs/algorithm.md#training
+caveat). With ``shuffle`` the order is a permutation seeded by ``(seed, start_step, epoch)``; when a
 piece needs more batches than it has samples, it cycles with a fresh permutation per pass; samples left
 over after the last full global batch are not trained (step = cumulative_samples // global_batch).
 
@@ -58,7 +58,7 @@ class TrainingDataError(ProgressError):
 
 
 class TrainingConfig(BaseModel):
-    """The training recipe (SPEC §3.1: LLaVA-1.5 LoRA; tiny defaults tuned for the bundled pool)."""
+    """The training recipe (docs/algorithm.md#training: LLaVA-1.5 LoRA; tiny defaults tuned for the bundled pool)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="which LLaVA to train")
     global_batch_size: int = Field(16, description="samples per optimizer step (paper: 128)")
@@ -203,7 +203,7 @@ def _n_rows(samples: Any) -> int:
 
 
 def parse_conversations(value: Any, row: int) -> list[dict]:
-    """The conversations list of a row (JSON text in the manifest, SPEC §3.5; a list is accepted too)."""
+    """The conversations list of a row (JSON text in the manifest, docs/architecture.md#file-kinds; a list is accepted too)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)

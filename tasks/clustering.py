@@ -1,4 +1,4 @@
-"""Dual k-means stages (SPEC §2.1-2.2): the annotation clustering labels every sample with its concept
+"""Dual k-means stages (docs/algorithm.md#concept-clustering): the annotation clustering labels every sample with its concept
 ``cluster_id``; the selection clustering feeds COINCIDE warm-up pruning."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Export a run to the original scripts' files (SPEC §3.5), so users of those scripts can switch over."""
+"""Export a run to the original scripts' files (docs/architecture.md#file-kinds), so users of those scripts can switch over."""
 
 from __future__ import annotations
 

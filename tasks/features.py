@@ -1,6 +1,6 @@
 """Feature stages: one task per manifest shard (mappable over a Dask/Ray task runner), then one combine.
 
-PROGRESS §3.1 / SPEC §1: image part (DINOv2 or the offline descriptor) + MiniLM question part, one global
+PROGRESS §3.1 / docs/algorithm.md#features: image part (DINOv2 or the offline descriptor) + MiniLM question part, one global
 L2 normalisation (``balanced`` normalises each part first). Row i of ``features.npy`` is sample_id i.
 """
 

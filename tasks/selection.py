@@ -1,4 +1,4 @@
-"""Round commit and per-round selection (PROGRESS §3.3, SPEC §3.3-3.4).
+"""Round commit and per-round selection (PROGRESS §3.3, docs/algorithm.md#selection).
 
 Every round r commits its new samples at the step it starts from (``new_<r>``, ``selected_until_<step>``,
 ``remaining_after_<step>``): the two warm-up rounds commit W1 and W2, later rounds select by the configured

@@ -1,4 +1,4 @@
-"""Model initialisation and continued training (PROGRESS §3.2 warm-up and rounds; SPEC §3.1).
+"""Model initialisation and continued training (PROGRESS §3.2 warm-up and rounds; docs/algorithm.md#training).
 
 One run is trained in pieces: the init stage builds the tiny model (or names the real base model), and each
 ``train`` stage continues the previous checkpoint to its target step on that round's new samples only, with

@@ -1,4 +1,4 @@
-"""COINCIDE warm-up pools (SPEC §2.3-2.4): W1, W2 = W(f2) − W(f1), the remaining pool, and the pruning
+"""COINCIDE warm-up pools (docs/algorithm.md#warm-up-pools): W1, W2 = W(f2) − W(f1), the remaining pool, and the pruning
 order used by the ``coincide`` baseline."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def warmup_stage(
 def coincide_order_stage(
     features: StageRecord, selection_clusters: StageRecord, budget: int, settings: WarmupConfig, out_dir: str
 ) -> StageRecord:
-    """The COINCIDE baseline's whole budget chosen at once by cluster-wise pruning (DESIGN §5)."""
+    """The COINCIDE baseline's whole budget chosen at once by cluster-wise pruning (docs/algorithm.md#baseline-strategies)."""
     x = load_features(features.files["features"], mmap=False)
     fine = load_clustering(Path(selection_clusters.out_dir), selection_clusters.meta["name"])
     ids = coincide_selection(x, fine, budget, temperature=settings.temperature, sigma=settings.sigma)

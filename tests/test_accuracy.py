@@ -1,4 +1,4 @@
-"""Accuracy probe: per-cluster sampling, greedy answers, per-sample and per-cluster tables (SPEC §3.2)."""
+"""Accuracy probe: per-cluster sampling, greedy answers, per-sample and per-cluster tables (docs/algorithm.md#probe-and-judge)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from progress_core.coincide import (
 
 
 def naive_greedy_mmd(K, M):
-    """Literal MMD-critic greedy of SPEC §2.4: re-evaluate every candidate subset."""
+    """Literal MMD-critic greedy of docs/algorithm.md#warm-up-pools: re-evaluate every candidate subset."""
     n = len(K)
     selected = []
     kxx = K.mean()

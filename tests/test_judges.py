@@ -1,4 +1,4 @@
-"""Judges: normalised exact match and the original's LLM judge with robust parsing (SPEC §3.2c)."""
+"""Judges: normalised exact match and the original's LLM judge with robust parsing (docs/algorithm.md#probe-and-judge)."""
 
 from __future__ import annotations
 

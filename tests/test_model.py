@@ -1,4 +1,4 @@
-"""Tiny LLaVA: built locally, saved and loaded as a plain HF directory (DESIGN §4)."""
+"""Tiny LLaVA: built locally, saved and loaded as a plain HF directory (docs/architecture.md#the-bundled-demo)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Continuing training: one run in pieces equals one run at once (SPEC §3.1)."""
+"""Continuing training: one run in pieces equals one run at once (docs/algorithm.md#training)."""
 
 from __future__ import annotations
 
