@@ -97,8 +97,9 @@ def _probe(inputs, out_dir, samples_per_cluster, seed=7, **kw):
         manifest=inputs["manifest"],
         samples_per_cluster=samples_per_cluster,
         seed=seed,
-        settings=ProbeConfig(),
+        settings=ProbeConfig(source="selected"),
         round_index=2,
+        to_step=300,
         out_dir=str(out_dir),
     )
     return probe_stage.fn(**{**args, **kw})
@@ -114,7 +115,7 @@ def test_probe_samples_per_cluster_from_the_selected_set(tmp_path, inputs, model
     assert call["checkpoint"] == "/ckpt/r02" and call["image_root"] == "/img"
     assert isinstance(call["judge"], ExactMatchJudge), "the configured (default: exact-match) judge"
     assert rec.rows == {"per_sample": 9, "per_cluster": 3}
-    assert rec.meta == {"n": 9, "correct": int((ids % 2 == 0).sum()), "unjudged": 0, "round": 2}
+    assert rec.meta == {"n": 9, "correct": int((ids % 2 == 0).sum()), "unjudged": 0, "round": 2, "step": 300, "source": "selected"}
     assert read_accuracy_table(rec.files["per_cluster"])["cluster_id"].tolist() == [0, 1, 2]
 
 

@@ -89,7 +89,7 @@ def test_strategy_options_belong_to_progress_only():
     progress = SelectionConfig(strategy="progress", temperature=0.2, exploit_fraction=0.5)
     assert strategy_options(progress) == {
         "temperature": 0.2,
-        "exploit_frac": 0.5,
+        "exploit_fraction": 0.5,
         "progress_measure": progress.progress_measure,
         "redistribute_overflow": progress.redistribute_overflow,
         "fallback_when_no_progress": progress.fallback_when_no_progress,
