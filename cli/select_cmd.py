@@ -8,7 +8,11 @@ from typing import Optional
 import numpy as np
 import typer
 
+from cli.options import EXPLAIN_HINT, ConfigFile, PresetName, resolve_config, set_option
 from progress_core.errors import ProgressError
+
+SUMMARY_ROWS = 10
+"""Clusters shown in the printed summary (all of them are in --cluster-table)."""
 
 
 class SelectInputError(ProgressError):
@@ -65,57 +69,41 @@ def _summary(result, top: int) -> str:
 def register(app: typer.Typer) -> None:
     """Add ``progress select`` to the progress app."""
 
-    @app.command("select")
+    @app.command("select", epilog=EXPLAIN_HINT)
     def select_command(
-        strategy: str = typer.Option("progress", "--strategy", help="progress | random | coincide | tfs | full"),
-        manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest Parquet (checks the sample count)."),
         clusters: Path = typer.Option(..., "--clusters", help="Cluster assignment Parquet (sample_id, cluster_id)."),
         remaining: Path = typer.Option(..., "--remaining", help="Remaining pool: Parquet with a sample_id column."),
-        budget: int = typer.Option(..., "--budget", help="Samples to select (the original's SELECTION_NUM 7500)."),
         out: Path = typer.Option(..., "--out", help="Output Parquet of the new sample_ids (with cluster_id)."),
+        manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest Parquet (checks the sample count)."),
         acc_prev: Optional[Path] = typer.Option(
             None,
             "--acc-prev",
-            help=("Accuracy at the previous probe: our Parquet or the original combined_results_internVL.json."),
+            help="Accuracy at the previous probe: our Parquet or the original combined_results_internVL.json.",
         ),
         acc_now: Optional[Path] = typer.Option(None, "--acc-now", help="Accuracy at the current probe (same formats)."),
-        seed: int = typer.Option(0, "--seed", help="Random seed; same inputs and seed give the same ids."),
         selected: Optional[Path] = typer.Option(None, "--selected", help="Selected-so-far Parquet (tfs counts it)."),
         coincide_order: Optional[Path] = typer.Option(
-            None, "--coincide-order", help=("Parquet of sample_ids in COINCIDE priority order (strategy coincide).")
-        ),
-        temperature: Optional[float] = typer.Option(None, "--temperature", help="progress: softmax temperature (0.5)."),
-        exploit_frac: Optional[float] = typer.Option(
-            None, "--exploit-frac", help="progress: exploitation share (0.9)."
-        ),
-        measure: Optional[str] = typer.Option(
-            None, "--measure", help=("progress: relative_change (original) | relative_error_reduction.")
-        ),
-        redistribute_overflow: Optional[bool] = typer.Option(
-            None,
-            "--redistribute-overflow/--no-redistribute-overflow",
-            help=(
-                "progress: give quota capped by availability to the other improving clusters (default) or drop it "
-                "as the original."
-            ),
-        ),
-        fallback: Optional[str] = typer.Option(
-            None,
-            "--fallback-when-no-progress",
-            help=("progress: original (explore share only) | explore (whole budget uniform)."),
+            None, "--coincide-order", help="Parquet of sample_ids in COINCIDE priority order (strategy coincide)."
         ),
         cluster_table: Optional[Path] = typer.Option(
             None,
             "--cluster-table",
-            help=("Also write the per-cluster table (accuracies, rel, probability, quota, selected) as Parquet."),
+            help="Also write the per-cluster table (accuracies, rel, probability, quota, selected) as Parquet.",
         ),
-        top: int = typer.Option(10, "--top", help="Clusters shown in the printed summary."),
+        config: ConfigFile = None,
+        preset: PresetName = None,
+        set_: Optional[list[str]] = set_option("selection.strategy=random"),
     ) -> None:
         """Select the next samples from the remaining pool (PROGRESS §3.3) and write them as Parquet.
 
-        The accuracy tables must belong to the annotation given by --clusters: a cluster id it does not know,
-        or (with --selected) a cluster of the selected samples without a row in --acc-now, is an error.
+        The strategy, the budget (selection.selection_num), the seed and the progress knobs come from the run
+        config (selection.*, seed). The accuracy tables must belong to the annotation given by --clusters: a
+        cluster id it does not know, or (with --selected) a cluster of the selected samples without a row in
+        --acc-now, is an error.
         """
+        cfg = resolve_config(config, preset, set_)
+        strategy, budget, seed = cfg.selection.strategy, cfg.selection.selection_num, cfg.seed
+        options = cfg.selection.progress_options() if strategy == "progress" else {}
         from tqdm import tqdm
 
         from progress_core.accuracy_table import read_accuracy_table
@@ -124,23 +112,6 @@ def register(app: typer.Typer) -> None:
         from progress_core.selection import SelectionHistory, select
         from progress_core.validation import check_accuracy_clusters
 
-        options: dict = {}
-        if strategy == "progress":
-            for key, value in (
-                ("temperature", temperature),
-                ("exploit_frac", exploit_frac),
-                ("progress_measure", measure),
-                ("fallback_when_no_progress", fallback),
-            ):
-                if value is not None:
-                    options[key] = value
-            if redistribute_overflow is not None:
-                options["redistribute_overflow"] = redistribute_overflow
-        elif any(v is not None for v in (temperature, exploit_frac, measure, fallback, redistribute_overflow)):
-            raise SelectInputError(
-                f"--temperature/--exploit-frac/--measure/--redistribute-overflow/"
-                f"--fallback-when-no-progress apply to strategy 'progress', not {strategy!r}"
-            )
         with tqdm(total=3, desc="select", unit="stage", leave=False, disable=None) as bar:
             cluster_ids = _load_assignment(clusters, _manifest_rows(manifest))
             history = SelectionHistory(
@@ -165,5 +136,5 @@ def register(app: typer.Typer) -> None:
             if cluster_table is not None:
                 write_parquet(result.cluster_table, cluster_table)
             bar.update()
-        typer.echo(_summary(result, top))
+        typer.echo(_summary(result, SUMMARY_ROWS))
         typer.echo(f"wrote {result.sample_ids.size} sample_ids to {out}")

@@ -80,7 +80,6 @@ def test_every_stage_command_takes_config_preset_and_set(path, monkeypatch, caps
     assert "`progress config --explain FIELD` describes a field" in help_text
 
 
-@pytest.mark.xfail(strict=True, reason="progress select still declares --strategy (selection.strategy) itself")
 def test_select_takes_its_knobs_from_the_config():
     test_no_stage_flag_repeats_a_config_default(("select",))
 

@@ -42,8 +42,8 @@ def inputs(tmp_path):
 def args(tmp_path, *extra):
     return [
         "select",
-        "--strategy",
-        "progress",
+        "--set",
+        "selection.strategy=progress",
         "--clusters",
         str(tmp_path / "clusters.parquet"),
         "--remaining",
@@ -52,10 +52,10 @@ def args(tmp_path, *extra):
         str(tmp_path / "prev.json"),
         "--acc-now",
         str(tmp_path / "now.parquet"),
-        "--budget",
-        "100",
-        "--seed",
-        "3",
+        "--set",
+        "selection.selection_num=100",
+        "--set",
+        "seed=3",
         "--out",
         str(tmp_path / "new.parquet"),
         *extra,
@@ -64,7 +64,12 @@ def args(tmp_path, *extra):
 
 def test_select_end_to_end(tmp_path, capsys):
     cids = inputs(tmp_path)
-    original = ("--no-redistribute-overflow", "--fallback-when-no-progress", "original")
+    original = (
+        "--set",
+        "selection.redistribute_overflow=false",
+        "--set",
+        "selection.fallback_when_no_progress=original",
+    )
     assert main(args(tmp_path, "--cluster-table", str(tmp_path / "table.parquet"), *original)) == 0
     ids = read_ids(tmp_path / "new.parquet")
     # same quotas as the hand-computed example in test_selection: 3, 10, 5 (capped) + 10 exploration
@@ -75,7 +80,7 @@ def test_select_end_to_end(tmp_path, capsys):
     assert table.set_index("cluster_id").loc[[0, 1, 2], "quota"].tolist() == [3, 10, 5]
     out = capsys.readouterr().out
     assert "selected 28 (exploit 18, explore 10)" in out and "capped by availability" in out
-    assert main(args(tmp_path, "--redistribute-overflow")) == 0
+    assert main(args(tmp_path, "--set", "selection.redistribute_overflow=true")) == 0
     assert np.bincount(cids[read_ids(tmp_path / "new.parquet")], minlength=5)[:3].tolist() == [33, 50, 5]
 
 
@@ -103,45 +108,16 @@ def test_select_missing_acc_now_and_wrong_options(tmp_path, capsys):
     del a[i : i + 2]
     assert main(a) == 1
     assert "needs the accuracy at the current probe" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "select",
-                "--strategy",
-                "random",
-                "--clusters",
-                str(tmp_path / "clusters.parquet"),
-                "--remaining",
-                str(tmp_path / "remaining.parquet"),
-                "--budget",
-                "7",
-                "--temperature",
-                "1",
-                "--out",
-                str(tmp_path / "r.parquet"),
-            ]
-        )
-        == 1
-    )
-    assert "apply to strategy 'progress'" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "select",
-                "--strategy",
-                "random",
-                "--clusters",
-                str(tmp_path / "clusters.parquet"),
-                "--remaining",
-                str(tmp_path / "remaining.parquet"),
-                "--budget",
-                "7",
-                "--out",
-                str(tmp_path / "r.parquet"),
-            ]
-        )
-        == 0
-    )
+    random_args = ["select", "--set", "selection.strategy=random", "--set", "selection.selection_num=7"]
+    random_args += [
+        "--clusters",
+        str(tmp_path / "clusters.parquet"),
+        "--remaining",
+        str(tmp_path / "remaining.parquet"),
+    ]
+    assert main([*random_args, "--set", "selection.strategy=randm", "--out", str(tmp_path / "r.parquet")]) == 1
+    assert "selection.strategy" in capsys.readouterr().err and not (tmp_path / "r.parquet").exists()
+    assert main([*random_args, "--set", "selection.temperature=1", "--out", str(tmp_path / "r.parquet")]) == 0
     assert read_ids(tmp_path / "r.parquet").size == 7
 
 

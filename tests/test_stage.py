@@ -373,7 +373,8 @@ def test_select_rejects_accuracy_tables_of_another_clustering(tmp_path, capsys):
         "--remaining",
         str(tmp_path / "remaining.parquet"),
     ]
-    base += ["--budget", "5", "--out", str(tmp_path / "new.parquet"), "--acc-prev", str(tmp_path / "other.parquet")]
+    base += ["--set", "selection.selection_num=5", "--out", str(tmp_path / "new.parquet")]
+    base += ["--acc-prev", str(tmp_path / "other.parquet")]
     assert main([*base, "--acc-now", str(tmp_path / "other.parquet")]) == 1
     err = capsys.readouterr().err
     assert "unknown cluster ids 7, 9" in err and not (tmp_path / "new.parquet").exists()
@@ -467,9 +468,10 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
         ["cluster", "--features", str(hand / "features.npy"), "--out", str(hand / "c"), "--name", "selection", *use],
         ["warmup", "--features", str(hand / "features.npy"), "--clusters", str(hand / "c"), "--out", str(hand / "w")]
         + use,
-        ["select", "--strategy", "coincide", "--clusters", str(hand / "c" / "annotation_assignment.parquet")]
+        ["select", "--set", "selection.strategy=coincide", "--set", f"selection.selection_num={budget}"]
+        + ["--clusters", str(hand / "c" / "annotation_assignment.parquet")]
         + ["--remaining", str(hand / "w" / "remaining.parquet"), "--coincide-order"]
-        + [str(hand / "w" / "coincide_order.parquet"), "--budget", str(budget), "--out", str(hand / "new.parquet")],
+        + [str(hand / "w" / "coincide_order.parquet"), "--out", str(hand / "new.parquet"), *use],
     ]
     for argv in steps:
         assert main(argv) == 0, argv

@@ -115,7 +115,14 @@ def test_probe_samples_per_cluster_from_the_selected_set(tmp_path, inputs, model
     assert call["checkpoint"] == "/ckpt/r02" and call["image_root"] == "/img"
     assert isinstance(call["judge"], ExactMatchJudge), "the configured (default: exact-match) judge"
     assert rec.rows == {"per_sample": 9, "per_cluster": 3}
-    assert rec.meta == {"n": 9, "correct": int((ids % 2 == 0).sum()), "unjudged": 0, "round": 2, "step": 300, "source": "selected"}
+    assert rec.meta == {
+        "n": 9,
+        "correct": int((ids % 2 == 0).sum()),
+        "unjudged": 0,
+        "round": 2,
+        "step": 300,
+        "source": "selected",
+    }
     assert read_accuracy_table(rec.files["per_cluster"])["cluster_id"].tolist() == [0, 1, 2]
 
 
