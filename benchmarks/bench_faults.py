@@ -50,6 +50,8 @@ def main() -> int:
         f"{counts['silently wrong']} silently wrong  ({time.monotonic() - started:.0f} s; "
         "(n) = stages recomputed by the re-run)"
     )
+    print(f"SUMMARY: bench_faults | faults recovered | {counts['recovered']} of {len(results)}")
+    print(f"SUMMARY: bench_faults | silently wrong | {counts['silently wrong']}")
     for r in results:
         if r["outcome"] != "recovered":
             print(f"  {r['stage']} {r['fault']}: {r['outcome']} {r['detail']}")

@@ -14,7 +14,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-QUICK_ARGS = {"bench_pipeline.py": ["--rows", "20000"]}
+QUICK_ARGS = {
+    "bench_pipeline.py": ["--rows", "20000"],
+    "bench_quality.py": ["--n", "600", "--n-eval", "200", "--seeds", "1", "--budgets", "0.3"]
+    + ["--run-dir", "runs/bench/quality-quick"],
+    "bench_faults.py": [],
+}
 """Benchmarks whose quick size is not spelt ``--quick``."""
 
 
