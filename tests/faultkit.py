@@ -22,6 +22,7 @@ import numpy as np
 from progress_core.config import RunConfig
 from progress_core.errors import ProgressError
 from progress_core.rounds import read_ids
+from progress_core.schedule import steps_for_new
 from tasks import stage as stage_mod
 from tasks.stage import MARKER, InjectedFault, StageRecord, read_marker_file, verify_marker
 
@@ -98,6 +99,7 @@ def run_chain(cfg: RunConfig) -> dict[str, StageRecord]:
     checkpoint = init_model_stage.fn(manifest=manifest, settings=training.model, out_dir=str(run / "model_init"))
     out.update(manifest=manifest, features=features, kmeans=clusters["annotation"], warmup_pools=pools)
     step, selected, probes = 0, None, []
+    held_out = cfg.probe.source == "held_out"
     for r in range(3):
         rdir = run / "rounds" / f"r{r:02d}"
         if r < 2:
@@ -129,7 +131,7 @@ def run_chain(cfg: RunConfig) -> dict[str, StageRecord]:
                 out_dir=str(rdir / "select"),
             )
             out["select"] = commit
-        target = min(step + max(commit.rows["new"] // gb, 1), final_step)
+        target = step + steps_for_new(commit.rows["new"], gb)
         checkpoint = train_stage.fn(
             start=checkpoint,
             samples=commit,
@@ -144,10 +146,11 @@ def run_chain(cfg: RunConfig) -> dict[str, StageRecord]:
             selected=commit,
             annotation=clusters["annotation"],
             manifest=manifest,
-            samples_per_cluster=cfg.probe.samples_per_cluster if r >= 2 else None,
-            seed=cfg.seed + r,
+            samples_per_cluster=cfg.probe.samples_per_cluster if r >= 2 or held_out else None,
+            seed=cfg.seed if held_out else cfg.seed + r,
             settings=cfg.probe_config(),
             round_index=r,
+            to_step=target,
             out_dir=str(rdir / "probe"),
         )
         out["train"], out["probe"] = checkpoint, probe
