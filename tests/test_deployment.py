@@ -98,7 +98,8 @@ def test_form_parameters_run_under_the_runs_dir(deployed):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["flow_run_id"] == str(run.id) and summary["rounds"][-1]["to_step"] == 20
     assert {r["strategy"] for r in summary["rounds"][2:]} == {"tfs"}
-    assert all(r["new"] <= 32 for r in summary["rounds"][2:])
+    assert all(r["new"] <= r["budget"] for r in summary["rounds"][2:])
+    assert all(r["budget"] < 32 * 1.5 for r in summary["rounds"][2:]), "a short tail merges into the round before"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["selection"]["selection_num"] == 32 and config["data"]["synthetic_n"] == 400
     assert config["training"]["global_batch_size"] == 8, "unset fields keep the preset's/advanced values"
