@@ -164,7 +164,7 @@ def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
         assert {r["strategy"] for r in summary["rounds"][2:]} == {"random"}
         rounds = [r["round"] for r in summary["rounds"]]
 
-        expected = {f"{RUN}-summary", f"{RUN}-rounds", f"{RUN}-progress"}
+        expected = {f"{RUN}-summary", f"{RUN}-rounds", f"{RUN}-progress", f"{RUN}-report"}
         expected |= {f"{RUN}-round-{r:02d}-{kind}" for r in rounds for kind in ("summary", "clusters")}
         arts = {a.key: a for a in artifacts(api_url, str(final.id))}
         assert set(arts) == expected
