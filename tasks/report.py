@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
 from progress_core.report import comparison_report, run_report
 from progress_core.summary import RunSummary
-from tasks.artifacts import artifact_key
+from tasks.artifacts import artifact_key, upsert_markdown
 from tasks.stage import StageRecord
 
 
@@ -22,10 +21,10 @@ from tasks.stage import StageRecord
 def publish_run_report(summary: RunSummary, manifest: StageRecord, rows: list[dict]) -> RunSummary:
     """Write ``report.html`` + PNGs into the run directory and publish them; returns the summary with its path."""
     report = run_report(summary, manifest.files["manifest"], manifest.meta.get("labels"), Path(summary.run_dir))
-    create_markdown_artifact(
-        key=artifact_key(summary.run_dir, "report"),
-        markdown=report.markdown,
-        description="Run report: accuracy per concept over rounds, where each round's budget went",
+    upsert_markdown(
+        artifact_key(summary.run_dir, "report"),
+        report.markdown,
+        "Run report: accuracy per concept over rounds, where each round's budget went",
     )
     return summary.model_copy(update={"report_html": str(report.html)})
 
@@ -36,9 +35,9 @@ def publish_comparison_report(
 ) -> str:
     """Write the comparison's ``report.html`` + PNGs under ``base_dir`` and publish them; returns the HTML path."""
     report = comparison_report(table_path, concepts_path, Path(base_dir), majority)
-    create_markdown_artifact(
-        key=artifact_key(base_dir, "comparison-report"),
-        markdown=report.markdown,
-        description="Strategy comparison: accuracy vs budget with seed spread",
+    upsert_markdown(
+        artifact_key(base_dir, "comparison-report"),
+        report.markdown,
+        "Strategy comparison: accuracy vs budget with seed spread",
     )
     return str(report.html)
