@@ -174,7 +174,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "warmup": {"fractions": (0.15, 0.2)},
         "selection": {"selection_num": 250},
         "schedule": {"budget_fraction": 0.5},
-        "training": {"global_batch_size": 8, "model": {"align_steps": 300}},
+        "training": {"global_batch_size": 8},
         "probe": {"samples_per_cluster": 30, "max_new_tokens": 8},
     },
     "paper": {
