@@ -104,7 +104,21 @@ class ModelConfig(BaseModel):
     text_heads: int = Field(4, description="tiny: language model attention heads")
     max_position_embeddings: int = Field(512, description="tiny: longest sequence in tokens")
     max_vocab: int = Field(20000, description="tiny: keep at most this many pool words (most frequent first)")
-    init_seed: int = Field(0, description="tiny: seed of the random initialisation")
+    init_seed: int = Field(0, description="tiny: seed of the random initialisation (and of the stage-1 captions)")
+    align_steps: int = Field(
+        0,
+        ge=0,
+        description="tiny: stage-1 alignment steps on synthetic captions before any selection (0: random start)",
+    )
+    align_train: Literal["all", "vision_projector"] = Field(
+        "all",
+        description="tiny: what stage-1 alignment trains; vision_projector freezes the language model (LLaVA-1.5)",
+    )
+    align_batch_size: int = Field(16, ge=1, description="tiny: captions per stage-1 alignment step")
+    align_lr: float = Field(1e-3, gt=0, description="tiny: stage-1 alignment learning rate (cosine decay)")
+    align_captions: int = Field(
+        2000, ge=1, description="tiny: distinct synthetic captions stage-1 alignment draws from"
+    )
     lora: bool | None = Field(None, description="wrap the language model with LoRA; default: on in real mode")
     lora_r: int = Field(128, description="LoRA rank (LLaVA-1.5: 128)")
     lora_alpha: int = Field(256, description="LoRA alpha (LLaVA-1.5: 256)")
@@ -209,7 +223,10 @@ def _image_processor(image_size: int):
 
 
 def build_tiny_model(texts: Iterable[str], cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
-    """Build, randomly initialise and save the tiny LLaVA + processor as a plain HF directory.
+    """Build, randomly initialise, optionally align (stage 1) and save the tiny LLaVA + processor as an HF directory.
+
+    With ``cfg.align_steps`` > 0 the random model is first trained on synthetic captions
+    (:mod:`progress_core.alignment`, PROGRESS §4.1), whose words join the vocabulary.
 
     ``texts`` are the pool's turn strings or its manifest ``conversations`` JSON strings (for the
     vocabulary). The directory is written
@@ -220,7 +237,9 @@ def build_tiny_model(texts: Iterable[str], cfg: ModelConfig, out_dir: str | os.P
 
     if cfg.image_size % cfg.patch_size:
         raise ConfigError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
-    tokenizer = build_word_tokenizer(texts, cfg.max_vocab)
+    from progress_core.alignment import align_tiny_model, caption_texts
+
+    tokenizer = build_word_tokenizer([*texts, *caption_texts(cfg)], cfg.max_vocab)
     n_image_tokens = (cfg.image_size // cfg.patch_size) ** 2
     vision = CLIPVisionConfig(
         image_size=cfg.image_size,
@@ -264,6 +283,7 @@ def build_tiny_model(texts: Iterable[str], cfg: ModelConfig, out_dir: str | os.P
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
+    align_tiny_model(model, processor, cfg)
     out = Path(out_dir)
     save_model_dir(model, processor, out)
     return out
