@@ -8,15 +8,14 @@ import pytest
 
 from progress_core.accuracy_table import accuracy_from_verdicts
 from progress_core.errors import ConfigError
+from progress_core.export import RoundExport, export_original
 from progress_core.manifest import build_manifest, read_manifest
 from progress_core.rounds import (
     IdSetFileError,
-    RoundExport,
     RoundFiles,
     RoundInvariantError,
     apply_round,
     commit_round,
-    export_original,
     next_step,
     read_ids,
     steps_for,
@@ -160,7 +159,7 @@ def test_export_original_round_trip(tmp_path):
 
 
 def test_export_rejects_misaligned_assignment(tmp_path):
-    from progress_core.rounds import ExportError, OriginalExporter
+    from progress_core.export import ExportError, OriginalExporter
 
     _, manifest = make_pool(tmp_path, n=4)
     bad = pd.DataFrame({"sample_id": [0, 1, 2], "cluster_id": [0, 0, 0], "similarity": [1.0, 1.0, 1.0]})
