@@ -140,8 +140,14 @@ def _report(summary: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``run`` and ``demo``."""
+    """Add ``run``, ``demo``, ``prepare-run`` and ``config``."""
+    _register_run(app)
+    _register_demo(app)
+    _register_prepare_run(app)
+    _register_config(app)
 
+
+def _register_run(app: typer.Typer) -> None:
     @app.command("run")
     def run_command(
         config: Optional[Path] = typer.Option(
@@ -173,6 +179,8 @@ def register(app: typer.Typer) -> None:
             overrides["preset"] = preset
         _report(run_flow(overrides, config))
 
+
+def _register_demo(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_command(
         out: str = typer.Option("runs/demo", "--out", help="Run directory of the demo."),
@@ -180,6 +188,8 @@ def register(app: typer.Typer) -> None:
         """Run the whole flow on the bundled synthetic pool with the tiny LLaVA model (a few minutes on CPU)."""
         _report(run_flow({"preset": "demo", "run_dir": out}, None))
 
+
+def _register_prepare_run(app: typer.Typer) -> None:
     @app.command("prepare-run")
     def prepare_run_command(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (as for `progress run`)."),
@@ -204,6 +214,8 @@ def register(app: typer.Typer) -> None:
         for key, value in result.items():
             typer.echo(f"{key:<13} {value}")
 
+
+def _register_config(app: typer.Typer) -> None:
     @app.command("config")
     def config_command(
         preset: str = typer.Option("demo", "--preset", help="demo or paper."),

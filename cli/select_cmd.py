@@ -66,6 +66,30 @@ def _summary(result, top: int) -> str:
     return "\n".join(lines)
 
 
+def _history(cluster_ids: np.ndarray, acc_prev, acc_now, selected, coincide_order):
+    """The selection's inputs from earlier rounds, the accuracy tables checked against the annotation."""
+    from progress_core.accuracy_table import read_accuracy_table
+    from progress_core.rounds import read_ids
+    from progress_core.selection import SelectionHistory
+    from progress_core.validation import check_accuracy_clusters
+
+    history = SelectionHistory(
+        acc_prev=read_accuracy_table(acc_prev) if acc_prev is not None else None,
+        acc_now=read_accuracy_table(acc_now) if acc_now is not None else None,
+        selected=read_ids(selected) if selected is not None else np.empty(0, dtype=np.int64),
+        coincide_order=read_ids(coincide_order) if coincide_order is not None else None,
+    )
+    for label, path, table, drawn_from in (
+        ("--acc-prev", acc_prev, history.acc_prev, None),
+        ("--acc-now", acc_now, history.acc_now, history.selected if selected is not None else None),
+    ):
+        if table is not None:
+            check_accuracy_clusters(
+                table["cluster_id"].to_numpy(), cluster_ids, f"{label} {path}", selected_ids=drawn_from
+            )
+    return history
+
+
 def register(app: typer.Typer) -> None:
     """Add ``progress select`` to the progress app."""
 
@@ -106,28 +130,13 @@ def register(app: typer.Typer) -> None:
         options = cfg.selection.progress_options() if strategy == "progress" else {}
         from tqdm import tqdm
 
-        from progress_core.accuracy_table import read_accuracy_table
         from progress_core.io import write_parquet
         from progress_core.rounds import read_ids, write_ids
-        from progress_core.selection import SelectionHistory, select
-        from progress_core.validation import check_accuracy_clusters
+        from progress_core.selection import select
 
         with tqdm(total=3, desc="select", unit="stage", leave=False, disable=None) as bar:
             cluster_ids = _load_assignment(clusters, _manifest_rows(manifest))
-            history = SelectionHistory(
-                acc_prev=read_accuracy_table(acc_prev) if acc_prev is not None else None,
-                acc_now=read_accuracy_table(acc_now) if acc_now is not None else None,
-                selected=read_ids(selected) if selected is not None else np.empty(0, dtype=np.int64),
-                coincide_order=read_ids(coincide_order) if coincide_order is not None else None,
-            )
-            for label, path, table, drawn_from in (
-                ("--acc-prev", acc_prev, history.acc_prev, None),
-                ("--acc-now", acc_now, history.acc_now, history.selected if selected is not None else None),
-            ):
-                if table is not None:
-                    check_accuracy_clusters(
-                        table["cluster_id"].to_numpy(), cluster_ids, f"{label} {path}", selected_ids=drawn_from
-                    )
+            history = _history(cluster_ids, acc_prev, acc_now, selected, coincide_order)
             pool = read_ids(remaining)
             bar.update()
             result = select(strategy, pool, cluster_ids, history, budget, seed, **options)
