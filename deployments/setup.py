@@ -86,7 +86,8 @@ def wait_healthy(api_url: str, timeout: float | None = None, proc: subprocess.Po
     raise TimeoutError(f"Prefect server at {api_url} not healthy after {timeout:.0f}s")
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGINT to ``proc``'s process group, SIGKILL after ``timeout``; nothing when it already ended."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -191,7 +192,7 @@ def _server_process(
         yield api_url
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_process_group(proc)
         if note is not None:
             note.unlink(missing_ok=True)
         if log:
@@ -269,7 +270,7 @@ def prefect_worker(
     try:
         yield proc
     finally:
-        _stop(proc)
+        stop_process_group(proc)
         if log:
             out.close()
 

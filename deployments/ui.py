@@ -16,7 +16,6 @@ Open the printed URL, go to Deployments → progress-demo → Run, and watch the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import os
 import signal
@@ -29,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from deployments.setup import REPO_ROOT, create_pools, prefect, prefect_env, wait_healthy
+from deployments.setup import REPO_ROOT, create_pools, prefect, prefect_env, stop_process_group, wait_healthy
 
 DEPLOYMENTS = ("progress-demo", "compare-strategies", "progress-paper")
 POOL = "cpu"
@@ -78,16 +77,8 @@ def start(args: list[str], log: IO[bytes], env: dict[str, str]) -> subprocess.Po
 
 def stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
     """SIGINT to the process group this command started, SIGKILL after ``timeout``."""
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    if proc is not None:
+        stop_process_group(proc, timeout)
 
 
 def online_workers(api_url: str, pool: str) -> list[str]:
