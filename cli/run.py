@@ -91,10 +91,12 @@ def run_flow(overrides: dict[str, Any], config_path: Optional[Path]) -> dict:
     """Validate the config and run the ``progress_selection`` flow; returns the flow's summary."""
     cfg = checked_config(overrides, config_path)
     apply_defaults()
+    from cli.approval import terminal_approval
     from flows.progress_selection import progress_selection
 
     quiet_tracebacks()
-    with prefect_api():
+    on_terminal = cfg.orchestration.approve_after_warmup and not os.environ.get("PREFECT_API_URL")
+    with prefect_api(), terminal_approval(on_terminal):
         return progress_selection(config=cfg)
 
 

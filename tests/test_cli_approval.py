@@ -1,0 +1,58 @@
+"""``progress run`` answers the approval pause after the warm-up on standard input (cli/approval.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cli.approval import NO_ANSWER, answer_from
+from tests.flowkit import REPO, small_config, write_config
+
+
+@pytest.mark.parametrize(
+    ("typed", "answer"),
+    [
+        ("y\n", (True, "")),
+        ("YES\n", (True, "")),
+        ("n\nbudget too small\n", (False, "budget too small")),
+        ("\n\n", (False, "")),
+        ("", (False, NO_ANSWER)),
+    ],
+)
+def test_answer_read_from_the_stream(typed, answer):
+    out = io.StringIO()
+    assert answer_from(io.StringIO(typed), out, "# Approve?") == answer
+    assert out.getvalue().startswith("\n# Approve?\n") and "[y/N]" in out.getvalue()
+
+
+def _run(config, home, typed: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({"PYTHONPATH": str(REPO), "PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"})
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "run", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        input=typed,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_run_waits_for_the_answer_typed_on_the_terminal(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = small_config(run_dir, **{"orchestration.approve_after_warmup": True, "schedule.max_rounds": 1})
+    config = write_config(cfg, tmp_path / "run.yaml")
+
+    approved = _run(config, tmp_path / "home", "y\n")
+    assert approved.returncode == 0, approved.stderr[-3000:]
+    assert "Approve the planned selection rounds" in approved.stderr and "## Planned" in approved.stderr
+    assert json.loads((run_dir / "approval.json").read_text())["plan"]["from_step"] > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
