@@ -146,87 +146,120 @@ def iter_json_array(
     offset: past a syntax error, row boundaries are unknown, so this is fatal in skip mode too.
     """
     decoder = json.JSONDecoder()
-    utf8 = codecs.getincrementaldecoder("utf-8-sig")()
-    state = {"buf": "", "pos": 0, "offset": 0, "eof": False}
-
     with open(path, "rb") as f:
-
-        def fill() -> None:
-            data = f.read(chunk_bytes)
-            if on_bytes is not None and data:
-                on_bytes(len(data))
-            try:
-                text = utf8.decode(data, final=not data)
-            except UnicodeDecodeError as exc:
-                raise MalformedJSONError(f"not UTF-8 text: {exc.reason}", path=path) from None
-            state["offset"] += state["pos"]
-            state["buf"] = state["buf"][state["pos"] :] + text
-            state["pos"] = 0
-            state["eof"] = not data
-
-        def skip_ws() -> None:
-            while True:
-                state["pos"] = _WHITESPACE.match(state["buf"], state["pos"]).end()
-                if state["pos"] < len(state["buf"]) or state["eof"]:
-                    return
-                fill()
-
-        def here() -> str:
-            return state["buf"][state["pos"] : state["pos"] + 1]
-
-        fill()
-        skip_ws()
-        if here() != "[":
-            raise MalformedJSONError("a LLaVA pool is a JSON list of rows; the file does not start with '['", path=path)
-        state["pos"] += 1
-        skip_ws()
-        if here() == "]":
-            state["pos"] += 1
-            _expect_end(state, skip_ws, path, 0)
+        reader = _JsonListReader(f, path, chunk_bytes, on_bytes)
+        if not reader.open_list():
             return
         row = 0
         while True:
-            skip_ws()
+            value, end = reader.decode_row(decoder, row, max_row_chars)
+            yield row, value
+            reader.pos = end
+            if not reader.next_row_follows(row):
+                return
+            row += 1
+
+
+class _JsonListReader:
+    """The read buffer of :func:`iter_json_array`: decoded text from ``offset`` on, and a cursor ``pos`` in it.
+
+    Consumed text is dropped on each refill, so memory holds one chunk plus the row being decoded.
+    """
+
+    __slots__ = ("file", "path", "chunk_bytes", "on_bytes", "utf8", "buf", "pos", "offset", "eof")
+
+    def __init__(self, file, path, chunk_bytes: int, on_bytes) -> None:
+        self.file = file
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.on_bytes = on_bytes
+        self.utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buf = ""
+        self.pos = 0
+        self.offset = 0
+        self.eof = False
+
+    def fill(self) -> None:
+        data = self.file.read(self.chunk_bytes)
+        if self.on_bytes is not None and data:
+            self.on_bytes(len(data))
+        try:
+            text = self.utf8.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            raise MalformedJSONError(f"not UTF-8 text: {exc.reason}", path=self.path) from None
+        self.offset += self.pos
+        self.buf = self.buf[self.pos :] + text
+        self.pos = 0
+        self.eof = not data
+
+    def skip_ws(self) -> None:
+        while True:
+            self.pos = _WHITESPACE.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or self.eof:
+                return
+            self.fill()
+
+    def here(self) -> str:
+        return self.buf[self.pos : self.pos + 1]
+
+    def open_list(self) -> bool:
+        """Consume the opening ``[``; False when the list is empty (and nothing follows it)."""
+        self.fill()
+        self.skip_ws()
+        if self.here() != "[":
+            raise MalformedJSONError(
+                "a LLaVA pool is a JSON list of rows; the file does not start with '['", path=self.path
+            )
+        self.pos += 1
+        self.skip_ws()
+        if self.here() == "]":
+            self.pos += 1
+            self.expect_end(0)
+            return False
+        return True
+
+    def decode_row(self, decoder: json.JSONDecoder, row: int, max_row_chars: int) -> tuple[Any, int]:
+        """Decode the row at the cursor, reading more while it may be cut by the buffer's end."""
+        while True:
+            self.skip_ws()
             try:
-                value, end = decoder.raw_decode(state["buf"], state["pos"])
-                truncated = end == len(state["buf"]) and not state["eof"] and not isinstance(value, (dict, list, str))
+                value, end = decoder.raw_decode(self.buf, self.pos)
+                truncated = end == len(self.buf) and not self.eof and not isinstance(value, (dict, list, str))
             except json.JSONDecodeError as exc:
-                if state["eof"] or len(state["buf"]) - state["pos"] > max_row_chars:
+                if self.eof or len(self.buf) - self.pos > max_row_chars:
                     raise MalformedJSONError(
-                        f"invalid JSON at character {state['offset'] + exc.pos}: {exc.msg}", row=row, path=path
+                        f"invalid JSON at character {self.offset + exc.pos}: {exc.msg}", row=row, path=self.path
                     ) from None
                 truncated = True
-            if truncated:
-                fill()
-                continue
-            yield row, value
-            state["pos"] = end
-            skip_ws()
-            c = here()
-            if c == ",":
-                state["pos"] += 1
-                row += 1
-            elif c == "]":
-                state["pos"] += 1
-                _expect_end(state, skip_ws, path, row + 1)
-                return
-            else:
-                found = repr(c) if c else "end of file"
-                raise MalformedJSONError(
-                    f"invalid JSON at character {state['offset'] + state['pos']}: expected ',' or ']' after the "
-                    f"row, found {found}",
-                    row=row,
-                    path=path,
-                )
+            if not truncated:
+                return value, end
+            self.fill()
 
-
-def _expect_end(state: dict, skip_ws, path, n_rows: int) -> None:
-    skip_ws()
-    if state["pos"] < len(state["buf"]):
+    def next_row_follows(self, row: int) -> bool:
+        """Consume the ``,`` (True) or the closing ``]`` (False) after ``row``; anything else is malformed."""
+        self.skip_ws()
+        c = self.here()
+        if c == ",":
+            self.pos += 1
+            return True
+        if c == "]":
+            self.pos += 1
+            self.expect_end(row + 1)
+            return False
+        found = repr(c) if c else "end of file"
         raise MalformedJSONError(
-            f"invalid JSON at character {state['offset'] + state['pos']}: extra data after the list of {n_rows} rows",
-            path=path,
+            f"invalid JSON at character {self.offset + self.pos}: expected ',' or ']' after the row, found {found}",
+            row=row,
+            path=self.path,
         )
+
+    def expect_end(self, n_rows: int) -> None:
+        self.skip_ws()
+        if self.pos < len(self.buf):
+            raise MalformedJSONError(
+                f"invalid JSON at character {self.offset + self.pos}: extra data after the list of {n_rows} rows",
+                path=self.path,
+            )
 
 
 class _Row:
