@@ -124,24 +124,34 @@ def assemble_llava(cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
     padded to a multiple of 64, new rows initialised as HF does). Raises :class:`ModelError` when a part
     cannot be read or the projector does not fit the two models' widths.
     """
-    import torch
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
     if not cfg.assembles():
         raise ModelError("assembly needs language_model, vision_tower and mm_projector")
     dtype = cfg.torch_dtype()
     log.info("assembling LLaVA from %s + %s + %s", cfg.language_model, cfg.vision_tower, cfg.mm_projector)
     projector = projector_state_dict(cfg.mm_projector)
     tokenizer = _tokenizer(cfg.language_model)
+    vision_cfg, text_cfg, vision, llm, image_processor = _load_parts(cfg, dtype)
+    _check_projector_fits(projector, vision_cfg, text_cfg)
+    if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
+        llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    n_patches = (vision_cfg.image_size // vision_cfg.patch_size) ** 2
+    model = _joined_model(cfg, vision_cfg, vision, llm, projector, tokenizer, n_patches)
+    processor = _processor(image_processor, tokenizer, vision_cfg.patch_size)
+    record = {
+        "language_model": cfg.language_model,
+        "vision_tower": cfg.vision_tower,
+        "mm_projector": cfg.mm_projector,
+        "vision_feature_layer": cfg.vision_feature_layer,
+        "image_tokens": n_patches,
+        "conversation": "vicuna_v1",
+    }
+    return save_model_dir(model, processor, out_dir, {ASSEMBLY_FILE: json.dumps(record, indent=1).encode()})
+
+
+def _load_parts(cfg: ModelConfig, dtype) -> tuple:
+    """``(vision config, language config, vision tower, language model, image processor)`` from the named parts."""
+    from transformers import AutoConfig, AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
     try:
         vision_cfg = CLIPVisionConfig.from_pretrained(cfg.vision_tower)
         text_cfg = AutoConfig.from_pretrained(cfg.language_model)
@@ -150,6 +160,11 @@ def assemble_llava(cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
         image_processor = CLIPImageProcessor.from_pretrained(cfg.vision_tower)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a part of the LLaVA assembly: {exc}") from exc
+    return vision_cfg, text_cfg, vision, llm, image_processor
+
+
+def _check_projector_fits(projector: dict, vision_cfg, text_cfg) -> None:
+    """The stage-1 projector maps vision width to language width (PROGRESS §4.1: parts of one LLaVA-1.5)."""
     want = {
         "linear_1.weight": (text_cfg.hidden_size, vision_cfg.hidden_size),
         "linear_2.weight": (text_cfg.hidden_size, text_cfg.hidden_size),
@@ -160,13 +175,20 @@ def assemble_llava(cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
                 f"projector {key} has shape {tuple(projector[key].shape)}, the models need {shape} "
                 f"(vision width {vision_cfg.hidden_size}, language width {text_cfg.hidden_size})"
             )
-    if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
-        llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
-    text_cfg = llm.config
-    n_patches = (vision_cfg.image_size // vision_cfg.patch_size) ** 2
+
+
+def _joined_model(cfg: ModelConfig, vision_cfg, vision, llm, projector: dict, tokenizer, n_patches: int):
+    """A ``LlavaForConditionalGeneration`` built on the meta device, then given the loaded parts' own modules.
+
+    Only the projector is materialised here (from the stage-1 weights), so no part is initialised twice.
+    """
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    dtype = cfg.torch_dtype()
     config = LlavaConfig(
         vision_config=vision_cfg,
-        text_config=text_cfg,
+        text_config=llm.config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=n_patches,
         vision_feature_select_strategy="default",
@@ -188,21 +210,19 @@ def assemble_llava(cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def _processor(image_processor, tokenizer, patch_size: int):
+    """The LLaVA processor in the Vicuna v1 conversation format (``docs/algorithm.md#training``)."""
+    from transformers import LlavaProcessor
+
     image_processor.do_center_crop = True
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=vision_cfg.patch_size,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=VICUNA_V1_CHAT_TEMPLATE,
     )
-    record = {
-        "language_model": cfg.language_model,
-        "vision_tower": cfg.vision_tower,
-        "mm_projector": cfg.mm_projector,
-        "vision_feature_layer": cfg.vision_feature_layer,
-        "image_tokens": n_patches,
-        "conversation": "vicuna_v1",
-    }
-    return save_model_dir(model, processor, out_dir, {ASSEMBLY_FILE: json.dumps(record, indent=1).encode()})

@@ -146,87 +146,120 @@ def iter_json_array(
     offset: past a syntax error, row boundaries are unknown, so this is fatal in skip mode too.
     """
     decoder = json.JSONDecoder()
-    utf8 = codecs.getincrementaldecoder("utf-8-sig")()
-    state = {"buf": "", "pos": 0, "offset": 0, "eof": False}
-
     with open(path, "rb") as f:
-
-        def fill() -> None:
-            data = f.read(chunk_bytes)
-            if on_bytes is not None and data:
-                on_bytes(len(data))
-            try:
-                text = utf8.decode(data, final=not data)
-            except UnicodeDecodeError as exc:
-                raise MalformedJSONError(f"not UTF-8 text: {exc.reason}", path=path) from None
-            state["offset"] += state["pos"]
-            state["buf"] = state["buf"][state["pos"] :] + text
-            state["pos"] = 0
-            state["eof"] = not data
-
-        def skip_ws() -> None:
-            while True:
-                state["pos"] = _WHITESPACE.match(state["buf"], state["pos"]).end()
-                if state["pos"] < len(state["buf"]) or state["eof"]:
-                    return
-                fill()
-
-        def here() -> str:
-            return state["buf"][state["pos"] : state["pos"] + 1]
-
-        fill()
-        skip_ws()
-        if here() != "[":
-            raise MalformedJSONError("a LLaVA pool is a JSON list of rows; the file does not start with '['", path=path)
-        state["pos"] += 1
-        skip_ws()
-        if here() == "]":
-            state["pos"] += 1
-            _expect_end(state, skip_ws, path, 0)
+        reader = _JsonListReader(f, path, chunk_bytes, on_bytes)
+        if not reader.open_list():
             return
         row = 0
         while True:
-            skip_ws()
+            value, end = reader.decode_row(decoder, row, max_row_chars)
+            yield row, value
+            reader.pos = end
+            if not reader.next_row_follows(row):
+                return
+            row += 1
+
+
+class _JsonListReader:
+    """The read buffer of :func:`iter_json_array`: decoded text from ``offset`` on, and a cursor ``pos`` in it.
+
+    Consumed text is dropped on each refill, so memory holds one chunk plus the row being decoded.
+    """
+
+    __slots__ = ("file", "path", "chunk_bytes", "on_bytes", "utf8", "buf", "pos", "offset", "eof")
+
+    def __init__(self, file, path, chunk_bytes: int, on_bytes) -> None:
+        self.file = file
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.on_bytes = on_bytes
+        self.utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buf = ""
+        self.pos = 0
+        self.offset = 0
+        self.eof = False
+
+    def fill(self) -> None:
+        data = self.file.read(self.chunk_bytes)
+        if self.on_bytes is not None and data:
+            self.on_bytes(len(data))
+        try:
+            text = self.utf8.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            raise MalformedJSONError(f"not UTF-8 text: {exc.reason}", path=self.path) from None
+        self.offset += self.pos
+        self.buf = self.buf[self.pos :] + text
+        self.pos = 0
+        self.eof = not data
+
+    def skip_ws(self) -> None:
+        while True:
+            self.pos = _WHITESPACE.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or self.eof:
+                return
+            self.fill()
+
+    def here(self) -> str:
+        return self.buf[self.pos : self.pos + 1]
+
+    def open_list(self) -> bool:
+        """Consume the opening ``[``; False when the list is empty (and nothing follows it)."""
+        self.fill()
+        self.skip_ws()
+        if self.here() != "[":
+            raise MalformedJSONError(
+                "a LLaVA pool is a JSON list of rows; the file does not start with '['", path=self.path
+            )
+        self.pos += 1
+        self.skip_ws()
+        if self.here() == "]":
+            self.pos += 1
+            self.expect_end(0)
+            return False
+        return True
+
+    def decode_row(self, decoder: json.JSONDecoder, row: int, max_row_chars: int) -> tuple[Any, int]:
+        """Decode the row at the cursor, reading more while it may be cut by the buffer's end."""
+        while True:
+            self.skip_ws()
             try:
-                value, end = decoder.raw_decode(state["buf"], state["pos"])
-                truncated = end == len(state["buf"]) and not state["eof"] and not isinstance(value, (dict, list, str))
+                value, end = decoder.raw_decode(self.buf, self.pos)
+                truncated = end == len(self.buf) and not self.eof and not isinstance(value, (dict, list, str))
             except json.JSONDecodeError as exc:
-                if state["eof"] or len(state["buf"]) - state["pos"] > max_row_chars:
+                if self.eof or len(self.buf) - self.pos > max_row_chars:
                     raise MalformedJSONError(
-                        f"invalid JSON at character {state['offset'] + exc.pos}: {exc.msg}", row=row, path=path
+                        f"invalid JSON at character {self.offset + exc.pos}: {exc.msg}", row=row, path=self.path
                     ) from None
                 truncated = True
-            if truncated:
-                fill()
-                continue
-            yield row, value
-            state["pos"] = end
-            skip_ws()
-            c = here()
-            if c == ",":
-                state["pos"] += 1
-                row += 1
-            elif c == "]":
-                state["pos"] += 1
-                _expect_end(state, skip_ws, path, row + 1)
-                return
-            else:
-                found = repr(c) if c else "end of file"
-                raise MalformedJSONError(
-                    f"invalid JSON at character {state['offset'] + state['pos']}: expected ',' or ']' after the "
-                    f"row, found {found}",
-                    row=row,
-                    path=path,
-                )
+            if not truncated:
+                return value, end
+            self.fill()
 
-
-def _expect_end(state: dict, skip_ws, path, n_rows: int) -> None:
-    skip_ws()
-    if state["pos"] < len(state["buf"]):
+    def next_row_follows(self, row: int) -> bool:
+        """Consume the ``,`` (True) or the closing ``]`` (False) after ``row``; anything else is malformed."""
+        self.skip_ws()
+        c = self.here()
+        if c == ",":
+            self.pos += 1
+            return True
+        if c == "]":
+            self.pos += 1
+            self.expect_end(row + 1)
+            return False
+        found = repr(c) if c else "end of file"
         raise MalformedJSONError(
-            f"invalid JSON at character {state['offset'] + state['pos']}: extra data after the list of {n_rows} rows",
-            path=path,
+            f"invalid JSON at character {self.offset + self.pos}: expected ',' or ']' after the row, found {found}",
+            row=row,
+            path=self.path,
         )
+
+    def expect_end(self, n_rows: int) -> None:
+        self.skip_ws()
+        if self.pos < len(self.buf):
+            raise MalformedJSONError(
+                f"invalid JSON at character {self.offset + self.pos}: extra data after the list of {n_rows} rows",
+                path=self.path,
+            )
 
 
 class _Row:
@@ -235,20 +268,44 @@ class _Row:
 
 def _parse_row(value: Any, row: int) -> _Row:
     """Validate one LLaVA row and derive its manifest fields (raises a :class:`ManifestError` subclass)."""
+    raw_id, sample = _row_id(value, row)
+    image = value.get("image")
+    if image is not None and not isinstance(image, str):
+        raise MalformedJSONError(f"'image' must be a path string, got {type(image).__name__}", row=row, sample=sample)
+    conv = _conversations(value, row, sample)
+
+    r = _Row()
+    r.id = sample
+    r.image = image
+    r.question = conv[0]["value"].replace(IMAGE_TOKEN, "").strip()
+    r.answer = conv[1]["value"]
+    r.n_turns = len(conv)
+    if image is None:
+        r.source = TEXT_SOURCE
+    else:
+        head, sep, _ = image.partition("/")
+        r.source = head if sep else BARE_IMAGE_SOURCE
+    r.conversations = json.dumps(conv, ensure_ascii=False, separators=_COMPACT)
+    r.extra, r.layout = _extra_and_layout(value, raw_id, image)
+    return r
+
+
+def _row_id(value: Any, row: int) -> tuple[Any, str]:
+    """The row's ``id`` as written (``raw_id``) and as the manifest's string ``id``; ``value`` must be an object."""
     if not isinstance(value, dict):
         raise MalformedJSONError(f"row is a JSON {type(value).__name__}, not an object", row=row)
     if "id" not in value:
         raise MalformedJSONError("row has no 'id'", row=row)
     raw_id = value["id"]
     if isinstance(raw_id, str):
-        sample = raw_id
-    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
-        sample = str(raw_id)
-    else:
-        raise MalformedJSONError(f"'id' must be a string or an integer, got {raw_id!r}", row=row)
-    image = value.get("image")
-    if image is not None and not isinstance(image, str):
-        raise MalformedJSONError(f"'image' must be a path string, got {type(image).__name__}", row=row, sample=sample)
+        return raw_id, raw_id
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        return raw_id, str(raw_id)
+    raise MalformedJSONError(f"'id' must be a string or an integer, got {raw_id!r}", row=row)
+
+
+def _conversations(value: dict, row: int, sample: str) -> list:
+    """The row's turns, checked to alternate human/gpt from a human turn, each with a string ``value``."""
     if "conversations" not in value:
         raise MissingConversationsError("row has no 'conversations'", row=row, sample=sample)
     conv = value["conversations"]
@@ -270,22 +327,14 @@ def _parse_row(value: Any, row: int) -> _Row:
             raise TurnOrderError(f"turn {t} has no string 'value'", row=row, sample=sample)
     if len(conv) < 2:
         raise TurnOrderError("the human turn has no gpt answer", row=row, sample=sample)
+    return conv
 
-    r = _Row()
-    r.id = sample
-    r.image = image
-    r.question = conv[0]["value"].replace(IMAGE_TOKEN, "").strip()
-    r.answer = conv[1]["value"]
-    r.n_turns = len(conv)
-    if image is None:
-        r.source = TEXT_SOURCE
-    else:
-        head, sep, _ = image.partition("/")
-        r.source = head if sep else BARE_IMAGE_SOURCE
-    r.conversations = json.dumps(conv, ensure_ascii=False, separators=_COMPACT)
+
+def _extra_and_layout(value: dict, raw_id: Any, image: str | None) -> tuple[str | None, str | None]:
+    """The ``extra`` and ``layout`` columns: what the export needs to rebuild the row exactly (key order, id type)."""
     keys = list(value)
     extra_keys = [k for k in keys if k not in _CORE_KEYS]
-    r.extra = (
+    extra = (
         json.dumps({k: value[k] for k in extra_keys}, ensure_ascii=False, separators=_COMPACT) if extra_keys else None
     )
     canonical = ["id", "image", "conversations"] if "image" in value else ["id", "conversations"]
@@ -294,8 +343,7 @@ def _parse_row(value: Any, row: int) -> _Row:
         layout["keys"] = keys
     if not isinstance(raw_id, str):
         layout["id"] = raw_id
-    r.layout = json.dumps(layout, ensure_ascii=False, separators=_COMPACT) if layout else None
-    return r
+    return extra, json.dumps(layout, ensure_ascii=False, separators=_COMPACT) if layout else None
 
 
 def _check_image(image: str | None, image_root: Path | None, row: int, sample: str) -> None:
@@ -364,6 +412,35 @@ def build_manifest(
     are addressed by ``sample_id`` downstream). Invalid JSON syntax is fatal in both modes.
     Outputs are written atomically; a failed strict run leaves no manifest behind.
     """
+    pool_json, root = _checked_inputs(pool_json, image_root, mode)
+    out = Path(out)
+    rejected_out = rejected_path_for(out) if mode == "skip" else None
+    progress = _byte_progress(pool_json) if verbose else None
+    try:
+        with atomic_path(out) as tmp, _maybe_atomic(rejected_out) as rejected_tmp:
+            with _RowOutcomes(pool_json, rejected_tmp) as outcomes:
+                _write_manifest_rows(pool_json, tmp, root, allow_duplicate_ids, batch_rows, outcomes, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+
+    n_rejected = sum(outcomes.rejected_by_error.values())
+    return ManifestReport(
+        manifest_path=str(out),
+        rejected_path=None if rejected_out is None else str(rejected_out),
+        n_input_rows=outcomes.n_input,
+        n_rows=outcomes.n_input - n_rejected,
+        n_rejected=n_rejected,
+        rejected_by_error=dict(outcomes.rejected_by_error),
+        n_text_only=outcomes.n_text,
+        rows_by_source=dict(outcomes.sources),
+    )
+
+
+def _checked_inputs(
+    pool_json: str | os.PathLike, image_root: str | os.PathLike | None, mode: str
+) -> tuple[Path, Path | None]:
+    """The pool file and image root as paths, after checking they exist and ``mode`` is known."""
     if mode not in ("strict", "skip"):
         raise ManifestError(f"mode must be 'strict' or 'skip', got {mode!r}")
     pool_json = Path(pool_json)
@@ -374,70 +451,81 @@ def build_manifest(
         root = Path(image_root)
         if not root.is_dir():
             raise ManifestFileError(f"image root is not a directory: {str(root)!r}")
-    out = Path(out)
-    rejected_out = rejected_path_for(out) if mode == "skip" else None
+    return pool_json, root
 
+
+def _byte_progress(pool_json: Path):
+    from tqdm import tqdm
+
+    return tqdm(total=pool_json.stat().st_size, unit="B", unit_scale=True, desc="manifest")
+
+
+class _RowOutcomes:
+    """Counts of kept and dropped rows; in skip mode also the open ``.rejected.jsonl`` file of dropped rows."""
+
+    def __init__(self, pool_json: Path, rejected_tmp: Path | None):
+        self.pool_json = pool_json
+        self.rejected_tmp = rejected_tmp
+        self.rejected_file = None
+        self.rejected_by_error: Counter[str] = Counter()
+        self.sources: Counter[str] = Counter()
+        self.n_input = 0
+        self.n_text = 0
+
+    def __enter__(self) -> _RowOutcomes:
+        if self.rejected_tmp is not None:
+            self.rejected_file = open(self.rejected_tmp, "w", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.rejected_file is not None:
+            self.rejected_file.close()
+        return False
+
+    def keep(self, r: _Row) -> None:
+        self.sources[r.source] += 1
+        self.n_text += r.image is None
+
+    def reject(self, exc: ManifestError, row: int, value: Any) -> None:
+        """Record a bad row in skip mode; in strict mode raise its error, naming the pool file."""
+        if exc.path is None:
+            exc = type(exc)(exc.reason, row=exc.row, path=self.pool_json, sample=exc.sample)
+        if self.rejected_file is None:
+            raise exc from None
+        name = type(exc).__name__
+        self.rejected_by_error[name] += 1
+        record = {"row": row, "id": exc.sample, "error": name, "reason": exc.reason, "raw": value}
+        self.rejected_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _write_manifest_rows(
+    pool_json: Path,
+    tmp: Path,
+    root: Path | None,
+    allow_duplicate_ids: bool,
+    batch_rows: int,
+    outcomes: _RowOutcomes,
+    progress,
+) -> None:
+    """Stream the pool's rows into the Parquet file ``tmp``, batch by batch, sending bad rows to ``outcomes``."""
     first_row_of_id: dict[str, int] = {}
-    rejected_by_error: Counter[str] = Counter()
-    sources: Counter[str] = Counter()
-    n_input = 0
-    n_text = 0
-
-    progress = None
-    if verbose:
-        from tqdm import tqdm
-
-        progress = tqdm(total=pool_json.stat().st_size, unit="B", unit_scale=True, desc="manifest")
-
-    try:
-        with atomic_path(out) as tmp, _maybe_atomic(rejected_out) as rejected_tmp:
-            rejected_file = open(rejected_tmp, "w", encoding="utf-8") if rejected_tmp is not None else None
+    with pq.ParquetWriter(tmp, MANIFEST_SCHEMA, compression="zstd") as writer:
+        batches = _BatchBuilder(writer, batch_rows)
+        for row, value in iter_json_array(pool_json, on_bytes=progress.update if progress else None):
+            outcomes.n_input += 1
             try:
-                with pq.ParquetWriter(tmp, MANIFEST_SCHEMA, compression="zstd") as writer:
-                    batches = _BatchBuilder(writer, batch_rows)
-                    for row, value in iter_json_array(pool_json, on_bytes=progress.update if progress else None):
-                        n_input += 1
-                        try:
-                            r = _parse_row(value, row)
-                            if not allow_duplicate_ids and r.id in first_row_of_id:
-                                raise DuplicateIdError(
-                                    f"id already used by row {first_row_of_id[r.id]}", row=row, sample=r.id
-                                )
-                            _check_image(r.image, root, row, r.id)
-                            if not allow_duplicate_ids:
-                                first_row_of_id[r.id] = row
-                        except ManifestError as exc:
-                            if exc.path is None:
-                                exc = type(exc)(exc.reason, row=exc.row, path=pool_json, sample=exc.sample)
-                            if rejected_file is None:
-                                raise exc from None
-                            name = type(exc).__name__
-                            rejected_by_error[name] += 1
-                            record = {"row": row, "id": exc.sample, "error": name, "reason": exc.reason, "raw": value}
-                            rejected_file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                            continue
-                        sources[r.source] += 1
-                        n_text += r.image is None
-                        batches.add(r)
-                    batches.flush()
-            finally:
-                if rejected_file is not None:
-                    rejected_file.close()
-    finally:
-        if progress is not None:
-            progress.close()
-
-    n_rejected = sum(rejected_by_error.values())
-    return ManifestReport(
-        manifest_path=str(out),
-        rejected_path=None if rejected_out is None else str(rejected_out),
-        n_input_rows=n_input,
-        n_rows=n_input - n_rejected,
-        n_rejected=n_rejected,
-        rejected_by_error=dict(rejected_by_error),
-        n_text_only=n_text,
-        rows_by_source=dict(sources),
-    )
+                r = _parse_row(value, row)
+                if not allow_duplicate_ids and r.id in first_row_of_id:
+                    raise DuplicateIdError(f"id already used by row {first_row_of_id[r.id]}", row=row, sample=r.id)
+                _check_image(r.image, root, row, r.id)
+                if not allow_duplicate_ids:
+                    first_row_of_id[r.id] = row
+            except ManifestError as exc:
+                outcomes.reject(exc, row, value)
+                continue
+            outcomes.keep(r)
+            batches.add(r)
+        batches.flush()
 
 
 class _NoPath:
