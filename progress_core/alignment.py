@@ -61,13 +61,7 @@ def align_tiny_model(model, processor, cfg: ModelConfig) -> list[float]:
     if cfg.align_steps <= 0:
         return []
     pairs = caption_set(cfg.align_captions, cfg.init_seed, cfg.image_size)
-    tokenizer = processor.tokenizer
-    image_id = model.config.image_token_index
-    n_image = image_token_count(processor)
-    encoded = []
-    for _, caption in pairs:
-        turns = normalise_turns([{"from": "human", "value": CAPTION_PROMPT}, {"from": "gpt", "value": caption}], True)
-        encoded.append(encode_conversation(tokenizer, turns, n_image, image_id))
+    encoded = _encoded_captions([caption for _, caption in pairs], processor, model.config.image_token_index)
     pixels = processor.image_processor([im for im, _ in pairs], return_tensors="pt")["pixel_values"]
 
     if cfg.align_train == "vision_projector":
@@ -77,20 +71,13 @@ def align_tiny_model(model, processor, cfg: ModelConfig) -> list[float]:
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, cfg.align_steps // 20), cfg.align_steps)
     rng = np.random.default_rng([cfg.init_seed, 1])
     torch.manual_seed(cfg.init_seed)
-    pad = tokenizer.pad_token_id
+    pad = processor.tokenizer.pad_token_id
     width = max(len(ids) for ids, _ in encoded)
     model.train()
     losses = []
     for _ in range(cfg.align_steps):
         rows = rng.choice(len(encoded), size=min(cfg.align_batch_size, len(encoded)), replace=False)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            row_ids, row_labels = encoded[r]
-            ids[i, : len(row_ids)] = torch.tensor(row_ids)
-            labels[i, : len(row_ids)] = torch.tensor(row_labels)
-            mask[i, : len(row_ids)] = 1
+        ids, labels, mask = _caption_batch([encoded[r] for r in rows], width, pad)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels, pixel_values=pixels[rows]).loss
         loss.backward()
         optimizer.step()
@@ -108,3 +95,27 @@ def align_tiny_model(model, processor, cfg: ModelConfig) -> list[float]:
         losses[-1],
     )
     return losses
+
+
+def _encoded_captions(captions: list[str], processor, image_id: int) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) of each caption as an answer to :data:`CAPTION_PROMPT` about one image."""
+    n_image = image_token_count(processor)
+    encoded = []
+    for caption in captions:
+        turns = normalise_turns([{"from": "human", "value": CAPTION_PROMPT}, {"from": "gpt", "value": caption}], True)
+        encoded.append(encode_conversation(processor.tokenizer, turns, n_image, image_id))
+    return encoded
+
+
+def _caption_batch(encoded: list[tuple[list[int], list[int]]], width: int, pad: int):
+    """(input ids, labels, attention mask) of the captions, right-padded to ``width`` tokens."""
+    import torch
+
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, (row_ids, row_labels) in enumerate(encoded):
+        ids[i, : len(row_ids)] = torch.tensor(row_ids)
+        labels[i, : len(row_ids)] = torch.tensor(row_labels)
+        mask[i, : len(row_ids)] = 1
+    return ids, labels, mask

@@ -185,6 +185,34 @@ def cluster_wise_prune(
     n = features.shape[0]
     transfer = np.asarray(transfer, np.float64)
     k = transfer.shape[0]
+    n_target = _prune_target(n, assignment, fraction, n_target, temperature)
+    members = members or cluster_members(assignment, k)
+    if density is None:
+        density = cluster_density(features, assignment, k, sigma, members, progress)
+    clusters, score, ratio = _visiting_order(transfer, density, members.sizes, temperature)
+    remaining = n_target
+    picked: list[np.ndarray] = []
+    with (
+        single_threaded_blas(),
+        tqdm(total=n_target, desc=f"prune to {n_target}", unit="sample", disable=not progress) as bar,
+    ):
+        for rank, c in enumerate(clusters):
+            if remaining <= 0:
+                break
+            chosen = _cluster_picks(features, members.of(int(c)), round(remaining * float(ratio[rank])), sigma)
+            picked.append(chosen)
+            remaining -= chosen.size
+            bar.update(chosen.size)
+            if rank + 1 < clusters.size:
+                ratio[rank + 1 :] = _softmax(score[rank + 1 :], temperature)
+    return np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, np.int64)
+
+
+def _prune_target(
+    n: int, assignment: np.ndarray, fraction: float | None, n_target: int | None, temperature: float
+) -> int:
+    """How many of the ``n`` rows pruning keeps (``n_target``, else ``int(fraction * n)``), after checking the
+    inputs, so a bad request is a :class:`CoincideError` rather than a silently wrong pool."""
     if np.asarray(assignment).shape[0] != n:
         raise CoincideError(f"{np.asarray(assignment).shape[0]} cluster ids for {n} feature rows")
     if n_target is None:
@@ -195,37 +223,29 @@ def cluster_wise_prune(
         raise CoincideError(f"cannot select {n_target} of {n} samples")
     if temperature <= 0:
         raise CoincideError(f"temperature must be > 0, got {temperature}")
-    members = members or cluster_members(assignment, k)
-    if density is None:
-        density = cluster_density(features, assignment, k, sigma, members, progress)
-    present = np.flatnonzero(members.sizes > 0)
+    return n_target
+
+
+def _visiting_order(
+    transfer: np.ndarray, density: np.ndarray, sizes: np.ndarray, temperature: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(non-empty clusters, their scores, their sampling ratios) by descending ratio, ties to the higher
+    cluster id as in the original (docs/algorithm.md#warm-up-pools)."""
+    present = np.flatnonzero(sizes > 0)
     score = transfer[present] / density[present]
     ratio = _softmax(score, temperature)
     visit = np.argsort(ratio, kind="stable")[::-1]
-    clusters, score, ratio = present[visit], score[visit], ratio[visit]
-    remaining = n_target
-    picked: list[np.ndarray] = []
-    with (
-        single_threaded_blas(),
-        tqdm(total=n_target, desc=f"prune to {n_target}", unit="sample", disable=not progress) as bar,
-    ):
-        for rank, c in enumerate(clusters):
-            if remaining <= 0:
-                break
-            rows = members.of(int(c))
-            n_c = round(remaining * float(ratio[rank]))
-            if n_c > rows.size:
-                chosen = rows
-            elif n_c > 0:
-                chosen = rows[greedy_mmd_selection(gaussian_kernel(features[rows], sigma), n_c)]
-            else:
-                chosen = rows[:0]
-            picked.append(chosen)
-            remaining -= chosen.size
-            bar.update(chosen.size)
-            if rank + 1 < clusters.size:
-                ratio[rank + 1 :] = _softmax(score[rank + 1 :], temperature)
-    return np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, np.int64)
+    return present[visit], score[visit], ratio[visit]
+
+
+def _cluster_picks(features: np.ndarray, rows: np.ndarray, n_c: int, sigma: float) -> np.ndarray:
+    """A cluster's share: all its rows (ascending) when ``n_c`` exceeds its size, else its ``n_c`` greedy
+    MMD prototypes in greedy order (none for ``n_c`` <= 0)."""
+    if n_c > rows.size:
+        return rows
+    if n_c > 0:
+        return rows[greedy_mmd_selection(gaussian_kernel(features[rows], sigma), n_c)]
+    return rows[:0]
 
 
 @dataclass

@@ -130,11 +130,35 @@ def launch(
         stale.unlink()
     port = free_port(host)
     cmd = launch_command(target, job, nproc_per_node, port, host)
-    child_env = {**os.environ, **(env or {}), BACKEND_ENV: resolve_backend(backend), "PYTHONUNBUFFERED": "1"}
-    child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    child_env = _rank_env(env, backend, nproc_per_node)
     emit = log_line or log.info
     emit(f"launching {target} on {nproc_per_node} process(es), {child_env[BACKEND_ENV]}, {host}:{port}")
     tail: collections.deque = collections.deque(maxlen=200)
+    code, timed_out = _run_streaming(cmd, child_env, emit, tail, timeout_s)
+    if timed_out:
+        lines = "\n".join(list(tail)[-ERROR_LINES:])
+        raise LaunchError(f"{target} did not finish within {timeout_s:g} s and was stopped:\n{lines}")
+    if code != 0:
+        where, lines = _error_report(job.parent, tail)
+        raise LaunchError(f"{target} failed on {where} (exit code {code}):\n{lines}")
+
+
+def _rank_env(env: dict[str, str] | None, backend: Literal["auto", "nccl", "gloo"], nproc_per_node: int) -> dict:
+    """The ranks' environment: ours plus ``env``, the resolved backend, unbuffered output and a fair share of
+    the CPU threads per rank (unless ``OMP_NUM_THREADS`` is set)."""
+    child_env = {**os.environ, **(env or {}), BACKEND_ENV: resolve_backend(backend), "PYTHONUNBUFFERED": "1"}
+    child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    return child_env
+
+
+def _run_streaming(
+    cmd: list[str], child_env: dict, emit: Callable[[str], None], tail: collections.deque, timeout_s: float | None
+) -> tuple[int, bool]:
+    """(exit code, whether it was killed for ``timeout_s``) of ``cmd``, its output lines sent to ``emit``
+    and kept in ``tail`` as they arrive.
+
+    The job runs in a session of its own so that a timeout kills the launcher and every rank it started.
+    """
     timed_out = threading.Event()
     with subprocess.Popen(
         cmd,
@@ -165,12 +189,7 @@ def launch(
         finally:
             if timer is not None:
                 timer.cancel()
-    if timed_out.is_set():
-        lines = "\n".join(list(tail)[-ERROR_LINES:])
-        raise LaunchError(f"{target} did not finish within {timeout_s:g} s and was stopped:\n{lines}")
-    if code != 0:
-        where, lines = _error_report(job.parent, tail)
-        raise LaunchError(f"{target} failed on {where} (exit code {code}):\n{lines}")
+    return code, timed_out.is_set()
 
 
 def _worker(target: str, job: str) -> int:

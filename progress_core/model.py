@@ -233,14 +233,38 @@ def build_tiny_model(texts: Iterable[str], cfg: ModelConfig, out_dir: str | os.P
     beside ``out_dir`` and renamed into place, so a crash leaves no half-saved model.
     """
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
     if cfg.image_size % cfg.patch_size:
         raise ConfigError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
     from progress_core.alignment import align_tiny_model, caption_texts
 
     tokenizer = build_word_tokenizer([*texts, *caption_texts(cfg)], cfg.max_vocab)
-    n_image_tokens = (cfg.image_size // cfg.patch_size) ** 2
+    config = _tiny_llava_config(cfg, tokenizer)
+    torch.manual_seed(cfg.init_seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    processor = LlavaProcessor(
+        image_processor=_image_processor(cfg.image_size),
+        tokenizer=tokenizer,
+        patch_size=cfg.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    align_tiny_model(model, processor, cfg)
+    out = Path(out_dir)
+    save_model_dir(model, processor, out)
+    return out
+
+
+def _tiny_llava_config(cfg: ModelConfig, tokenizer):
+    """The tiny LLaVA architecture: a CLIP-style vision tower and a Llama language model sized by ``cfg``,
+    with the tokenizer's vocabulary and special ids (docs/architecture.md#the-bundled-demo)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
     vision = CLIPVisionConfig(
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
@@ -262,31 +286,14 @@ def build_tiny_model(texts: Iterable[str], cfg: ModelConfig, out_dir: str | os.P
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    config = LlavaConfig(
+    return LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=n_image_tokens,
+        image_seq_length=(cfg.image_size // cfg.patch_size) ** 2,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
-    torch.manual_seed(cfg.init_seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    processor = LlavaProcessor(
-        image_processor=_image_processor(cfg.image_size),
-        tokenizer=tokenizer,
-        patch_size=cfg.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
-    align_tiny_model(model, processor, cfg)
-    out = Path(out_dir)
-    save_model_dir(model, processor, out)
-    return out
 
 
 def save_model_dir(model, processor, out_dir: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:

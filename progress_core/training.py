@@ -532,131 +532,244 @@ def train_to_step(
     batch and gradients are summed over ranks, so N ranks x batch b equals one rank x accumulation N x b.
     """
     import torch
-    from tqdm.auto import tqdm
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     state_info = read_train_state(checkpoint)
     start = int(state_info["step"])
-    if target_step < start:
-        raise ConfigError(f"target step {target_step} is before the checkpoint's step {start} ({checkpoint})")
-    if target_step > cfg.final_step:
-        raise ConfigError(f"target step {target_step} is past the schedule horizon final_step {cfg.final_step}")
+    _check_target_step(checkpoint, start, target_step, cfg)
     world, rank = _dist()
     per_device, accum = cfg.micro_batches(world)
     rows = samples_rows(samples)
     n_steps = target_step - start
-    use_ds = _deepspeed_wanted(cfg, distributed=_dist_initialized())
-    if use_ds:
-        _deepspeed_join()
-    ds_cfg = deepspeed_config_dict(cfg, per_device, accum, world) if use_ds else None
-    hf_ds = _hf_deepspeed_config(ds_cfg) if use_ds else None  # noqa: F841  (alive while the model loads)
-
+    ds_cfg, hf_ds = _deepspeed_setup(cfg, per_device, accum, world)  # hf_ds held: ZeRO-3 loads and saves through it
     saved = Path(checkpoint) / STATE_FILE if checkpoint is not None else None
+    model, processor = _load_for_training(checkpoint, saved, cfg)
+    encoder = _encoder_for(model.config, processor, image_root, cfg)
+    run = _prepare_run(model, cfg, ds_cfg, checkpoint, saved, _Layout(world, rank, per_device, accum))
+    order = data_order(len(rows), n_steps * cfg.global_batch_size, cfg.seed, start, cfg.shuffle)
+    show = progress and rank == 0
+    losses = _train_steps(run, encoder, rows, order, n_steps, cfg, f"train {start}->{target_step}", show)
+
+    samples_seen = int(state_info.get("samples_seen", 0)) + n_steps * cfg.global_batch_size
+    info = _state_info(run, cfg, target_step, samples_seen, losses)
+    blob = _state_blob(run, target_step, samples_seen)
+    trained = run.model if run.engine is None else run.engine
+    out = _save_checkpoint(trained, processor, out_dir, blob, info, run.engine is not None, rank)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainResult(checkpoint=out, step=target_step, losses=losses, samples_seen=samples_seen)
+
+
+def _check_target_step(checkpoint, start: int, target_step: int, cfg: TrainingConfig) -> None:
+    """A piece moves the run forward and stays inside the one schedule (docs/algorithm.md#round-schedule)."""
+    if target_step < start:
+        raise ConfigError(f"target step {target_step} is before the checkpoint's step {start} ({checkpoint})")
+    if target_step > cfg.final_step:
+        raise ConfigError(f"target step {target_step} is past the schedule horizon final_step {cfg.final_step}")
+
+
+def _deepspeed_setup(cfg: TrainingConfig, per_device: int, accum: int, world: int) -> tuple[dict | None, Any]:
+    """(filled DeepSpeed config, HF's ZeRO-3 hook) when DeepSpeed trains this piece, else (None, None).
+
+    The hook must stay referenced while the model loads (and the piece trains) so ``from_pretrained``
+    partitions the weights.
+    """
+    if not _deepspeed_wanted(cfg, distributed=_dist_initialized()):
+        return None, None
+    _deepspeed_join()
+    ds_cfg = deepspeed_config_dict(cfg, per_device, accum, world)
+    return ds_cfg, _hf_deepspeed_config(ds_cfg)
+
+
+def _load_for_training(checkpoint, saved: Path | None, cfg: TrainingConfig):
+    """(model in train mode, processor); a fresh run (no saved state) seeds every RNG first, so the LoRA
+    initialisation and everything after it follow ``cfg.seed`` (docs/algorithm.md#training)."""
     if saved is None or not saved.is_file():
         _seed_all(cfg.seed)
     model, processor = load_model(checkpoint if checkpoint is not None else base_model_path(cfg.model), cfg.model)
     model.train()
+    return model, processor
+
+
+def _encoder_for(base_config, processor, image_root, cfg: TrainingConfig) -> Encoder:
+    """The row encoder, truncating at ``cfg.max_length`` or else the language model's context length."""
+    max_length = cfg.max_length or getattr(base_config.get_text_config(), "max_position_embeddings", 2048)
+    return Encoder(processor, base_config.image_token_index, image_root, max_length)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where this process sits in the job: ranks, and how each rank splits its share of a global batch."""
+
+    world: int
+    rank: int
+    per_device: int
+    accum: int
+
+
+@dataclass
+class _Run:
+    """What the steps of a piece act on: the model (or its DeepSpeed engine) with optimiser and schedule."""
+
+    model: Any
+    engine: Any
+    optimizer: Any
+    scheduler: Any
+    device: Any
+    dtype: Any
+    layout: _Layout
+
+
+def _prepare_run(model, cfg: TrainingConfig, ds_cfg: dict | None, checkpoint, saved: Path | None, layout: _Layout):
+    """Optimiser and schedule over the model (inside a DeepSpeed engine when ``ds_cfg`` is given), placed on
+    the device and restored from ``checkpoint`` when it holds a training state."""
+    import torch
+
     device = _device()
     dtype = next(model.parameters()).dtype
-    base_config = model.config
-    max_length = cfg.max_length or getattr(base_config.get_text_config(), "max_position_embeddings", 2048)
-    encoder = Encoder(processor, base_config.image_token_index, image_root, max_length)
-
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), eps=1e-8)
     scheduler = _scheduler(optimizer, cfg)
     engine = None
-    if use_ds:
+    if ds_cfg is not None:
         engine, optimizer, scheduler = _deepspeed_init(model, optimizer, scheduler, ds_cfg)
         if saved is not None and (Path(checkpoint) / "deepspeed").is_dir():
             engine.load_checkpoint(str(Path(checkpoint) / "deepspeed"), load_module_strict=False)
     else:
         model.to(device)
+    run = _Run(model, engine, optimizer, scheduler, device, dtype, layout)
     if saved is not None and saved.is_file():
-        blob = torch.load(saved, weights_only=False, map_location="cpu")
-        if engine is None:
-            optimizer.load_state_dict(blob["optimizer"])
-            scheduler.load_state_dict(blob["scheduler"])
-        per_rank = blob.get("rng_per_rank")
-        _set_rng_state(per_rank[rank] if per_rank and len(per_rank) == world else blob["rng"])
+        _restore_state(run, saved)
+    return run
 
-    order = data_order(len(rows), n_steps * cfg.global_batch_size, cfg.seed, start, cfg.shuffle)
+
+def _restore_state(run: _Run, saved: Path) -> None:
+    """Optimiser, schedule (unless the engine restored them) and this rank's RNG state from ``saved``, so a
+    run in pieces equals one run at once (docs/algorithm.md#training)."""
+    import torch
+
+    blob = torch.load(saved, weights_only=False, map_location="cpu")
+    if run.engine is None:
+        run.optimizer.load_state_dict(blob["optimizer"])
+        run.scheduler.load_state_dict(blob["scheduler"])
+    per_rank = blob.get("rng_per_rank")
+    world, rank = run.layout.world, run.layout.rank
+    _set_rng_state(per_rank[rank] if per_rank and len(per_rank) == world else blob["rng"])
+
+
+def _train_steps(
+    run: _Run, encoder: Encoder, rows: list, order: np.ndarray, n_steps: int, cfg: TrainingConfig, desc: str, show: bool
+) -> list[float]:
+    """Run ``n_steps`` optimizer steps over the global batches of ``order``; the loss of each step."""
+    from tqdm.auto import tqdm
+
     cache: dict[int, EncodedRow] = {}
-
-    def encoded(i: int) -> EncodedRow:
-        if i not in cache:
-            cache[i] = encoder.encode(rows[i][0], rows[i][1], i)
-        return cache[i]
-
-    keep_vision = engine is not None or world > 1
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    world = run.layout.world
+    keep_vision = run.engine is not None or world > 1
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
     losses: list[float] = []
-    bar = tqdm(total=n_steps, desc=f"train {start}->{target_step}", disable=not progress or rank != 0, unit="step")
+    bar = tqdm(total=n_steps, desc=desc, disable=not show, unit="step")
     for k in range(n_steps):
         step_rows = order[k * cfg.global_batch_size : (k + 1) * cfg.global_batch_size]
-        local = step_rows[rank * per_device * accum : (rank + 1) * per_device * accum]
-        micro = [local[j * per_device : (j + 1) * per_device] for j in range(accum)]
-        batches = [encoder.collate([encoded(int(i)) for i in m], [int(i) for i in m]) for m in micro]
-        n_tokens = sum(_answer_tokens(b["labels"]) for b in batches)
+        batches = _micro_batches(step_rows, run.layout, encoder, rows, cache)
+        total = _backward_micro_batches(run, batches, keep_vision)
+        if run.engine is None:
+            _optimizer_step(run, trainable, cfg.max_grad_norm)
         if world > 1:
-            n_tokens = _all_reduce_sum(n_tokens, device)
-        total = 0.0
-        for b in batches:
-            b = _to_device(b, device, dtype)
-            if engine is not None:
-                # DeepSpeed divides by accumulation and averages over ranks; undo both so the gradient is
-                # the global batch's mean token loss, as in one process.
-                loss = _sum_loss(engine, b, keep_vision) / max(1, n_tokens)
-                engine.backward(loss * accum * world)
-                engine.step()
-            else:
-                loss = _sum_loss(model, b, keep_vision) / max(1, n_tokens)
-                loss.backward()
-            total += float(loss.detach())
-        if engine is None:
-            if world > 1:
-                _all_reduce_grads(trainable, device)
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            total = _all_reduce_sum(total, device)
+            total = _all_reduce_sum(total, run.device)
         losses.append(total)
         bar.update(1)
         bar.set_postfix(loss=f"{total:.3f}")
     bar.close()
+    return losses
 
-    samples_seen = int(state_info.get("samples_seen", 0)) + n_steps * cfg.global_batch_size
-    info = {
+
+def _micro_batches(
+    step_rows: np.ndarray, layout: _Layout, encoder: Encoder, rows: list, cache: dict[int, EncodedRow]
+) -> list[dict]:
+    """This rank's slice of one global batch as ``accum`` collated micro-batches (rows encoded once, cached)."""
+    share = layout.per_device * layout.accum
+    local = step_rows[layout.rank * share : (layout.rank + 1) * share]
+    micro = [local[j * layout.per_device : (j + 1) * layout.per_device] for j in range(layout.accum)]
+    return [encoder.collate([_encoded(encoder, rows, cache, int(i)) for i in m], [int(i) for i in m]) for m in micro]
+
+
+def _encoded(encoder: Encoder, rows: list, cache: dict[int, EncodedRow], i: int) -> EncodedRow:
+    if i not in cache:
+        cache[i] = encoder.encode(rows[i][0], rows[i][1], i)
+    return cache[i]
+
+
+def _backward_micro_batches(run: _Run, batches: list[dict], keep_vision: bool) -> float:
+    """Forward and backward every micro-batch, each loss divided by the global batch's answer tokens; their sum.
+
+    Under DeepSpeed the engine steps per micro-batch (it applies the update at the accumulation boundary).
+    """
+    n_tokens = sum(_answer_tokens(b["labels"]) for b in batches)
+    world, accum = run.layout.world, run.layout.accum
+    if world > 1:
+        n_tokens = _all_reduce_sum(n_tokens, run.device)
+    total = 0.0
+    for b in batches:
+        b = _to_device(b, run.device, run.dtype)
+        if run.engine is not None:
+            # DeepSpeed divides by accumulation and averages over ranks; undo both so the gradient is
+            # the global batch's mean token loss, as in one process.
+            loss = _sum_loss(run.engine, b, keep_vision) / max(1, n_tokens)
+            run.engine.backward(loss * accum * world)
+            run.engine.step()
+        else:
+            loss = _sum_loss(run.model, b, keep_vision) / max(1, n_tokens)
+            loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+def _optimizer_step(run: _Run, trainable: list, max_grad_norm: float | None) -> None:
+    """Sum gradients over ranks, clip, step optimiser and schedule, clear gradients (no DeepSpeed)."""
+    import torch
+
+    if run.layout.world > 1:
+        _all_reduce_grads(trainable, run.device)
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def _state_info(run: _Run, cfg: TrainingConfig, target_step: int, samples_seen: int, losses: list[float]) -> dict:
+    """The human-readable ``training_state.json`` of the checkpoint (read by :func:`read_train_state`)."""
+    scheduler = run.scheduler
+    return {
         "step": target_step,
         "samples_seen": samples_seen,
         "final_step": cfg.final_step,
         "global_batch_size": cfg.global_batch_size,
-        "world_size": world,
+        "world_size": run.layout.world,
         "learning_rate": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else None,
         "losses": losses,
         "config": cfg.model_dump(mode="json"),
     }
+
+
+def _state_blob(run: _Run, target_step: int, samples_seen: int) -> dict:
+    """``training_state.pt``: RNG state (every rank's, gathered), and optimiser and schedule unless the
+    DeepSpeed engine keeps them in its own checkpoint."""
     blob = {"rng": _rng_state(), "step": target_step, "samples_seen": samples_seen}
+    world = run.layout.world
     if world > 1:
         import torch.distributed as dist
 
         states: list = [None] * world
         dist.all_gather_object(states, blob["rng"])
         blob["rng_per_rank"] = states
-    if engine is None:
-        blob["optimizer"] = optimizer.state_dict()
-        blob["scheduler"] = scheduler.state_dict()
-    out = _save_checkpoint(
-        model if engine is None else engine, processor, out_dir, blob, info, engine is not None, rank
-    )
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    return TrainResult(checkpoint=out, step=target_step, losses=losses, samples_seen=samples_seen)
+    if run.engine is None:
+        blob["optimizer"] = run.optimizer.state_dict()
+        blob["scheduler"] = run.scheduler.state_dict()
+    return blob
 
 
 def _save_checkpoint(model, processor, out_dir, blob: dict, info: dict, deepspeed: bool, rank: int) -> Path:
