@@ -52,6 +52,40 @@ STEP_LIST_FILE = "step_list.txt"
 SUMMARY_FILE = "export_summary.json"
 
 
+COPY_ROWS = 8192
+"""Rows copied per write when a file is assembled from the all-rows file."""
+MAX_READ_BYTES = 64 << 20
+"""A chunk of rows lying within this many bytes is read in one piece, otherwise row by row."""
+
+
+def _row_bytes(source, spans: np.ndarray) -> list:
+    lo, hi = int(spans[:, 0].min()), int(spans[:, 1].max())
+    if hi - lo <= MAX_READ_BYTES:
+        source.seek(lo)
+        view = memoryview(source.read(hi - lo))
+        return [view[a:b] for a, b in (spans - lo).tolist()]
+    out = []
+    for a, b in spans.tolist():
+        source.seek(a)
+        out.append(source.read(b - a))
+    return out
+
+
+def copy_json_rows(source: Path, spans: np.ndarray, ids: np.ndarray, out_json: str | os.PathLike) -> Path:
+    """Write the rows ``ids`` of the JSON list ``source`` (row ``i`` at bytes ``spans[i]``) as a JSON list.
+
+    The bytes are what serialising the same rows writes, at the cost of a copy: the original file set
+    repeats most of the pool several times (docs/architecture.md#file-kinds), and JSON encoding dominated it.
+    """
+    with open(source, "rb") as src, atomic_path(out_json) as tmp, open(tmp, "wb") as f:
+        f.write(b"[")
+        for start in range(0, ids.size, COPY_ROWS):
+            rows = _row_bytes(src, spans[ids[start : start + COPY_ROWS]])
+            f.write((b", " if start else b"") + b", ".join(rows))
+        f.write(b"]")
+    return Path(out_json)
+
+
 class OriginalExporter:
     """Writes subsets of the manifest in the original's JSON format (docs/algorithm.md#warm-up-pools, docs/architecture.md#file-kinds).
 
@@ -83,26 +117,42 @@ class OriginalExporter:
         self.cluster_id = a["cluster_id"].to_numpy().astype(np.int64)
         self.dist_to_cent = a["similarity"].to_numpy().astype(np.float64)
         self.counts: dict[str, int] = {}
+        self._all_rows: tuple[Path, np.ndarray] | None = None
 
     @property
     def n_samples(self) -> int:
         return self.manifest.num_rows
 
     def write_rows(self, ids, relative_path: str) -> Path:
-        """Write the rows of ``ids`` (in that order) to ``out_dir/relative_path`` atomically."""
-        from progress_core.manifest import export_llava
+        """Write the rows of ``ids`` (in that order) to ``out_dir/relative_path`` atomically.
 
+        After :meth:`write_all` every row is serialised once, in the all-rows file; later files copy their
+        rows' bytes from there (the same bytes, since a row's annotation does not depend on the file).
+        """
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_samples):
             raise ExportError(f"{relative_path}: sample_id outside 0..{self.n_samples - 1}")
-        extra = {"cluster_id": self.cluster_id[ids], "dist_to_cent": self.dist_to_cent[ids], "index": ids}
-        path = export_llava(self.manifest.take(pa.array(ids)), self.out_dir / relative_path, extra_fields=extra)
+        if self._all_rows is None:
+            path = self._serialise(ids, relative_path)
+        else:
+            path = copy_json_rows(*self._all_rows, ids, self.out_dir / relative_path)
         self.counts[relative_path] = int(ids.size)
         return path
 
+    def _serialise(self, ids: np.ndarray, relative_path: str, row_spans: np.ndarray | None = None) -> Path:
+        from progress_core.manifest import export_llava
+
+        extra = {"cluster_id": self.cluster_id[ids], "dist_to_cent": self.dist_to_cent[ids], "index": ids}
+        table = self.manifest.take(pa.array(ids))
+        return export_llava(table, self.out_dir / relative_path, extra_fields=extra, row_spans=row_spans)
+
     def write_all(self) -> Path:
         """``llava_665k_with_cluster_id.json``: every row, annotated (COINCIDE_Indices_to_Accuracy.py)."""
-        return self.write_rows(np.arange(self.n_samples), ALL_ROWS_FILE)
+        spans = np.empty((self.n_samples, 2), dtype=np.int64)
+        path = self._serialise(np.arange(self.n_samples), ALL_ROWS_FILE, row_spans=spans)
+        self.counts[ALL_ROWS_FILE] = self.n_samples
+        self._all_rows = (path, spans)
+        return path
 
     def write_warmup(self, w1, w2) -> None:
         """``Top_50K.json`` (W1), ``Top_50K_to_60K.json`` (W2 \\ W1), ``Top_60K.json`` (W1 ∪ W2) and

@@ -619,12 +619,15 @@ def export_llava(
     *,
     batch_rows: int = 10_000,
     verbose: bool = False,
+    row_spans: np.ndarray | None = None,
 ) -> Path:
     """Write the manifest's rows back as a LLaVA JSON list, atomically and batch by batch.
 
     The output is what ``json.dump(rows, f, ensure_ascii=False)`` writes for the original rows (plus
     ``extra_fields``), the format the original training and selection scripts read. Given a manifest
     path, record batches are streamed from the Parquet file, so memory stays bounded by one batch.
+    ``row_spans``, an int64 array of shape (rows, 2), receives each row's byte range in the file, so a
+    later subset can be copied as bytes instead of serialised again (:mod:`progress_core.export`).
     """
     if isinstance(table, pa.Table):
         n = table.num_rows
@@ -644,21 +647,27 @@ def export_llava(
         from tqdm import tqdm
 
         progress = tqdm(total=n, unit="row", desc="export")
+    if row_spans is not None and row_spans.shape != (n, 2):
+        raise ManifestError(f"row_spans has shape {row_spans.shape} for {n} rows")
     try:
-        with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write("[")
-            start = 0
+        with atomic_path(out_json) as tmp, open(tmp, "wb") as f:
+            f.write(b"[")
+            offset, start = 1, 0
             for batch in batches:
                 stop = start + batch.num_rows
                 rows = manifest_rows_to_llava(batch, {k: v[start:stop] for k, v in extras.items()})
-                for i, row in enumerate(rows):
-                    if start + i:
-                        f.write(", ")
-                    f.write(json.dumps(row, ensure_ascii=False))
+                encoded = [json.dumps(row, ensure_ascii=False).encode("utf-8") for row in rows]
+                if encoded:
+                    separator = b", " if start else b""
+                    if row_spans is not None:
+                        sizes = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+                        ends = offset + np.cumsum(sizes + 2) - (0 if start else 2)
+                        row_spans[start:stop] = np.column_stack([ends - sizes, ends])
+                    offset += f.write(separator + b", ".join(encoded))
                 if progress is not None:
                     progress.update(stop - start)
                 start = stop
-            f.write("]")
+            f.write(b"]")
     finally:
         if progress is not None:
             progress.close()

@@ -88,7 +88,7 @@ def make_pool(tmp_path, n=12):
             row["image"] = f"coco/img{i}.png"
         row["conversations"] = [
             {"from": "human", "value": ("<image>\n" if i % 4 else "") + f"q{i}?"},
-            {"from": "gpt", "value": f"a{i}"},
+            {"from": "gpt", "value": f"a{i}" if i % 5 else f"a{i} – café 東京 🙂"},
         ]
         if i == 3:
             row["model"] = "x"
@@ -165,3 +165,28 @@ def test_export_rejects_misaligned_assignment(tmp_path):
     bad = pd.DataFrame({"sample_id": [0, 1, 2], "cluster_id": [0, 0, 0], "similarity": [1.0, 1.0, 1.0]})
     with pytest.raises(ExportError, match="does not cover"):
         OriginalExporter(tmp_path / "o", manifest, bad)
+
+
+@pytest.mark.parametrize(("copy_rows", "max_read"), [(8192, 64 << 20), (3, 64 << 20), (2, 1)])
+def test_files_copied_from_the_all_rows_file_equal_serialised_ones(tmp_path, monkeypatch, copy_rows, max_read):
+    import progress_core.export as export
+
+    monkeypatch.setattr(export, "COPY_ROWS", copy_rows)
+    monkeypatch.setattr(export, "MAX_READ_BYTES", max_read)
+    rows, manifest = make_pool(tmp_path)
+    n = len(rows)
+    assignment = pd.DataFrame(
+        {"sample_id": np.arange(n), "cluster_id": np.arange(n) % 3, "similarity": np.linspace(0, 1, n)}
+    )
+    copied = export.OriginalExporter(tmp_path / "copied", manifest, assignment)
+    serialised = export.OriginalExporter(tmp_path / "serialised", manifest, assignment)
+    all_rows = copied.write_all()
+    cases = {"empty.json": [], "one.json": [7], "shuffled.json": [11, 0, 7, 3, 3, 10, 1], "all.json": range(n)}
+    for name, ids in cases.items():
+        copied.write_rows(ids, f"sub/{name}")
+        serialised.write_rows(ids, f"sub/{name}")
+        made = (tmp_path / "copied" / "sub" / name).read_bytes()
+        assert made == (tmp_path / "serialised" / "sub" / name).read_bytes(), name
+        assert [r["index"] for r in json.loads(made)] == list(ids)
+    assert (tmp_path / "copied" / "sub" / "all.json").read_bytes() == all_rows.read_bytes()
+    assert copied.counts["sub/shuffled.json"] == 7
