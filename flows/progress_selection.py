@@ -458,9 +458,7 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     progress_id = start_progress(str(run))
     while (plan := next_round(rounds.state)) is not None:
         started = time.monotonic()
-        approve_after_warmup(
-            cfg, run, plan.index, [s.model_dump() for s in rounds.summaries], plan.from_step, setup.final_step
-        )
+        approve_after_warmup(cfg, run, rounds.state, [s.model_dump() for s in rounds.summaries])
         outcome = run_round(plan, cfg, run, prepared, setup, rounds)
         for note in outcome.commit.meta.get("notes", []):
             log.info("round %d: %s", plan.index, note)
