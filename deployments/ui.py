@@ -150,7 +150,7 @@ def _banner(ui_url: str, home: Path, runs: Path, logs: Path, worker: bool) -> st
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="make ui", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -171,7 +171,57 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a Prefect server already on the port: deploy to it (and start a worker if its pool has none)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _serve(
+    port: int, use_running: bool, home: Path, api_url: str, logs: Path, procs: dict[str, subprocess.Popen | None]
+) -> int | None:
+    """Start the server (recorded in ``procs``) or, with ``use_running``, take the one on the port; an exit
+    code when neither works out."""
+    ui_url = api_url.removesuffix("/api")
+    if port_in_use(port):
+        if not (use_running and is_prefect(api_url)):
+            _refuse_port(port, api_url)
+            return EXIT_IN_USE
+        print(f"using the Prefect server already running at {ui_url}", flush=True)
+        return None
+    print(f"starting prefect server on 127.0.0.1:{port} (PREFECT_HOME={home}) ...", flush=True)
+    env = prefect_env(None, home)
+    env["PREFECT_UI_API_URL"] = api_url
+    server_log = open_log(logs / "server.log", f"prefect server on 127.0.0.1:{port}")
+    procs["server"] = start(["server", "start", "--host", "127.0.0.1", "--port", str(port)], server_log, env)
+    try:
+        wait_healthy(api_url)
+    except TimeoutError:
+        code = procs["server"].poll()
+        _loud(f"the Prefect server did not come up (exit code {code}); see {logs / 'server.log'}")
+        return 1
+    return None
+
+
+def _deploy_and_start_worker(
+    api_url: str, home: Path, runs: Path, logs: Path, procs: dict[str, subprocess.Popen | None]
+) -> tuple[list[str], dict[str, str]]:
+    """Pools and deployments on the server, and a ``cpu`` worker (recorded in ``procs``) unless the pool of a
+    server this command did not start has one online; returns the worker's arguments and environment."""
+    create_pools(api_url, gpus=1, with_gpu_pool=True, home=home)
+    print("deploying " + ", ".join(DEPLOYMENTS) + " ...", flush=True)
+    names = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
+    prefect("deploy", *names, api_url=api_url, home=home)
+    worker_env = prefect_env(api_url, home)
+    worker_env["PROGRESS_RUNS_DIR"] = str(runs)
+    worker_args = ["worker", "start", "--pool", POOL, "--type", "process"]
+    already = online_workers(api_url, POOL) if procs["server"] is None else []
+    if not already:
+        procs["worker"] = start(worker_args, open_log(logs / "worker.log", f"worker for pool {POOL}"), worker_env)
+    else:
+        print(f"pool {POOL} already has a worker online ({', '.join(already)}); not starting another", flush=True)
+    return worker_args, worker_env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     home = Path(args.home).expanduser().resolve()
     runs = Path(args.runs_dir).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -187,37 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     procs: dict[str, subprocess.Popen | None] = {"server": None, "worker": None}
     try:
-        if port_in_use(args.port):
-            if not (args.use_running and is_prefect(api_url)):
-                _refuse_port(args.port, api_url)
-                return EXIT_IN_USE
-            print(f"using the Prefect server already running at {ui_url}", flush=True)
-        else:
-            print(f"starting prefect server on 127.0.0.1:{args.port} (PREFECT_HOME={home}) ...", flush=True)
-            env = prefect_env(None, home)
-            env["PREFECT_UI_API_URL"] = api_url
-            server_log = open_log(logs / "server.log", f"prefect server on 127.0.0.1:{args.port}")
-            procs["server"] = start(
-                ["server", "start", "--host", "127.0.0.1", "--port", str(args.port)], server_log, env
-            )
-            try:
-                wait_healthy(api_url)
-            except TimeoutError:
-                code = procs["server"].poll()
-                _loud(f"the Prefect server did not come up (exit code {code}); see {logs / 'server.log'}")
-                return 1
-        create_pools(api_url, gpus=1, with_gpu_pool=True, home=home)
-        print("deploying " + ", ".join(DEPLOYMENTS) + " ...", flush=True)
-        names = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
-        prefect("deploy", *names, api_url=api_url, home=home)
-        worker_env = prefect_env(api_url, home)
-        worker_env["PROGRESS_RUNS_DIR"] = str(runs)
-        worker_args = ["worker", "start", "--pool", POOL, "--type", "process"]
-        already = online_workers(api_url, POOL) if procs["server"] is None else []
-        if not already:
-            procs["worker"] = start(worker_args, open_log(logs / "worker.log", f"worker for pool {POOL}"), worker_env)
-        else:
-            print(f"pool {POOL} already has a worker online ({', '.join(already)}); not starting another", flush=True)
+        code = _serve(args.port, args.use_running, home, api_url, logs, procs)
+        if code is not None:
+            return code
+        worker_args, worker_env = _deploy_and_start_worker(api_url, home, runs, logs, procs)
         print(_banner(ui_url, home, runs, logs, procs["worker"] is not None), flush=True)
         return supervise(procs, worker_args, worker_env, logs)
     except KeyboardInterrupt:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -22,6 +21,7 @@ from prefect.input import RunInput
 from progress_core.config import RunConfig
 from progress_core.errors import ProgressError
 from progress_core.io import write_json
+from progress_core.schedule import ScheduleState, plan_from
 from tasks.artifacts import artifact_key
 
 APPROVAL_TIMEOUT_S = 7 * 24 * 3600
@@ -39,21 +39,22 @@ class Approval(RunInput):
     comment: str = ""
 
 
-def planned_rounds(cfg: RunConfig, step: int, final_step: int) -> dict:
-    """The selection rounds still to run from ``step``: count, samples and steps per round (upper bounds)."""
-    gb = cfg.training.global_batch_size
-    per_round = cfg.selection.selection_num
-    steps_per_round = max(per_round // gb, 1)
-    rounds = math.ceil(max(final_step - step, 0) / steps_per_round)
-    if cfg.schedule.max_rounds is not None:
-        rounds = min(rounds, cfg.schedule.max_rounds)
+def planned_rounds(state: ScheduleState) -> dict:
+    """The selection rounds the run will execute from ``state`` (``docs/algorithm.md#round-schedule``).
+
+    The plan is :func:`~progress_core.schedule.plan_from` of the flow's own schedule state, the same rules the
+    flow applies round by round, so the card shows the rounds, budgets and steps the run executes while each
+    round selects its budget (a round that selects less re-plans the rest).
+    """
+    plans = plan_from(state)
     return {
-        "rounds": rounds,
-        "samples_per_round": per_round,
-        "steps_per_round": steps_per_round,
-        "from_step": step,
-        "final_step": final_step,
-        "samples": min(rounds * per_round, max(final_step - step, 0) * gb),
+        "rounds": len(plans),
+        "from_step": state.step,
+        "to_step": plans[-1].to_step if plans else state.step,
+        "samples": sum(p.budget for p in plans),
+        "per_round": [
+            {"round": p.index, "samples": p.budget, "from_step": p.from_step, "to_step": p.to_step} for p in plans
+        ],
     }
 
 
@@ -62,7 +63,7 @@ def _fingerprint(cfg: RunConfig) -> str:
 
 
 def report(cfg: RunConfig, rows: list[dict], plan: dict) -> str:
-    """Markdown shown while the run waits: the warm-up rounds and the plan."""
+    """Markdown shown while the run waits: the warm-up rounds and the planned selection rounds."""
     lines = [
         f"# Approve the selection rounds of `{cfg.run_dir}`?",
         "",
@@ -79,24 +80,30 @@ def report(cfg: RunConfig, rows: list[dict], plan: dict) -> str:
         "",
         "## Planned",
         "",
-        f"- strategy `{cfg.selection.strategy}`, up to **{plan['rounds']} rounds** of up to "
-        f"{plan['samples_per_round']} samples ({plan['steps_per_round']} steps each at global batch "
-        f"{cfg.training.global_batch_size})",
-        f"- steps {plan['from_step']} → {plan['final_step']}, about {plan['samples']} more samples trained",
+        f"- strategy `{cfg.selection.strategy}`, **{plan['rounds']} selection rounds** at global batch "
+        f"{cfg.training.global_batch_size}",
+        f"- steps {plan['from_step']} → {plan['to_step']}, {plan['samples']} more samples trained",
         f"- model `{cfg.training.model.mode}`, judge `{cfg.probe.judge.kind}`",
         "",
+        "| round | steps | samples |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['round']} | {r['from_step']}→{r['to_step']} | {r['samples']} |" for r in plan["per_round"]]
+    lines += [
+        "",
+        "A round that selects fewer samples than planned (a pool running dry) re-plans the rounds after it.",
         "Resume the flow run and tick **approve** to continue; untick it to stop the run here.",
     ]
     return "\n".join(lines)
 
 
-def approve_after_warmup(cfg: RunConfig, run: Path, round_index: int, rows: list[dict], step: int, final_step: int):
-    """Before the first selection round (``round_index == 2``), wait for approval when the config asks for it.
+def approve_after_warmup(cfg: RunConfig, run: Path, state: ScheduleState, rows: list[dict]):
+    """Before the first selection round (``state.round_index == 2``), wait for approval when the config asks.
 
     Raises :class:`ApprovalDeclined` when the approver unticks *approve*; the flow run then fails with the
     approver's comment and can be re-run (the warm-up is reused) once the settings are right.
     """
-    if round_index != 2 or not cfg.orchestration.approve_after_warmup:
+    if state.round_index != 2 or not cfg.orchestration.approve_after_warmup:
         return
     log = get_run_logger()
     marker = Path(run) / APPROVAL_FILE
@@ -104,7 +111,7 @@ def approve_after_warmup(cfg: RunConfig, run: Path, round_index: int, rows: list
     if marker.exists() and json.loads(marker.read_text()).get("config") == fingerprint:
         log.info("selection rounds approved earlier (%s)", marker)
         return
-    plan = planned_rounds(cfg, step, final_step)
+    plan = planned_rounds(state)
     create_markdown_artifact(
         key=artifact_key(run, "approval"), markdown=report(cfg, rows, plan), description="Waiting for approval"
     )

@@ -163,6 +163,84 @@ def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
     return out, round(time.monotonic() - started, 3)
 
 
+def _select(
+    plan: RoundPlan, cfg: RunConfig, rdir: Path, prepared: PreparedData, setup: RunSetup, rounds: RoundsSoFar
+) -> tuple[StageRecord, float]:
+    """Commit the warm-up pool of a warm-up round, or select the round's budget (PROGRESS §3.3); timed."""
+    last, probes = rounds.last, rounds.probes
+    common = dict(
+        selected_before=last,
+        remaining_before=last,
+        n_samples=setup.n,
+        round_index=plan.index,
+        step=plan.from_step,
+        out_dir=rdir / "select",
+    )
+    if plan.kind == "warmup":
+        return _timed(run_stage, commit_warmup_stage, pools=prepared.pools, pool_name=plan.pool, **common)
+    return _timed(
+        run_stage,
+        select_stage,
+        settings=cfg.selection,
+        budget=plan.budget,
+        seed=cfg.seed,
+        annotation=prepared.annotation,
+        acc_prev=probes[-2],
+        acc_now=probes[-1],
+        coincide_order=setup.coincide_order,
+        **common,
+    )
+
+
+def _probe_samples_per_cluster(plan: RoundPlan, cfg: RunConfig) -> int | None:
+    """Samples per cluster the round's probe answers (``docs/algorithm.md#probe-and-judge``): None = all of the
+    selection at a warm-up probe of the selected set, 0 = no probe for strategies that never read it."""
+    held_out = cfg.probe.source == "held_out"
+    spc = None if plan.kind == "warmup" and not held_out else cfg.probe.samples_per_cluster
+    if not (cfg.probe.all_strategies or cfg.selection.strategy in PROBING_STRATEGIES):
+        spc = 0
+    return spc
+
+
+def _train_and_probe(
+    plan: RoundPlan,
+    cfg: RunConfig,
+    rdir: Path,
+    prepared: PreparedData,
+    setup: RunSetup,
+    start: StageRecord,
+    commit: StageRecord,
+    to_step: int,
+) -> tuple[StageRecord, StageRecord, dict[str, float]]:
+    """Train from ``start`` on the committed samples to ``to_step``, then probe the checkpoint (PROGRESS §3.2)."""
+    trained, t_train = _timed(
+        run_stage,
+        train_stage,
+        start=start,
+        samples=commit,
+        manifest=prepared.manifest,
+        target_step=to_step,
+        settings=setup.training,
+        round_index=plan.index,
+        out_dir=rdir / "train",
+    )
+    probe, t_probe = _timed(
+        run_stage,
+        probe_stage,
+        checkpoint=trained,
+        selected=commit,
+        annotation=prepared.annotation,
+        manifest=prepared.manifest,
+        samples_per_cluster=_probe_samples_per_cluster(plan, cfg),
+        seed=cfg.seed if cfg.probe.source == "held_out" else cfg.seed + plan.index,
+        settings=setup.probe,
+        round_index=plan.index,
+        to_step=to_step,
+        out_dir=rdir / "probe",
+    )
+    return trained, probe, {"train": t_train, "probe": t_probe}
+
+
 def run_round(
     plan: RoundPlan,
     cfg: RunConfig,
@@ -173,63 +251,13 @@ def run_round(
 ) -> RoundOutcome:
     """Select (or commit a warm-up pool), train to the round's step, probe: one round of PROGRESS §3.4."""
     rdir = round_dir(run, plan.index)
-    last, probes, checkpoint = rounds.last, rounds.probes, rounds.checkpoint
-    common = dict(
-        selected_before=last,
-        remaining_before=last,
-        n_samples=setup.n,
-        round_index=plan.index,
-        step=plan.from_step,
-        out_dir=rdir / "select",
-    )
-    if plan.kind == "warmup":
-        commit, t_select = _timed(run_stage, commit_warmup_stage, pools=prepared.pools, pool_name=plan.pool, **common)
-    else:
-        commit, t_select = _timed(
-            run_stage,
-            select_stage,
-            settings=cfg.selection,
-            budget=plan.budget,
-            seed=cfg.seed,
-            annotation=prepared.annotation,
-            acc_prev=probes[-2],
-            acc_now=probes[-1],
-            coincide_order=setup.coincide_order,
-            **common,
-        )
+    commit, t_select = _select(plan, cfg, rdir, prepared, setup, rounds)
     to_step = plan.from_step + steps_for_new(commit.rows["new"], cfg.training.global_batch_size)
     if commit.rows["new"] == 0:
-        return RoundOutcome(commit, checkpoint, probes[-1] if probes else None, plan.from_step, {"select": t_select})
-    trained, t_train = _timed(
-        run_stage,
-        train_stage,
-        start=checkpoint,
-        samples=commit,
-        manifest=prepared.manifest,
-        target_step=to_step,
-        settings=setup.training,
-        round_index=plan.index,
-        out_dir=rdir / "train",
-    )
-    held_out = cfg.probe.source == "held_out"
-    spc = None if plan.kind == "warmup" and not held_out else cfg.probe.samples_per_cluster
-    if not (cfg.probe.all_strategies or cfg.selection.strategy in PROBING_STRATEGIES):
-        spc = 0
-    probe, t_probe = _timed(
-        run_stage,
-        probe_stage,
-        checkpoint=trained,
-        selected=commit,
-        annotation=prepared.annotation,
-        manifest=prepared.manifest,
-        samples_per_cluster=spc,
-        seed=cfg.seed if held_out else cfg.seed + plan.index,
-        settings=setup.probe,
-        round_index=plan.index,
-        to_step=to_step,
-        out_dir=rdir / "probe",
-    )
-    return RoundOutcome(commit, trained, probe, to_step, {"select": t_select, "train": t_train, "probe": t_probe})
+        probe_before = rounds.probes[-1] if rounds.probes else None
+        return RoundOutcome(commit, rounds.checkpoint, probe_before, plan.from_step, {"select": t_select})
+    trained, probe, seconds = _train_and_probe(plan, cfg, rdir, prepared, setup, rounds.checkpoint, commit, to_step)
+    return RoundOutcome(commit, trained, probe, to_step, {"select": t_select, **seconds})
 
 
 def _round_summary(row: dict, plan: RoundPlan, outcome: RoundOutcome, cfg: RunConfig) -> RoundSummary:
@@ -430,9 +458,7 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     progress_id = start_progress(str(run))
     while (plan := next_round(rounds.state)) is not None:
         started = time.monotonic()
-        approve_after_warmup(
-            cfg, run, plan.index, [s.model_dump() for s in rounds.summaries], plan.from_step, setup.final_step
-        )
+        approve_after_warmup(cfg, run, rounds.state, [s.model_dump() for s in rounds.summaries])
         outcome = run_round(plan, cfg, run, prepared, setup, rounds)
         for note in outcome.commit.meta.get("notes", []):
             log.info("round %d: %s", plan.index, note)

@@ -170,6 +170,55 @@ def _fmt(value: Any, spec: str) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)
 
 
+CLUSTER_TABLE_COLUMNS = (
+    "cluster",
+    "what it is",
+    "sample ids",
+    "accuracy before → after",
+    "relative change",
+    "probability",
+    "selected",
+    "pool left",
+)
+
+
+def _selection_scores(commit: StageRecord) -> pd.DataFrame:
+    """The selection's per-cluster scores by cluster id; empty for warm-up rounds and strategies without scores."""
+    if "clusters" in commit.files and Path(commit.files["clusters"]).exists():
+        return pd.read_parquet(commit.files["clusters"]).set_index("cluster_id")
+    return pd.DataFrame(index=pd.Index([], name="cluster_id"))
+
+
+def _score(scores: pd.DataFrame, name: str, cid: int) -> float | None:
+    """Score ``name`` of cluster ``cid``, None when the selection has none for it."""
+    if name in scores and cid in scores.index:
+        value = scores.at[cid, name]
+        return None if pd.isna(value) else float(value)
+    return None
+
+
+def _accuracy_before(cid: int, scores: pd.DataFrame, previous: pd.Series) -> float | None:
+    """Accuracy of cluster ``cid`` before the round: the selection's ``acc_now``, else the previous probe's."""
+    before = _score(scores, "acc_now", cid)
+    if before is None and cid in previous.index and not pd.isna(previous[cid]):
+        before = float(previous[cid])
+    return before
+
+
+def _picked_sample_ids(manifest: StageRecord, annotation_ids: np.ndarray, new_ids: np.ndarray) -> dict[int, list[str]]:
+    """Up to SAMPLE_IDS_SHOWN ids per cluster of the round's new samples, in the order the round lists them."""
+    picked_ids: dict[int, list[str]] = {}
+    if not new_ids.size:
+        return picked_ids
+    order = np.argsort(annotation_ids[new_ids], kind="stable")
+    ids = manifest_rows(manifest, new_ids[order], columns=("id",)).column("id").to_pylist()
+    for cid, sid in zip(annotation_ids[new_ids][order].tolist(), ids):
+        shown = picked_ids.setdefault(cid, [])
+        if len(shown) < SAMPLE_IDS_SHOWN:
+            shown.append(str(sid))
+    return picked_ids
+
+
 def round_cluster_table(
     commit: StageRecord,
     probe_after: StageRecord,
@@ -193,38 +242,20 @@ def round_cluster_table(
     previous = pd.Series(dtype="float64")
     if probe_before and Path(probe_before).exists():
         previous = read_accuracy_table(probe_before).set_index("cluster_id")["accuracy"]
-    scores = pd.DataFrame(index=pd.Index([], name="cluster_id"))
-    if "clusters" in commit.files and Path(commit.files["clusters"]).exists():
-        scores = pd.read_parquet(commit.files["clusters"]).set_index("cluster_id")
+    scores = _selection_scores(commit)
     probabilities = {int(c): float(p) for c, p in (commit.meta.get("probabilities") or {}).items()}
     quota = scores["quota"] if "quota" in scores else pd.Series(dtype="float64")
     clusters = sorted(
         set(np.flatnonzero(selected).tolist()) | set(after.index.tolist()) | set(quota[quota > 0].index.tolist())
     )
     descriptions = describe_clusters(manifest, annotation_ids) if manifest is not None else {}
-    picked_ids: dict[int, list[str]] = {}
-    if manifest is not None and new_ids.size:
-        order = np.argsort(annotation_ids[new_ids], kind="stable")
-        ids = manifest_rows(manifest, new_ids[order], columns=("id",)).column("id").to_pylist()
-        for cid, sid in zip(annotation_ids[new_ids][order].tolist(), ids):
-            shown = picked_ids.setdefault(cid, [])
-            if len(shown) < SAMPLE_IDS_SHOWN:
-                shown.append(str(sid))
-
-    def col(name: str, cid: int) -> float | None:
-        if name in scores and cid in scores.index:
-            value = scores.at[cid, name]
-            return None if pd.isna(value) else float(value)
-        return None
-
+    picked_ids = _picked_sample_ids(manifest, annotation_ids, new_ids) if manifest is not None else {}
     rows = []
     for cid in clusters:
-        before = col("acc_now", cid)
-        if before is None and cid in previous.index and not pd.isna(previous[cid]):
-            before = float(previous[cid])
+        before = _accuracy_before(cid, scores, previous)
         acc_after = float(after[cid]) if cid in after.index and not pd.isna(after[cid]) else None
-        rel = col("rel", cid)
-        prob = col("probability", cid)
+        rel = _score(scores, "rel", cid)
+        prob = _score(scores, "probability", cid)
         if prob is None:
             prob = probabilities.get(cid)
         rows.append(
@@ -239,19 +270,7 @@ def round_cluster_table(
                 "pool left": int(left[cid]) if cid < k else 0,
             }
         )
-    table = pd.DataFrame(
-        rows,
-        columns=[
-            "cluster",
-            "what it is",
-            "sample ids",
-            "accuracy before → after",
-            "relative change",
-            "probability",
-            "selected",
-            "pool left",
-        ],
-    )
+    table = pd.DataFrame(rows, columns=list(CLUSTER_TABLE_COLUMNS))
     return table.sort_values(["selected", "cluster"], ascending=[False, True]).reset_index(drop=True)
 
 
@@ -317,6 +336,50 @@ def budget_lines(commit: StageRecord, table: pd.DataFrame, run_dir: str) -> list
     return lines
 
 
+def _share_lines(shares: pd.DataFrame | None) -> list[str]:
+    """The round summary's table of new samples per concept family (none without evaluation labels)."""
+    if shares is None:
+        return []
+    lines = [
+        "",
+        "## Share of this round's samples per concept family (evaluation labels)",
+        "",
+        "| family | share |",
+        "|---|---|",
+    ]
+    return lines + [f"| {r.family} | {r.share:.1%} |" for r in shares.itertuples()]
+
+
+def _round_row(
+    round_index: int, step: int, next_step: int, commit: StageRecord, probe_meta: dict, seconds: float, round_dir: Path
+) -> dict:
+    """The round's row in the run report and the flow's round summary."""
+    accuracy = probe_meta.get("correct", 0) / max(probe_meta.get("n", 0) - probe_meta.get("unjudged", 0), 1)
+    return {
+        "round": round_index,
+        "strategy": commit.meta.get("strategy"),
+        "from_step": step,
+        "to_step": next_step,
+        "new": commit.rows["new"],
+        "selected": commit.rows["selected_until"],
+        "remaining": commit.rows["remaining_after"],
+        "probe_n": probe_meta.get("n", 0),
+        "probe_accuracy": round(accuracy, 4),
+        "seconds": round(seconds, 1),
+        "dir": str(round_dir),
+    }
+
+
+def _update_run_report(run_dir: str, round_index: int, row: dict, summary_id: str, clusters_id: str) -> None:
+    """Remember the round's row and artifact ids (round 0 starts afresh) and refresh ``<run>-summary``."""
+    published = _PUBLISHED.setdefault(run_dir, {})
+    if round_index == 0:
+        published.clear()
+    published[round_index] = {"row": row, "summary": summary_id, "clusters": clusters_id}
+    rows = [published[r]["row"] for r in sorted(published)]
+    upsert_markdown(artifact_key(run_dir, "summary"), run_report(run_dir, rows), "PROGRESS run (in progress)")
+
+
 @task(name="publish-round", task_run_name="publish[r={round_index}]")
 def publish_round(
     run_dir: str,
@@ -350,17 +413,8 @@ def publish_round(
         f"- final training loss: {_fmt(train.meta.get('final_loss'), '.4f')}",
         f"- time spent: {seconds:.1f} s",
     ]
-    for note in commit.meta.get("notes", []):
-        lines.append(f"- note: {note}")
-    if shares is not None:
-        lines += [
-            "",
-            "## Share of this round's samples per concept family (evaluation labels)",
-            "",
-            "| family | share |",
-            "|---|---|",
-        ]
-        lines += [f"| {r.family} | {r.share:.1%} |" for r in shares.itertuples()]
+    lines += [f"- note: {note}" for note in commit.meta.get("notes", [])]
+    lines += _share_lines(shares)
     lines += ["", f"Files of this round: `{round_dir}` (select/, train/, probe/)"]
     clusters_id = upsert_table(
         round_key(run_dir, round_index, "clusters"),
@@ -372,26 +426,8 @@ def publish_round(
     summary_id = upsert_markdown(
         round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary"
     )
-    accuracy = probe_meta.get("correct", 0) / max(probe_meta.get("n", 0) - probe_meta.get("unjudged", 0), 1)
-    row = {
-        "round": round_index,
-        "strategy": commit.meta.get("strategy"),
-        "from_step": step,
-        "to_step": next_step,
-        "new": commit.rows["new"],
-        "selected": commit.rows["selected_until"],
-        "remaining": commit.rows["remaining_after"],
-        "probe_n": probe_meta.get("n", 0),
-        "probe_accuracy": round(accuracy, 4),
-        "seconds": round(seconds, 1),
-        "dir": str(round_dir),
-    }
-    published = _PUBLISHED.setdefault(run_dir, {})
-    if round_index == 0:
-        published.clear()
-    published[round_index] = {"row": row, "summary": summary_id, "clusters": clusters_id}
-    rows = [published[r]["row"] for r in sorted(published)]
-    upsert_markdown(artifact_key(run_dir, "summary"), run_report(run_dir, rows), "PROGRESS run (in progress)")
+    row = _round_row(round_index, step, next_step, commit, probe_meta, seconds, round_dir)
+    _update_run_report(run_dir, round_index, row, summary_id, clusters_id)
     return row
 
 

@@ -478,22 +478,10 @@ def skip_counts(manifest: StageRecord, features: StageRecord | None = None) -> d
     return counts
 
 
-def finish_run(
-    run_dir: str | Path,
-    records: Iterable[StageRecord | str | Path | None],
-    keep: Iterable[str | Path] = (),
-    sweep: Iterable[str] | None = None,
-) -> dict:
-    """Write ``run_manifest.json`` (every current output and its key) and move everything else to ``stale/``.
-
-    ``sweep`` limits the move to these subfolders of ``run_dir`` (default: the whole run directory).
-
-    Files under ``run_dir`` that no current stage wrote (round directories beyond a shorter schedule, an
-    older export) are moved, never deleted, to ``stale/<time>/`` keeping their relative paths
-    (docs/architecture.md#a-round-through-the-files).
-    """
-    run = Path(run_dir).resolve()
-    current: set[Path] = {run / RUN_MANIFEST, *(Path(p).resolve() for p in keep)}
+def _manifest_entries(records: Iterable[StageRecord | str | Path | None]) -> tuple[list[dict], set[Path]]:
+    """One ``run_manifest.json`` entry per verified stage directory (first occurrence wins), and every file
+    those stages own, nested stage markers and their outputs included (docs/architecture.md#stage-contract)."""
+    current: set[Path] = set()
     entries = []
     seen: set[str] = set()
     for item in records:
@@ -521,11 +509,15 @@ def finish_run(
                 "files": files,
             }
         )
-    write_json({"run_dir": str(run), "stages": entries}, run / RUN_MANIFEST, indent=1)
+    return entries, current
+
+
+def _move_stale(run: Path, roots: list[Path], current: set[Path]) -> tuple[list[str], Path]:
+    """Move every file under ``roots`` that is not in ``current`` to ``stale/<time>/`` (same relative path),
+    then remove the directories left empty; returns the moved paths relative to ``run`` and the target."""
     stale_root = run / STALE_DIR
     target = stale_root / time.strftime("%Y%m%d-%H%M%S")
     moved: list[str] = []
-    roots = [run] if sweep is None else [run / name for name in sweep]
     for path in sorted(p for root in roots if root.exists() for p in root.rglob("*")):
         if not path.is_file() or _inside(path, stale_root) or path.resolve() in current:
             continue
@@ -538,4 +530,27 @@ def finish_run(
     for d in sorted((p for p in dirs if p.is_dir() and not _inside(p, stale_root)), reverse=True):
         if not any(d.iterdir()):
             d.rmdir()
+    return moved, target
+
+
+def finish_run(
+    run_dir: str | Path,
+    records: Iterable[StageRecord | str | Path | None],
+    keep: Iterable[str | Path] = (),
+    sweep: Iterable[str] | None = None,
+) -> dict:
+    """Write ``run_manifest.json`` (every current output and its key) and move everything else to ``stale/``.
+
+    ``sweep`` limits the move to these subfolders of ``run_dir`` (default: the whole run directory).
+
+    Files under ``run_dir`` that no current stage wrote (round directories beyond a shorter schedule, an
+    older export) are moved, never deleted, to ``stale/<time>/`` keeping their relative paths
+    (docs/architecture.md#a-round-through-the-files).
+    """
+    run = Path(run_dir).resolve()
+    entries, owned = _manifest_entries(records)
+    current: set[Path] = {run / RUN_MANIFEST, *(Path(p).resolve() for p in keep), *owned}
+    write_json({"run_dir": str(run), "stages": entries}, run / RUN_MANIFEST, indent=1)
+    roots = [run] if sweep is None else [run / name for name in sweep]
+    moved, target = _move_stale(run, roots, current)
     return {"manifest": str(run / RUN_MANIFEST), "stale_moved": len(moved), "stale_dir": str(target) if moved else None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ from flows.entry import build_config, resolve_run_dir, run_selection
 from progress_core.config import load_config
 from progress_core.config_doc import commented_yaml, describe
 from progress_core.errors import ConfigError
+from progress_core.schedule import initial_state
 from tasks.artifacts import artifact_key, budget_lines, png_data_uri, round_key
 from tasks.stage import StageRecord
 
@@ -73,18 +75,28 @@ def test_config_command_prints_the_comments(capsys):
 
 
 def test_planned_rounds_after_the_warmup():
-    cfg = load_config(overrides={"selection": {"selection_num": 48}, "training": {"global_batch_size": 8}})
-    plan = planned_rounds(cfg, step=15, final_step=33)
-    assert plan == {
-        "rounds": 3,
-        "samples_per_round": 48,
-        "steps_per_round": 6,
+    cfg = load_config(overrides={"selection": {"selection_num": 50}, "training": {"global_batch_size": 8}})
+    state = replace(initial_state(cfg, 10_000), round_index=2, step=15, final_step=29, remaining=9_000)
+    # 50 → 48 per round (6 steps); 14 steps = 112 samples left: 48, then 64 whose tail of 16 < 0.5 * 48 merges
+    assert planned_rounds(state) == {
+        "rounds": 2,
         "from_step": 15,
-        "final_step": 33,
-        "samples": 144,
+        "to_step": 29,
+        "samples": 112,
+        "per_round": [
+            {"round": 2, "samples": 48, "from_step": 15, "to_step": 21},
+            {"round": 3, "samples": 64, "from_step": 21, "to_step": 29},
+        ],
     }
-    capped = load_config(overrides={"schedule": {"max_rounds": 1}, "training": {"global_batch_size": 8}})
-    assert planned_rounds(capped, 15, 400)["rounds"] == 1
+    capped = load_config(
+        overrides={
+            "schedule": {"max_rounds": 1},
+            "selection": {"selection_num": 48},
+            "training": {"global_batch_size": 8},
+        }
+    )
+    state = replace(initial_state(capped, 10_000), round_index=2, step=15, final_step=400, remaining=9_000)
+    assert planned_rounds(state)["per_round"] == [{"round": 2, "samples": 48, "from_step": 15, "to_step": 21}]
 
 
 def test_artifact_keys_sort_in_round_order(tmp_path):
