@@ -45,14 +45,29 @@ def _run(config, home, typed: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_run_waits_for_the_answer_typed_on_the_terminal(tmp_path):
+def test_run_waits_for_the_answer_typed_on_the_terminal_and_runs_the_rounds_on_its_card(tmp_path):
     run_dir = tmp_path / "run"
-    cfg = small_config(run_dir, **{"orchestration.approve_after_warmup": True, "schedule.max_rounds": 1})
+    cfg = small_config(run_dir, **{"orchestration.approve_after_warmup": True, "schedule.final_step": 29})
     config = write_config(cfg, tmp_path / "run.yaml")
 
     approved = _run(config, tmp_path / "home", "y\n")
     assert approved.returncode == 0, approved.stderr[-3000:]
-    assert "Approve the planned selection rounds" in approved.stderr and "## Planned" in approved.stderr
-    assert json.loads((run_dir / "approval.json").read_text())["plan"]["from_step"] > 0
+    card = approved.stderr
+    assert "Approve the planned selection rounds" in card and "## Planned" in card
+    # W1 = 80 and W2 = 40 of 400 samples train 10 + 5 steps at batch 8; FINAL_STEP 29 leaves 14 steps = 112
+    # samples: a round of 48, then 64, the tail of 16 (< 0.5 * 48) merged into it.
+    assert "| 2 | 15→21 | 48 |" in card and "| 3 | 21→29 | 64 |" in card
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    executed = [
+        {"round": r["round"], "samples": r["new"], "from_step": r["from_step"], "to_step": r["to_step"]}
+        for r in summary["rounds"][2:]
+    ]
+    plan = json.loads((run_dir / "approval.json").read_text())["plan"]
+    assert (
+        plan["per_round"]
+        == executed
+        == [
+            {"round": 2, "samples": 48, "from_step": 15, "to_step": 21},
+            {"round": 3, "samples": 64, "from_step": 21, "to_step": 29},
+        ]
+    )

@@ -1,13 +1,12 @@
 """The approval between warm-up and selection (flows/approval.py): the planned rounds at the edges of the
 schedule, the report's content, and when the flow pauses, stops or goes on (Prefect's pause, logger and artifact
-calls replaced by recorders); one real paused run shows the card's rounds are the rounds the run then executes
+calls replaced by recorders). A real paused run, answered on the terminal, is in tests/test_cli_approval.py
 (docs/architecture.md#orchestration, docs/algorithm.md#round-schedule)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import replace
 
 import pytest
@@ -16,7 +15,6 @@ import flows.approval as approval_mod
 from flows.approval import APPROVAL_FILE, Approval, ApprovalDeclined, approve_after_warmup, planned_rounds, report
 from progress_core.config import load_config
 from progress_core.schedule import initial_state
-from tasks.artifacts import artifact_key
 
 ROWS = [
     {"round": 0, "from_step": 0, "to_step": 2, "new": 16, "probe_accuracy": 0.25, "seconds": 1.5},
@@ -134,57 +132,3 @@ def test_a_declined_plan_stops_the_run_with_the_comment(tmp_path, prefect_calls)
     assert not (tmp_path / APPROVAL_FILE).exists()
     with pytest.raises(ApprovalDeclined, match="no comment"):
         approve_after_warmup(cfg, tmp_path, _after_warmup(cfg, 3, 9), ROWS)
-
-
-def _wait_for_card(api_url: str, key: str, proc, timeout_s: float = 400):
-    """The approval artifact ``key`` once the run has published it (the run is paused then)."""
-    from flowkit import client_call
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = client_call(
-            api_url, lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-        )
-        if found:
-            return found[0]
-        time.sleep(2)
-    raise AssertionError(f"no artifact {key} (run exit code {proc.poll()})")
-
-
-@pytest.mark.slow
-def test_the_card_shows_the_rounds_the_run_then_executes(prefect_api, tmp_path):
-    from flowkit import run_cli, small_config, write_config
-    from prefect.flow_runs import resume_flow_run
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    api_url, home = prefect_api
-    run_dir = tmp_path / "approval-card"
-    cfg = small_config(run_dir, **{"schedule.final_step": 29, "orchestration.approve_after_warmup": True})
-    log = tmp_path / "run.log"
-    proc = run_cli(write_config(cfg, tmp_path / "run.yaml"), api_url, home, log)
-    try:
-        card = _wait_for_card(api_url, artifact_key(run_dir, "approval"), proc)
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            resume_flow_run(card.flow_run_id, run_input={"approve": True, "comment": "as planned"})
-        assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    executed = [
-        {"round": r["round"], "samples": r["new"], "from_step": r["from_step"], "to_step": r["to_step"]}
-        for r in summary["rounds"][2:]
-    ]
-    plan = json.loads((run_dir / APPROVAL_FILE).read_text())["plan"]
-    # W1 = 80 and W2 = 40 of 400 samples train 10 + 5 steps at batch 8; FINAL_STEP 29 leaves 14 steps = 112
-    # samples: a round of 48, then 64, the tail of 16 (< 0.5 * 48) merged into it.
-    assert (
-        plan["per_round"]
-        == executed
-        == [
-            {"round": 2, "samples": 48, "from_step": 15, "to_step": 21},
-            {"round": 3, "samples": 64, "from_step": 21, "to_step": 29},
-        ]
-    )
-    assert "| 2 | 15→21 | 48 |" in card.data and "| 3 | 21→29 | 64 |" in card.data
