@@ -190,13 +190,26 @@ def code_modules(root: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+class _WithoutProse(ast.NodeTransformer):
+    def visit_Expr(self, node: ast.Expr) -> ast.Expr | None:
+        is_text = isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        return None if is_text else node
+
+
+def source_fingerprint(source: str) -> str:
+    """Hash of a module's code without its prose: docstrings, comments, line numbers and layout do not count,
+    so editing documentation keeps every cached stage (docs/architecture.md#stage-contract)."""
+    tree = _WithoutProse().visit(ast.parse(source))
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
 @functools.cache
 def _source_hash(module_name: str) -> str:
     path = _module_file(module_name)
     if path is None:
         module = sys.modules.get(module_name) or importlib.import_module(module_name)
-        return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+        return source_fingerprint(inspect.getsource(module))
+    return source_fingerprint(path.read_text(encoding="utf-8"))
 
 
 def code_version(modules: Iterable[str]) -> str:

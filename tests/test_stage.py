@@ -153,6 +153,16 @@ def test_code_version_follows_the_import_graph():
     assert "flows.progress_selection" not in probe_stage.fn.stage_spec.modules
 
 
+def test_code_version_ignores_prose_but_not_code():
+    from tasks.stage import source_fingerprint
+
+    base = 'def f(x):\n    """Why."""\n    return x * 2  # double\n\nLIMIT = 3\n"""The limit."""\n'
+    prose = '# new header\n\n\ndef f(x):\n    """Why, said better."""\n    return (x * 2)\n\nLIMIT = 3\n'
+    assert source_fingerprint(prose) == source_fingerprint(base)
+    for code in (base.replace("x * 2", "x * 3"), base.replace("LIMIT = 3", "LIMIT = 4"), base + "g = f\n"):
+        assert source_fingerprint(code) != source_fingerprint(base)
+
+
 def test_image_fingerprint_sees_changed_images(tmp_path):
     """Hole 3: a fixed or replaced image changes the manifest's fingerprint (size+mtime, or content)."""
     import json
