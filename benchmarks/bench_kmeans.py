@@ -55,7 +55,7 @@ def timed(fn, *args, **kwargs) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--n", type=int, default=100_000)
@@ -72,6 +72,52 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.n, args.d, args.k = 20_000, 64, 200
+    return args
+
+
+def _interleaved_runs(x: np.ndarray, k: int, niter: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of each repetition of raw faiss and ours, alternating which goes first, after a warm-up run."""
+    ours, raw = [], []
+    timed(raw_faiss, x, k, 1, 1234)
+    for r in range(repeats):
+        runs = [
+            (raw, lambda: raw_faiss(x, k, niter, 1234)),
+            (ours, lambda: spherical_kmeans(x, k, niter=niter, seed=1234, gpu=False)),
+        ]
+        for sink, fn in runs[:: 1 if r % 2 == 0 else -1]:
+            sink.append(timed(fn))
+    return ours, raw
+
+
+def _added_work_seconds(x: np.ndarray, k: int) -> float:
+    """Our checks on top of raw faiss, timed alone: the float32 view, the finite check and the collapse check."""
+    res = spherical_kmeans(x, k, niter=1, seed=1234, gpu=False)
+    t = time.perf_counter()
+    view = np.ascontiguousarray(x, dtype=np.float32)
+    _check_finite(view)
+    _check_collapse(KMeansResult(res.centroids, res.assignment, res.similarity))
+    return time.perf_counter() - t
+
+
+def _time_sklearn(x: np.ndarray, k: int, niter: int) -> float:
+    from sklearn.cluster import KMeans
+
+    return timed(
+        KMeans(
+            n_clusters=k,
+            n_init=1,
+            init="random",
+            max_iter=niter,
+            tol=0.0,
+            random_state=1234,
+            algorithm="lloyd",
+        ).fit,
+        x,
+    )
+
+
+def main() -> None:
+    args = _parse_args()
     import faiss
 
     x = clustered_data(args.n, args.d, args.k)
@@ -79,15 +125,7 @@ def main() -> None:
         f"data {args.n} x {args.d} float32, k={args.k}, niter={args.niter}, seed=1234, "
         f"faiss {faiss.__version__} threads={faiss.omp_get_max_threads()}"
     )
-    ours, raw = [], []
-    timed(raw_faiss, x, args.k, 1, 1234)
-    for r in range(args.repeats):
-        runs = [
-            (raw, lambda: raw_faiss(x, args.k, args.niter, 1234)),
-            (ours, lambda: spherical_kmeans(x, args.k, niter=args.niter, seed=1234, gpu=False)),
-        ]
-        for sink, fn in runs[:: 1 if r % 2 == 0 else -1]:
-            sink.append(timed(fn))
+    ours, raw = _interleaved_runs(x, args.k, args.niter, args.repeats)
     t_raw, t_ours = min(raw), min(ours)
     print(f"raw faiss.Kmeans + search : {t_raw:8.2f} s   (runs: {', '.join(f'{t:.2f}' for t in raw)})")
     print(f"spherical_kmeans (ours)   : {t_ours:8.2f} s   (runs: {', '.join(f'{t:.2f}' for t in ours)})")
@@ -95,31 +133,13 @@ def main() -> None:
         f"ours / raw faiss          : {t_ours / t_raw:8.3f}   (overhead {100 * (t_ours / t_raw - 1):+.1f}%, target <= +5%)"
     )
     summary("bench_kmeans", f"{args.n} x {args.d}, k={args.k}, ours / raw faiss", f"{t_ours:.2f} s / {t_raw:.2f} s")
-    res = spherical_kmeans(x, args.k, niter=1, seed=1234, gpu=False)
-    t = time.perf_counter()
-    view = np.ascontiguousarray(x, dtype=np.float32)
-    _check_finite(view)
-    _check_collapse(KMeansResult(res.centroids, res.assignment, res.similarity))
-    t_extra = time.perf_counter() - t
+    t_extra = _added_work_seconds(x, args.k)
     print(
         f"our added work alone (float32 view, finite check, collapse check): {1000 * t_extra:.1f} ms "
         f"= {100 * t_extra / t_raw:.2f}% of raw faiss (the whole-call ratio above also carries machine noise)"
     )
     if not args.skip_sklearn:
-        from sklearn.cluster import KMeans
-
-        t_sk = timed(
-            KMeans(
-                n_clusters=args.k,
-                n_init=1,
-                init="random",
-                max_iter=args.niter,
-                tol=0.0,
-                random_state=1234,
-                algorithm="lloyd",
-            ).fit,
-            x,
-        )
+        t_sk = _time_sklearn(x, args.k, args.niter)
         print(f"sklearn KMeans (lloyd, n_init=1, max_iter={args.niter}): {t_sk:8.2f} s")
         print(f"sklearn / ours            : {t_sk / t_ours:8.2f}x")
 

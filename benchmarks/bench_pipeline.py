@@ -444,7 +444,7 @@ def _fmt_mb(mb: float | None) -> str:
     return "" if mb is None else f"{mb:,.0f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=REAL_ROWS, help="pool size (default: LLaVA-665K's 665,298)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep data and outputs here (data is reused)")
@@ -457,20 +457,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baselines", action="store_true", help="skip the original scripts' way")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _context(args: argparse.Namespace, work: Path, run: Path) -> dict[str, Any]:
+    """What every stage reads: paths, seed, k-means settings and the sizes scaled to ``--rows``."""
     from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
 
     n = args.rows
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_pipeline_")
-        work = Path(tmp.name)
-    else:
-        work = args.workdir.resolve()
-    run = work / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    ctx: dict[str, Any] = {
+    return {
         "work": str(work),
         "run": str(run),
         "seed": args.seed,
@@ -483,6 +478,96 @@ def main(argv: list[str] | None = None) -> int:
         },
         "selection_num": args.selection_num or max(1, round(PAPER_SELECTION_NUM * n / REAL_ROWS)),
     }
+
+
+def _run_stages(ctx: dict[str, Any], with_baselines: bool) -> dict[str, dict]:
+    """Each stage in its own process (and its original way beside it), one printed row per stage."""
+    stages: dict[str, dict] = {}
+    print(f"{'stage':<20} {'ours s':>8} {'peak MB':>8} | {'orig. s':>8} {'peak MB':>8} | note", flush=True)
+    for name, _ in STAGES:
+        ours = run_isolated(run_stage, name, ctx, preload=PRELOAD)
+        out, note = ours["out"]
+        ctx.update(out)
+        row = {"seconds": ours["seconds"], "peak_mb": ours["peak_mb"], "note": note}
+        if name in BASELINES and with_baselines:
+            base = run_isolated(BASELINES[name], ctx, preload=PRELOAD)
+            row.update(original_seconds=base["seconds"], original_peak_mb=base["peak_mb"], original_note=base["out"])
+        stages[name] = row
+        print(
+            f"{name:<20} {row['seconds']:8.1f} {_fmt_mb(row['peak_mb']):>8} | "
+            f"{row.get('original_seconds', float('nan')):8.1f} {_fmt_mb(row.get('original_peak_mb')):>8} | {note}",
+            flush=True,
+        )
+    return stages
+
+
+def _cached_rerun(ctx: dict[str, Any], run: Path) -> dict[str, Any]:
+    """Every stage again in one process; counts the stage outputs whose marker changed (recomputed)."""
+    before = markers(run)
+    t0 = time.perf_counter()
+    cached = run_isolated(run_all, ctx, preload=PRELOAD)
+    cached_wall = time.perf_counter() - t0
+    after = markers(run)
+    recomputed = sum(1 for p, m in after.items() if before.get(p) != m)
+    cached_s = sum(cached["out"].values())
+    print(
+        f"{'cached re-run':<20} {cached_s:8.1f} {_fmt_mb(cached['peak_mb']):>8} | "
+        f"{'':>8} {'':>8} | {recomputed} of {len(after)} stage outputs recomputed; "
+        f"{cached_wall:.1f} s with process start and imports",
+        flush=True,
+    )
+    return {
+        "cached_seconds": cached_s,
+        "cached_wall_seconds": cached_wall,
+        "cached_peak_mb": cached["peak_mb"],
+        "cached_recomputed": recomputed,
+        "stage_markers": len(after),
+    }
+
+
+def _largest_peak_outside_kmeans(results: dict[str, Any]) -> tuple[float, str]:
+    return max((r["peak_mb"], name) for name, r in results["stages"].items() if name not in KMEANS_STAGES)
+
+
+def _report_goals(results: dict[str, Any]) -> None:
+    """Prints whether each goal (end to end, memory outside k-means, cached share) is met; adds the figures."""
+    total, cached_wall = results["end_to_end_seconds"], results["cached_wall_seconds"]
+    worst = _largest_peak_outside_kmeans(results)
+    kmeans_peak = max(results["stages"][s]["peak_mb"] for s in KMEANS_STAGES)
+    print(
+        f"\nend to end {total:.0f} s (goal < {END_TO_END_GOAL_S} s): {'met' if total < END_TO_END_GOAL_S else 'NOT met'}"
+    )
+    print(
+        f"largest peak outside k-means {worst[0]:,.0f} MB ({worst[1]}; goal < {MEMORY_GOAL_MB} MB): "
+        f"{'met' if worst[0] < MEMORY_GOAL_MB else 'NOT met'}; k-means peak {kmeans_peak:,.0f} MB"
+    )
+    share = cached_wall / total if total else float("nan")
+    print(
+        f"cached re-run {cached_wall:.1f} s = {100 * share:.1f}% of the first run (goal < 2%): {'met' if share < CACHED_GOAL else 'NOT met'}"
+    )
+    results.update(max_peak_mb_outside_kmeans=worst[0], kmeans_peak_mb=kmeans_peak, cached_share=share)
+
+
+def _summary_lines(results: dict[str, Any]) -> None:
+    worst = _largest_peak_outside_kmeans(results)
+    share = results["cached_share"]
+    summary("bench_pipeline", f"end to end, {results['rows']} rows", f"{results['end_to_end_seconds']:.0f} s")
+    summary("bench_pipeline", "peak RSS outside k-means", f"{worst[0]:,.0f} MB ({worst[1]})")
+    summary("bench_pipeline", "cached re-run", f"{results['cached_wall_seconds']:.1f} s ({100 * share:.1f}%)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    n = args.rows
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_pipeline_")
+        work = Path(tmp.name)
+    else:
+        work = args.workdir.resolve()
+    run = work / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    ctx = _context(args, work, run)
     results: dict[str, Any] = {"rows": n, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "stages": {}}
     try:
         gen = run_phase(generate, str(work), n, args.seed)
@@ -494,65 +579,14 @@ def main(argv: list[str] | None = None) -> int:
         idle = run_isolated(stage_idle, ctx, preload=PRELOAD)
         results["idle_mb"] = idle["peak_mb"]
         print(f"import floor of every stage process: {idle['peak_mb']:,.0f} MB peak RSS", flush=True)
-        print(f"{'stage':<20} {'ours s':>8} {'peak MB':>8} | {'orig. s':>8} {'peak MB':>8} | note", flush=True)
-        for name, _ in STAGES:
-            ours = run_isolated(run_stage, name, ctx, preload=PRELOAD)
-            out, note = ours["out"]
-            ctx.update(out)
-            row = {"seconds": ours["seconds"], "peak_mb": ours["peak_mb"], "note": note}
-            if name in BASELINES and not args.no_baselines:
-                base = run_isolated(BASELINES[name], ctx, preload=PRELOAD)
-                row.update(
-                    original_seconds=base["seconds"], original_peak_mb=base["peak_mb"], original_note=base["out"]
-                )
-            results["stages"][name] = row
-            print(
-                f"{name:<20} {row['seconds']:8.1f} {_fmt_mb(row['peak_mb']):>8} | "
-                f"{row.get('original_seconds', float('nan')):8.1f} {_fmt_mb(row.get('original_peak_mb')):>8} | {note}",
-                flush=True,
-            )
-        total = sum(r["seconds"] for r in results["stages"].values())
-        before = markers(run)
-        t0 = time.perf_counter()
-        cached = run_isolated(run_all, ctx, preload=PRELOAD)
-        cached_wall = time.perf_counter() - t0
-        after = markers(run)
-        recomputed = sum(1 for p, m in after.items() if before.get(p) != m)
-        cached_s = sum(cached["out"].values())
-        results.update(
-            end_to_end_seconds=total,
-            cached_seconds=cached_s,
-            cached_wall_seconds=cached_wall,
-            cached_peak_mb=cached["peak_mb"],
-            cached_recomputed=recomputed,
-            stage_markers=len(after),
-        )
-        print(
-            f"{'cached re-run':<20} {cached_s:8.1f} {_fmt_mb(cached['peak_mb']):>8} | "
-            f"{'':>8} {'':>8} | {recomputed} of {len(after)} stage outputs recomputed; "
-            f"{cached_wall:.1f} s with process start and imports",
-            flush=True,
-        )
-        worst = max((r["peak_mb"], name) for name, r in results["stages"].items() if name not in KMEANS_STAGES)
-        kmeans_peak = max(results["stages"][s]["peak_mb"] for s in KMEANS_STAGES)
-        print(
-            f"\nend to end {total:.0f} s (goal < {END_TO_END_GOAL_S} s): {'met' if total < END_TO_END_GOAL_S else 'NOT met'}"
-        )
-        print(
-            f"largest peak outside k-means {worst[0]:,.0f} MB ({worst[1]}; goal < {MEMORY_GOAL_MB} MB): "
-            f"{'met' if worst[0] < MEMORY_GOAL_MB else 'NOT met'}; k-means peak {kmeans_peak:,.0f} MB"
-        )
-        share = cached_wall / total if total else float("nan")
-        print(
-            f"cached re-run {cached_wall:.1f} s = {100 * share:.1f}% of the first run (goal < 2%): {'met' if share < CACHED_GOAL else 'NOT met'}"
-        )
-        results.update(max_peak_mb_outside_kmeans=worst[0], kmeans_peak_mb=kmeans_peak, cached_share=share)
+        results["stages"] = _run_stages(ctx, with_baselines=not args.no_baselines)
+        results["end_to_end_seconds"] = sum(r["seconds"] for r in results["stages"].values())
+        results.update(_cached_rerun(ctx, run))
+        _report_goals(results)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2))
-        summary("bench_pipeline", f"end to end, {n} rows", f"{total:.0f} s")
-        summary("bench_pipeline", "peak RSS outside k-means", f"{worst[0]:,.0f} MB ({worst[1]})")
-        summary("bench_pipeline", "cached re-run", f"{cached_wall:.1f} s ({100 * share:.1f}%)")
+        _summary_lines(results)
     finally:
         if tmp is not None:
             tmp.cleanup()

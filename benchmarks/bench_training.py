@@ -49,24 +49,20 @@ def _load_split(pool, json_path: Path, split: str) -> pd.DataFrame:
     return df
 
 
-def bench_speed(init: Path, train_df: pd.DataFrame, eval_df: pd.DataFrame, image_root: Path, cfg, pcfg, work: Path):
+def _bare_torch_steps_per_s(init: Path, train_df: pd.DataFrame, image_root: Path, cfg, steps: int) -> float:
+    """The baseline: forward/backward/AdamW on batches collated before the clock starts (3 warm-up steps)."""
     import torch
 
-    from progress_core.accuracy import generate_answers
     from progress_core.model import load_model
-    from progress_core.training import Encoder, samples_rows, train_to_step
+    from progress_core.training import Encoder, samples_rows
 
-    steps = 40
+    batch = cfg.global_batch_size
     model, processor = load_model(init, cfg.model)
     encoder = Encoder(processor, model.config.image_token_index, image_root, 512)
-    rows = samples_rows(train_df.iloc[: steps * cfg.global_batch_size])
+    rows = samples_rows(train_df.iloc[: steps * batch])
     enc = [encoder.encode(c, im, i) for i, (c, im) in enumerate(rows)]
     batches = [
-        encoder.collate(
-            enc[k * cfg.global_batch_size : (k + 1) * cfg.global_batch_size],
-            list(range(k * cfg.global_batch_size, (k + 1) * cfg.global_batch_size)),
-        )
-        for k in range(steps)
+        encoder.collate(enc[k * batch : (k + 1) * batch], list(range(k * batch, (k + 1) * batch))) for k in range(steps)
     ]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for b in batches[:3]:
@@ -77,20 +73,34 @@ def bench_speed(init: Path, train_df: pd.DataFrame, eval_df: pd.DataFrame, image
         model(**b).loss.backward()
         opt.step()
         opt.zero_grad()
-    base_train = steps / (time.perf_counter() - t)
+    return steps / (time.perf_counter() - t)
 
+
+def _probe_samples_per_s(init: Path, probe_rows: pd.DataFrame, image_root: Path, pcfg) -> tuple[float, object]:
+    """Samples per second of ``generate_answers`` under ``pcfg``, and the answers."""
+    from progress_core.accuracy import generate_answers
+
+    t = time.perf_counter()
+    answers = generate_answers(init, probe_rows, image_root, pcfg, progress=False)
+    return len(probe_rows) / (time.perf_counter() - t), answers
+
+
+def bench_speed(init: Path, train_df: pd.DataFrame, eval_df: pd.DataFrame, image_root: Path, cfg, pcfg, work: Path):
+    """Train steps/s against a bare torch loop and probe samples/s batched against one at a time, side by side
+    (docs/algorithm.md#training, docs/algorithm.md#probe-and-judge)."""
+    import torch
+
+    from progress_core.training import train_to_step
+
+    steps = 40
+    base_train = _bare_torch_steps_per_s(init, train_df, image_root, cfg, steps)
     t = time.perf_counter()
     train_to_step(init, train_df, image_root, steps, cfg, work / "speed", progress=False)
     ours_train = steps / (time.perf_counter() - t)
 
     probe_rows = eval_df.iloc[:64]
-    one = pcfg.model_copy(update={"batch_size": 1})
-    t = time.perf_counter()
-    a1 = generate_answers(init, probe_rows, image_root, one, progress=False)
-    base_probe = len(probe_rows) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    a2 = generate_answers(init, probe_rows, image_root, pcfg, progress=False)
-    ours_probe = len(probe_rows) / (time.perf_counter() - t)
+    base_probe, a1 = _probe_samples_per_s(init, probe_rows, image_root, pcfg.model_copy(update={"batch_size": 1}))
+    ours_probe, a2 = _probe_samples_per_s(init, probe_rows, image_root, pcfg)
     same = a1 == a2
     print(
         f"\n{'speed (tiny default, ' + str(torch.get_num_threads()) + ' threads)':<44}{'baseline':>12}{'ours':>12}{'ratio':>8}"

@@ -50,19 +50,14 @@ def tiny_config(run_dir: Path, **overrides) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def run_chain(cfg: RunConfig) -> dict[str, StageRecord]:
-    """The flow's stages for the tiny config; returns the last record of each stage and the final selection."""
-    from tasks._tables import cluster_ids  # noqa: F401  (the flow's readers, imported as the flow does)
+def data_stages(cfg: RunConfig, run: Path) -> dict[str, StageRecord]:
+    """Pool, manifest, features, both clusterings and the warm-up pools, as the flow runs them before round 0
+    (keys ``pool``, ``manifest``, ``features``, ``annotation``, ``selection``, ``warmup_pools``)."""
     from tasks.clustering import kmeans_stage
     from tasks.data import image_fingerprint, manifest_stage, pool_fingerprint, prepare_pool
     from tasks.features import combine_stage, feature_shard
-    from tasks.probe import probe_stage
-    from tasks.selection import commit_warmup_stage, select_stage
-    from tasks.training import init_model_stage, train_stage
     from tasks.warmup import warmup_stage
 
-    run = Path(cfg.run_dir)
-    out: dict[str, StageRecord] = {}
     pool = prepare_pool.fn(data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=str(run / "data"))
     manifest = manifest_stage.fn(
         pool=pool,
@@ -71,11 +66,10 @@ def run_chain(cfg: RunConfig) -> dict[str, StageRecord]:
         images=image_fingerprint(pool, cfg.data.hash_images),
         out_dir=str(run / "manifest"),
     )
-    n = manifest.rows["manifest"]
     shard = feature_shard.fn(
         manifest=manifest,
         start=0,
-        stop=n,
+        stop=manifest.rows["manifest"],
         settings=cfg.feature_config(),
         out_dir=str(run / "features" / "shards" / "0000000000"),
     )
@@ -93,44 +87,96 @@ def run_chain(cfg: RunConfig) -> dict[str, StageRecord]:
     pools = warmup_stage.fn(
         features=features, selection_clusters=clusters["selection"], settings=cfg.warmup, out_dir=str(run / "warmup")
     )
+    return {"pool": pool, "manifest": manifest, "features": features, **clusters, "warmup_pools": pools}
+
+
+def _commit_round(
+    cfg: RunConfig,
+    data: dict[str, StageRecord],
+    r: int,
+    step: int,
+    final_step: int,
+    selected: StageRecord | None,
+    probes: list[StageRecord],
+    out_dir: Path,
+) -> StageRecord:
+    """Round ``r``'s new samples: warm-up pool W1 or W2 in rounds 0 and 1, then a PROGRESS selection."""
+    from tasks.selection import commit_warmup_stage, select_stage
+
+    n = data["manifest"].rows["manifest"]
+    if r < 2:
+        return commit_warmup_stage.fn(
+            pools=data["warmup_pools"],
+            pool_name=("w1", "w2")[r],
+            selected_before=selected,
+            remaining_before=selected,
+            n_samples=n,
+            round_index=r,
+            step=step,
+            out_dir=str(out_dir),
+        )
+    return select_stage.fn(
+        settings=cfg.selection,
+        budget=min(cfg.selection.selection_num, (final_step - step) * cfg.training.global_batch_size),
+        seed=cfg.seed,
+        annotation=data["annotation"],
+        selected_before=selected,
+        remaining_before=selected,
+        acc_prev=probes[-2],
+        acc_now=probes[-1],
+        coincide_order=None,
+        n_samples=n,
+        round_index=r,
+        step=step,
+        out_dir=str(out_dir),
+    )
+
+
+def _probe_round(
+    cfg: RunConfig, data: dict[str, StageRecord], r: int, checkpoint: StageRecord, commit: StageRecord, target: int
+) -> StageRecord:
+    """Round ``r``'s probe (docs/algorithm.md#probe-and-judge): all selected samples in a warm-up round of a
+    probe on the selected samples, else ``samples_per_cluster`` per cluster."""
+    from tasks.probe import probe_stage
+
+    held_out = cfg.probe.source == "held_out"
+    return probe_stage.fn(
+        checkpoint=checkpoint,
+        selected=commit,
+        annotation=data["annotation"],
+        manifest=data["manifest"],
+        samples_per_cluster=cfg.probe.samples_per_cluster if r >= 2 or held_out else None,
+        seed=cfg.seed if held_out else cfg.seed + r,
+        settings=cfg.probe_config(),
+        round_index=r,
+        to_step=target,
+        out_dir=str(Path(cfg.run_dir) / "rounds" / f"r{r:02d}" / "probe"),
+    )
+
+
+def run_chain(cfg: RunConfig) -> dict[str, StageRecord]:
+    """The flow's stages for the tiny config; returns the last record of each stage and the final selection."""
+    from tasks._tables import cluster_ids  # noqa: F401  (the flow's readers, imported as the flow does)
+    from tasks.training import init_model_stage, train_stage
+
+    run = Path(cfg.run_dir)
+    data = data_stages(cfg, run)
+    manifest = data["manifest"]
     gb = cfg.training.global_batch_size
-    final_step = cfg.final_step(n)
+    final_step = cfg.final_step(manifest.rows["manifest"])
     training = cfg.training_config(final_step)
     checkpoint = init_model_stage.fn(manifest=manifest, settings=training.model, out_dir=str(run / "model_init"))
-    out.update(manifest=manifest, features=features, kmeans=clusters["annotation"], warmup_pools=pools)
+    out: dict[str, StageRecord] = {
+        "manifest": manifest,
+        "features": data["features"],
+        "kmeans": data["annotation"],
+        "warmup_pools": data["warmup_pools"],
+    }
     step, selected, probes = 0, None, []
-    held_out = cfg.probe.source == "held_out"
     for r in range(3):
         rdir = run / "rounds" / f"r{r:02d}"
-        if r < 2:
-            commit = commit_warmup_stage.fn(
-                pools=pools,
-                pool_name=("w1", "w2")[r],
-                selected_before=selected,
-                remaining_before=selected,
-                n_samples=n,
-                round_index=r,
-                step=step,
-                out_dir=str(rdir / "select"),
-            )
-            out["commit_warmup"] = commit
-        else:
-            commit = select_stage.fn(
-                settings=cfg.selection,
-                budget=min(cfg.selection.selection_num, (final_step - step) * gb),
-                seed=cfg.seed,
-                annotation=clusters["annotation"],
-                selected_before=selected,
-                remaining_before=selected,
-                acc_prev=probes[-2],
-                acc_now=probes[-1],
-                coincide_order=None,
-                n_samples=n,
-                round_index=r,
-                step=step,
-                out_dir=str(rdir / "select"),
-            )
-            out["select"] = commit
+        commit = _commit_round(cfg, data, r, step, final_step, selected, probes, rdir / "select")
+        out["commit_warmup" if r < 2 else "select"] = commit
         target = step + steps_for_new(commit.rows["new"], gb)
         checkpoint = train_stage.fn(
             start=checkpoint,
@@ -141,18 +187,7 @@ def run_chain(cfg: RunConfig) -> dict[str, StageRecord]:
             round_index=r,
             out_dir=str(rdir / "train"),
         )
-        probe = probe_stage.fn(
-            checkpoint=checkpoint,
-            selected=commit,
-            annotation=clusters["annotation"],
-            manifest=manifest,
-            samples_per_cluster=cfg.probe.samples_per_cluster if r >= 2 or held_out else None,
-            seed=cfg.seed if held_out else cfg.seed + r,
-            settings=cfg.probe_config(),
-            round_index=r,
-            to_step=target,
-            out_dir=str(rdir / "probe"),
-        )
+        probe = _probe_round(cfg, data, r, checkpoint, commit, target)
         out["train"], out["probe"] = checkpoint, probe
         probes.append(probe)
         selected, step = commit, target

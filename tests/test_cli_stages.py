@@ -58,81 +58,35 @@ def workdir(tmp_path_factory):
     return root
 
 
+def _sample_ids(path) -> np.ndarray:
+    return pq.read_table(path).column("sample_id").to_numpy()
+
+
 def test_features_cluster_warmup_end_to_end(workdir, capsys):
     feats = workdir / "features.npy"
-    rc = main(
-        [
-            "features",
-            "--manifest",
-            str(workdir / "manifest.parquet"),
-            "--images",
-            str(workdir),
-            "--out",
-            str(feats),
-            "--set",
-            f"features.text_encoder={workdir / 'bert'}",
-            "--set",
-            "features.batch_size=16",
-        ]
-    )
-    assert rc == 0
+    argv = ["features", "--manifest", str(workdir / "manifest.parquet"), "--images", str(workdir), "--out", str(feats)]
+    argv += ["--set", f"features.text_encoder={workdir / 'bert'}", "--set", "features.batch_size=16"]
+    assert main(argv) == 0
     x = np.load(feats)
     assert x.shape == (60, 264) and x.dtype == np.float16
     assert "unreadable images 0" in capsys.readouterr().out
 
     clusters = workdir / "clusters"
-    assert (
-        main(
-            [
-                "cluster",
-                "--features",
-                str(feats),
-                "--set",
-                "clustering.selection_k=3",
-                "--set",
-                "clustering.niter=10",
-                "--out",
-                str(clusters),
-                "--name",
-                "selection",
-            ]
-        )
-        == 0
-    )
+    argv = ["cluster", "--features", str(feats), "--set", "clustering.selection_k=3", "--set", "clustering.niter=10"]
+    assert main([*argv, "--out", str(clusters), "--name", "selection"]) == 0
     assign = pq.read_table(clusters / "selection_assignment.parquet")
     cid = assign.column("cluster_id").to_numpy()
     assert {tuple(sorted(set(cid[np.arange(60) % 3 == c]))) for c in range(3)} == {(a,) for a in set(cid)}
     assert len(set(cid)) == 3
 
-    assert (
-        main(
-            ["cluster", "--features", str(feats), "--out", str(clusters), "--name", "annotation"]
-            + ["--set", "clustering.annotation_k=null"]
-        )
-        == 0
-    )
+    argv = ["cluster", "--features", str(feats), "--out", str(clusters), "--name", "annotation"]
+    assert main([*argv, "--set", "clustering.annotation_k=null"]) == 0
     assert "k=2, niter=50, seed=1234" in capsys.readouterr().out
 
     out = workdir / "pools"
-    assert (
-        main(
-            [
-                "warmup",
-                "--features",
-                str(feats),
-                "--clusters",
-                str(clusters),
-                "--set",
-                "warmup.fractions=[0.2, 0.3]",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    w1 = pq.read_table(out / "w1.parquet").column("sample_id").to_numpy()
-    w2 = pq.read_table(out / "w2.parquet").column("sample_id").to_numpy()
-    rem = pq.read_table(out / "remaining.parquet").column("sample_id").to_numpy()
+    argv = ["warmup", "--features", str(feats), "--clusters", str(clusters), "--set", "warmup.fractions=[0.2, 0.3]"]
+    assert main([*argv, "--out", str(out)]) == 0
+    w1, w2, rem = (_sample_ids(out / f"{name}.parquet") for name in ("w1", "w2", "remaining"))
     assert len(w1) == 12 and len(set(w1) | set(w2)) == len(w1) + len(w2) >= 18
     assert sorted(np.concatenate([w1, w2, rem]).tolist()) == list(range(60))
     assert f"w1=12 w2={len(w2)} remaining={len(rem)}" in capsys.readouterr().out

@@ -394,45 +394,19 @@ def test_select_rejects_accuracy_tables_of_another_clustering(tmp_path, capsys):
     assert "missing cluster ids of selected samples 0" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
-    """Hole 5: manifest → features → cluster ×2 → warmup → select, run by hand in the documented order, give
-    the flow stages' coincide selection (the warm-up's order.parquet and coincide_order.parquet mean one
-    thing each, whoever writes them)."""
-    import numpy as np
-    from faultkit import tiny_config
+def _flow_coincide_selection(cfg, run: Path, budget_total: int, budget: int) -> tuple[StageRecord, StageRecord]:
+    """The flow's stages up to the first coincide round (warm-up W1, W2, then ``budget`` picked): the pool and
+    that round's commit."""
+    from faultkit import data_stages
 
-    from cli.main import main
-    from progress_core.rounds import read_ids
-    from tasks.clustering import kmeans_stage
-    from tasks.data import image_fingerprint, manifest_stage, pool_fingerprint, prepare_pool
-    from tasks.features import combine_stage, feature_shard
     from tasks.selection import commit_warmup_stage, select_stage
-    from tasks.warmup import coincide_order_stage, warmup_stage
+    from tasks.warmup import coincide_order_stage
 
-    cfg = tiny_config(tmp_path / "flow", **{"selection.strategy": "coincide"})
-    run, budget_total, budget = tmp_path / "flow", 48, 16
-    pool = prepare_pool.fn(data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=str(run / "data"))
-    manifest = manifest_stage.fn(
-        pool=pool, mode="skip", allow_duplicate_ids=False, images=image_fingerprint(pool), out_dir=str(run / "m")
-    )
-    n = manifest.rows["manifest"]
-    shard = feature_shard.fn(
-        manifest=manifest, start=0, stop=n, settings=cfg.feature_config(), out_dir=str(run / "f" / "shards" / "0")
-    )
-    features = combine_stage.fn(shards=[shard], balanced=False, out_dir=str(run / "f"))
-    clusters = {
-        name: kmeans_stage.fn(
-            features=features, name=name, k=k, settings=cfg.clustering_config(), out_dir=str(run / name)
-        )
-        for name, k in (("annotation", 4), ("selection", 8))
-    }
-    pools = warmup_stage.fn(
-        features=features, selection_clusters=clusters["selection"], settings=cfg.warmup, out_dir=str(run / "w")
-    )
+    data = data_stages(cfg, run)
+    n = data["manifest"].rows["manifest"]
     order = coincide_order_stage.fn(
-        features=features,
-        selection_clusters=clusters["selection"],
+        features=data["features"],
+        selection_clusters=data["selection"],
         budget=budget_total,
         settings=cfg.warmup,
         out_dir=str(run / "c"),
@@ -440,7 +414,7 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
     commit = None
     for r, name in enumerate(("w1", "w2")):
         commit = commit_warmup_stage.fn(
-            pools=pools,
+            pools=data["warmup_pools"],
             pool_name=name,
             selected_before=commit,
             remaining_before=commit,
@@ -453,7 +427,7 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
         settings=cfg.selection,
         budget=budget,
         seed=cfg.seed,
-        annotation=clusters["annotation"],
+        annotation=data["annotation"],
         selected_before=commit,
         remaining_before=commit,
         acc_prev=None,
@@ -464,13 +438,13 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
         step=2,
         out_dir=str(run / "r2"),
     )
+    return data["pool"], flow_new
 
-    hand = tmp_path / "hand"
-    hand.mkdir()
-    config = hand / "run.yaml"
-    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+
+def _stage_commands(pool: StageRecord, config: Path, hand: Path, budget: int) -> list[list[str]]:
+    """``progress manifest``, ``features``, ``cluster`` ×2, ``warmup``, ``select`` in the documented order."""
     use = ["--config", str(config)]
-    steps = [
+    return [
         ["manifest", pool.files["pool_json"], "--images", pool.meta["image_root"], "--out", str(hand / "m.parquet")],
         ["features", "--manifest", str(hand / "m.parquet"), "--images", pool.meta["image_root"]]
         + ["--out", str(hand / "features.npy"), *use],
@@ -483,7 +457,28 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
         + ["--remaining", str(hand / "w" / "remaining.parquet"), "--coincide-order"]
         + [str(hand / "w" / "coincide_order.parquet"), "--out", str(hand / "new.parquet"), *use],
     ]
-    for argv in steps:
+
+
+@pytest.mark.slow
+def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
+    """Hole 5: manifest → features → cluster ×2 → warmup → select, run by hand in the documented order, give
+    the flow stages' coincide selection (the warm-up's order.parquet and coincide_order.parquet mean one
+    thing each, whoever writes them)."""
+    import numpy as np
+    from faultkit import tiny_config
+
+    from cli.main import main
+    from progress_core.rounds import read_ids
+
+    cfg = tiny_config(tmp_path / "flow", **{"selection.strategy": "coincide"})
+    budget = 16
+    pool, flow_new = _flow_coincide_selection(cfg, tmp_path / "flow", budget_total=48, budget=budget)
+
+    hand = tmp_path / "hand"
+    hand.mkdir()
+    config = hand / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    for argv in _stage_commands(pool, config, hand, budget):
         assert main(argv) == 0, argv
     hand_new = read_ids(hand / "new.parquet")
     assert hand_new.size == budget

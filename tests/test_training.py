@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,11 +87,11 @@ def test_bad_requests_are_named_errors(setup, tmp_path):
         cfg.model_copy(update={"per_device_batch_size": 3}).micro_batches()
 
 
-def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
+def _cli_pool(tmp_path: Path) -> tuple[Path, Path]:
+    """A 40-sample pool's manifest and image root; ``w1`` = samples 0-15, ``w2`` = 16-39, ``a`` = three
+    annotation clusters (sample id mod 3), each a Parquet file in ``tmp_path``."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    from cli.main import main
     from progress_core.manifest import build_manifest
     from progress_core.synthetic import generate_pool
 
@@ -99,112 +101,41 @@ def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
     pd.DataFrame({"sample_id": range(0, 16)}).to_parquet(tmp_path / "w1.parquet")
     pd.DataFrame({"sample_id": range(16, 40)}).to_parquet(tmp_path / "w2.parquet")
     pd.DataFrame({"sample_id": range(40), "cluster_id": [i % 3 for i in range(40)]}).to_parquet(tmp_path / "a.parquet")
-    common = [
-        "--manifest",
-        str(manifest),
-        "--images",
-        str(pool.image_root),
-        "--set",
-        "training.global_batch_size=8",
-        "--set",
-        "training.model.patch_size=8",
-    ]
-    assert (
-        main(
-            [
-                "train",
-                "--init",
-                "--samples",
-                str(tmp_path / "w1.parquet"),
-                "--to-step",
-                "2",
-                "--set",
-                "schedule.final_step=5",
-                "--out",
-                str(tmp_path / "s2"),
-                *common,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "train",
-                "--checkpoint",
-                str(tmp_path / "s2"),
-                "--samples",
-                str(tmp_path / "w2.parquet"),
-                "--to-step",
-                "5",
-                "--out",
-                str(tmp_path / "s5"),
-                *common,
-            ]
-        )
-        == 0
-    )
+    return manifest, pool.image_root
+
+
+def _train_argv(
+    tmp_path: Path, manifest: Path, images: Path, start: list[str], samples: str, to_step: int, out: str, extra=()
+) -> list[str]:
+    """``progress train`` of ``<samples>.parquet`` up to ``to_step`` from ``start`` (``--init``, ``--checkpoint
+    DIR`` or neither), global batch 8, patch size 8."""
+    argv = ["train", *start, "--samples", str(tmp_path / f"{samples}.parquet"), "--to-step", str(to_step), *extra]
+    argv += ["--out", str(tmp_path / out), "--manifest", str(manifest), "--images", str(images)]
+    return argv + ["--set", "training.global_batch_size=8", "--set", "training.model.patch_size=8"]
+
+
+def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from cli.main import main
+
+    manifest, images = _cli_pool(tmp_path)
+    train = functools.partial(_train_argv, tmp_path, manifest, images)
+    assert main(train(["--init"], "w1", 2, "s2", ["--set", "schedule.final_step=5"])) == 0
+    assert main(train(["--checkpoint", str(tmp_path / "s2")], "w2", 5, "s5")) == 0
     assert read_train_state(tmp_path / "s5")["step"] == 5 and read_train_state(tmp_path / "s5")["samples_seen"] == 40
-    assert (
-        main(
-            [
-                "probe",
-                "--checkpoint",
-                str(tmp_path / "s5"),
-                "--manifest",
-                str(manifest),
-                "--images",
-                str(pool.image_root),
-                "--selected",
-                str(tmp_path / "w1.parquet"),
-                "--clusters",
-                str(tmp_path / "a.parquet"),
-                "--set",
-                "probe.samples_per_cluster=4",
-                "--out",
-                str(tmp_path / "probe"),
-            ]
-        )
-        == 0
-    )
+    probe = ["probe", "--checkpoint", str(tmp_path / "s5"), "--manifest", str(manifest), "--images", str(images)]
+    probe += ["--selected", str(tmp_path / "w1.parquet"), "--clusters", str(tmp_path / "a.parquet")]
+    probe += ["--set", "probe.samples_per_cluster=4", "--out", str(tmp_path / "probe")]
+    assert main(probe) == 0
     per_sample = pq.read_table(tmp_path / "probe" / "probe_samples.parquet").to_pandas()
     assert len(per_sample) == 12 and set(per_sample.sample_id) <= set(range(16))
     assert (per_sample.groupby("cluster_id").size() == 4).all()
     acc = pq.read_table(tmp_path / "probe" / "accuracy.parquet").to_pandas()
     assert acc["n"].tolist() == [4, 4, 4]
-    assert (
-        main(
-            [
-                "train",
-                "--samples",
-                str(tmp_path / "w1.parquet"),
-                "--to-step",
-                "2",
-                "--out",
-                str(tmp_path / "x"),
-                *common,
-            ]
-        )
-        == 1
-    )
+    assert main(train([], "w1", 2, "x")) == 1
     assert "exactly one of --checkpoint" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "train",
-                "--checkpoint",
-                str(tmp_path / "s5"),
-                "--samples",
-                str(tmp_path / "w1.parquet"),
-                "--to-step",
-                "3",
-                "--out",
-                str(tmp_path / "x"),
-                *common,
-            ]
-        )
-        == 1
-    )
+    assert main(train(["--checkpoint", str(tmp_path / "s5")], "w1", 3, "x")) == 1
     assert "before the checkpoint" in capsys.readouterr().err
 
 

@@ -107,12 +107,8 @@ def _advanced() -> dict:
     return cfg
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
-def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
-    from playwright.sync_api import sync_playwright
-
-    api_url, runs = make_ui["api_url"], make_ui["runs"]
-    ui = api_url.removesuffix("/api")
+def _demo_deployment(api_url: str):
+    """The demo deployment ``make ui`` registers, with the short form's parameters only."""
     dep = client_call(api_url, lambda c: c.read_deployment_by_name("progress-selection/progress-demo"))
     assert dep.parameters["preset"] == "demo" and dep.parameters["strategy"] == "progress"
     assert set(dep.parameter_openapi_schema["properties"]) == {
@@ -125,40 +121,100 @@ def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
         "seed",
         "advanced",
     }
+    return dep
+
+
+def _submit_custom_run(page, ui: str, dep, shots: Path) -> None:
+    """Fill the deployment's Custom run form (run_dir, strategy ``random``, the advanced JSON) and submit it."""
+    page.goto(f"{ui}/deployments/deployment/{dep.id}", wait_until="networkidle")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run").first.click()
+    page.get_by_text("strategy (Optional)").wait_for(timeout=30000)
+
+    def field(label: str):
+        return page.locator(".schema-form-property", has=page.get_by_text(f"{label} (Optional)", exact=True))
+
+    field("run_dir").locator("textarea, input").first.fill(RUN)
+    field("strategy").locator(".p-select-button__control").focus()
+    page.keyboard.press("ArrowDown")
+    page.get_by_role("option", name="random", exact=True).click()
+    assert field("strategy").locator(".p-select-button__value").inner_text() == "random"
+    field("advanced").locator("textarea").fill(json.dumps(_advanced()))
+    page.get_by_text("Run Name").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "ui-form.png"))
+    page.get_by_role("button", name="Submit").click()
+
+
+def _flow_run_from_form(api_url: str, dep):
+    """The flow run the form created (waits up to a minute), with the form's parameters."""
+    deadline = time.monotonic() + 60
+    created = []
+    while not created and time.monotonic() < deadline:
+        created = [r for r in client_call(api_url, lambda c: c.read_flow_runs(limit=20)) if r.deployment_id == dep.id]
+        time.sleep(0.5)
+    assert created, "the form created no flow run"
+    run = created[0]
+    assert run.parameters["strategy"] == "random" and run.parameters["run_dir"] == RUN
+    return run
+
+
+def _check_artifact_pages(page, ui: str, final, arts: dict, rounds: list[int], shots: Path) -> None:
+    """The run's Artifacts tab, the summary with its embedded plot and rounds in order, and a round's clusters."""
+    page.goto(f"{ui}/runs/flow-run/{final.id}", wait_until="networkidle")
+    page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
+    page.get_by_text(f"{RUN}-summary", exact=True).first.wait_for(timeout=30000)
+    page.screenshot(path=str(shots / "ui-run-artifacts.png"), full_page=True)
+
+    page.goto(f"{ui}/artifacts/artifact/{arts[f'{RUN}-summary'].id}", wait_until="networkidle")
+    plot = page.locator("img[src^='data:image/png']").first
+    plot.wait_for(timeout=30000)
+    assert plot.evaluate("img => img.complete && img.naturalWidth > 200")
+    page.screenshot(path=str(shots / "ui-run.png"))
+    cells = page.locator("table").first.locator("tbody tr td:first-child").all_inner_texts()
+    assert [int(c) for c in cells] == rounds, "the run report lists the rounds in order"
+    href = page.get_by_role("link", name="clusters").last.get_attribute("href")
+    assert href == f"/artifacts/artifact/{arts[f'{RUN}-round-{rounds[-1]:02d}-clusters'].id}", href
+    page.goto(ui + href, wait_until="networkidle")
+    page.get_by_text("accuracy before → after").first.wait_for(timeout=30000)
+    assert f"{RUN}-round-{rounds[-1]:02d}-clusters" in page.locator("body").inner_text()
+    rows = json.loads(arts[f"{RUN}-round-02-clusters"].data)
+    assert {"what it is", "accuracy before → after", "relative change", "selected", "pool left"} <= set(rows[0])
+    assert [r["selected"] for r in rows] == sorted((r["selected"] for r in rows), reverse=True)
+
+
+def _click_retry(page, ui: str, final) -> None:
+    page.goto(f"{ui}/runs/flow-run/{final.id}", wait_until="networkidle")
+    page.get_by_role("button", name="Retry").first.click()
+    confirm = page.locator(".p-modal").get_by_role("button", name="Retry")
+    if confirm.count():
+        confirm.first.click()
+
+
+def _second_make_ui(make_ui: dict, home: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "deployments.ui", "--port", str(make_ui["port"])],
+        cwd=REPO,
+        env=_ui_env(home, make_ui["runs"]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
+    from playwright.sync_api import sync_playwright
+
+    api_url, runs = make_ui["api_url"], make_ui["runs"]
+    ui = api_url.removesuffix("/api")
+    dep = _demo_deployment(api_url)
     shots = make_ui["base"] / "screenshots"
     shots.mkdir()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{ui}/deployments/deployment/{dep.id}", wait_until="networkidle")
-        page.get_by_role("button", name="Run", exact=True).click()
-        page.get_by_text("Custom run").first.click()
-        page.get_by_text("strategy (Optional)").wait_for(timeout=30000)
-
-        def field(label: str):
-            return page.locator(".schema-form-property", has=page.get_by_text(f"{label} (Optional)", exact=True))
-
-        field("run_dir").locator("textarea, input").first.fill(RUN)
-        field("strategy").locator(".p-select-button__control").focus()
-        page.keyboard.press("ArrowDown")
-        page.get_by_role("option", name="random", exact=True).click()
-        assert field("strategy").locator(".p-select-button__value").inner_text() == "random"
-        field("advanced").locator("textarea").fill(json.dumps(_advanced()))
-        page.get_by_text("Run Name").first.scroll_into_view_if_needed()
-        page.screenshot(path=str(shots / "ui-form.png"))
-        page.get_by_role("button", name="Submit").click()
-
-        deadline = time.monotonic() + 60
-        created = []
-        while not created and time.monotonic() < deadline:
-            created = [
-                r for r in client_call(api_url, lambda c: c.read_flow_runs(limit=20)) if r.deployment_id == dep.id
-            ]
-            time.sleep(0.5)
-        assert created, "the form created no flow run"
-        run = created[0]
-        assert run.parameters["strategy"] == "random" and run.parameters["run_dir"] == RUN
-        final = _wait_final(api_url, run.id)
+        _submit_custom_run(page, ui, dep, shots)
+        final = _wait_final(api_url, _flow_run_from_form(api_url, dep).id)
         assert final.state.is_completed(), final.state
         summary = json.loads((runs / RUN / "summary.json").read_text())
         assert {r["strategy"] for r in summary["rounds"][2:]} == {"random"}
@@ -168,34 +224,10 @@ def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
         expected |= {f"{RUN}-round-{r:02d}-{kind}" for r in rounds for kind in ("summary", "clusters")}
         arts = {a.key: a for a in artifacts(api_url, str(final.id))}
         assert set(arts) == expected
-
-        page.goto(f"{ui}/runs/flow-run/{final.id}", wait_until="networkidle")
-        page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
-        page.get_by_text(f"{RUN}-summary", exact=True).first.wait_for(timeout=30000)
-        page.screenshot(path=str(shots / "ui-run-artifacts.png"), full_page=True)
-
-        page.goto(f"{ui}/artifacts/artifact/{arts[f'{RUN}-summary'].id}", wait_until="networkidle")
-        plot = page.locator("img[src^='data:image/png']").first
-        plot.wait_for(timeout=30000)
-        assert plot.evaluate("img => img.complete && img.naturalWidth > 200")
-        page.screenshot(path=str(shots / "ui-run.png"))
-        cells = page.locator("table").first.locator("tbody tr td:first-child").all_inner_texts()
-        assert [int(c) for c in cells] == rounds, "the run report lists the rounds in order"
-        href = page.get_by_role("link", name="clusters").last.get_attribute("href")
-        assert href == f"/artifacts/artifact/{arts[f'{RUN}-round-{rounds[-1]:02d}-clusters'].id}", href
-        page.goto(ui + href, wait_until="networkidle")
-        page.get_by_text("accuracy before → after").first.wait_for(timeout=30000)
-        assert f"{RUN}-round-{rounds[-1]:02d}-clusters" in page.locator("body").inner_text()
-        rows = json.loads(arts[f"{RUN}-round-02-clusters"].data)
-        assert {"what it is", "accuracy before → after", "relative change", "selected", "pool left"} <= set(rows[0])
-        assert [r["selected"] for r in rows] == sorted((r["selected"] for r in rows), reverse=True)
+        _check_artifact_pages(page, ui, final, arts, rounds, shots)
 
         retried_at = client_call(api_url, lambda c: c.read_flow_run(final.id)).state.timestamp
-        page.goto(f"{ui}/runs/flow-run/{final.id}", wait_until="networkidle")
-        page.get_by_role("button", name="Retry").first.click()
-        confirm = page.locator(".p-modal").get_by_role("button", name="Retry")
-        if confirm.count():
-            confirm.first.click()
+        _click_retry(page, ui, final)
         browser.close()
 
     again = _wait_final(api_url, final.id, runs=2)
@@ -209,23 +241,9 @@ def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
     log = next(line for line in _flow_logs(api_url, final.id) if "run directory" in line)
     assert str(runs / RUN) in log
 
-    second = subprocess.run(
-        [sys.executable, "-m", "deployments.ui", "--port", str(make_ui["port"])],
-        cwd=REPO,
-        env=_ui_env(make_ui["home"], runs),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    second = _second_make_ui(make_ui, make_ui["home"])
     assert second.returncode == 2 and "already running" in second.stderr, second.stderr
-    other_home = subprocess.run(
-        [sys.executable, "-m", "deployments.ui", "--port", str(make_ui["port"])],
-        cwd=REPO,
-        env=_ui_env(make_ui["base"] / "other-home", runs),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    other_home = _second_make_ui(make_ui, make_ui["base"] / "other-home")
     assert other_home.returncode == 2 and f"already running on 127.0.0.1:{make_ui['port']}" in other_home.stderr
 
     target = os.environ.get("PROGRESS_UI_SCREENSHOTS")
