@@ -49,6 +49,10 @@ def _load_split(pool, json_path: Path, split: str) -> pd.DataFrame:
     return df
 
 
+SPEED_STEPS = 40
+"""Training steps timed in the speed comparison (fewer when the run or the pool is shorter)."""
+
+
 def _bare_torch_steps_per_s(init: Path, train_df: pd.DataFrame, image_root: Path, cfg, steps: int) -> float:
     """The baseline: forward/backward/AdamW on batches collated before the clock starts (3 warm-up steps)."""
     import torch
@@ -92,7 +96,10 @@ def bench_speed(init: Path, train_df: pd.DataFrame, eval_df: pd.DataFrame, image
 
     from progress_core.training import train_to_step
 
-    steps = 40
+    steps = min(SPEED_STEPS, cfg.final_step, len(train_df) // cfg.global_batch_size)
+    if steps < 4:
+        print(f"\nspeed comparison skipped: the pool holds only {steps} batches (needs 4; use a larger --n)")
+        return {}
     base_train = _bare_torch_steps_per_s(init, train_df, image_root, cfg, steps)
     t = time.perf_counter()
     train_to_step(init, train_df, image_root, steps, cfg, work / "speed", progress=False)
