@@ -224,13 +224,15 @@ def _warmup_command(
     Writes w1.parquet, w2.parquet, remaining.parquet and order.parquet (the second fraction's picks in
     pruning order), the same files as a run's warmup/ folder; fractions, temperature and sigma come from the
     `warmup` section. With selection.strategy=coincide it also writes coincide_order.parquet, the whole
-    budget (FINAL_STEP x training.global_batch_size) chosen at once, as a run with that strategy does
+    budget (every sample trained up to the last planned step, plus room for the warm-up samples) chosen at once, as a run
+    with that strategy does
     (docs/architecture.md#file-kinds).
     """
     from progress_core.clustering import load_clustering
     from progress_core.coincide import coincide_selection, warmup_pools
     from progress_core.features import load_features
     from progress_core.rounds import write_ids
+    from progress_core.schedule import coincide_budget
 
     cfg = resolve_config(config, preset, set_)
     feats = load_features(_need_file(features, "features"))
@@ -246,7 +248,7 @@ def _warmup_command(
         write_ids(getattr(pools, part), out / f"{part}.parquet")
     typer.echo(f"w1={pools.w1.size} w2={pools.w2.size} remaining={pools.remaining.size} (of {n}); wrote {out}")
     if cfg.selection.strategy == "coincide":
-        budget = min(n, cfg.final_step(n) * cfg.training.global_batch_size)
+        budget = coincide_budget(cfg, n, (pools.w1.size, pools.w2.size))
         ids = coincide_selection(feats, fine, budget, temperature=settings.temperature, sigma=settings.sigma)
         write_ids(ids, out / "coincide_order.parquet")
         typer.echo(f"coincide order: {ids.size} samples; wrote {out / 'coincide_order.parquet'}")

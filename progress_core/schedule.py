@@ -154,3 +154,16 @@ def plan_rounds(config, pool_size: int, warmup: tuple[int, int] | None = None) -
 def horizon(plans: list[RoundPlan], fallback: int) -> int:
     """The last planned step (the cosine schedule's end), or ``fallback`` when nothing is planned."""
     return max((p.to_step for p in plans), default=fallback) or fallback
+
+
+def planned_final_step(config, pool_size: int, warmup: tuple[int, int]) -> int:
+    """The step the run trains to: the last planned round's end, else FINAL_STEP (the trainer's horizon)."""
+    return horizon(plan_from(initial_state(config, pool_size, warmup)), config.final_step(pool_size))
+
+
+def coincide_budget(config, pool_size: int, warmup: tuple[int, int]) -> int:
+    """Samples the ``coincide`` baseline orders at once (docs/algorithm.md#selection), at most the pool: every
+    sample the run trains up to the planned last step, plus room for the warm-up samples, which the order,
+    drawn from the whole pool, may contain although they are already selected."""
+    trained = planned_final_step(config, pool_size, warmup) * config.training.global_batch_size
+    return min(pool_size, trained + sum(warmup))

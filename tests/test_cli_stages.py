@@ -129,7 +129,9 @@ def test_stage_knobs_come_from_config_file_preset_and_sets(workdir, tmp_path, ca
     assert main([*warmup, *(arg for item in sets for arg in ("--set", item))]) == 0
     assert "w1=6 " in capsys.readouterr().out
     order = pq.read_table(tmp_path / "w" / "coincide_order.parquet").column("sample_id").to_numpy()
-    assert order.size == 10 and len(set(order.tolist())) == 10
+    # W1 6 and W2 3 samples at batch 5 train 2 + 1 steps, so the last planned step is 3 (past FINAL_STEP 2):
+    # 3 x 5 trained samples plus room for the 9 warm-up samples.
+    assert order.size == 24 and len(set(order.tolist())) == 24
 
 
 def test_features_import_reads_the_config_sources(tmp_path, capsys):

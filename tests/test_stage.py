@@ -394,20 +394,22 @@ def test_select_rejects_accuracy_tables_of_another_clustering(tmp_path, capsys):
     assert "missing cluster ids of selected samples 0" in capsys.readouterr().err
 
 
-def _flow_coincide_selection(cfg, run: Path, budget_total: int, budget: int) -> tuple[StageRecord, StageRecord]:
+def _flow_coincide_selection(cfg, run: Path, budget: int) -> tuple[StageRecord, StageRecord]:
     """The flow's stages up to the first coincide round (warm-up W1, W2, then ``budget`` picked): the pool and
-    that round's commit."""
+    that round's commit. The order's size follows the flow's rule (``progress_core.schedule.coincide_budget``)."""
     from faultkit import data_stages
 
+    from progress_core.schedule import coincide_budget
     from tasks.selection import commit_warmup_stage, select_stage
     from tasks.warmup import coincide_order_stage
 
     data = data_stages(cfg, run)
     n = data["manifest"].rows["manifest"]
+    pools = data["warmup_pools"]
     order = coincide_order_stage.fn(
         features=data["features"],
         selection_clusters=data["selection"],
-        budget=budget_total,
+        budget=coincide_budget(cfg, n, (pools.rows["w1"], pools.rows["w2"])),
         settings=cfg.warmup,
         out_dir=str(run / "c"),
     )
@@ -472,7 +474,7 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
 
     cfg = tiny_config(tmp_path / "flow", **{"selection.strategy": "coincide"})
     budget = 16
-    pool, flow_new = _flow_coincide_selection(cfg, tmp_path / "flow", budget_total=48, budget=budget)
+    pool, flow_new = _flow_coincide_selection(cfg, tmp_path / "flow", budget=budget)
 
     hand = tmp_path / "hand"
     hand.mkdir()
