@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import typer
 
+from cli.options import PRESETS
 from cli.options import parse_set as _parse_set
 from progress_core.config import RunConfig, load_config
 from progress_core.environment import apply_defaults
@@ -156,7 +157,9 @@ def _register_run(app: typer.Typer) -> None:
             None, "--config", "-c", help="YAML file shaped like the run config (see `progress config --preset demo`)."
         ),
         run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Override run_dir."),
-        preset: Optional[str] = typer.Option(None, "--preset", help="demo or paper (defaults under your values)."),
+        preset: Optional[str] = typer.Option(
+            None, "--preset", help=f"Defaults under your values: {', '.join(PRESETS)}."
+        ),
         set_: list[str] = typer.Option(
             [],
             "--set",
@@ -220,7 +223,7 @@ def _register_prepare_run(app: typer.Typer) -> None:
 def _register_config(app: typer.Typer) -> None:
     @app.command("config")
     def config_command(
-        preset: str = typer.Option("demo", "--preset", help="demo or paper."),
+        preset: str = typer.Option("demo", "--preset", help=f"One of {', '.join(PRESETS)}."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Validate this YAML file instead."),
         explain: Optional[str] = typer.Option(
             None,

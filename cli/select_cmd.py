@@ -116,17 +116,34 @@ def register(app: typer.Typer) -> None:
         ),
         config: ConfigFile = None,
         preset: PresetName = None,
+        round_index: int = typer.Option(
+            2,
+            "--round",
+            min=0,
+            help="Index of the round this selection is in a run (2 = the first after the warm-up); the draw is "
+            "seeded by (seed, round) as in a run.",
+        ),
         set_: Optional[list[str]] = set_option("selection.strategy=random"),
     ) -> None:
         """Select the next samples from the remaining pool (PROGRESS §3.3) and write them as Parquet.
 
-        The strategy, the budget (selection.selection_num), the seed and the progress knobs come from the run
-        config (selection.*, seed). The accuracy tables must belong to the annotation given by --clusters: a
-        cluster id it does not know, or (with --selected) a cluster of the selected samples without a row in
-        --acc-now, is an error.
+        The strategy, the budget (selection.selection_num, rounded down to whole training.global_batch_size
+        batches as in a run), the seed and the progress knobs come from the run config (selection.*, seed).
+        The accuracy tables must belong to the annotation given by --clusters: a cluster id it does not know,
+        or (with --selected) a cluster of the selected samples without a row in --acc-now, is an error.
         """
+        import numpy as np
+
+        from progress_core.schedule import whole_batches
+
         cfg = resolve_config(config, preset, set_)
-        strategy, budget, seed = cfg.selection.strategy, cfg.selection.selection_num, cfg.seed
+        strategy, seed = cfg.selection.strategy, cfg.seed
+        budget = whole_batches(cfg.selection.selection_num, cfg.training.global_batch_size)
+        if budget != cfg.selection.selection_num:
+            typer.echo(
+                f"budget {budget}: selection.selection_num {cfg.selection.selection_num} in whole batches of "
+                f"{cfg.training.global_batch_size}"
+            )
         options = cfg.selection.progress_options() if strategy == "progress" else {}
         from tqdm import tqdm
 
@@ -139,7 +156,8 @@ def register(app: typer.Typer) -> None:
             history = _history(cluster_ids, acc_prev, acc_now, selected, coincide_order)
             pool = read_ids(remaining)
             bar.update()
-            result = select(strategy, pool, cluster_ids, history, budget, seed, **options)
+            rng = np.random.default_rng([seed, round_index])
+            result = select(strategy, pool, cluster_ids, history, budget, rng, **options)
             bar.update()
             write_ids(result.sample_ids, out, extra={"cluster_id": cluster_ids[result.sample_ids]})
             if cluster_table is not None:

@@ -69,6 +69,11 @@ def steps_for_new(n_new: int, global_batch: int) -> int:
     return -(-int(n_new) // int(global_batch))
 
 
+def whole_batches(selection_num: int, global_batch: int) -> int:
+    """SELECTION_NUM rounded down to whole global batches (at least one), so every selected sample trains."""
+    return max(global_batch, selection_num // global_batch * global_batch)
+
+
 def round_budget(state: ScheduleState) -> int:
     """Samples the next selection round selects (module docstring rules); 0 = the run is over."""
     gb = state.global_batch
@@ -77,7 +82,7 @@ def round_budget(state: ScheduleState) -> int:
         return 0
     if state.takes_all:
         return state.remaining
-    per_round = max(gb, state.selection_num // gb * gb)
+    per_round = whole_batches(state.selection_num, gb)
     budget = min(per_round, left)
     if 0 < left - budget < state.min_round_fraction * per_round:
         budget = left

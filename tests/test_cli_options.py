@@ -19,7 +19,12 @@ from progress_core.errors import ConfigError
 SHARED = {"config", "preset", "set_", "help"}
 STAGE_COMMANDS = [("features",), ("features", "import"), ("cluster",), ("warmup",), ("train",), ("probe",)]
 # Options of a stage command that are neither paths nor the shared config options, with why they stay.
-NON_PATH = {("cluster",): {"name"}, ("warmup",): {"name"}, ("train",): {"to_step", "init"}}
+NON_PATH = {
+    ("cluster",): {"name"},
+    ("warmup",): {"name"},
+    ("train",): {"to_step", "init"},
+    ("select",): {"round_index"},
+}
 
 
 def leaf_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> dict[str, str]:

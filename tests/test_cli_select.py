@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cli.main import main
+from progress_core.accuracy_table import read_accuracy_table
 from progress_core.rounds import read_ids, write_ids
 
 SIZES = [50, 50, 5, 30, 20]
@@ -56,6 +57,8 @@ def args(tmp_path, *extra):
         "selection.selection_num=100",
         "--set",
         "seed=3",
+        "--set",
+        "training.global_batch_size=4",
         "--out",
         str(tmp_path / "new.parquet"),
         *extra,
@@ -90,6 +93,25 @@ def test_select_same_seed_same_ids(tmp_path):
     first = read_ids(tmp_path / "new.parquet")
     assert main(args(tmp_path)) == 0
     assert read_ids(tmp_path / "new.parquet").tolist() == first.tolist()
+    assert main(args(tmp_path, "--round", "3")) == 0
+    assert read_ids(tmp_path / "new.parquet").tolist() != first.tolist()
+
+
+def test_select_by_hand_draws_what_the_runs_select_stage_draws(tmp_path):
+    """Round 4 of a run with seed 3: the select stage's draw, by hand with --round 4 (docs/algorithm.md#selection)."""
+    from progress_core.config import load_config
+    from progress_core.selection import SelectionHistory, select
+
+    cids = inputs(tmp_path)
+    assert main(args(tmp_path, "--round", "4")) == 0
+    cfg = load_config(overrides={"selection": {"strategy": "progress", "selection_num": 100}, "seed": 3})
+    history = SelectionHistory(
+        acc_prev=read_accuracy_table(tmp_path / "prev.json"), acc_now=read_accuracy_table(tmp_path / "now.parquet")
+    )
+    remaining = read_ids(tmp_path / "remaining.parquet")
+    rng = np.random.default_rng([3, 4])
+    run = select("progress", remaining, cids, history, 100, rng, **cfg.selection.progress_options())
+    assert read_ids(tmp_path / "new.parquet").tolist() == run.sample_ids.tolist()
 
 
 def test_select_bad_input_is_one_line(tmp_path, capsys):
@@ -117,8 +139,10 @@ def test_select_missing_acc_now_and_wrong_options(tmp_path, capsys):
     ]
     assert main([*random_args, "--set", "selection.strategy=randm", "--out", str(tmp_path / "r.parquet")]) == 1
     assert "selection.strategy" in capsys.readouterr().err and not (tmp_path / "r.parquet").exists()
-    assert main([*random_args, "--set", "selection.temperature=1", "--out", str(tmp_path / "r.parquet")]) == 0
-    assert read_ids(tmp_path / "r.parquet").size == 7
+    random_args += ["--set", "training.global_batch_size=4", "--out", str(tmp_path / "r.parquet")]
+    assert main([*random_args, "--set", "selection.temperature=1"]) == 0
+    assert read_ids(tmp_path / "r.parquet").size == 4
+    assert "budget 4: selection.selection_num 7 in whole batches of 4" in capsys.readouterr().out
 
 
 def test_select_checks_manifest_size(tmp_path, capsys):
