@@ -147,9 +147,8 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def _store_variants(run_dir: Path, parts: list[pd.DataFrame]) -> None:
-    """Add the sweeps' rows to ``variants.parquet``, replacing earlier rows of the same variant."""
-    variants = pd.concat(parts, ignore_index=True)
+def _store_variants(run_dir: Path, variants: pd.DataFrame) -> None:
+    """Add a sweep's rows to ``variants.parquet``, replacing earlier rows of the same variant."""
     path = run_dir / "variants.parquet"
     if path.is_file():
         kept = pd.read_parquet(path)
@@ -172,12 +171,10 @@ def run_comparisons(run_dir: Path, args: argparse.Namespace) -> None:
         env = prefect_env(api_url, home)
         env.update({"PYTHONPATH": str(REPO), "PREFECT_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"})
         subprocess.run(common + strategies, cwd=REPO, env=env, check=True)
-        parts = []
         for sweep in args.sweeps:
             subprocess.run(common + ["-s", "progress", "--no-full", "--sweep", sweep], cwd=REPO, env=env, check=True)
-            parts.append(pd.read_parquet(run_dir / "comparison.parquet"))
-        if parts:
-            _store_variants(run_dir, parts)
+            _store_variants(run_dir, pd.read_parquet(run_dir / "comparison.parquet"))
+        if args.sweeps:
             subprocess.run(common + strategies, cwd=REPO, env=env, check=True)
 
 
