@@ -2,12 +2,18 @@
 
     python benchmarks/bench_quality.py                  # the sizes below (~35 min on a busy 2-core machine)
     python benchmarks/bench_quality.py --table-only DIR # recompute the table from a finished comparison
+    python benchmarks/bench_quality.py --sweep selection.temperature=1.0,2.0   # also variants of progress
 
 Runs ``progress compare`` (strategies × budgets × seeds, plus the full pool) against its own Prefect server on
 the bundled synthetic pool, then prints per budget: mean ± sd of held-out accuracy per strategy, the paired
 differences progress − random and progress − coincide (mean ± sd over seeds), the majority-answer baseline
 and the smallest budget where progress is within 1 point of the full pool. Re-running continues: finished
 runs are reused. The markdown table goes to ``<run-dir>/bench_quality.md``.
+
+``--sweep FIELD=V1,V2`` (repeatable) also runs ``progress`` with each value of one config field in the same
+run directory, so the random, coincide and full runs are shared, and adds a variant table: per variant and
+budget, its accuracy and the paired differences against random and against progress with the defaults. The
+variants' rows are kept in ``<run-dir>/variants.parquet``.
 """
 
 from __future__ import annotations
@@ -48,11 +54,18 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {sd:.3f}" if sd == sd else f"{values.mean():.3f}"
 
 
-def _paired(table: pd.DataFrame, budget: float, a: str, b: str) -> str:
+def _paired_diff(table: pd.DataFrame, budget: float, a: str, b: str) -> pd.Series:
+    """Accuracy of ``a`` minus ``b`` per seed at ``budget`` (seeds where both ran)."""
     part = table[table["budget"] == budget].pivot_table(index="seed", columns="strategy", values="accuracy")
     if a not in part or b not in part:
+        return pd.Series(dtype=float)
+    return (part[a] - part[b]).dropna()
+
+
+def _paired(table: pd.DataFrame, budget: float, a: str, b: str) -> str:
+    diff = _paired_diff(table, budget, a, b)
+    if diff.empty:
         return "-"
-    diff = (part[a] - part[b]).dropna()
     return f"{diff.mean():+.3f} ± {diff.std():.3f}" if len(diff) > 1 else f"{diff.mean():+.3f}"
 
 
@@ -88,6 +101,36 @@ def quality_table(table: pd.DataFrame, majority: float | None) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
+def variant_table(table: pd.DataFrame, variants: pd.DataFrame) -> str:
+    """One row per variant of ``progress`` and budget: accuracy, paired differences against random and default."""
+    header = ["variant", "budget", "progress[variant]", "variant − random", "variant − progress (default)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    both = pd.concat([table, variants], ignore_index=True)
+    for variant in variants["variant"].drop_duplicates():
+        name = f"progress[{variant}]"
+        for b in sorted(variants.loc[variants["variant"] == variant, "budget"].unique()):
+            acc = variants[(variants["variant"] == variant) & (variants["budget"] == b)]["accuracy"]
+            cells = [
+                variant,
+                f"{b:g}",
+                _mean_sd(acc),
+                _paired(both, b, name, "random"),
+                _paired(both, b, name, "progress"),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    notes = []
+    for variant in variants["variant"].drop_duplicates():
+        budgets = sorted(variants.loc[variants["variant"] == variant, "budget"].unique())
+        wins = [_paired_diff(both, b, f"progress[{variant}]", "random") for b in budgets]
+        beats = all(len(d) > 1 and d.mean() > d.std() for d in wins)
+        notes.append(f"{variant} beats random at every budget (paired mean > its sd): {'yes' if beats else 'no'}")
+    steps = both[both["budget"] < 1.0].groupby("budget")[["n_selected", "steps"]].nunique()
+    notes.append(
+        f"selected and trained samples and steps equal to the other strategies': {bool((steps == 1).all().all())}"
+    )
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
 def concept_table(concepts: pd.DataFrame) -> str:
     """Per concept: held-out accuracy at the largest budget per strategy and on the full pool (mean over seeds)."""
     largest = max(b for b in concepts["budget"].unique() if b < 1.0)
@@ -104,32 +147,39 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench/quality"))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--budgets", default="0.1,0.2,0.3")
-    parser.add_argument("--n", type=int, default=2000, help="pool size")
-    parser.add_argument("--n-eval", type=int, default=400, help="held-out split size")
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra config override")
-    parser.add_argument("--table-only", action="store_true", help="only print the table of --run-dir")
-    args = parser.parse_args()
-    run_dir = args.run_dir.resolve()
-    if not args.table_only:
-        from deployments.setup import prefect_env, prefect_server
+def _store_variants(run_dir: Path, variants: pd.DataFrame) -> None:
+    """Add a sweep's rows to ``variants.parquet``, replacing earlier rows of the same variant."""
+    path = run_dir / "variants.parquet"
+    if path.is_file():
+        kept = pd.read_parquet(path)
+        variants = pd.concat([kept[~kept["variant"].isin(variants["variant"])], variants], ignore_index=True)
+    variants.to_parquet(path)
 
-        home = run_dir / "prefect-home"
-        home.mkdir(parents=True, exist_ok=True)
-        sets = [f"data.synthetic_n={args.n}", f"data.synthetic_n_eval={args.n_eval}", *BENCH_SETTINGS, *args.sets]
-        command = [sys.executable, "-m", "cli", "compare", "--run-dir", str(run_dir), "--budgets", args.budgets]
-        command += ["--seeds", str(args.seeds)] + [x for s in STRATEGIES for x in ("-s", s)]
-        command += [x for s in sets for x in ("--set", s)]
-        started = time.monotonic()
-        with prefect_server(home, log=home / "server.log") as api_url:
-            env = prefect_env(api_url, home)
-            env.update({"PYTHONPATH": str(REPO), "PREFECT_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"})
-            subprocess.run(command, cwd=REPO, env=env, check=True)
-        print(f"\ncomparison took {time.monotonic() - started:.0f} s")
+
+def run_comparisons(run_dir: Path, args: argparse.Namespace) -> None:
+    """The strategies' comparison, then one ``progress``-only comparison per ``--sweep`` in the same run
+    directory; the plain comparison runs again last (all reused) so ``comparison.parquet`` is its table."""
+    from deployments.setup import prefect_env, prefect_server
+
+    home = run_dir / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)
+    sets = [f"data.synthetic_n={args.n}", f"data.synthetic_n_eval={args.n_eval}", *BENCH_SETTINGS, *args.sets]
+    common = [sys.executable, "-m", "cli", "compare", "--run-dir", str(run_dir), "--budgets", args.budgets]
+    common += ["--seeds", str(args.seeds)] + [x for s in sets for x in ("--set", s)]
+    strategies = [x for s in STRATEGIES for x in ("-s", s)]
+    with prefect_server(home, log=home / "server.log") as api_url:
+        env = prefect_env(api_url, home)
+        env.update({"PYTHONPATH": str(REPO), "PREFECT_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"})
+        subprocess.run(common + strategies, cwd=REPO, env=env, check=True)
+        for sweep in args.sweeps:
+            subprocess.run(common + ["-s", "progress", "--no-full", "--sweep", sweep], cwd=REPO, env=env, check=True)
+            _store_variants(run_dir, pd.read_parquet(run_dir / "comparison.parquet"))
+        if args.sweeps:
+            subprocess.run(common + strategies, cwd=REPO, env=env, check=True)
+
+
+def report(run_dir: Path) -> str:
+    """The markdown of a finished comparison: budgets, per concept, variants."""
     import json
 
     table = pd.read_parquet(run_dir / "comparison.parquet")
@@ -140,9 +190,36 @@ def main() -> None:
         text += "\n\nPer concept (held-out accuracy, mean over seeds):\n\n" + concept_table(
             pd.read_parquet(concepts_path)
         )
+    variants_path = run_dir / "variants.parquet"
+    if variants_path.is_file():
+        text += "\n\nVariants of progress (same random runs; differences paired by seed):\n\n" + variant_table(
+            table, pd.read_parquet(variants_path)
+        )
     header = f"Measured {date.today().isoformat()} on {_machine()}; {table['seed'].nunique()} seeds.\n\n"
-    (run_dir / "bench_quality.md").write_text(header + text + "\n")
-    print("\n" + header + text)
+    return header + text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench/quality"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budgets", default="0.1,0.2,0.3")
+    parser.add_argument("--n", type=int, default=2000, help="pool size")
+    parser.add_argument("--n-eval", type=int, default=400, help="held-out split size")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra config override")
+    parser.add_argument(
+        "--sweep", dest="sweeps", action="append", default=[], help="FIELD=V1,V2: variants of progress (repeatable)"
+    )
+    parser.add_argument("--table-only", action="store_true", help="only print the table of --run-dir")
+    args = parser.parse_args()
+    run_dir = args.run_dir.resolve()
+    if not args.table_only:
+        started = time.monotonic()
+        run_comparisons(run_dir, args)
+        print(f"\ncomparison took {time.monotonic() - started:.0f} s")
+    text = report(run_dir)
+    (run_dir / "bench_quality.md").write_text(text + "\n")
+    print("\n" + text)
 
 
 if __name__ == "__main__":

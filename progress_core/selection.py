@@ -401,6 +401,159 @@ def _top_up(ctx: SelectionContext, chosen: np.ndarray, n: int, rng: np.random.Ge
     return free[rng.choice(free.size, size=min(n, free.size), replace=False)]
 
 
+@dataclass
+class _ProgressClusters:
+    """Per-cluster arrays of one ``progress`` call, indexed by cluster_id over every cluster in the pool or
+    the probe (``docs/algorithm.md#selection``): samples left, progress score, the exploit set P, and the
+    softmax probability and quota each cluster of P gets."""
+
+    avail: np.ndarray
+    rel: np.ndarray
+    improving: np.ndarray
+    prob: np.ndarray
+    quota: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return self.avail.size
+
+
+def _progress_clusters(ctx: SelectionContext, scores: pd.DataFrame) -> _ProgressClusters:
+    """Availability and progress score per cluster; P = {rel > 0 and samples left} (PROGRESS §3.3)."""
+    scored_ids = scores["cluster_id"].to_numpy()
+    k_all = max(ctx.n_clusters, int(scored_ids.max()) + 1 if scored_ids.size else 0)
+    avail = np.zeros(k_all, dtype=np.int64)
+    avail[: ctx.n_clusters] = ctx.available
+    rel = np.full(k_all, np.nan)
+    rel[scored_ids] = scores["rel"].to_numpy()
+    return _ProgressClusters(
+        avail=avail,
+        rel=rel,
+        improving=(rel > 0) & (avail > 0),
+        prob=np.full(k_all, np.nan),
+        quota=np.zeros(k_all, dtype=np.int64),
+    )
+
+
+def _explore_share(ctx: SelectionContext, opts: ProgressOptions) -> int:
+    """floor((1 - exploit_frac) * budget), the original's exploration count."""
+    return int(math.floor((1.0 - opts.exploit_frac) * ctx.budget + 1e-9))
+
+
+def _exploit_quotas(
+    ctx: SelectionContext, opts: ProgressOptions, clusters: _ProgressClusters, notes: list[str]
+) -> np.ndarray:
+    """Softmax(rel / T) over P and quota = min(floor(exploit_frac * budget * p), available), with the capped
+    overflow redistributed or dropped (PROGRESS §3.3). Fills ``clusters.prob`` and ``clusters.quota`` and
+    returns P in draw order: most probable first, ties by cluster_id."""
+    p_clusters = np.flatnonzero(clusters.improving)
+    p = _softmax(clusters.rel[p_clusters], opts.temperature)
+    clusters.prob[p_clusters] = p
+    avail = clusters.avail[p_clusters]
+    raw = np.floor(opts.exploit_frac * ctx.budget * p).astype(np.int64)
+    capped = np.minimum(raw, avail)
+    n_capped = int((raw > capped).sum())
+    if n_capped:
+        overflow = int((raw - capped).sum())
+        if opts.redistribute_overflow:
+            capped = _redistribute(capped, avail, p, int(raw.sum()))
+            notes.append(
+                f"{n_capped} cluster(s) capped by availability: overflow {overflow} "
+                f"redistributed, {int(raw.sum() - capped.sum())} left unfilled"
+            )
+        else:
+            notes.append(f"{n_capped} cluster(s) capped by availability: {overflow} quota dropped (original behaviour)")
+    clusters.quota[p_clusters] = capped
+    return p_clusters[np.lexsort((p_clusters, -p))]
+
+
+def _exploit_draw(
+    ctx: SelectionContext,
+    opts: ProgressOptions,
+    clusters: _ProgressClusters,
+    rng: np.random.Generator,
+    notes: list[str],
+) -> tuple[np.ndarray, int]:
+    """The exploitation samples and how many exploration should then draw; with no improving cluster, the
+    ``fallback_when_no_progress`` decides the exploration count (``docs/algorithm.md#selection``)."""
+    k = ctx.n_clusters
+    if clusters.improving.any():
+        order = _exploit_quotas(ctx, opts, clusters, notes)
+        exploit = _draw_within_clusters(ctx, clusters.quota[:k], order[order < k], rng)
+        n_explore = ctx.budget - int(exploit.size) if opts.redistribute_overflow else _explore_share(ctx, opts)
+        return exploit, n_explore
+    if opts.fallback_when_no_progress == "explore":
+        notes.append("no cluster improved: whole budget explored uniformly (fallback 'explore')")
+        return np.empty(0, dtype=np.int64), ctx.budget
+    n_explore = _explore_share(ctx, opts)
+    notes.append(f"no cluster improved: only the exploration share ({n_explore}) is selected (original behaviour)")
+    return np.empty(0, dtype=np.int64), n_explore
+
+
+def _explore_draw(
+    ctx: SelectionContext, clusters: _ProgressClusters, n_target: int, rng: np.random.Generator, notes: list[str]
+) -> np.ndarray:
+    """``n_target`` samples drawn uniformly from every cluster outside P (declined, flat, never probed)."""
+    outside = np.flatnonzero(~clusters.improving[: ctx.n_clusters][ctx.remaining_clusters])
+    if outside.size < n_target:
+        notes.append(
+            f"exploration wants {n_target} but only {outside.size} samples lie outside "
+            f"the improving clusters: taking all of them"
+        )
+        return ctx.remaining[outside]
+    return ctx.remaining[outside[rng.choice(outside.size, size=n_target, replace=False)]]
+
+
+def _progress_draw(
+    ctx: SelectionContext,
+    opts: ProgressOptions,
+    clusters: _ProgressClusters,
+    rng: np.random.Generator,
+    notes: list[str],
+) -> tuple[np.ndarray, int, int]:
+    """Chosen sample_ids, exploit count and explore count of a round with budget < pool: exploitation,
+    then exploration, then (``redistribute_overflow``) a uniform top-up so the round spends its budget.
+    The draws happen in this order so a seed gives the same ids."""
+    exploit, n_explore_target = _exploit_draw(ctx, opts, clusters, rng, notes)
+    explore = _explore_draw(ctx, clusters, n_explore_target, rng, notes)
+    chosen = np.concatenate([exploit, explore])
+    short = ctx.budget - chosen.size
+    if short > 0 and opts.redistribute_overflow:
+        topped = _top_up(ctx, chosen, short, rng)
+        notes.append(f"{topped.size} more drawn uniformly from the improving clusters to spend the budget")
+        explore = np.concatenate([explore, topped])
+        chosen = np.concatenate([chosen, topped])
+    if chosen.size < ctx.budget:
+        notes.append(f"selected {chosen.size} of budget {ctx.budget}")
+    return chosen, int(exploit.size), int(explore.size)
+
+
+def _progress_table(
+    ctx: SelectionContext, scores: pd.DataFrame, clusters: _ProgressClusters, chosen: np.ndarray
+) -> pd.DataFrame:
+    """The per-cluster table of a ``progress`` round: availability, quota, selected, probability and the
+    accuracies behind each score, for every cluster that had samples, a score or a pick."""
+    k_all = clusters.size
+    picked = (
+        np.bincount(ctx.cluster_ids[chosen], minlength=k_all)[:k_all]
+        if chosen.size
+        else np.zeros(k_all, dtype=np.int64)
+    )
+    rows = np.flatnonzero((clusters.avail > 0) | ~np.isnan(clusters.rel) | (picked > 0))
+    table = _cluster_table(
+        rows,
+        available=clusters.avail[rows],
+        quota=clusters.quota[rows],
+        selected=picked[rows],
+        probability=clusters.prob[rows],
+    )
+    if not scores.empty:
+        s = scores.set_index("cluster_id").reindex(rows)
+        for col in ("acc_prev", "acc_now", "delta", "baseline", "rel"):
+            table[col] = s[col].to_numpy()
+    return table
+
+
 @register_strategy("progress", ProgressOptions)
 def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: ProgressOptions) -> SelectionResult:
     """PROGRESS relative-change selection (PROGRESS §3.3, ``docs/algorithm.md#selection``).
@@ -419,97 +572,18 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
     Clusters whose current accuracy is NaN (nothing judged) count as not probed.
     """
     scores = _progress_scores(ctx, opts)
+    clusters = _progress_clusters(ctx, scores)
     notes: list[str] = []
-    k = ctx.n_clusters
-    scored_ids = scores["cluster_id"].to_numpy()
-    k_all = max(k, int(scored_ids.max()) + 1 if scored_ids.size else 0)
-    avail = np.zeros(k_all, dtype=np.int64)
-    avail[:k] = ctx.available
-    rel_all = np.full(k_all, np.nan)
-    rel_all[scored_ids] = scores["rel"].to_numpy()
-    in_p = (rel_all > 0) & (avail > 0)
-    p_clusters = np.flatnonzero(in_p)
-    prob_all = np.full(k_all, np.nan)
-    quota_all = np.zeros(k_all, dtype=np.int64)
     n = ctx.remaining.size
-
     if n == 0:
         notes.append("remaining pool is empty: nothing to select")
-        chosen = np.empty(0, dtype=np.int64)
-        n_exploit = n_explore = 0
+        chosen, n_exploit, n_explore = np.empty(0, dtype=np.int64), 0, 0
     elif ctx.budget >= n:
         notes.append(_take_all_note(ctx))
-        chosen = ctx.remaining.copy()
-        n_exploit, n_explore = 0, n
+        chosen, n_exploit, n_explore = ctx.remaining.copy(), 0, n
     else:
-        if p_clusters.size:
-            p = _softmax(rel_all[p_clusters], opts.temperature)
-            prob_all[p_clusters] = p
-            raw = np.floor(opts.exploit_frac * ctx.budget * p).astype(np.int64)
-            capped = np.minimum(raw, avail[p_clusters])
-            n_capped = int((raw > capped).sum())
-            if n_capped:
-                overflow = int((raw - capped).sum())
-                if opts.redistribute_overflow:
-                    capped = _redistribute(capped, avail[p_clusters], p, int(raw.sum()))
-                    notes.append(
-                        f"{n_capped} cluster(s) capped by availability: overflow {overflow} "
-                        f"redistributed, {int(raw.sum() - capped.sum())} left unfilled"
-                    )
-                else:
-                    notes.append(
-                        f"{n_capped} cluster(s) capped by availability: {overflow} quota dropped (original behaviour)"
-                    )
-            quota_all[p_clusters] = capped
-            order = p_clusters[np.lexsort((p_clusters, -p))]
-            exploit = _draw_within_clusters(ctx, quota_all[:k], order[order < k], rng)
-            n_explore_target = int(math.floor((1.0 - opts.exploit_frac) * ctx.budget + 1e-9))
-            if opts.redistribute_overflow:
-                n_explore_target = ctx.budget - int(exploit.size)
-        else:
-            exploit = np.empty(0, dtype=np.int64)
-            if opts.fallback_when_no_progress == "explore":
-                n_explore_target = ctx.budget
-                notes.append("no cluster improved: whole budget explored uniformly (fallback 'explore')")
-            else:
-                n_explore_target = int(math.floor((1.0 - opts.exploit_frac) * ctx.budget + 1e-9))
-                notes.append(
-                    f"no cluster improved: only the exploration share ({n_explore_target}) is "
-                    f"selected (original behaviour)"
-                )
-        outside = np.flatnonzero(~in_p[:k][ctx.remaining_clusters])
-        if outside.size < n_explore_target:
-            notes.append(
-                f"exploration wants {n_explore_target} but only {outside.size} samples lie outside "
-                f"the improving clusters: taking all of them"
-            )
-            explore = ctx.remaining[outside]
-        else:
-            explore = ctx.remaining[outside[rng.choice(outside.size, size=n_explore_target, replace=False)]]
-        chosen = np.concatenate([exploit, explore])
-        short = ctx.budget - chosen.size
-        if short > 0 and opts.redistribute_overflow:
-            topped = _top_up(ctx, chosen, short, rng)
-            notes.append(f"{topped.size} more drawn uniformly from the improving clusters to spend the budget")
-            explore = np.concatenate([explore, topped])
-            chosen = np.concatenate([chosen, topped])
-        n_exploit, n_explore = int(exploit.size), int(explore.size)
-        if chosen.size < ctx.budget:
-            notes.append(f"selected {chosen.size} of budget {ctx.budget}")
-
-    picked = (
-        np.bincount(ctx.cluster_ids[chosen], minlength=k_all)[:k_all]
-        if chosen.size
-        else np.zeros(k_all, dtype=np.int64)
-    )
-    rows = np.flatnonzero((avail > 0) | ~np.isnan(rel_all) | (picked > 0))
-    table = _cluster_table(
-        rows, available=avail[rows], quota=quota_all[rows], selected=picked[rows], probability=prob_all[rows]
-    )
-    if not scores.empty:
-        s = scores.set_index("cluster_id").reindex(rows)
-        for col in ("acc_prev", "acc_now", "delta", "baseline", "rel"):
-            table[col] = s[col].to_numpy()
+        chosen, n_exploit, n_explore = _progress_draw(ctx, opts, clusters, rng, notes)
+    table = _progress_table(ctx, scores, clusters, chosen)
     return SelectionResult("progress", chosen, table, notes, n_exploit, n_explore)
 
 
