@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -90,6 +91,57 @@ def _history(cluster_ids: np.ndarray, acc_prev, acc_now, selected, coincide_orde
     return history
 
 
+@dataclass(frozen=True)
+class SelectInputs:
+    """The files one selection round reads (the command's path options)."""
+
+    clusters: Path
+    remaining: Path
+    manifest: Path | None = None
+    acc_prev: Path | None = None
+    acc_now: Path | None = None
+    selected: Path | None = None
+    coincide_order: Path | None = None
+
+
+def round_budget(cfg) -> int:
+    """SELECTION_NUM in whole global batches, as a run spends it (docs/algorithm.md#round-schedule)."""
+    from progress_core.schedule import whole_batches
+
+    budget = whole_batches(cfg.selection.selection_num, cfg.training.global_batch_size)
+    if budget != cfg.selection.selection_num:
+        typer.echo(
+            f"budget {budget}: selection.selection_num {cfg.selection.selection_num} in whole batches of "
+            f"{cfg.training.global_batch_size}"
+        )
+    return budget
+
+
+def select_round(cfg, inputs: SelectInputs, round_index: int, out: Path, cluster_table: Path | None):
+    """Select as round ``round_index`` of a run does (draw seeded by ``(seed, round)``) and write the ids."""
+    from tqdm import tqdm
+
+    from progress_core.io import write_parquet
+    from progress_core.rounds import read_ids, write_ids
+    from progress_core.selection import select
+
+    budget = round_budget(cfg)
+    options = cfg.selection.progress_options() if cfg.selection.strategy == "progress" else {}
+    with tqdm(total=3, desc="select", unit="stage", leave=False, disable=None) as bar:
+        cluster_ids = _load_assignment(inputs.clusters, _manifest_rows(inputs.manifest))
+        history = _history(cluster_ids, inputs.acc_prev, inputs.acc_now, inputs.selected, inputs.coincide_order)
+        pool = read_ids(inputs.remaining)
+        bar.update()
+        rng = np.random.default_rng([cfg.seed, round_index])
+        result = select(cfg.selection.strategy, pool, cluster_ids, history, budget, rng, **options)
+        bar.update()
+        write_ids(result.sample_ids, out, extra={"cluster_id": cluster_ids[result.sample_ids]})
+        if cluster_table is not None:
+            write_parquet(result.cluster_table, cluster_table)
+        bar.update()
+    return result
+
+
 def register(app: typer.Typer) -> None:
     """Add ``progress select`` to the progress app."""
 
@@ -132,36 +184,8 @@ def register(app: typer.Typer) -> None:
         The accuracy tables must belong to the annotation given by --clusters: a cluster id it does not know,
         or (with --selected) a cluster of the selected samples without a row in --acc-now, is an error.
         """
-        import numpy as np
-
-        from progress_core.schedule import whole_batches
-
         cfg = resolve_config(config, preset, set_)
-        strategy, seed = cfg.selection.strategy, cfg.seed
-        budget = whole_batches(cfg.selection.selection_num, cfg.training.global_batch_size)
-        if budget != cfg.selection.selection_num:
-            typer.echo(
-                f"budget {budget}: selection.selection_num {cfg.selection.selection_num} in whole batches of "
-                f"{cfg.training.global_batch_size}"
-            )
-        options = cfg.selection.progress_options() if strategy == "progress" else {}
-        from tqdm import tqdm
-
-        from progress_core.io import write_parquet
-        from progress_core.rounds import read_ids, write_ids
-        from progress_core.selection import select
-
-        with tqdm(total=3, desc="select", unit="stage", leave=False, disable=None) as bar:
-            cluster_ids = _load_assignment(clusters, _manifest_rows(manifest))
-            history = _history(cluster_ids, acc_prev, acc_now, selected, coincide_order)
-            pool = read_ids(remaining)
-            bar.update()
-            rng = np.random.default_rng([seed, round_index])
-            result = select(strategy, pool, cluster_ids, history, budget, rng, **options)
-            bar.update()
-            write_ids(result.sample_ids, out, extra={"cluster_id": cluster_ids[result.sample_ids]})
-            if cluster_table is not None:
-                write_parquet(result.cluster_table, cluster_table)
-            bar.update()
+        inputs = SelectInputs(clusters, remaining, manifest, acc_prev, acc_now, selected, coincide_order)
+        result = select_round(cfg, inputs, round_index, out, cluster_table)
         typer.echo(_summary(result, SUMMARY_ROWS))
         typer.echo(f"wrote {result.sample_ids.size} sample_ids to {out}")
