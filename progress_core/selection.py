@@ -561,8 +561,8 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
     C = clusters with an accuracy now; a_prev = accuracy at the previous probe (0 if not probed then);
     delta = a_now - a_prev; baseline b = a_prev, or 1/n_now when a_prev == 0 (one correct answer out of the
     current probe, n_now = judged samples); rel = (a_now - b) / b (``relative_change``, the default) or
-    (a_now - a_prev) / max(1 - a_prev, 1/n_now) (``relative_error_reduction``). Exploit set P = {rel > 0 and samples left};
-    p = softmax(rel / T) over P; quota = min(int(exploit_frac * budget * p), available), drawn uniformly
+    (a_now - a_prev) / max(1 - a_prev, 1/n_now) (``relative_error_reduction``). Exploit set
+    P = {rel > 0 and samples left}; p = softmax(rel / T) over P; quota = min(int(exploit_frac * budget * p), available), drawn uniformly
     inside each cluster. Exploration: uniformly over the samples of every other cluster (declined, flat,
     never probed). Default (``redistribute_overflow``): the capped overflow goes to the other improving
     clusters, exploration takes the rest of the budget and, if it has too few candidates, the remaining
