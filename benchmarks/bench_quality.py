@@ -28,8 +28,9 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
+from _common import summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGIES = ("progress", "random", "coincide")
@@ -220,6 +221,9 @@ def main() -> None:
     text = report(run_dir)
     (run_dir / "bench_quality.md").write_text(text + "\n")
     print("\n" + text)
+    table = pd.read_parquet(run_dir / "comparison.parquet")
+    largest = max(b for b in table["budget"].unique() if b < 1.0)
+    summary("bench_quality", f"progress − random at {largest:g}", _paired(table, largest, "progress", "random"))
 
 
 if __name__ == "__main__":
