@@ -10,6 +10,7 @@ score is the cosine similarity to the centre (the original calls it ``dist_to_ce
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,11 +135,64 @@ def flat_index(d: int, spherical: bool, gpu: bool | Literal["auto"] = "auto", fa
     return faiss_module.index_cpu_to_all_gpus(cpu_index, co=options, ngpu=n_gpus), f"gpu-sharded-{n_gpus}"
 
 
-def _check_finite(x: np.ndarray, chunk: int = 1 << 16) -> None:
+ASSIGN_ROWS = 1 << 16
+"""Rows converted to float32 and assigned at a time (a multiple of faiss's 4096-row BLAS query block)."""
+
+
+def _release_pages(features: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set (they stay in the page cache)."""
+    mapping = getattr(features, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _float32_rows(features: np.ndarray, start: int, stop: int) -> np.ndarray:
+    rows = np.ascontiguousarray(features[start:stop], dtype=np.float32)
+    _release_pages(features)
+    return rows
+
+
+def _check_finite(x: np.ndarray, chunk: int = ASSIGN_ROWS) -> None:
     for s in range(0, x.shape[0], chunk):
         ok = np.isfinite(x[s : s + chunk]).all(axis=1)
+        _release_pages(x)
         if not ok.all():
             raise NonFiniteFeaturesError(f"features hold NaN/inf, first at row {s + int(np.flatnonzero(~ok)[0])}")
+
+
+def _training_rows(features: np.ndarray, k: int, max_points_per_centroid: int, seed: int, faiss) -> np.ndarray:
+    """The rows faiss trains on, as float32: all of them, or the ``k × max_points_per_centroid`` that
+    ``faiss.Clustering`` would sample itself (its ``rand_perm`` with the same seed), gathered without ever
+    holding the whole matrix in float32."""
+    n = features.shape[0]
+    if n <= k * max_points_per_centroid:
+        return _float32_rows(features, 0, n)
+    perm = np.empty(n, dtype=np.int32)
+    faiss.rand_perm(faiss.swig_ptr(perm), n, seed)
+    sample = np.ascontiguousarray(features[perm[: k * max_points_per_centroid]], dtype=np.float32)
+    _release_pages(features)
+    return sample
+
+
+def _assign(index, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre and its similarity for every row, ``ASSIGN_ROWS`` rows at a time."""
+    n = features.shape[0]
+    assignment = np.empty(n, dtype=np.int64)
+    similarity = np.empty(n, dtype=np.float32)
+    for start in range(0, n, ASSIGN_ROWS):
+        stop = min(start + ASSIGN_ROWS, n)
+        sim, idx = index.search(_float32_rows(features, start, stop), 1)
+        assignment[start:stop], similarity[start:stop] = idx[:, 0], sim[:, 0]
+    return assignment, similarity
+
+
+def _check_shape(features: np.ndarray, k: int) -> None:
+    if features.ndim != 2:
+        raise ClusteringError(f"features must be 2-D, got shape {features.shape}")
+    if k < 1:
+        raise ClusteringError(f"k must be >= 1, got {k}")
+    if k > features.shape[0]:
+        raise KTooLargeError(f"k={k} centres requested for only {features.shape[0]} samples")
 
 
 def spherical_kmeans(
@@ -154,11 +208,13 @@ def spherical_kmeans(
     """faiss k-means + nearest-centre search with the original's parameters (``docs/algorithm.md#concept-clustering``).
 
     The same ``faiss.Clustering`` that ``faiss.Kmeans`` runs, on the index :func:`flat_index` chooses (GPU,
-    sharded over the node's GPUs, when faiss has them; CPU otherwise).
+    sharded over the node's GPUs, when faiss has them; CPU otherwise), with the centres and assignment of
+    handing faiss the whole matrix (similarities equal up to the last float bit); but only the training rows
+    are held in float32, and the other rows are converted and assigned in blocks. ``features`` may be a memory-mapped float16 file (as stored): its pages are released
+    after each block, so memory stays near the training sample's size.
 
-    A float32 C-contiguous input is passed to faiss without a copy; float16 features (as stored) are
-    converted once. Raises :class:`KTooLargeError`, :class:`NonFiniteFeaturesError` or
-    :class:`CollapsedClusteringError` instead of returning a meaningless clustering.
+    Raises :class:`KTooLargeError`, :class:`NonFiniteFeaturesError` or :class:`CollapsedClusteringError`
+    instead of returning a meaningless clustering.
     """
     try:
         import faiss
@@ -167,35 +223,21 @@ def spherical_kmeans(
             "faiss is not installed: pip install 'progress-flows[cpu]' (or '[gpu]' on GPU machines)"
         ) from exc
 
-    if features.ndim != 2:
-        raise ClusteringError(f"features must be 2-D, got shape {features.shape}")
+    _check_shape(features, k)
     n, d = features.shape
-    if k < 1:
-        raise ClusteringError(f"k must be >= 1, got {k}")
-    if k > n:
-        raise KTooLargeError(f"k={k} centres requested for only {n} samples")
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    _check_finite(x)
+    _check_finite(features)
     params = faiss.ClusteringParameters()
-    params.niter = int(niter)
-    params.seed = int(seed)
-    params.spherical = bool(spherical)
-    params.verbose = bool(verbose)
-    params.max_points_per_centroid = int(max_points_per_centroid)
+    params.niter, params.seed, params.spherical = int(niter), int(seed), bool(spherical)
+    params.verbose, params.max_points_per_centroid = bool(verbose), int(max_points_per_centroid)
     clus = faiss.Clustering(d, int(k), params)
     index, device = flat_index(d, spherical, gpu)
     log.info("k-means k=%d on %d x %d features: faiss index on %s", k, n, d, device)
-    clus.train(x, index)
+    clus.train(_training_rows(features, int(k), int(max_points_per_centroid), int(seed), faiss), index)
     centroids = faiss.vector_to_array(clus.centroids).reshape(int(k), d).astype(np.float32)
     index.reset()
     index.add(centroids)
-    sim, idx = index.search(x, 1)
-    result = KMeansResult(
-        centroids=centroids,
-        assignment=idx[:, 0].astype(np.int64),
-        similarity=sim[:, 0].astype(np.float32),
-        device=device,
-    )
+    assignment, similarity = _assign(index, features)
+    result = KMeansResult(centroids=centroids, assignment=assignment, similarity=similarity, device=device)
     _check_collapse(result)
     return result
 

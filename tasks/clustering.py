@@ -15,7 +15,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 @stage("kmeans")
 def kmeans_stage(features: StageRecord, name: str, k: int, settings: ClusteringConfig, out_dir: str) -> StageRecord:
     """Spherical faiss k-means with ``k`` centres; writes ``<name>_assignment.parquet`` and centroids."""
-    x = load_features(features.files["features"], mmap=False)
+    x = load_features(features.files["features"], mmap=True)
     result = spherical_kmeans(
         x,
         k,

@@ -48,6 +48,39 @@ def test_same_seed_same_centroids_and_float16_input():
     assert c.assignment.dtype == np.int64 and c.assignment.shape == (len(x),)
 
 
+def _faiss_on_the_whole_matrix(x: np.ndarray, k: int, niter: int, seed: int, mpc: int):
+    """The reference: faiss given every row in float32 at once (it samples its training rows itself)."""
+    import faiss
+
+    params = faiss.ClusteringParameters()
+    params.niter, params.seed, params.spherical, params.max_points_per_centroid = niter, seed, True, mpc
+    clus = faiss.Clustering(x.shape[1], k, params)
+    index = faiss.IndexFlatIP(x.shape[1])
+    clus.train(x, index)
+    centroids = faiss.vector_to_array(clus.centroids).reshape(k, x.shape[1])
+    index.reset()
+    index.add(centroids)
+    sim, idx = index.search(x, 1)
+    return centroids, idx[:, 0], sim[:, 0]
+
+
+@pytest.mark.parametrize("mpc", [8, 256])
+def test_blockwise_kmeans_on_a_memory_mapped_file_equals_faiss_on_the_whole_matrix(tmp_path, monkeypatch, mpc):
+    """Training sample (faiss's own draw, or every row) and block-wise assignment give the same centres and
+    assignment; the similarity may differ in its last bit (BLAS sums blocks of another size)."""
+    import progress_core.clustering as clustering
+
+    monkeypatch.setattr(clustering, "ASSIGN_ROWS", 4096)
+    x, _ = blobs(n_per=1000, k=10, d=24, noise=0.4, seed=3)
+    np.save(tmp_path / "f.npy", x.astype(np.float16))
+    stored = np.load(tmp_path / "f.npy", mmap_mode="r")
+    centroids, assignment, similarity = _faiss_on_the_whole_matrix(np.asarray(stored, np.float32), 12, 8, 5, mpc)
+    res = spherical_kmeans(stored, 12, niter=8, seed=5, max_points_per_centroid=mpc, gpu=False)
+    np.testing.assert_array_equal(res.centroids, centroids)
+    np.testing.assert_array_equal(res.assignment, assignment)
+    np.testing.assert_allclose(res.similarity, similarity, rtol=2e-6, atol=0)
+
+
 def test_k_larger_than_pool():
     x, _ = blobs(n_per=2, k=3)
     with pytest.raises(KTooLargeError, match="k=7"):
