@@ -99,9 +99,12 @@ class OriginalExporter:
         from progress_core.manifest import read_manifest
 
         self.out_dir = Path(out_dir)
-        self.manifest = manifest if isinstance(manifest, pa.Table) else read_manifest(manifest)
-        n = self.manifest.num_rows
-        sid = self.manifest.column("sample_id").to_numpy()
+        self._table = manifest if isinstance(manifest, pa.Table) else None
+        self._manifest_path = None if self._table is not None else Path(manifest)
+        ids = self._table if self._table is not None else read_manifest(manifest, columns=["sample_id"])
+        n = ids.num_rows
+        self._n = n
+        sid = ids.column("sample_id").to_numpy()
         if not np.array_equal(sid, np.arange(n)):
             raise ExportError("manifest sample_id is not dense 0..N-1 in row order")
         if isinstance(assignment, (str, os.PathLike)):
@@ -121,7 +124,16 @@ class OriginalExporter:
 
     @property
     def n_samples(self) -> int:
-        return self.manifest.num_rows
+        return self._n
+
+    @property
+    def manifest(self) -> pa.Table:
+        """The whole manifest table, read on first use (the byte-copy path after :meth:`write_all` never needs it)."""
+        if self._table is None:
+            from progress_core.manifest import read_manifest
+
+            self._table = read_manifest(self._manifest_path)
+        return self._table
 
     def write_rows(self, ids, relative_path: str) -> Path:
         """Write the rows of ``ids`` (in that order) to ``out_dir/relative_path`` atomically.
@@ -147,9 +159,18 @@ class OriginalExporter:
         return export_llava(table, self.out_dir / relative_path, extra_fields=extra, row_spans=row_spans)
 
     def write_all(self) -> Path:
-        """``llava_665k_with_cluster_id.json``: every row, annotated (COINCIDE_Indices_to_Accuracy.py)."""
+        """``llava_665k_with_cluster_id.json``: every row, annotated (COINCIDE_Indices_to_Accuracy.py).
+
+        Given a manifest file, its rows are streamed batch by batch, so the whole table is never in memory.
+        """
+        from progress_core.manifest import export_llava
+
         spans = np.empty((self.n_samples, 2), dtype=np.int64)
-        path = self._serialise(np.arange(self.n_samples), ALL_ROWS_FILE, row_spans=spans)
+        if self._manifest_path is None or self._table is not None:
+            path = self._serialise(np.arange(self.n_samples), ALL_ROWS_FILE, row_spans=spans)
+        else:
+            extra = {"cluster_id": self.cluster_id, "dist_to_cent": self.dist_to_cent, "index": np.arange(self._n)}
+            path = export_llava(self._manifest_path, self.out_dir / ALL_ROWS_FILE, extra_fields=extra, row_spans=spans)
         self.counts[ALL_ROWS_FILE] = self.n_samples
         self._all_rows = (path, spans)
         return path

@@ -178,7 +178,7 @@ def test_files_copied_from_the_all_rows_file_equal_serialised_ones(tmp_path, mon
     assignment = pd.DataFrame(
         {"sample_id": np.arange(n), "cluster_id": np.arange(n) % 3, "similarity": np.linspace(0, 1, n)}
     )
-    copied = export.OriginalExporter(tmp_path / "copied", manifest, assignment)
+    copied = export.OriginalExporter(tmp_path / "copied", tmp_path / "manifest.parquet", assignment)
     serialised = export.OriginalExporter(tmp_path / "serialised", manifest, assignment)
     all_rows = copied.write_all()
     cases = {"empty.json": [], "one.json": [7], "shuffled.json": [11, 0, 7, 3, 3, 10, 1], "all.json": range(n)}
@@ -190,3 +190,4 @@ def test_files_copied_from_the_all_rows_file_equal_serialised_ones(tmp_path, mon
         assert [r["index"] for r in json.loads(made)] == list(ids)
     assert (tmp_path / "copied" / "sub" / "all.json").read_bytes() == all_rows.read_bytes()
     assert copied.counts["sub/shuffled.json"] == 7
+    assert copied._table is None, "streamed from the manifest file, the whole table was never read"
