@@ -169,9 +169,21 @@ def _training_rows(features: np.ndarray, k: int, max_points_per_centroid: int, s
         return _float32_rows(features, 0, n)
     perm = np.empty(n, dtype=np.int32)
     faiss.rand_perm(faiss.swig_ptr(perm), n, seed)
-    sample = np.ascontiguousarray(features[perm[: k * max_points_per_centroid]], dtype=np.float32)
-    _release_pages(features)
-    return sample
+    return _gather_rows(features, perm[: k * max_points_per_centroid].astype(np.int64))
+
+
+def _gather_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]`` as float32, read block by block in file order (a random gather from a memory map
+    would fault in, through read-ahead, most of the file at once)."""
+    order = np.argsort(rows, kind="stable")
+    in_file_order = rows[order]
+    out = np.empty((rows.size, features.shape[1]), dtype=np.float32)
+    bounds = np.searchsorted(in_file_order, np.arange(0, features.shape[0] + ASSIGN_ROWS, ASSIGN_ROWS))
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        if a < b:
+            out[order[a:b]] = features[in_file_order[a:b]]
+            _release_pages(features)
+    return out
 
 
 def _assign(index, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
