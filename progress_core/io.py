@@ -93,20 +93,23 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     _xxhash = None
 
+HASHERS = {"blake2b-128": lambda: hashlib.blake2b(digest_size=16)}
+"""Content hash algorithms by the name written before a hash (``name:hexdigest``)."""
+if _xxhash is not None:
+    HASHERS["xxh3_128"] = _xxhash.xxh3_128
 HASH_NAME = "xxh3_128" if _xxhash is not None else "blake2b-128"
 
 
-def _hasher():
-    return _xxhash.xxh3_128() if _xxhash is not None else hashlib.blake2b(digest_size=16)
-
-
-def stream_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Content hash of one file, read in chunks (xxh3-128 when ``xxhash`` is installed, else blake2b-128)."""
-    h = _hasher()
+def stream_hash(path: str | os.PathLike, chunk: int = 1 << 20, algorithm: str = HASH_NAME) -> str:
+    """Content hash of one file, read in chunks: ``algorithm:hexdigest``, xxh3-128 by default (blake2b-128
+    without ``xxhash``); a hash recorded with another algorithm is checked by naming it."""
+    if algorithm not in HASHERS:
+        raise ValueError(f"unknown content hash algorithm {algorithm!r} (known: {', '.join(sorted(HASHERS))})")
+    h = HASHERS[algorithm]()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return f"{HASH_NAME}:{h.hexdigest()}"
+    return f"{algorithm}:{h.hexdigest()}"
 
 
 def files_fingerprint(paths: list[str | os.PathLike], contents: bool = False) -> str:

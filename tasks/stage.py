@@ -43,7 +43,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from progress_core.io import stream_hash, write_json
+from progress_core.io import HASH_NAME, HASHERS, stream_hash, write_json
 
 MARKER = ".stage.json"
 RUN_MANIFEST = "run_manifest.json"
@@ -231,11 +231,18 @@ def compute_key(stage: str, version: str, parameters: dict[str, Any], ignore: It
 _HASH_MEMO: dict[tuple, str] = {}
 
 
-def _file_hash(path: Path, st: os.stat_result) -> str:
-    memo_key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+def _file_hash(path: Path, st: os.stat_result, algorithm: str = HASH_NAME) -> str:
+    memo_key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, algorithm)
     if memo_key not in _HASH_MEMO:
-        _HASH_MEMO[memo_key] = stream_hash(path)
+        _HASH_MEMO[memo_key] = stream_hash(path, algorithm=algorithm)
     return _HASH_MEMO[memo_key]
+
+
+def _hash_as_recorded(path: Path, st: os.stat_result, recorded: str) -> str | None:
+    """The file's hash by the algorithm ``recorded`` names (markers of older versions keep verifying), or
+    None when this installation cannot compute it."""
+    algorithm = recorded.partition(":")[0]
+    return _file_hash(path, st, algorithm) if algorithm in HASHERS else None
 
 
 def _expand(path: Path) -> list[Path]:
@@ -297,7 +304,7 @@ def verify_marker(out_dir: str | Path, key: str, hashes: bool = True) -> tuple[M
             return None, f"output {q.name} is missing"
         if st.st_size != check.size:
             return None, f"output {q.name} has {st.st_size} bytes, the marker recorded {check.size}"
-        if hashes and _file_hash(q, st) != check.hash:
+        if hashes and _hash_as_recorded(q, st, check.hash) != check.hash:
             return None, f"output {q.name} changed since it was written (content hash differs)"
     return marker, ""
 

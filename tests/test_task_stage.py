@@ -102,6 +102,26 @@ def test_checkpoint_stages_hand_their_key_downstream_and_still_verify_files(tmp_
     assert CALLS == ["x", "x"] and again.content_hash == first.content_hash
 
 
+def test_a_marker_hashed_with_another_algorithm_still_verifies_and_still_sees_edits(tmp_path):
+    from progress_core.io import stream_hash
+
+    out = tmp_path / "e"
+    rec = echo(_src(), "x", str(out))
+    marker = json.loads((out / MARKER).read_text())
+    path = str(out / "echo.txt")
+    assert marker["outputs"][path]["hash"].startswith("xxh3_128:")
+    marker["outputs"][path]["hash"] = stream_hash(path, algorithm="blake2b-128")
+    (out / MARKER).write_text(json.dumps(marker))
+    assert verify_marker(out, rec.key)[0] is not None
+    echo(_src(), "x", str(out))
+    assert CALLS == ["x"], "reused, not recomputed"
+    Path(path).write_text("y" + Path(path).read_text()[1:])
+    assert "content hash differs" in verify_marker(out, rec.key)[1]
+    marker["outputs"][path]["hash"] = "md5:0123"
+    (out / MARKER).write_text(json.dumps(marker))
+    assert "content hash differs" in verify_marker(out, rec.key)[1]
+
+
 def test_marker_records_outputs_and_every_file_written_but_not_nested_stages(tmp_path):
     out = tmp_path / "echo"
     nested = out / "inner"
