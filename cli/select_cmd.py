@@ -104,7 +104,7 @@ class SelectInputs:
     coincide_order: Path | None = None
 
 
-def round_budget(cfg) -> int:
+def selection_budget(cfg) -> int:
     """SELECTION_NUM in whole global batches, as a run spends it (docs/algorithm.md#round-schedule)."""
     from progress_core.schedule import whole_batches
 
@@ -125,7 +125,7 @@ def select_round(cfg, inputs: SelectInputs, round_index: int, out: Path, cluster
     from progress_core.rounds import read_ids, write_ids
     from progress_core.selection import select
 
-    budget = round_budget(cfg)
+    budget = selection_budget(cfg)
     options = cfg.selection.progress_options() if cfg.selection.strategy == "progress" else {}
     with tqdm(total=3, desc="select", unit="stage", leave=False, disable=None) as bar:
         cluster_ids = _load_assignment(inputs.clusters, _manifest_rows(inputs.manifest))
