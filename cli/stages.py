@@ -232,7 +232,7 @@ def _warmup_command(
     from progress_core.coincide import coincide_selection, warmup_pools
     from progress_core.features import load_features
     from progress_core.rounds import write_ids
-    from progress_core.schedule import coincide_budget
+    from progress_core.schedule import coincide_budget, planned_final_step
 
     cfg = resolve_config(config, preset, set_)
     feats = load_features(_need_file(features, "features"))
@@ -248,7 +248,9 @@ def _warmup_command(
         write_ids(getattr(pools, part), out / f"{part}.parquet")
     typer.echo(f"w1={pools.w1.size} w2={pools.w2.size} remaining={pools.remaining.size} (of {n}); wrote {out}")
     if cfg.selection.strategy == "coincide":
-        budget = coincide_budget(cfg, n, (pools.w1.size, pools.w2.size))
+        warmup = (pools.w1.size, pools.w2.size)
+        final_step = planned_final_step(cfg, n, warmup)
+        budget = coincide_budget(final_step, cfg.training.global_batch_size, n, warmup)
         ids = coincide_selection(feats, fine, budget, temperature=settings.temperature, sigma=settings.sigma)
         write_ids(ids, out / "coincide_order.parquet")
         typer.echo(f"coincide order: {ids.size} samples; wrote {out / 'coincide_order.parquet'}")

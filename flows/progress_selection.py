@@ -34,9 +34,10 @@ from progress_core.schedule import (
     ScheduleState,
     advance,
     coincide_budget,
+    horizon,
     initial_state,
     next_round,
-    planned_final_step,
+    plan_from,
     steps_for_new,
 )
 from progress_core.summary import RoundSummary, RunSummary, total_seconds
@@ -314,7 +315,7 @@ def set_up_rounds(cfg: RunConfig, shared: Path, prepared: PreparedData) -> tuple
     n = prepared.manifest.rows["manifest"]
     pools = prepared.pools
     state = initial_state(cfg, n, (pools.rows["w1"], pools.rows["w2"]))
-    final_step = planned_final_step(cfg, n, (pools.rows["w1"], pools.rows["w2"]))
+    final_step = horizon(plan_from(state), cfg.final_step(n))
     training = cfg.training_config(final_step)
     coincide_order = None
     if cfg.selection.strategy == "coincide":
@@ -322,7 +323,7 @@ def set_up_rounds(cfg: RunConfig, shared: Path, prepared: PreparedData) -> tuple
             coincide_order_stage,
             features=prepared.features,
             selection_clusters=prepared.selection_clusters,
-            budget=coincide_budget(cfg, n, (pools.rows["w1"], pools.rows["w2"])),
+            budget=coincide_budget(final_step, cfg.training.global_batch_size, n, (pools.rows["w1"], pools.rows["w2"])),
             settings=cfg.warmup,
             out_dir=shared / "coincide",
         )

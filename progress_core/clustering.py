@@ -222,8 +222,9 @@ def spherical_kmeans(
     The same ``faiss.Clustering`` that ``faiss.Kmeans`` runs, on the index :func:`flat_index` chooses (GPU,
     sharded over the node's GPUs, when faiss has them; CPU otherwise), with the centres and assignment of
     handing faiss the whole matrix (similarities equal up to the last float bit); but only the training rows
-    are held in float32, and the other rows are converted and assigned in blocks. ``features`` may be a memory-mapped float16 file (as stored): its pages are released
-    after each block, so memory stays near the training sample's size.
+    are held in float32, and the other rows are converted and assigned in blocks. ``features`` may be a
+    memory-mapped float16 file (as stored): its pages are released after each block, so memory stays near
+    the training sample's size.
 
     Raises :class:`KTooLargeError`, :class:`NonFiniteFeaturesError` or :class:`CollapsedClusteringError`
     instead of returning a meaningless clustering.

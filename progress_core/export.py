@@ -102,8 +102,7 @@ class OriginalExporter:
         self._table = manifest if isinstance(manifest, pa.Table) else None
         self._manifest_path = None if self._table is not None else Path(manifest)
         ids = self._table if self._table is not None else read_manifest(manifest, columns=["sample_id"])
-        n = ids.num_rows
-        self._n = n
+        n = self._n = ids.num_rows
         sid = ids.column("sample_id").to_numpy()
         if not np.array_equal(sid, np.arange(n)):
             raise ExportError("manifest sample_id is not dense 0..N-1 in row order")
@@ -151,12 +150,11 @@ class OriginalExporter:
         self.counts[relative_path] = int(ids.size)
         return path
 
-    def _serialise(self, ids: np.ndarray, relative_path: str, row_spans: np.ndarray | None = None) -> Path:
+    def _serialise(self, ids: np.ndarray, relative_path: str) -> Path:
         from progress_core.manifest import export_llava
 
         extra = {"cluster_id": self.cluster_id[ids], "dist_to_cent": self.dist_to_cent[ids], "index": ids}
-        table = self.manifest.take(pa.array(ids))
-        return export_llava(table, self.out_dir / relative_path, extra_fields=extra, row_spans=row_spans)
+        return export_llava(self.manifest.take(pa.array(ids)), self.out_dir / relative_path, extra_fields=extra)
 
     def write_all(self) -> Path:
         """``llava_665k_with_cluster_id.json``: every row, annotated (COINCIDE_Indices_to_Accuracy.py).
@@ -166,11 +164,9 @@ class OriginalExporter:
         from progress_core.manifest import export_llava
 
         spans = np.empty((self.n_samples, 2), dtype=np.int64)
-        if self._manifest_path is None or self._table is not None:
-            path = self._serialise(np.arange(self.n_samples), ALL_ROWS_FILE, row_spans=spans)
-        else:
-            extra = {"cluster_id": self.cluster_id, "dist_to_cent": self.dist_to_cent, "index": np.arange(self._n)}
-            path = export_llava(self._manifest_path, self.out_dir / ALL_ROWS_FILE, extra_fields=extra, row_spans=spans)
+        source = self._table if self._table is not None else self._manifest_path
+        extra = {"cluster_id": self.cluster_id, "dist_to_cent": self.dist_to_cent, "index": np.arange(self.n_samples)}
+        path = export_llava(source, self.out_dir / ALL_ROWS_FILE, extra_fields=extra, row_spans=spans)
         self.counts[ALL_ROWS_FILE] = self.n_samples
         self._all_rows = (path, spans)
         return path

@@ -166,9 +166,8 @@ def planned_final_step(config, pool_size: int, warmup: tuple[int, int]) -> int:
     return horizon(plan_from(initial_state(config, pool_size, warmup)), config.final_step(pool_size))
 
 
-def coincide_budget(config, pool_size: int, warmup: tuple[int, int]) -> int:
+def coincide_budget(final_step: int, global_batch: int, pool_size: int, warmup: tuple[int, int]) -> int:
     """Samples the ``coincide`` baseline orders at once (docs/algorithm.md#selection), at most the pool: every
-    sample the run trains up to the planned last step, plus room for the warm-up samples, which the order,
-    drawn from the whole pool, may contain although they are already selected."""
-    trained = planned_final_step(config, pool_size, warmup) * config.training.global_batch_size
-    return min(pool_size, trained + sum(warmup))
+    sample the run trains up to ``final_step`` (the planned last step), plus room for the warm-up samples,
+    which the order, drawn from the whole pool, may contain although they are already selected."""
+    return min(pool_size, final_step * global_batch + sum(warmup))

@@ -399,17 +399,18 @@ def _flow_coincide_selection(cfg, run: Path, budget: int) -> tuple[StageRecord, 
     that round's commit. The order's size follows the flow's rule (``progress_core.schedule.coincide_budget``)."""
     from faultkit import data_stages
 
-    from progress_core.schedule import coincide_budget
+    from progress_core.schedule import coincide_budget, planned_final_step
     from tasks.selection import commit_warmup_stage, select_stage
     from tasks.warmup import coincide_order_stage
 
     data = data_stages(cfg, run)
     n = data["manifest"].rows["manifest"]
     pools = data["warmup_pools"]
+    warmup = (pools.rows["w1"], pools.rows["w2"])
     order = coincide_order_stage.fn(
         features=data["features"],
         selection_clusters=data["selection"],
-        budget=coincide_budget(cfg, n, (pools.rows["w1"], pools.rows["w2"])),
+        budget=coincide_budget(planned_final_step(cfg, n, warmup), cfg.training.global_batch_size, n, warmup),
         settings=cfg.warmup,
         out_dir=str(run / "c"),
     )
