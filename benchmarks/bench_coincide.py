@@ -26,8 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from progress_core.clustering import KMeansResult  # noqa: E402
-from progress_core.coincide import (  # noqa: E402
+from progress_core.clustering.coincide import (
     cluster_density,
     cluster_members,
     cluster_transferability,
@@ -35,6 +34,7 @@ from progress_core.coincide import (  # noqa: E402
     gaussian_kernel,
     greedy_mmd_selection,
 )
+from progress_core.clustering.kmeans import KMeansResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_mb, summary  # noqa: E402

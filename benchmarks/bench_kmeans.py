@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from progress_core.clustering import KMeansResult, _check_collapse, _check_finite, spherical_kmeans  # noqa: E402
+from progress_core.clustering.kmeans import KMeansResult, _check_collapse, _check_finite, spherical_kmeans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import summary  # noqa: E402

@@ -33,15 +33,11 @@ def phase_idle(_: str, __: str) -> tuple[float, float, str]:
     import pandas  # noqa: F401
     import pyarrow  # noqa: F401
 
-    import progress_core.manifest  # noqa: F401
-
     return 0.0, _peak_rss_mb(), ""
 
 
 def phase_baseline(pool: str, _: str) -> tuple[float, float, str]:
     import pandas as pd
-
-    import progress_core.manifest  # noqa: F401  (same imports as ours)
 
     t0 = time.perf_counter()
     with open(pool, encoding="utf-8") as f:
@@ -52,7 +48,7 @@ def phase_baseline(pool: str, _: str) -> tuple[float, float, str]:
 
 
 def phase_ours(pool: str, workdir: str) -> tuple[float, float, str]:
-    from progress_core.manifest import build_manifest
+    from progress_core.data.manifest import build_manifest
 
     t0 = time.perf_counter()
     report = build_manifest(pool, Path(workdir) / "manifest.parquet")
@@ -62,7 +58,7 @@ def phase_ours(pool: str, workdir: str) -> tuple[float, float, str]:
 
 
 def phase_export(pool: str, workdir: str, verify: bool = False) -> tuple[float, float, str]:
-    from progress_core.manifest import export_llava, read_manifest
+    from progress_core.data.manifest import export_llava, read_manifest
 
     t0 = time.perf_counter()
     n_rows = read_manifest(Path(workdir) / "manifest.parquet", columns=["sample_id"]).num_rows

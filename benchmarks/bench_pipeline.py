@@ -134,7 +134,7 @@ def stage_import(ctx: dict) -> tuple[dict, str]:
 
 
 def _kmeans(ctx: dict, name: str) -> tuple[dict, str]:
-    from progress_core.clustering import ClusteringConfig
+    from progress_core.clustering.config import ClusteringConfig
     from tasks.clustering import kmeans_stage
 
     k = ctx["k"][name]
@@ -157,7 +157,7 @@ def stage_kmeans_selection(ctx: dict) -> tuple[dict, str]:
 
 
 def stage_warmup(ctx: dict) -> tuple[dict, str]:
-    from progress_core.config import WarmupConfig
+    from progress_core.clustering.config import WarmupConfig
     from tasks.warmup import warmup_stage
 
     rec = warmup_stage.fn(
@@ -173,7 +173,7 @@ def _synthetic_probe_stage():
     """A probe stage with synthetic accuracies: per annotation cluster a base accuracy and a learning speed,
     ``min(count, 100)`` samples probed, ``correct ~ Binomial`` (seeded by round). Keyed and cached like
     every stage (docs/architecture.md#stage-contract)."""
-    from progress_core.accuracy_table import write_accuracy_table
+    from progress_core.probe.accuracy_table import write_accuracy_table
     from tasks._tables import cluster_ids, ids_of
     from tasks.stage import StageRecord, stage
 
@@ -217,7 +217,7 @@ def _round_dir(ctx: dict, r: int, part: str) -> str:
 
 
 def stage_probe_tables(ctx: dict) -> tuple[dict, str]:
-    from progress_core.rounds import next_step
+    from progress_core.selection.rounds import next_step
     from tasks.selection import commit_warmup_stage
 
     probe = _synthetic_probe_stage()
@@ -246,8 +246,8 @@ def stage_probe_tables(ctx: dict) -> tuple[dict, str]:
 
 
 def stage_rounds(ctx: dict) -> tuple[dict, str]:
-    from progress_core.config import SelectionConfig
-    from progress_core.rounds import next_step
+    from progress_core.selection.config import SelectionConfig
+    from progress_core.selection.rounds import next_step
     from tasks.selection import select_stage
 
     probe = _synthetic_probe_stage()
@@ -317,8 +317,8 @@ KMEANS_STAGES = {"kmeans[annotation]", "kmeans[selection]"}
 PRELOAD = (
     "pandas",
     "faiss",
-    "progress_core.feature_import",
-    "progress_core.accuracy_table",
+    "progress_core.features.importing",
+    "progress_core.probe.accuracy_table",
     "tasks._tables",
     "tasks.clustering",
     "tasks.data",
@@ -358,8 +358,8 @@ def original_import(ctx: dict) -> str:
 def original_rounds(ctx: dict) -> str:
     import bench_selection as bs
 
-    from progress_core.accuracy_table import read_accuracy_table
-    from progress_core.rounds import read_ids
+    from progress_core.probe.accuracy_table import read_accuracy_table
+    from progress_core.selection.rounds import read_ids
     from tasks._tables import cluster_ids
 
     clusters = cluster_ids(ctx["annotation"])
@@ -381,7 +381,7 @@ def original_rounds(ctx: dict) -> str:
 
 
 def original_export(ctx: dict) -> str:
-    from progress_core.rounds import read_ids
+    from progress_core.selection.rounds import read_ids
     from tasks._tables import cluster_ids
 
     with open(Path(ctx["work"]) / "pool.json", encoding="utf-8") as f:
@@ -462,7 +462,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _context(args: argparse.Namespace, work: Path, run: Path) -> dict[str, Any]:
     """What every stage reads: paths, seed, k-means settings and the sizes scaled to ``--rows``."""
-    from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
+    from progress_core.clustering.kmeans import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
 
     n = args.rows
     return {

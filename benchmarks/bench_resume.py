@@ -79,7 +79,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=100, help="trivial task calls for the overhead figure")
     args = parser.parse_args()
 
-    from progress_core.config import load_config
+    from progress_core.run.config import load_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-resume-"))
     overrides = {"preset": "demo", "run_dir": str(work / "run")}

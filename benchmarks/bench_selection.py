@@ -31,8 +31,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from progress_core.rounds import apply_round, commit_round  # noqa: E402
-from progress_core.selection import SelectionHistory, SelectionResult, select  # noqa: E402
+from progress_core.selection.rounds import apply_round, commit_round
+from progress_core.selection.strategies import SelectionHistory, SelectionResult, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_mb, summary  # noqa: E402

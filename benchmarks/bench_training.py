@@ -57,8 +57,8 @@ def _bare_torch_steps_per_s(init: Path, train_df: pd.DataFrame, image_root: Path
     """The baseline: forward/backward/AdamW on batches collated before the clock starts (3 warm-up steps)."""
     import torch
 
-    from progress_core.model import load_model
-    from progress_core.training import Encoder, samples_rows
+    from progress_core.model.loading import load_model
+    from progress_core.training.samples import Encoder, samples_rows
 
     batch = cfg.global_batch_size
     model, processor = load_model(init, cfg.model)
@@ -82,7 +82,7 @@ def _bare_torch_steps_per_s(init: Path, train_df: pd.DataFrame, image_root: Path
 
 def _probe_samples_per_s(init: Path, probe_rows: pd.DataFrame, image_root: Path, pcfg) -> tuple[float, object]:
     """Samples per second of ``generate_answers`` under ``pcfg``, and the answers."""
-    from progress_core.accuracy import generate_answers
+    from progress_core.probe.accuracy import generate_answers
 
     t = time.perf_counter()
     answers = generate_answers(init, probe_rows, image_root, pcfg, progress=False)
@@ -94,7 +94,7 @@ def bench_speed(init: Path, train_df: pd.DataFrame, eval_df: pd.DataFrame, image
     (docs/algorithm.md#training, docs/algorithm.md#probe-and-judge)."""
     import torch
 
-    from progress_core.training import train_to_step
+    from progress_core.training.loop import train_to_step
 
     steps = min(SPEED_STEPS, cfg.final_step, len(train_df) // cfg.global_batch_size)
     if steps < 4:
@@ -131,9 +131,9 @@ def bench_speed(init: Path, train_df: pd.DataFrame, eval_df: pd.DataFrame, image
 
 
 def bench_curve(init: Path, train_df, eval_df, image_root: Path, cfg, pcfg, steps: int, every: int, work: Path):
-    from progress_core.accuracy import probe
-    from progress_core.judges import ExactMatchJudge
-    from progress_core.training import train_to_step
+    from progress_core.probe.accuracy import probe
+    from progress_core.probe.judges import ExactMatchJudge
+    from progress_core.training.loop import train_to_step
 
     concepts = sorted(eval_df["concept"].unique())
     eval_df = eval_df.assign(cluster_id=eval_df["concept"].map({c: i for i, c in enumerate(concepts)}))
@@ -217,10 +217,11 @@ def main() -> None:
 
     import torch
 
-    from progress_core.accuracy import ProbeConfig
-    from progress_core.model import ModelConfig, build_tiny_model
-    from progress_core.synthetic import generate_pool
-    from progress_core.training import TrainingConfig
+    from progress_core.data.synthetic import generate_pool
+    from progress_core.model.config import ModelConfig
+    from progress_core.model.tiny import build_tiny_model
+    from progress_core.probe.config import ProbeConfig
+    from progress_core.training.config import TrainingConfig
 
     torch.set_num_threads(args.threads)
     model_cfg = ModelConfig(**({"patch_size": args.patch_size} if args.patch_size else {}))

@@ -13,8 +13,8 @@ import typer
 import yaml
 
 from cli.run import _parse_set
-from progress_core.config import load_config
 from progress_core.errors import ConfigError
+from progress_core.run.config import load_config
 
 
 def _floats(text: str) -> list[float]:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from progress_core.config import DataConfig
+from progress_core.data.config import DataConfig
 
 MANIFEST_NAME = "manifest.parquet"
 
@@ -49,8 +49,9 @@ def _register_prepare(app: typer.Typer) -> None:
         visual analogy, an unlearnable random concept and text-only arithmetic) are learned at different
         speeds by a small model; labels.parquet records concept and difficulty for evaluation only.
         """
-        from progress_core.manifest import build_manifest
-        from progress_core.synthetic import generate_pool, pool_statistics
+        from progress_core.data.manifest import build_manifest
+        from progress_core.data.statistics import pool_statistics
+        from progress_core.data.synthetic import generate_pool
 
         pool = generate_pool(out, n=n, n_eval=n_eval, seed=seed, image_size=image_size, verbose=True)
         manifest = Path(out) / MANIFEST_NAME
@@ -106,7 +107,7 @@ def _register_manifest(app: typer.Typer) -> None:
         Rows are validated (JSON syntax, conversations present, human/gpt turn order, unique ids, images
         present); the original rows are kept losslessly, so `progress export` gives them back.
         """
-        from progress_core.manifest import build_manifest
+        from progress_core.data.manifest import build_manifest
 
         report = build_manifest(
             pool_json,
@@ -116,7 +117,7 @@ def _register_manifest(app: typer.Typer) -> None:
             allow_duplicate_ids=allow_duplicate_ids,
             verbose=True,
         )
-        from progress_core.validation import require_rows
+        from progress_core.run.validation import require_rows
 
         require_rows(report, pool_json)
         typer.echo(report.summary())
@@ -129,7 +130,7 @@ def _register_export(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="LLaVA JSON file to write"),
     ) -> None:
         """Write a manifest back as a LLaVA JSON list, rows equal to the original input rows."""
-        from progress_core.manifest import export_llava, read_manifest
+        from progress_core.data.manifest import export_llava, read_manifest
 
         n_rows = read_manifest(manifest_path, columns=["sample_id"]).num_rows
         export_llava(manifest_path, out, verbose=True)
@@ -145,7 +146,7 @@ def _register_stats(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Print rows, answer vocabulary and chance level per source (or per concept with --labels)."""
-        from progress_core.manifest import ManifestFileError, read_manifest, source_statistics
+        from progress_core.data.manifest import ManifestFileError, read_manifest, source_statistics
 
         table = read_manifest(manifest_path)
         if labels is None:
@@ -154,7 +155,7 @@ def _register_stats(app: typer.Typer) -> None:
             return
         if not labels.is_file():
             raise ManifestFileError(f"labels not found: {str(labels)!r}")
-        from progress_core.synthetic import pool_statistics
+        from progress_core.data.statistics import pool_statistics
 
         typer.echo(f"{manifest_path}: {table.num_rows} rows")
         typer.echo(_format(pool_statistics(table, labels)))

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 
-from progress_core.config import Preset, RunConfig, load_config
 from progress_core.errors import ConfigError
+from progress_core.run.config import Preset, RunConfig, load_config
 
 PRESETS = typing.get_args(Preset)
 

@@ -19,9 +19,9 @@ import typer
 
 from cli.options import PRESETS
 from cli.options import parse_set as _parse_set
-from progress_core.config import RunConfig, load_config
 from progress_core.environment import apply_defaults
-from progress_core.validation import validate_run
+from progress_core.run.config import RunConfig, load_config
+from progress_core.run.validation import validate_run
 
 
 def format_rounds(rows: list[dict]) -> str:
@@ -234,7 +234,7 @@ def _register_config(app: typer.Typer) -> None:
     ) -> None:
         """Print a complete run config as YAML, every field explained in a comment (a starting point for
         `progress run --config`)."""
-        from progress_core.config_doc import commented_yaml, explain_or_error
+        from progress_core.run.config_doc import commented_yaml, explain_or_error
 
         if explain:
             typer.echo(explain_or_error(explain), nl=False)

@@ -43,7 +43,7 @@ def _load_assignment(path: Path, n_manifest: int | None) -> np.ndarray:
 def _manifest_rows(path: Optional[Path]) -> int | None:
     if path is None:
         return None
-    from progress_core.manifest import read_manifest
+    from progress_core.data.manifest import read_manifest
 
     return read_manifest(path, columns=["sample_id"]).num_rows
 
@@ -69,10 +69,10 @@ def _summary(result, top: int) -> str:
 
 def _history(cluster_ids: np.ndarray, acc_prev, acc_now, selected, coincide_order):
     """The selection's inputs from earlier rounds, the accuracy tables checked against the annotation."""
-    from progress_core.accuracy_table import read_accuracy_table
-    from progress_core.rounds import read_ids
-    from progress_core.selection import SelectionHistory
-    from progress_core.validation import check_accuracy_clusters
+    from progress_core.probe.accuracy_table import read_accuracy_table
+    from progress_core.run.validation import check_accuracy_clusters
+    from progress_core.selection.rounds import read_ids
+    from progress_core.selection.strategies import SelectionHistory
 
     history = SelectionHistory(
         acc_prev=read_accuracy_table(acc_prev) if acc_prev is not None else None,
@@ -106,7 +106,7 @@ class SelectInputs:
 
 def selection_budget(cfg) -> int:
     """SELECTION_NUM in whole global batches, as a run spends it (docs/algorithm.md#round-schedule)."""
-    from progress_core.schedule import whole_batches
+    from progress_core.selection.schedule import whole_batches
 
     budget = whole_batches(cfg.selection.selection_num, cfg.training.global_batch_size)
     if budget != cfg.selection.selection_num:
@@ -122,8 +122,8 @@ def select_round(cfg, inputs: SelectInputs, round_index: int, out: Path, cluster
     from tqdm import tqdm
 
     from progress_core.io import write_parquet
-    from progress_core.rounds import read_ids, write_ids
-    from progress_core.selection import select
+    from progress_core.selection.rounds import read_ids, write_ids
+    from progress_core.selection.strategies import select
 
     budget = selection_budget(cfg)
     options = cfg.selection.progress_options() if cfg.selection.strategy == "progress" else {}

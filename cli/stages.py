@@ -69,7 +69,7 @@ def _features_command(
         return
     if manifest is None or out is None:
         raise StageInputError("features needs --manifest and --out (or use `progress features import`)")
-    from progress_core.features import extract_features
+    from progress_core.features.extract import extract_features
 
     _need_file(manifest, "manifest")
     cfg = resolve_config(config, preset, set_)
@@ -176,14 +176,14 @@ def _cluster_command(
     """
     import numpy as np
 
-    from progress_core.clustering import (
+    from progress_core.clustering.kmeans import (
         PAPER_ANNOTATION_K,
         PAPER_SELECTION_K,
         resolve_k,
         save_clustering,
         spherical_kmeans,
     )
-    from progress_core.features import load_features
+    from progress_core.features.store import load_features
 
     cfg = resolve_config(config, preset, set_)
     feats = load_features(_need_file(features, "features"))
@@ -228,11 +228,11 @@ def _warmup_command(
     with that strategy does
     (docs/architecture.md#file-kinds).
     """
-    from progress_core.clustering import load_clustering
-    from progress_core.coincide import coincide_selection, warmup_pools
-    from progress_core.features import load_features
-    from progress_core.rounds import write_ids
-    from progress_core.schedule import coincide_budget, planned_final_step
+    from progress_core.clustering.coincide import coincide_selection, warmup_pools
+    from progress_core.clustering.kmeans import load_clustering
+    from progress_core.features.store import load_features
+    from progress_core.selection.rounds import write_ids
+    from progress_core.selection.schedule import coincide_budget, planned_final_step
 
     cfg = resolve_config(config, preset, set_)
     feats = load_features(_need_file(features, "features"))

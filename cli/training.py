@@ -43,7 +43,7 @@ def _manifest_rows(manifest: Path, ids):
     """Manifest rows of ``ids`` in the given order (sample_id is dense 0..N-1, docs/architecture.md#file-kinds)."""
     import numpy as np
 
-    from progress_core.manifest import read_manifest
+    from progress_core.data.manifest import read_manifest
 
     table = read_manifest(_need(manifest, "manifest"), columns=["sample_id", "image", "conversations"])
     n = table.num_rows
@@ -59,8 +59,8 @@ def _manifest_rows(manifest: Path, ids):
 def _final_step(cfg, checkpoint: Optional[Path], manifest: Path) -> int:
     """FINAL_STEP of the schedule: schedule.final_step when set, else the checkpoint's, else the run's rule
     (``budget_fraction`` of the manifest's rows at the global batch, docs/algorithm.md#round-schedule)."""
-    from progress_core.manifest import read_manifest
-    from progress_core.training import read_train_state
+    from progress_core.data.manifest import read_manifest
+    from progress_core.training.loop import read_train_state
 
     if cfg.schedule.final_step is not None:
         return cfg.schedule.final_step
@@ -73,8 +73,8 @@ def _final_step(cfg, checkpoint: Optional[Path], manifest: Path) -> int:
 
 def _start_model(manifest: Path, model_cfg, tmp: Path) -> Path:
     """A new tiny model whose vocabulary is the manifest's words (docs/algorithm.md#training)."""
-    from progress_core.manifest import read_manifest
-    from progress_core.model import build_tiny_model
+    from progress_core.data.manifest import read_manifest
+    from progress_core.model.tiny import build_tiny_model
 
     convs = read_manifest(manifest, columns=["conversations"]).column("conversations").to_pylist()
     texts = [t.get("value", "") for c in convs if c for t in json.loads(c)]
@@ -101,7 +101,7 @@ def _train_command(
     The schedule spans FINAL_STEP: schedule.final_step when set, else the checkpoint's, else
     schedule.budget_fraction of the manifest's rows, as a run computes it.
     """
-    from progress_core.training import train_launched
+    from progress_core.training.loop import train_launched
 
     if (checkpoint is None) == (not init):
         raise ConfigError("give exactly one of --checkpoint (continue) or --init (new run)")
@@ -127,7 +127,7 @@ def _probe_rows(manifest: Path, selected: Path, clusters: Path, samples_per_clus
     import numpy as np
     import pyarrow as pa
 
-    from progress_core.accuracy import probe_sample
+    from progress_core.probe.accuracy import probe_sample
 
     sel_ids, _ = _read_ids(selected, "selected set")
     assign_ids, assign = _read_ids(clusters, "cluster assignment")
@@ -165,8 +165,8 @@ def _probe_command(
     the batch and threads probe.*, the checkpoint loads with training.model.* (as the trainer wrote it) and
     the probe sample is drawn with the run's seed.
     """
-    from progress_core.accuracy import probe, save_probe
-    from progress_core.judges import make_judge
+    from progress_core.probe.accuracy import probe, save_probe
+    from progress_core.probe.judges import make_judge
 
     cfg = resolve_config(config, preset, set_)
     probe_cfg = cfg.probe_config()

@@ -18,10 +18,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from progress_core.config import RunConfig
 from progress_core.errors import ProgressError
 from progress_core.io import write_json
-from progress_core.schedule import ScheduleState, plan_from
+from progress_core.run.config import RunConfig
+from progress_core.selection.schedule import ScheduleState, plan_from
 from tasks.artifacts import artifact_key
 
 APPROVAL_TIMEOUT_S = 7 * 24 * 3600

@@ -25,11 +25,11 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.progress_selection import progress_selection, run_stage
-from progress_core.config import RunConfig, _merge
+from progress_core.data.statistics import majority_baseline
 from progress_core.errors import ConfigError
-from progress_core.evaluation import majority_baseline
 from progress_core.io import write_json, write_parquet
-from progress_core.selection import available_strategies
+from progress_core.run.config import RunConfig, _merge
+from progress_core.selection.strategies import available_strategies
 from tasks.evaluation import evaluate_stage, holdout_stage
 from tasks.report import publish_comparison_report
 

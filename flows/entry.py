@@ -19,9 +19,9 @@ from typing import Any, Literal, Optional, get_args
 
 from prefect import flow, get_run_logger
 
-from progress_core.config import Preset, RunConfig, _merge, load_config
-from progress_core.config_doc import describe
-from progress_core.selection import available_strategies
+from progress_core.run.config import Preset, RunConfig, _merge, load_config
+from progress_core.run.config_doc import describe
+from progress_core.selection.strategies import available_strategies
 
 Strategy = Literal[tuple(available_strategies())]  # type: ignore[valid-type]
 DEFAULT_COMPARED = [s for s in ("progress", "random", "tfs", "coincide") if s in available_strategies()]

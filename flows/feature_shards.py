@@ -13,8 +13,8 @@ from typing import Any
 from prefect import flow
 from prefect.futures import wait
 
-from progress_core.config import OrchestrationConfig
-from progress_core.features import FeatureConfig
+from progress_core.features.config import FeatureConfig
+from progress_core.run.config import OrchestrationConfig
 from tasks.features import feature_shard
 from tasks.stage import StageRecord, needs_refresh
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow
 
 from flows.progress_selection import prepare_stages
-from progress_core.config import RunConfig
+from progress_core.run.config import RunConfig
 
 
 @flow(name="prepare-data", log_prints=True, validate_parameters=True)

@@ -24,12 +24,14 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.approval import approve_after_warmup
 from flows.feature_shards import run_feature_shards
-from progress_core.accuracy import ProbeConfig
-from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
-from progress_core.config import RunConfig
-from progress_core.features import shard_ranges
-from progress_core.report import write_concept_report
-from progress_core.schedule import (
+from progress_core.clustering.kmeans import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
+from progress_core.features.extract import shard_ranges
+from progress_core.probe.config import ProbeConfig
+from progress_core.reporting.report import write_concept_report
+from progress_core.reporting.summary import RoundSummary, RunSummary, total_seconds
+from progress_core.run.config import RunConfig
+from progress_core.run.validation import validate_run
+from progress_core.selection.schedule import (
     RoundPlan,
     ScheduleState,
     advance,
@@ -40,9 +42,7 @@ from progress_core.schedule import (
     plan_from,
     steps_for_new,
 )
-from progress_core.summary import RoundSummary, RunSummary, total_seconds
-from progress_core.training import TrainingConfig
-from progress_core.validation import validate_run
+from progress_core.training.config import TrainingConfig
 from tasks._tables import cluster_ids
 from tasks.artifacts import publish_round, publish_summary, set_progress, start_progress
 from tasks.clustering import kmeans_stage

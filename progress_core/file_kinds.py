@@ -29,7 +29,7 @@ class FileKind:
 
 
 _IDS = ("sample_id:int64",)
-_IDS_WRITER, _IDS_READER = "progress_core.rounds.write_ids", "progress_core.rounds.read_ids"
+_IDS_WRITER, _IDS_READER = "progress_core.selection.rounds.write_ids", "progress_core.selection.rounds.read_ids"
 
 FILE_KINDS: dict[str, FileKind] = {
     k.name: k
@@ -39,8 +39,8 @@ FILE_KINDS: dict[str, FileKind] = {
             "manifest.parquet",
             ("sample_id:int64", "id", "image", "question", "answer", "n_turns", "source", "conversations", "extra"),
             "one row per pool sample; row i is sample_id i",
-            "progress_core.manifest.build_manifest",
-            "progress_core.manifest.read_manifest",
+            "progress_core.data.manifest.build_manifest",
+            "progress_core.data.manifest.read_manifest",
         ),
         FileKind(
             "features",
@@ -48,15 +48,15 @@ FILE_KINDS: dict[str, FileKind] = {
             ("float16[n, d]",),
             "image + question features, row i = sample_id i (PROGRESS §3.1)",
             "progress_core.io.write_npy",
-            "progress_core.features.load_features",
+            "progress_core.features.store.load_features",
         ),
         FileKind(
             "assignment",
             "{name}_assignment.parquet",
             ("sample_id:int64", "cluster_id:int64"),
             "k-means cluster of every sample (annotation: concepts; selection: COINCIDE)",
-            "progress_core.clustering.save_clustering",
-            "progress_core.clustering.load_clustering",
+            "progress_core.clustering.kmeans.save_clustering",
+            "progress_core.clustering.kmeans.load_clustering",
         ),
         FileKind(
             "warmup_pool",
@@ -95,8 +95,8 @@ FILE_KINDS: dict[str, FileKind] = {
             "accuracy.parquet",
             ("cluster_id:int64", "n:int64", "correct:int64", "unjudged:int64", "accuracy:float64"),
             "probe accuracy per annotation cluster (docs/algorithm.md#probe-and-judge)",
-            "progress_core.accuracy_table.write_accuracy_table",
-            "progress_core.accuracy_table.read_accuracy_table",
+            "progress_core.probe.accuracy_table.write_accuracy_table",
+            "progress_core.probe.accuracy_table.read_accuracy_table",
         ),
     )
 }

@@ -77,7 +77,7 @@ def _need(module: str) -> None:
 def check_faiss(work: Path) -> str:
     import numpy as np
 
-    from progress_core.clustering import faiss_gpu_count, spherical_kmeans
+    from progress_core.clustering.kmeans import faiss_gpu_count, spherical_kmeans
 
     _need_cuda()
     if faiss_gpu_count() == 0:
@@ -98,10 +98,12 @@ def check_faiss(work: Path) -> str:
 
 
 def check_training(work: Path) -> str:
-    from progress_core.manifest import build_manifest, read_manifest
-    from progress_core.model import ModelConfig, build_tiny_model
-    from progress_core.synthetic import generate_pool
-    from progress_core.training import TrainingConfig, train_launched
+    from progress_core.data.manifest import build_manifest, read_manifest
+    from progress_core.data.synthetic import generate_pool
+    from progress_core.model.config import ModelConfig
+    from progress_core.model.tiny import build_tiny_model
+    from progress_core.training.config import TrainingConfig
+    from progress_core.training.loop import train_launched
 
     n_gpus = _need_cuda()
     _need("deepspeed")
@@ -149,8 +151,8 @@ def _tiny_llama(out: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from progress_core.judges import judge_prompt
-    from progress_core.model import build_word_tokenizer
+    from progress_core.model.tiny import build_word_tokenizer
+    from progress_core.probe.judges import judge_prompt
 
     texts = [judge_prompt("What colour is it?", "red", "blue"), "Answer - correct incorrect Reason -"]
     tokenizer = build_word_tokenizer(texts)
@@ -179,7 +181,8 @@ def _tiny_llama(out: Path) -> Path:
 def check_lmdeploy(work: Path, engine: str) -> str:
     import torch
 
-    from progress_core.judges import JudgeConfig, make_judge
+    from progress_core.probe.config import JudgeConfig
+    from progress_core.probe.judges import make_judge
 
     _need_cuda()
     _need("lmdeploy")
@@ -222,7 +225,8 @@ def check_dinov2(work: Path) -> str:
     from PIL import Image
     from transformers import Dinov2Config, Dinov2Model
 
-    from progress_core.features import FeatureConfig, load_image_encoder
+    from progress_core.features.config import FeatureConfig
+    from progress_core.features.extract import load_image_encoder
 
     _need_cuda()
     path = work / "dinov2"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
-from progress_core.clustering import ClusteringConfig, save_clustering, spherical_kmeans
-from progress_core.features import load_features
+from progress_core.clustering.config import ClusteringConfig
+from progress_core.clustering.kmeans import save_clustering, spherical_kmeans
+from progress_core.features.store import load_features
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from prefect import task
 
-from progress_core.config import DataConfig
+from progress_core.data.config import DataConfig
+from progress_core.data.manifest import ManifestError, build_manifest, iter_json_array
+from progress_core.data.synthetic import generate_pool
 from progress_core.io import files_fingerprint
-from progress_core.manifest import ManifestError, build_manifest, iter_json_array
-from progress_core.synthetic import generate_pool
-from progress_core.validation import require_rows
+from progress_core.run.validation import require_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 

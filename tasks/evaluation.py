@@ -7,10 +7,10 @@ from pathlib import Path
 
 from prefect import task
 
-from progress_core.accuracy import ProbeConfig
-from progress_core.config import DataConfig
-from progress_core.evaluation import evaluate_concepts, split_holdout
+from progress_core.data.config import DataConfig
 from progress_core.io import write_parquet
+from progress_core.probe.config import ProbeConfig
+from progress_core.probe.evaluation import evaluate_concepts, split_holdout
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
@@ -45,7 +45,7 @@ def evaluate_stage(
 
 
 @task(name="holdout", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="holdout")
-@stage("holdout", modules=["progress_core.evaluation"])
+@stage("holdout", modules=["progress_core.probe.evaluation"])
 def holdout_stage(data: DataConfig, out_dir: str) -> StageRecord:
     """Held-out split of a user's pool (``data.eval_json`` or ``data.holdout_fraction`` of the rows)."""
     split = split_holdout(data.pool_json, out_dir, data.holdout_fraction, data.synthetic_seed, data.eval_json)

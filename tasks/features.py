@@ -12,15 +12,10 @@ from pathlib import Path
 
 from prefect import task
 
-from progress_core.feature_import import import_features, source_fingerprint
-from progress_core.features import (
-    FeatureConfig,
-    combine_shards,
-    extract_shard,
-    load_image_encoder,
-    load_text_encoder,
-    save_shard,
-)
+from progress_core.features.config import FeatureConfig
+from progress_core.features.extract import extract_shard, load_image_encoder, load_text_encoder
+from progress_core.features.importing import import_features, source_fingerprint
+from progress_core.features.store import combine_shards, save_shard
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 _ENCODER_LOCK = threading.Lock()
@@ -85,7 +80,7 @@ def combine_stage(shards: list[StageRecord], balanced: bool, out_dir: str) -> St
 
 
 @task(name="features-import", task_run_name="features-import", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("features", modules=["progress_core.features", "progress_core.feature_import"])
+@stage("features", modules=["progress_core.features.extract", "progress_core.features.importing"])
 def import_stage(
     manifest: StageRecord, sources: dict[str, str], fingerprint: str, balanced: bool, out_dir: str
 ) -> StageRecord:

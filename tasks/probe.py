@@ -12,8 +12,9 @@ import numpy as np
 import pyarrow as pa
 from prefect import task
 
-from progress_core.accuracy import ProbeConfig, probe, probe_sample, save_probe
-from progress_core.judges import make_judge
+from progress_core.probe.accuracy import probe, probe_sample, save_probe
+from progress_core.probe.config import ProbeConfig
+from progress_core.probe.judges import make_judge
 from tasks._tables import cluster_ids, ids_of, manifest_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
 

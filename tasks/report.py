@@ -11,8 +11,8 @@ from pathlib import Path
 
 from prefect import task
 
-from progress_core.report import comparison_report, run_report
-from progress_core.summary import RunSummary
+from progress_core.reporting.report import comparison_report, run_report
+from progress_core.reporting.summary import RunSummary
 from tasks.artifacts import artifact_key, upsert_markdown
 from tasks.stage import StageRecord
 

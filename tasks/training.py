@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
-from progress_core.llava_assembly import base_model_path
-from progress_core.model import ModelConfig, build_tiny_model
-from progress_core.training import TrainingConfig, train_launched
+from progress_core.model.assembly import base_model_path
+from progress_core.model.config import ModelConfig
+from progress_core.model.tiny import build_tiny_model
+from progress_core.training.config import TrainingConfig
+from progress_core.training.loop import train_launched
 from tasks._tables import ids_of, manifest_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from progress_core.config import RunConfig
 from progress_core.errors import ProgressError
-from progress_core.rounds import read_ids
-from progress_core.schedule import steps_for_new
+from progress_core.run.config import RunConfig
+from progress_core.selection.rounds import read_ids
+from progress_core.selection.schedule import steps_for_new
 from tasks import stage as stage_mod
 from tasks.stage import MARKER, InjectedFault, StageRecord, read_marker_file, verify_marker
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from flows.progress_selection import feature_stage, run_stage  # noqa: E402
-from progress_core.config import RunConfig, load_config  # noqa: E402
+from progress_core.run.config import RunConfig, load_config  # noqa: E402
 from tasks.data import manifest_stage, pool_fingerprint, prepare_pool  # noqa: E402
 
 

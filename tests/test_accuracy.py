@@ -8,11 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 from test_model import make_pool, pool_texts
 
-from progress_core.accuracy import ProbeConfig, ProbeError, probe, probe_sample, save_probe
-from progress_core.accuracy_table import read_accuracy_table
-from progress_core.judges import ExactMatchJudge, Verdict
-from progress_core.model import ModelConfig, build_tiny_model
-from progress_core.training import TrainingConfig, train_to_step
+from progress_core.model.config import ModelConfig
+from progress_core.model.tiny import build_tiny_model
+from progress_core.probe.accuracy import ProbeError, probe, probe_sample, save_probe
+from progress_core.probe.accuracy_table import read_accuracy_table
+from progress_core.probe.config import ProbeConfig
+from progress_core.probe.judges import ExactMatchJudge, Verdict
+from progress_core.training.config import TrainingConfig
+from progress_core.training.loop import train_to_step
 
 
 def test_probe_sample_draws_at_most_spc_per_cluster_from_selected_only():

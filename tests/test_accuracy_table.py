@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from progress_core.accuracy_table import (
+from progress_core.probe.accuracy_table import (
     AccuracyTableError,
     accuracy_from_verdicts,
     accuracy_table_to_original,

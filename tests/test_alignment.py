@@ -13,9 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.training as training_mod
-from progress_core.alignment import CAPTION_PROMPT, align_tiny_model, caption_texts
-from progress_core.model import ModelConfig, build_tiny_model
-from progress_core.synthetic import PALETTE, SHAPES, caption_set, generate_pool
+from progress_core.data.captions import caption_set
+from progress_core.data.scenes import PALETTE, SHAPES
+from progress_core.data.synthetic import generate_pool
+from progress_core.model.alignment import CAPTION_PROMPT, align_tiny_model, caption_texts
+from progress_core.model.config import ModelConfig
+from progress_core.model.tiny import build_tiny_model
 from tasks.stage import StageRecord
 from tasks.training import init_model_stage
 
@@ -71,7 +74,7 @@ def test_alignment_trains_vision_and_projector_deterministically(tmp_path):
 def test_alignment_trains_what_align_train_names(tmp_path, train, language_model_changes):
     from transformers import LlavaForConditionalGeneration
 
-    from progress_core.model import load_processor
+    from progress_core.model.loading import load_processor
 
     cfg = ModelConfig(align_steps=2, align_train=train, **TINY)
     # A start built with the caption words in its vocabulary, then aligned in place.

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from progress_core.features import combine_features
+from progress_core.features.store import combine_features
 
 pytestmark = pytest.mark.slow
 

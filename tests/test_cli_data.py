@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from cli.main import main
-from progress_core.manifest import read_manifest
+from progress_core.data.manifest import read_manifest
 
 
 def _message_lines(err):

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from cli.main import app, main
 from cli.options import parse_set, resolve_config
-from progress_core.config import RunConfig
 from progress_core.errors import ConfigError
+from progress_core.run.config import RunConfig
 
 SHARED = {"config", "preset", "set_", "help"}
 STAGE_COMMANDS = [("features",), ("features", "import"), ("cluster",), ("warmup",), ("train",), ("probe",)]

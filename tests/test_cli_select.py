@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cli.main import main
-from progress_core.accuracy_table import read_accuracy_table
-from progress_core.rounds import read_ids, write_ids
+from progress_core.probe.accuracy_table import read_accuracy_table
+from progress_core.selection.rounds import read_ids, write_ids
 
 SIZES = [50, 50, 5, 30, 20]
 
@@ -99,8 +99,8 @@ def test_select_same_seed_same_ids(tmp_path):
 
 def test_select_by_hand_draws_what_the_runs_select_stage_draws(tmp_path):
     """Round 4 of a run with seed 3: the select stage's draw, by hand with --round 4 (docs/algorithm.md#selection)."""
-    from progress_core.config import load_config
-    from progress_core.selection import SelectionHistory, select
+    from progress_core.run.config import load_config
+    from progress_core.selection.strategies import SelectionHistory, select
 
     cids = inputs(tmp_path)
     assert main(args(tmp_path, "--round", "4")) == 0
@@ -146,7 +146,7 @@ def test_select_missing_acc_now_and_wrong_options(tmp_path, capsys):
 
 
 def test_select_checks_manifest_size(tmp_path, capsys):
-    from progress_core.manifest import build_manifest
+    from progress_core.data.manifest import build_manifest
 
     inputs(tmp_path)
     rows = [

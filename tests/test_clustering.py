@@ -2,8 +2,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from progress_core.clustering import (
-    ClusteringConfig,
+from progress_core.clustering.config import ClusteringConfig
+from progress_core.clustering.kmeans import (
     ClusteringError,
     CollapsedClusteringError,
     KTooLargeError,
@@ -68,7 +68,7 @@ def _faiss_on_the_whole_matrix(x: np.ndarray, k: int, niter: int, seed: int, mpc
 def test_blockwise_kmeans_on_a_memory_mapped_file_equals_faiss_on_the_whole_matrix(tmp_path, monkeypatch, mpc):
     """Training sample (faiss's own draw, or every row) and block-wise assignment give the same centres and
     assignment; the similarity may differ in its last bit (BLAS sums blocks of another size)."""
-    import progress_core.clustering as clustering
+    import progress_core.clustering.kmeans as clustering
 
     monkeypatch.setattr(clustering, "ASSIGN_ROWS", 4096)
     x, _ = blobs(n_per=1000, k=10, d=24, noise=0.4, seed=3)
@@ -195,7 +195,7 @@ class FakeFaiss:
     ],
 )
 def test_gpu_index_selection(n_gpus, gpu, device, calls, caplog):
-    from progress_core.clustering import flat_index
+    from progress_core.clustering.kmeans import flat_index
 
     fake = FakeFaiss(n_gpus)
     with caplog.at_level("WARNING"):

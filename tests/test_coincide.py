@@ -3,8 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from progress_core.clustering import KMeansResult, spherical_kmeans
-from progress_core.coincide import (
+from progress_core.clustering.coincide import (
     CoincideError,
     cluster_density,
     cluster_transferability,
@@ -14,6 +13,7 @@ from progress_core.coincide import (
     greedy_mmd_selection,
     warmup_pools,
 )
+from progress_core.clustering.kmeans import KMeansResult, spherical_kmeans
 
 
 def naive_greedy_mmd(K, M):

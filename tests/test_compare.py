@@ -14,7 +14,7 @@ from flowkit import REPO, env_for, small_config, write_config
 from PIL import Image
 
 from flows.compare_strategies import RESULT_FILE, config_digest, run_config
-from progress_core.config import RunConfig
+from progress_core.run.config import RunConfig
 
 
 def test_a_seed_sets_init_order_selection_and_probe(tmp_path):

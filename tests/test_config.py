@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cli.main import main
-from progress_core.config import RunConfig, load_config
 from progress_core.errors import ConfigError
+from progress_core.run.config import RunConfig, load_config
 
 
 def test_presets_fill_defaults_and_explicit_values_win():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cli.main import main
-from progress_core.config_doc import explain, field_paths, invalidated_stages
+from progress_core.run.config_doc import explain, field_paths, invalidated_stages
 
 
 def test_explain_names_description_defaults_per_preset_and_recomputed_stages():

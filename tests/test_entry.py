@@ -12,10 +12,10 @@ import yaml
 from cli.main import main
 from flows.approval import planned_rounds
 from flows.entry import build_config, resolve_run_dir, run_selection
-from progress_core.config import load_config
-from progress_core.config_doc import commented_yaml, describe
 from progress_core.errors import ConfigError
-from progress_core.schedule import initial_state
+from progress_core.run.config import load_config
+from progress_core.run.config_doc import commented_yaml, describe
+from progress_core.selection.schedule import initial_state
 from tasks.artifacts import artifact_key, budget_lines, png_data_uri, round_key
 from tasks.stage import StageRecord
 

@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from progress_core.evaluation import EvaluationError, concept_of_row, majority_baseline, split_holdout
+from progress_core.data.statistics import majority_baseline
+from progress_core.probe.evaluation import EvaluationError, concept_of_row, split_holdout
 
 
 def _rows(n):

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from progress_core.feature_import import (
+from progress_core.features.importing import (
     FeatureIdMismatchError,
     FeatureImportError,
     FeatureRowCountError,
@@ -13,7 +13,7 @@ from progress_core.feature_import import (
     npy_info,
     source_fingerprint,
 )
-from progress_core.features import combine_features, load_features
+from progress_core.features.store import combine_features, load_features
 
 N = 50
 
@@ -162,7 +162,7 @@ def test_cli_features_import(parts, tmp_path, capsys):
 
 
 def test_combine_shards_streams_to_the_same_matrix(parts, tmp_path):
-    from progress_core.features import FeatureError, ShardFeatures, combine_shards, load_shards, save_shard
+    from progress_core.features.store import FeatureError, ShardFeatures, combine_shards, load_shards, save_shard
 
     _, image, text = parts
     failed = np.zeros(N, bool)

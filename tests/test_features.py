@@ -7,24 +7,21 @@ import pytest
 import torch
 from PIL import Image
 
-from progress_core.features import (
+from progress_core.features.config import FeatureConfig
+from progress_core.features.extract import (
     CLIP_MEAN,
     CLIP_STD,
     DescriptorEncoder,
     DinoV2Encoder,
-    FeatureConfig,
-    FeatureError,
     MiniLMEncoder,
     WeightsChecksumError,
-    combine_features,
     extract_features,
     extract_shard,
-    load_shards,
     question_text,
-    save_shard,
     shard_ranges,
     verify_minilm_weights,
 )
+from progress_core.features.store import FeatureError, combine_features, load_shards, save_shard
 
 VOCAB = [
     "[PAD]",
@@ -266,7 +263,7 @@ def minilm():
 def test_default_minilm_is_hand_computed_mean_pooling(minilm):
     from transformers import AutoModel, AutoTokenizer
 
-    from progress_core.features import default_minilm_path
+    from progress_core.features.extract import default_minilm_path
 
     texts = ["A cat sits on the mat.", "What is the man holding in his right hand while riding the bike?"]
     got = minilm.encode(texts)

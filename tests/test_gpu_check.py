@@ -53,7 +53,7 @@ def test_cpu_mode_runs_what_needs_no_gpu_and_names_what_is_missing(tmp_path):
 
 
 def test_the_judge_model_saved_by_the_check_loads_and_counts_garbage_as_unjudged(tmp_path):
-    from progress_core.judges import LLMJudge, TransformersBackend
+    from progress_core.probe.judges import LLMJudge, TransformersBackend
 
     path = gpu_check._tiny_llama(tmp_path / "llama")
     judge = LLMJudge(TransformersBackend(str(path), max_new_tokens=4, device="cpu", dtype="float32"), batch_size=2)

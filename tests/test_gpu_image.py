@@ -76,8 +76,9 @@ def test_image_installs_what_its_command_and_deepspeed_need():
 
 
 def test_config_paths_are_relative_to_the_run_or_package(tmp_path, monkeypatch):
-    from progress_core.config import load_config
-    from progress_core.training import TrainingConfig, resolve_config_path
+    from progress_core.run.config import load_config
+    from progress_core.training.config import TrainingConfig
+    from progress_core.training.loop import resolve_config_path
 
     dumped = json.dumps(load_config(overrides={"preset": "paper"}).model_dump(mode="json"))
     assert str(ROOT) not in dumped

@@ -8,10 +8,10 @@ import types
 
 import pytest
 
-from progress_core.judges import (
+from progress_core.probe.config import JudgeConfig
+from progress_core.probe.judges import (
     CAPTION_PROMPT_V2,
     ExactMatchJudge,
-    JudgeConfig,
     LLMJudge,
     LmdeployBackend,
     TransformersBackend,
@@ -123,7 +123,7 @@ def tiny_causal_lm(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from progress_core.model import build_word_tokenizer
+    from progress_core.model.tiny import build_word_tokenizer
 
     path = tmp_path_factory.mktemp("judge_lm")
     tokenizer = build_word_tokenizer([CAPTION_PROMPT_V2, "correct incorrect Answer - Reason - red blue"])
@@ -235,7 +235,7 @@ def test_lmdeploy_pytorch_engine_named_template_and_one_engine_per_probe(monkeyp
 
 
 def test_lmdeploy_missing_is_a_named_error(monkeypatch):
-    from progress_core.judges import JudgeError
+    from progress_core.probe.judges import JudgeError
 
     monkeypatch.setitem(sys.modules, "lmdeploy", None)
     judge = make_judge(JudgeConfig(kind="llm", backend="lmdeploy"))

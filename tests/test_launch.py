@@ -10,9 +10,11 @@ from safetensors.torch import load_file
 from test_model import make_pool, pool_texts
 
 from progress_core.errors import ConfigError
-from progress_core.launch import LaunchError, free_port, launch_command
-from progress_core.model import ModelConfig, build_tiny_model
-from progress_core.training import TrainingConfig, train_launched, train_to_step, vision_keepalive
+from progress_core.model.config import ModelConfig
+from progress_core.model.tiny import build_tiny_model
+from progress_core.training.config import TrainingConfig
+from progress_core.training.launch import LaunchError, free_port, launch_command
+from progress_core.training.loop import train_launched, train_to_step, vision_keepalive
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def test_launch_command_uses_torch_distributed_run_with_a_free_port():
     cmd = launch_command("m:f", "/j/job.json", 4, port, "127.0.0.1")
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
     assert "--nproc-per-node=4" in cmd and f"--master-port={port}" in cmd and "--master-addr=127.0.0.1" in cmd
-    assert cmd[-4:] == ["-m", "progress_core.launch", "m:f", "/j/job.json"]
+    assert cmd[-4:] == ["-m", "progress_core.training.launch", "m:f", "/j/job.json"]
 
 
 @pytest.mark.slow
@@ -119,8 +121,8 @@ def test_failing_rank_is_a_launch_error_with_its_last_lines(setup, tmp_path):
 @pytest.mark.slow
 def test_cli_train_with_nproc_per_node_two(tmp_path, capsys):
     from cli.main import main
-    from progress_core.manifest import build_manifest
-    from progress_core.synthetic import generate_pool
+    from progress_core.data.manifest import build_manifest
+    from progress_core.data.synthetic import generate_pool
 
     pool = generate_pool(tmp_path / "pool", n=24, n_eval=0, seed=0)
     manifest = tmp_path / "manifest.parquet"
@@ -140,8 +142,9 @@ def test_cli_train_with_nproc_per_node_two(tmp_path, capsys):
 
 def test_text_only_micro_batch_still_runs_the_vision_tower(setup):
     """Every rank runs the same modules (ZeRO-3 gathers); the zero image adds exactly nothing to the loss."""
-    from progress_core.model import load_model
-    from progress_core.training import Encoder, _sum_loss, samples_rows
+    from progress_core.model.loading import load_model
+    from progress_core.training.loop import _sum_loss
+    from progress_core.training.samples import Encoder, samples_rows
 
     root, pool, cfg, init = setup
     model, processor = load_model(init, cfg.model)
@@ -212,7 +215,7 @@ def test_deepspeed_outside_a_launched_job_is_a_config_error(setup, tmp_path):
 
 @pytest.mark.slow
 def test_a_job_past_its_timeout_is_stopped(tmp_path):
-    from progress_core.launch import launch
+    from progress_core.training.launch import launch
 
     job = tmp_path / "job.sh"
     job.write_text("#!/bin/sh\nsleep 120\n")

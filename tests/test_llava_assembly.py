@@ -9,9 +9,13 @@ import pytest
 import torch
 from test_model import make_pool
 
-from progress_core.llava_assembly import ASSEMBLY_FILE, assemble_llava, base_model_path
-from progress_core.model import VICUNA_V1_SYSTEM, ModelConfig, ModelError, load_model
-from progress_core.training import Encoder, TrainingConfig, samples_rows, train_to_step
+from progress_core.model.assembly import ASSEMBLY_FILE, assemble_llava, base_model_path
+from progress_core.model.checkpoint import ModelError
+from progress_core.model.config import VICUNA_V1_SYSTEM, ModelConfig
+from progress_core.model.loading import load_model
+from progress_core.training.config import TrainingConfig
+from progress_core.training.loop import train_to_step
+from progress_core.training.samples import Encoder, samples_rows
 
 TEXT_WIDTH, VISION_WIDTH = 32, 24
 

@@ -4,8 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from progress_core.errors import ProgressError
-from progress_core.manifest import (
+from progress_core.data.manifest import (
     MANIFEST_SCHEMA,
     DuplicateIdError,
     MalformedJSONError,
@@ -21,6 +20,7 @@ from progress_core.manifest import (
     read_manifest,
     rejected_path_for,
 )
+from progress_core.errors import ProgressError
 
 
 def _turns(*values):

@@ -10,16 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from progress_core.model import (
-    IGNORE_INDEX,
-    ModelConfig,
-    build_tiny_model,
-    build_word_tokenizer,
-    encode_conversation,
-    image_token_count,
-    load_model,
-    normalise_turns,
-)
+from progress_core.model.config import ModelConfig
+from progress_core.model.loading import load_model
+from progress_core.model.prompt import IGNORE_INDEX, encode_conversation, image_token_count, normalise_turns
+from progress_core.model.tiny import build_tiny_model, build_word_tokenizer
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 RANDOM_ANSWERS = ["alpha", "beta", "gamma", "delta"]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from progress_core.config import load_config
 from progress_core.errors import ConfigError
+from progress_core.run.config import load_config
 
 
 def test_dask_runner_from_config():

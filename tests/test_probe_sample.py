@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from progress_core.accuracy import ProbeError, probe_sample
+from progress_core.probe.accuracy import ProbeError, probe_sample
 
 
 def test_keys_per_id_keep_the_probe_set_while_samples_remain():

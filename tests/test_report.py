@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from progress_core.io import write_parquet
-from progress_core.report import comparison_report, run_report, spread_table
-from progress_core.summary import RoundSummary, RunSummary, total_seconds
+from progress_core.reporting.report import comparison_report, run_report, spread_table
+from progress_core.reporting.summary import RoundSummary, RunSummary, total_seconds
 
 
 def _check(report, out: Path) -> None:

@@ -6,11 +6,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from progress_core.accuracy_table import accuracy_from_verdicts
+from progress_core.data.manifest import build_manifest, read_manifest
 from progress_core.errors import ConfigError
-from progress_core.export import RoundExport, export_original
-from progress_core.manifest import build_manifest, read_manifest
-from progress_core.rounds import (
+from progress_core.probe.accuracy_table import accuracy_from_verdicts
+from progress_core.reporting.export import RoundExport, export_original
+from progress_core.selection.rounds import (
     IdSetFileError,
     RoundFiles,
     RoundInvariantError,
@@ -159,7 +159,7 @@ def test_export_original_round_trip(tmp_path):
 
 
 def test_export_rejects_misaligned_assignment(tmp_path):
-    from progress_core.export import ExportError, OriginalExporter
+    from progress_core.reporting.export import ExportError, OriginalExporter
 
     _, manifest = make_pool(tmp_path, n=4)
     bad = pd.DataFrame({"sample_id": [0, 1, 2], "cluster_id": [0, 0, 0], "similarity": [1.0, 1.0, 1.0]})
@@ -169,7 +169,7 @@ def test_export_rejects_misaligned_assignment(tmp_path):
 
 @pytest.mark.parametrize(("copy_rows", "max_read"), [(8192, 64 << 20), (3, 64 << 20), (2, 1)])
 def test_files_copied_from_the_all_rows_file_equal_serialised_ones(tmp_path, monkeypatch, copy_rows, max_read):
-    import progress_core.export as export
+    import progress_core.reporting.export as export
 
     monkeypatch.setattr(export, "COPY_ROWS", copy_rows)
     monkeypatch.setattr(export, "MAX_READ_BYTES", max_read)

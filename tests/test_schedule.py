@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from progress_core.config import load_config
-from progress_core.schedule import (
+from progress_core.run.config import load_config
+from progress_core.selection.schedule import (
     ScheduleState,
     advance,
     next_round,

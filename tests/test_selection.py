@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from progress_core.selection import (
+from progress_core.selection.strategies import (
     MissingHistoryError,
     SelectionError,
     SelectionHistory,

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from progress_core.config import SelectionConfig
-from progress_core.selection import ProgressOptions, SelectionHistory, select
+from progress_core.selection.config import ProgressOptions, SelectionConfig
+from progress_core.selection.strategies import SelectionHistory, select
 
 
 def table(d):

@@ -148,8 +148,10 @@ def test_code_version_follows_the_import_graph():
     from tasks.probe import probe_stage
     from tasks.selection import select_stage
 
-    assert "progress_core.accuracy_table" in probe_stage.fn.stage_spec.modules
-    assert {"progress_core.selection", "progress_core.rounds", "tasks.stage"} <= set(select_stage.fn.stage_spec.modules)
+    assert "progress_core.probe.accuracy_table" in probe_stage.fn.stage_spec.modules
+    assert {"progress_core.selection.strategies", "progress_core.selection.rounds", "tasks.stage"} <= set(
+        select_stage.fn.stage_spec.modules
+    )
     assert "flows.progress_selection" not in probe_stage.fn.stage_spec.modules
 
 
@@ -293,8 +295,8 @@ def test_strategy_typo_fails_first_with_one_line():
 
 def test_validation_lists_every_problem_at_once(tmp_path):
     """Hole 6: missing files and impossible sizes are all reported, one line each, naming field and fix."""
-    from progress_core.config import load_config
-    from progress_core.validation import RunValidationError, check_run, validate_run
+    from progress_core.run.config import load_config
+    from progress_core.run.validation import RunValidationError, check_run, validate_run
 
     cfg = load_config(
         None,
@@ -368,7 +370,7 @@ def test_select_rejects_accuracy_tables_of_another_clustering(tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from cli.main import main
-    from progress_core.rounds import write_ids
+    from progress_core.selection.rounds import write_ids
 
     cids = np.repeat(np.arange(3), 10)
     pq.write_table(pa.table({"sample_id": np.arange(30), "cluster_id": cids}), tmp_path / "clusters.parquet")
@@ -399,7 +401,7 @@ def _flow_coincide_selection(cfg, run: Path, budget: int) -> tuple[StageRecord, 
     that round's commit. The order's size follows the flow's rule (``progress_core.schedule.coincide_budget``)."""
     from faultkit import data_stages
 
-    from progress_core.schedule import coincide_budget, planned_final_step
+    from progress_core.selection.schedule import coincide_budget, planned_final_step
     from tasks.selection import commit_warmup_stage, select_stage
     from tasks.warmup import coincide_order_stage
 
@@ -471,7 +473,7 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
     from faultkit import tiny_config
 
     from cli.main import main
-    from progress_core.rounds import read_ids
+    from progress_core.selection.rounds import read_ids
 
     cfg = tiny_config(tmp_path / "flow", **{"selection.strategy": "coincide"})
     budget = 16

@@ -7,20 +7,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from progress_core.data.manifest import build_manifest, export_llava, read_manifest
+from progress_core.data.scenes import DIVIDER, PALETTE, START_CELL, grid_cell_box
+from progress_core.data.statistics import pool_statistics
+from progress_core.data.synthetic import FAMILIES, MOVES, generate_pool, walk
 from progress_core.errors import ConfigError
 from progress_core.io import file_hash
-from progress_core.manifest import build_manifest, export_llava, read_manifest
-from progress_core.synthetic import (
-    DIVIDER,
-    FAMILIES,
-    MOVES,
-    PALETTE,
-    START_CELL,
-    generate_pool,
-    grid_cell_box,
-    pool_statistics,
-    walk,
-)
 
 N, N_EVAL = 450, 90
 

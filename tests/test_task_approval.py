@@ -13,8 +13,8 @@ import pytest
 
 import flows.approval as approval_mod
 from flows.approval import APPROVAL_FILE, Approval, ApprovalDeclined, approve_after_warmup, planned_rounds, report
-from progress_core.config import load_config
-from progress_core.schedule import initial_state
+from progress_core.run.config import load_config
+from progress_core.selection.schedule import initial_state
 
 ROWS = [
     {"round": 0, "from_step": 0, "to_step": 2, "new": 16, "probe_accuracy": 0.25, "seconds": 1.5},

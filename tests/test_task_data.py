@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.data as data_mod
-from progress_core.config import DataConfig
-from progress_core.validation import EmptyPoolError
+from progress_core.data.config import DataConfig
+from progress_core.run.validation import EmptyPoolError
 from tasks.data import image_fingerprint, image_paths, manifest_stage, pool_fingerprint, prepare_pool
 from tasks.stage import EVENTS, read_marker_file, skip_counts
 

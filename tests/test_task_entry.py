@@ -13,8 +13,8 @@ import flows.compare_strategies as compare_mod
 import flows.entry as entry_mod
 import flows.progress_selection as selection_mod
 from flows.entry import DEFAULT_COMPARED, compare, run_selection
-from progress_core.config import load_config
-from progress_core.selection import available_strategies
+from progress_core.run.config import load_config
+from progress_core.selection.strategies import available_strategies
 
 
 @pytest.fixture

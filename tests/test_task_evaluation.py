@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 import tasks.evaluation as evaluation_mod
-from progress_core.accuracy import ProbeConfig
+from progress_core.probe.config import ProbeConfig
 from tasks.evaluation import evaluate_stage
 
 

@@ -11,8 +11,9 @@ import pytest
 
 import flows.feature_shards as shards_mod
 import tasks.features as features_mod
-from progress_core.config import OrchestrationConfig
-from progress_core.features import FeatureConfig, ShardFeatures
+from progress_core.features.config import FeatureConfig
+from progress_core.features.store import ShardFeatures
+from progress_core.run.config import OrchestrationConfig
 from tasks.features import feature_shard
 from tasks.stage import StageRecord
 

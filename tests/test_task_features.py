@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 import tasks.features as features_mod
-from progress_core.features import FeatureConfig, ShardFeatures, combine_features, load_features, save_shard
-from progress_core.manifest import build_manifest
+from progress_core.data.manifest import build_manifest
+from progress_core.features.config import FeatureConfig
+from progress_core.features.store import ShardFeatures, combine_features, load_features, save_shard
 from tasks.features import combine_stage, feature_shard
 from tasks.stage import EVENTS, StageRecord, outputs_hash
 

@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.training as training_mod
-from progress_core.model import ModelConfig
-from progress_core.rounds import write_ids
-from progress_core.training import TrainingConfig, TrainResult
+from progress_core.model.config import ModelConfig
+from progress_core.selection.rounds import write_ids
+from progress_core.training.config import TrainingConfig
+from progress_core.training.loop import TrainResult
 from tasks.stage import EVENTS, StageRecord
 from tasks.training import init_model_stage, train_stage
 

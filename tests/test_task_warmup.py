@@ -9,11 +9,11 @@ import pytest
 from test_task_clustering import PER_BLOB, blob_features
 
 import tasks.warmup as warmup_mod
-from progress_core.clustering import ClusteringConfig, load_clustering
-from progress_core.coincide import coincide_selection, warmup_pools
-from progress_core.config import WarmupConfig
-from progress_core.features import load_features
-from progress_core.rounds import read_ids
+from progress_core.clustering.coincide import coincide_selection, warmup_pools
+from progress_core.clustering.config import ClusteringConfig, WarmupConfig
+from progress_core.clustering.kmeans import load_clustering
+from progress_core.features.store import load_features
+from progress_core.selection.rounds import read_ids
 from tasks.clustering import kmeans_stage
 from tasks.stage import EVENTS
 from tasks.warmup import coincide_order_stage, warmup_stage

@@ -12,16 +12,12 @@ import torch
 from test_model import make_pool, pool_texts
 
 from progress_core.errors import ConfigError
-from progress_core.model import ModelConfig, build_tiny_model
-from progress_core.training import (
-    STATE_JSON,
-    TrainingConfig,
-    TrainingDataError,
-    data_order,
-    read_train_state,
-    steps_for,
-    train_to_step,
-)
+from progress_core.model.config import ModelConfig
+from progress_core.model.tiny import build_tiny_model
+from progress_core.selection.rounds import steps_for
+from progress_core.training.config import TrainingConfig
+from progress_core.training.loop import STATE_JSON, data_order, read_train_state, train_to_step
+from progress_core.training.samples import TrainingDataError
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +88,8 @@ def _cli_pool(tmp_path: Path) -> tuple[Path, Path]:
     annotation clusters (sample id mod 3), each a Parquet file in ``tmp_path``."""
     import pandas as pd
 
-    from progress_core.manifest import build_manifest
-    from progress_core.synthetic import generate_pool
+    from progress_core.data.manifest import build_manifest
+    from progress_core.data.synthetic import generate_pool
 
     pool = generate_pool(tmp_path / "pool", n=40, n_eval=0, seed=0)
     manifest = tmp_path / "manifest.parquet"
@@ -157,7 +153,8 @@ def test_lora_run_in_two_pieces_equals_one_piece(setup, tmp_path):
     np.testing.assert_allclose(first.losses + second.losses, whole.losses, rtol=1e-5, atol=1e-6)
     state = torch.load(second.checkpoint / "training_state.pt", weights_only=False)
     assert [g["lr"] for g in state["optimizer"]["param_groups"]][1] < state["optimizer"]["param_groups"][0]["lr"]
-    from progress_core.accuracy import ProbeConfig, generate_answers
+    from progress_core.probe.accuracy import generate_answers
+    from progress_core.probe.config import ProbeConfig
 
     answers = generate_answers(
         second.checkpoint,

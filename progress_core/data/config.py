@@ -1,0 +1,41 @@
+"""Configuration of the data stages: pool and manifest (docs/architecture.md#configuration)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from progress_core.base import StrictModel
+
+
+class DataConfig(StrictModel):
+    """Where the instruction pool comes from (docs/architecture.md#the-bundled-demo: the bundled synthetic pool by default)."""
+
+    pool_json: str | None = Field(
+        None, description="LLaVA-format pool JSON; empty = generate the bundled synthetic pool."
+    )
+    image_root: str | None = Field(None, description="Folder the pool's image paths are relative to.")
+    manifest_mode: Literal["strict", "skip"] = Field(
+        "skip", description="strict: stop at the first malformed row; skip: drop, count and write out bad rows."
+    )
+    allow_duplicate_ids: bool = Field(
+        False, description="Accept rows that repeat an id (rows stay distinct by sample_id); off = DuplicateIdError."
+    )
+    eval_json: str | None = Field(
+        None, description="Held-out LLaVA-format split of a user's pool for `progress compare` (same image_root)."
+    )
+    holdout_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of a user's pool held out for evaluation by `progress compare` when eval_json is empty.",
+    )
+    synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
+    synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
+    synthetic_seed: int = Field(0, description="Seed of the synthetic pool generator.")
+    hash_images: bool = Field(
+        False,
+        description="Key the features by the content hashes of the pool's images (slower) instead of their "
+        "size and modification time.",
+    )

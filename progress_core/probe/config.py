@@ -1,0 +1,63 @@
+"""How the accuracy probe samples, generates and judges (docs/algorithm.md#probe-and-judge)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from progress_core.model.config import ModelConfig
+
+
+class JudgeConfig(BaseModel):
+    """Which judge decides correctness (docs/algorithm.md#probe-and-judge; exact match is the default for short answers)."""
+
+    kind: Literal["exact", "llm"] = Field("exact", description="exact: normalised match; llm: LLM judge")
+    backend: Literal["lmdeploy", "transformers"] = Field("lmdeploy", description="LLM judge server")
+    model: str = Field("OpenGVLab/InternVL2-26B", description="LLM judge model name or local path")
+    engine: Literal["turbomind", "pytorch"] = Field(
+        "turbomind", description="lmdeploy engine: turbomind (fastest) or pytorch (more model types)"
+    )
+    tp: int = Field(1, ge=1, description="lmdeploy tensor-parallel size (number of GPUs)")
+    session_len: int = Field(8192, description="lmdeploy session length")
+    cache_max_entry_count: float = Field(0.5, description="lmdeploy KV cache fraction of GPU memory")
+    chat_template: str | None = Field(
+        None, description="lmdeploy chat template name; empty = the template lmdeploy matches to the model"
+    )
+    trust_remote_code: bool = Field(True, description="let the judge model's own code load (InternVL2 needs it)")
+    batch_size: int = Field(
+        128, ge=1, description="prompts per judge call and engine batch (original: 128 warm-up, 300 loop)"
+    )
+    max_new_tokens: int = Field(64, description="judge output length")
+    timeout_s: float | None = Field(None, description="seconds per batch before it is marked unjudged")
+
+
+class ProbeConfig(BaseModel):
+    """How the accuracy probe samples, generates and judges (docs/algorithm.md#probe-and-judge)."""
+
+    samples_per_cluster: int | None = Field(
+        100, description="probe at most this many selected samples per cluster; None = all (warm-up probes)"
+    )
+    source: Literal["held_out", "selected"] = Field(
+        "held_out",
+        description=(
+            "which samples of each cluster are probed: held_out = not yet selected (never trained on, the same "
+            "seeded samples at every probe while they stay unselected), so a rise means the model generalises "
+            "on the cluster; selected = the original scripts' already-selected (mostly trained-on) samples, "
+            "all of them at the warm-up probes"
+        ),
+    )
+    all_strategies: bool = Field(
+        False,
+        description=(
+            "probe after every round whatever the strategy; off = only strategies that read the accuracy "
+            "(progress) pay for probes, the others write an empty probe"
+        ),
+    )
+    max_new_tokens: int = Field(25, description="greedy answer length (original: 25)")
+    batch_size: int = Field(64, description="prompts per generate call")
+    seed: int = Field(42, description="seed of the per-cluster probe sample")
+    max_length: int | None = Field(None, description="longest prompt in tokens; None = model max")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="who decides correctness")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="how to load the checkpoint (LoRA base)")
+    num_threads: int | None = Field(None, description="torch CPU threads; None = torch default")

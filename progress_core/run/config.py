@@ -1,0 +1,241 @@
+"""One typed configuration object for a whole PROGRESS run.
+
+The flow ``progress_selection`` takes a :class:`RunConfig` as its single parameter, so the Prefect UI renders
+a typed form from it, and ``progress run --config run.yaml`` reads a YAML file of the same shape. Every
+field has a default and a description; unknown keys and invalid values are rejected with the field's name.
+
+Presets fill the defaults: ``demo`` (the bundled synthetic pool, the tiny LLaVA model, exact-match
+judge, a run that finishes in minutes on a laptop CPU) and ``paper`` (PROGRESS on LLaVA-665K: DINOv2 +
+MiniLM features, 1000/5000 centres, fractions 0.075/0.09, LLaVA-1.5-7B assembled from Vicuna-7B v1.5,
+CLIP ViT-L/14-336 and the stage-1 projector, LoRA at global batch 128 = 16 per GPU x 2 accumulation x 4
+GPUs launched with torchrun, an InternVL judge through lmdeploy, SELECTION_NUM 7500, SAMPLES_PER_CLUSTER
+100, FINAL_STEP 1039) and ``paper-8gpu`` (the same, 16 x 1 x 8 GPUs). Values given explicitly always win
+over the preset.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from progress_core.base import StrictModel
+from progress_core.clustering.config import ClusteringConfig, WarmupConfig
+from progress_core.data.config import DataConfig
+from progress_core.errors import ConfigError
+from progress_core.features.config import FeatureConfig
+from progress_core.probe.config import ProbeConfig
+from progress_core.selection.config import ScheduleConfig, SelectionConfig
+from progress_core.training.config import TrainingConfig
+
+Preset = Literal["demo", "paper", "paper-8gpu"]
+
+
+def _strict_copy(cls: type[BaseModel], name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    """``cls`` without the ``exclude`` fields, rejecting unknown keys, nested models made strict too.
+
+    The core modules own their configs; the run config shows them in the UI form minus the fields the run
+    sets itself (e.g. the schedule horizon), and a typo in a nested key is an error, not silently ignored.
+    """
+    fields: dict[str, Any] = {}
+    for key, info in cls.model_fields.items():
+        if key in exclude:
+            continue
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            annotation = _strict_copy(annotation, annotation.__name__.replace("Config", "Settings"))
+            info = copy.copy(info)
+            info.default_factory = annotation
+        fields[key] = (annotation, info)
+    model = create_model(name, __config__=ConfigDict(extra="forbid"), __module__=__name__, **fields)
+    model.__doc__ = cls.__doc__
+    return model
+
+
+FeatureSettings = _strict_copy(FeatureConfig, "FeatureSettings")
+ClusteringSettings = _strict_copy(ClusteringConfig, "ClusteringSettings")
+TrainingSettings = _strict_copy(TrainingConfig, "TrainingSettings", exclude=("final_step",))
+ProbeSettings = _strict_copy(ProbeConfig, "ProbeSettings", exclude=("model", "seed"))
+
+
+class OrchestrationConfig(StrictModel):
+    """Where and how the flow runs (docs/architecture.md#orchestration).
+
+    An optional approval pause after the warm-up rounds. ``threads`` (default): feature shards run as tasks
+    of the flow's own thread pool. ``dask``: they run as mapped tasks on a Dask cluster through prefect-dask, each shard committed on its own, so a lost worker
+    loses only the shards it was computing; ``address`` connects to an existing cluster (a Kubernetes or
+    Slurm deployment, see the README's "Scaling out"), otherwise a ``LocalCluster`` of ``n_workers``
+    processes is started for the stage and closed after it.
+    """
+
+    approve_after_warmup: bool = Field(
+        False,
+        description="Pause after the two warm-up rounds, show the warm-up report and the planned rounds, and "
+        "continue only when someone approves in the Prefect UI.",
+    )
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="threads: the flow's thread pool; dask: a Dask cluster through prefect-dask."
+    )
+    address: str | None = Field(
+        None, description="Scheduler address of an existing Dask cluster (tcp://host:8786); empty = LocalCluster."
+    )
+    n_workers: int = Field(2, ge=1, description="LocalCluster worker processes (when no address is given).")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per LocalCluster worker process.")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {
+        "run_dir": "runs/demo",
+        "data": {"synthetic_n": 5000, "synthetic_n_eval": 600},
+        "clustering": {"annotation_k": 40, "selection_k": 150},
+        "warmup": {"fractions": (0.15, 0.2)},
+        "selection": {"selection_num": 250},
+        "schedule": {"budget_fraction": 0.5},
+        "training": {"global_batch_size": 8},
+        "probe": {"samples_per_cluster": 30, "max_new_tokens": 8},
+    },
+    "paper": {
+        "run_dir": "runs/paper",
+        "data": {"allow_duplicate_ids": True},
+        "features": {"image_encoder": "dinov2"},
+        "clustering": {"annotation_k": 1000, "selection_k": 5000},
+        "warmup": {"fractions": (0.075, 0.09), "temperature": 0.1},
+        "selection": {"selection_num": 7500, "temperature": 0.5},
+        "schedule": {"final_step": 1039},
+        "training": {
+            "global_batch_size": 128,
+            "per_device_batch_size": 16,
+            "gradient_accumulation_steps": 2,
+            "nproc_per_node": 4,
+            "max_length": 2048,
+            "model": {
+                "mode": "real",
+                "language_model": "lmsys/vicuna-7b-v1.5",
+                "vision_tower": "openai/clip-vit-large-patch14-336",
+                "mm_projector": "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5",
+            },
+        },
+        "probe": {"samples_per_cluster": 100, "judge": {"kind": "llm", "backend": "lmdeploy", "tp": 4}},
+    },
+}
+# The original's own setting: 8 GPUs x 16 per device, no accumulation (finetune_lora.sh).
+PRESETS["paper-8gpu"] = copy.deepcopy(PRESETS["paper"])
+PRESETS["paper-8gpu"]["training"].update(gradient_accumulation_steps=1, nproc_per_node=8)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class RunConfig(StrictModel):
+    """Every knob of one PROGRESS run; the flow's only parameter."""
+
+    preset: Preset = Field(
+        "demo",
+        description="Defaults to start from: demo (laptop CPU), paper (LLaVA-665K on one 4-GPU node) or "
+        "paper-8gpu (the same on 8 GPUs, no gradient accumulation).",
+    )
+    run_dir: str = Field("runs/demo", description="Directory of the run: every stage's outputs, per round.")
+    shared_dir: str | None = Field(
+        None,
+        description="Directory for the stages before the rounds (pool, manifest, features, clusters, "
+        "warm-up pools, initial model); empty = run_dir. Runs that share it reuse those stages.",
+    )
+    seed: int = Field(42, description="Seed of selection, probe sampling and training data order.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    clustering: ClusteringSettings = Field(default_factory=ClusteringSettings)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    shard_size: int = Field(4096, ge=1, description="Rows per feature-extraction shard (one task each).")
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    export_original: bool = Field(True, description="Also write the original scripts' JSON files (Top_50K.json, ...).")
+
+    @model_validator(mode="after")
+    def _batch_product(self) -> RunConfig:
+        """per-device x accumulation x processes must be the global batch (checked before any model loads)."""
+        n = self.training.nproc_per_node
+        if isinstance(n, int):
+            try:
+                self.training_config(1).micro_batches(n)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, BaseModel):
+            return data
+        data = dict(data or {})
+        preset = data.get("preset", "demo")
+        if preset not in PRESETS:
+            return data
+        return _merge(PRESETS[preset], data)
+
+    def final_step(self, pool_size: int) -> int:
+        """FINAL_STEP: explicit, or ``ceil(budget_fraction * pool / global_batch)``."""
+        if self.schedule.final_step is not None:
+            return self.schedule.final_step
+        return max(1, math.ceil(self.schedule.budget_fraction * pool_size / self.training.global_batch_size))
+
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig.model_validate(self.features.model_dump())
+
+    def clustering_config(self) -> ClusteringConfig:
+        return ClusteringConfig.model_validate(self.clustering.model_dump())
+
+    def training_config(self, final_step: int) -> TrainingConfig:
+        """The trainer's config: one schedule over the whole planned run (FINAL_STEP), see docs/algorithm.md#differences-from-the-original-scripts."""
+        return TrainingConfig.model_validate({**self.training.model_dump(), "final_step": final_step})
+
+    def probe_config(self) -> ProbeConfig:
+        """The probe loads checkpoints the way the trainer wrote them (same model settings)."""
+        return ProbeConfig.model_validate(
+            {**self.probe.model_dump(), "model": self.training.model.model_dump(), "seed": self.seed}
+        )
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config (same shape as :class:`RunConfig`), apply ``overrides``, validate.
+
+    Raises :class:`ConfigError` naming the offending field.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    data = _merge(data, overrides or {})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_field_error(e) for e in exc.errors())) from None
+
+
+def _field_error(error: dict) -> str:
+    """One line per invalid field: its dotted name, what is wrong (allowed values included) and the value."""
+    where = ".".join(str(x) for x in error["loc"]) or "config"
+    got = f" (got {repr(error['input'])[:80]})" if error.get("type") not in ("missing", "extra_forbidden") else ""
+    if error.get("type") == "extra_forbidden":
+        return f"invalid config field '{where}': unknown field; remove it or check its spelling"
+    return f"invalid config field '{where}': {error['msg']}{got}"

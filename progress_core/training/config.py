@@ -1,0 +1,97 @@
+"""The training recipe (docs/algorithm.md#training)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from progress_core.errors import ConfigError
+from progress_core.model.config import ModelConfig
+
+
+class TrainingConfig(BaseModel):
+    """The training recipe (docs/algorithm.md#training: LLaVA-1.5 LoRA; tiny defaults tuned for the bundled pool)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="which LLaVA to train")
+    global_batch_size: int = Field(16, description="samples per optimizer step (paper: 128)")
+    per_device_batch_size: int | None = Field(
+        None, ge=1, description="samples per forward pass; default = global batch / (devices x accumulation)"
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None, ge=1, description="micro-batches per optimizer step on each device; default = what the batch leaves"
+    )
+    learning_rate: float | None = Field(None, description="peak LR; default 2e-4 (real, paper) or 1e-3 (tiny)")
+    projector_lr: float | None = Field(
+        None, description="projector LR; default 2e-5 (real, paper) or the model LR (tiny)"
+    )
+    warmup_ratio: float = Field(0.03, description="linear warm-up as a fraction of final_step")
+    lr_scheduler: Literal["cosine", "constant"] = Field("cosine", description="schedule after warm-up")
+    weight_decay: float = Field(0.0, description="AdamW weight decay (paper: 0)")
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping norm (HF default 1.0); None = off")
+    final_step: int = Field(1000, description="schedule horizon: the last step of the whole planned run")
+    seed: int = Field(42, description="seed of initial RNG state and of each piece's data order")
+    shuffle: bool = Field(True, description="shuffle each piece's samples (seeded by seed and start step)")
+    max_length: int | None = Field(None, description="truncate sequences to this many tokens; None = model max")
+    nproc_per_node: int | Literal["auto"] | None = Field(
+        None,
+        description="processes a launcher starts per training piece (one per GPU); auto = the GPUs visible; "
+        "empty = train inside the calling process",
+    )
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend of launched jobs; auto = nccl on GPUs, gloo on CPU"
+    )
+    use_deepspeed: bool | Literal["auto"] = Field(
+        "auto", description="auto = DeepSpeed when installed, CUDA present and deepspeed_config set; true = required"
+    )
+    deepspeed_config: str | None = Field(
+        "zero3.json",
+        description="DeepSpeed config; a relative path is looked up in the working directory, then in the "
+        "package's deployments/ folder",
+    )
+    num_threads: int | None = Field(None, description="torch CPU threads; None = torch default")
+
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-4 if self.model.mode == "real" else 1e-3
+
+    def proj_lr(self) -> float:
+        if self.projector_lr is not None:
+            return self.projector_lr
+        return 2e-5 if self.model.mode == "real" else self.lr()
+
+    def micro_batches(self, world_size: int = 1) -> tuple[int, int]:
+        """(per-device batch, gradient accumulation) with per_device x accumulation x world = global batch.
+
+        Raises :class:`ConfigError` naming the three numbers when they do not multiply to the global batch
+        (``docs/algorithm.md#training``: the paper's global batch is 128).
+        """
+        world = max(1, int(world_size))
+        accum = self.gradient_accumulation_steps
+        per_device = self.per_device_batch_size
+        if per_device is None:
+            per_device = max(1, self.global_batch_size // (world * (accum or 1)))
+        if accum is None:
+            if self.global_batch_size % (per_device * world):
+                raise ConfigError(
+                    f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
+                    f"{per_device} x {world} devices"
+                )
+            accum = self.global_batch_size // (per_device * world)
+        if per_device * accum * world != self.global_batch_size:
+            raise ConfigError(
+                f"global_batch_size {self.global_batch_size} != per_device_batch_size {per_device} x "
+                f"gradient_accumulation_steps {accum} x world size {world} (= {per_device * accum * world})"
+            )
+        return per_device, accum
+
+    def world_size(self) -> int:
+        """Processes per piece: 1 in-process, else ``nproc_per_node`` (auto = visible CUDA devices, >= 1)."""
+        if self.nproc_per_node is None:
+            return 1
+        if self.nproc_per_node == "auto":
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        return int(self.nproc_per_node)
