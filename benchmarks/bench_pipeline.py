@@ -89,9 +89,9 @@ def _dir(ctx: dict, *parts: str) -> str:
 
 def stage_idle(ctx: dict) -> tuple[dict, str]:
     import tasks.clustering  # noqa: F401
-    import tasks.data  # noqa: F401
     import tasks.export  # noqa: F401
-    import tasks.features  # noqa: F401
+    import tasks.feature_shard
+    import tasks.manifest
     import tasks.selection  # noqa: F401
     import tasks.warmup  # noqa: F401
 
@@ -99,7 +99,7 @@ def stage_idle(ctx: dict) -> tuple[dict, str]:
 
 
 def stage_manifest(ctx: dict) -> tuple[dict, str]:
-    from tasks.data import manifest_stage
+    from tasks.manifest import manifest_stage
     from tasks.stage import StageRecord
 
     pool_json = Path(ctx["work"]) / "pool.json"
@@ -117,7 +117,7 @@ def stage_manifest(ctx: dict) -> tuple[dict, str]:
 
 
 def stage_import(ctx: dict) -> tuple[dict, str]:
-    from tasks.features import import_fingerprint, import_stage
+    from tasks.feature_import import import_fingerprint, import_stage
 
     out_dir = _dir(ctx, "features")
     sources = {
@@ -321,9 +321,9 @@ PRELOAD = (
     "progress_core.probe.accuracy_table",
     "tasks._tables",
     "tasks.clustering",
-    "tasks.data",
+    "tasks.manifest",
     "tasks.export",
-    "tasks.features",
+    "tasks.feature_shard",
     "tasks.selection",
     "tasks.warmup",
 )
@@ -358,8 +358,8 @@ def original_import(ctx: dict) -> str:
 def original_rounds(ctx: dict) -> str:
     import bench_selection as bs
 
+    from progress_core.id_sets import read_ids
     from progress_core.probe.accuracy_table import read_accuracy_table
-    from progress_core.selection.rounds import read_ids
     from tasks._tables import cluster_ids
 
     clusters = cluster_ids(ctx["annotation"])
@@ -381,7 +381,7 @@ def original_rounds(ctx: dict) -> str:
 
 
 def original_export(ctx: dict) -> str:
-    from progress_core.selection.rounds import read_ids
+    from progress_core.id_sets import read_ids
     from tasks._tables import cluster_ids
 
     with open(Path(ctx["work"]) / "pool.json", encoding="utf-8") as f:

@@ -117,7 +117,7 @@ def _register_manifest(app: typer.Typer) -> None:
             allow_duplicate_ids=allow_duplicate_ids,
             verbose=True,
         )
-        from progress_core.run.validation import require_rows
+        from progress_core.data.manifest import require_rows
 
         require_rows(report, pool_json)
         typer.echo(report.summary())

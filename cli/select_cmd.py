@@ -69,9 +69,9 @@ def _summary(result, top: int) -> str:
 
 def _history(cluster_ids: np.ndarray, acc_prev, acc_now, selected, coincide_order):
     """The selection's inputs from earlier rounds, the accuracy tables checked against the annotation."""
+    from progress_core.id_sets import read_ids
     from progress_core.probe.accuracy_table import read_accuracy_table
     from progress_core.run.validation import check_accuracy_clusters
-    from progress_core.selection.rounds import read_ids
     from progress_core.selection.strategies import SelectionHistory
 
     history = SelectionHistory(
@@ -121,8 +121,8 @@ def select_round(cfg, inputs: SelectInputs, round_index: int, out: Path, cluster
     """Select as round ``round_index`` of a run does (draw seeded by ``(seed, round)``) and write the ids."""
     from tqdm import tqdm
 
+    from progress_core.id_sets import read_ids, write_ids
     from progress_core.io import write_parquet
-    from progress_core.selection.rounds import read_ids, write_ids
     from progress_core.selection.strategies import select
 
     budget = selection_budget(cfg)

@@ -127,7 +127,7 @@ def _features_import_command(
     import pyarrow.parquet as pq
 
     from progress_core.io import file_hash
-    from tasks.features import import_fingerprint, import_stage
+    from tasks.feature_import import import_fingerprint, import_stage
     from tasks.stage import StageRecord
 
     _need_file(manifest, "manifest")
@@ -231,7 +231,7 @@ def _warmup_command(
     from progress_core.clustering.coincide import coincide_selection, warmup_pools
     from progress_core.clustering.kmeans import load_clustering
     from progress_core.features.store import load_features
-    from progress_core.selection.rounds import write_ids
+    from progress_core.id_sets import write_ids
     from progress_core.selection.schedule import coincide_budget, planned_final_step
 
     cfg = resolve_config(config, preset, set_)

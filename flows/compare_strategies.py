@@ -30,7 +30,8 @@ from progress_core.errors import ConfigError
 from progress_core.io import write_json, write_parquet
 from progress_core.run.config import RunConfig, _merge
 from progress_core.selection.strategies import available_strategies
-from tasks.evaluation import evaluate_stage, holdout_stage
+from tasks.evaluation import evaluate_stage
+from tasks.holdout import holdout_stage
 from tasks.report import publish_comparison_report
 
 DEFAULT_STRATEGIES = ["progress", "random", "tfs", "coincide"]

@@ -15,7 +15,7 @@ from prefect.futures import wait
 
 from progress_core.features.config import FeatureConfig
 from progress_core.run.config import OrchestrationConfig
-from tasks.features import feature_shard
+from tasks.feature_shard import feature_shard
 from tasks.stage import StageRecord, needs_refresh
 
 

@@ -46,15 +46,18 @@ from progress_core.training.config import TrainingConfig
 from tasks._tables import cluster_ids
 from tasks.artifacts import publish_round, publish_summary, set_progress, start_progress
 from tasks.clustering import kmeans_stage
-from tasks.data import image_fingerprint, manifest_stage, pool_fingerprint, prepare_pool
 from tasks.export import export_stage
-from tasks.features import combine_stage, import_fingerprint, import_stage
+from tasks.feature_combine import combine_stage
+from tasks.feature_import import import_fingerprint, import_stage
+from tasks.manifest import image_fingerprint, manifest_stage
+from tasks.model_init import init_model_stage
+from tasks.pool import pool_fingerprint, prepare_pool
 from tasks.probe import probe_stage
 from tasks.report import publish_run_report
 from tasks.selection import commit_warmup_stage, select_stage
 from tasks.stage import StageRecord, run_stage, skip_counts
 from tasks.stage import finish_run as write_run_manifest
-from tasks.training import init_model_stage, train_stage
+from tasks.training import train_stage
 from tasks.warmup import coincide_order_stage, warmup_stage
 
 

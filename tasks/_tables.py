@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from progress_core.selection.rounds import read_ids
+from progress_core.id_sets import read_ids
 from tasks.stage import StageRecord
 
 

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import TableArtifact, create_progress_artifact, update_progress_artifact
 
+from progress_core.id_sets import read_ids
 from progress_core.probe.accuracy_table import read_accuracy_table
-from progress_core.selection.rounds import read_ids
 from tasks._tables import manifest_rows
 from tasks.stage import StageRecord
 

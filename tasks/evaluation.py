@@ -7,10 +7,9 @@ from pathlib import Path
 
 from prefect import task
 
-from progress_core.data.config import DataConfig
 from progress_core.io import write_parquet
 from progress_core.probe.config import ProbeConfig
-from progress_core.probe.evaluation import evaluate_concepts, split_holdout
+from progress_core.probe.evaluation import evaluate_concepts
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
@@ -41,19 +40,4 @@ def evaluate_stage(
         files={"concepts": str(path)},
         rows={"concepts": len(table)},
         meta={"label": label, "accuracy": float(table["correct"].sum() / max(table["n"].sum(), 1))},
-    )
-
-
-@task(name="holdout", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="holdout")
-@stage("holdout", modules=["progress_core.probe.evaluation"])
-def holdout_stage(data: DataConfig, out_dir: str) -> StageRecord:
-    """Held-out split of a user's pool (``data.eval_json`` or ``data.holdout_fraction`` of the rows)."""
-    split = split_holdout(data.pool_json, out_dir, data.holdout_fraction, data.synthetic_seed, data.eval_json)
-    image_root = str(Path(data.image_root).resolve()) if data.image_root else None
-    return StageRecord(
-        stage="holdout",
-        out_dir=out_dir,
-        files={k: str(split[k]) for k in ("pool_json", "eval_json", "labels")},
-        rows={"eval": int(split["n_eval"])},
-        meta={"image_root": image_root},
     )

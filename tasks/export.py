@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import task
 
+from progress_core.id_sets import read_ids
 from progress_core.probe.accuracy_table import read_accuracy_table
 from progress_core.reporting.export import RoundExport, export_original
-from progress_core.selection.rounds import read_ids
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 

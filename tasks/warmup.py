@@ -11,7 +11,7 @@ from progress_core.clustering.coincide import coincide_selection, warmup_pools
 from progress_core.clustering.config import WarmupConfig
 from progress_core.clustering.kmeans import load_clustering
 from progress_core.features.store import load_features
-from progress_core.selection.rounds import write_ids
+from progress_core.id_sets import write_ids
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 

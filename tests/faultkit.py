@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from progress_core.errors import ProgressError
+from progress_core.id_sets import read_ids
 from progress_core.run.config import RunConfig
-from progress_core.selection.rounds import read_ids
 from progress_core.selection.schedule import steps_for_new
 from tasks import stage as stage_mod
 from tasks.stage import MARKER, InjectedFault, StageRecord, read_marker_file, verify_marker
@@ -54,8 +54,10 @@ def data_stages(cfg: RunConfig, run: Path) -> dict[str, StageRecord]:
     """Pool, manifest, features, both clusterings and the warm-up pools, as the flow runs them before round 0
     (keys ``pool``, ``manifest``, ``features``, ``annotation``, ``selection``, ``warmup_pools``)."""
     from tasks.clustering import kmeans_stage
-    from tasks.data import image_fingerprint, manifest_stage, pool_fingerprint, prepare_pool
-    from tasks.features import combine_stage, feature_shard
+    from tasks.feature_combine import combine_stage
+    from tasks.feature_shard import feature_shard
+    from tasks.manifest import image_fingerprint, manifest_stage
+    from tasks.pool import pool_fingerprint, prepare_pool
     from tasks.warmup import warmup_stage
 
     pool = prepare_pool.fn(data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=str(run / "data"))
@@ -157,7 +159,8 @@ def _probe_round(
 def run_chain(cfg: RunConfig) -> dict[str, StageRecord]:
     """The flow's stages for the tiny config; returns the last record of each stage and the final selection."""
     from tasks._tables import cluster_ids  # noqa: F401  (the flow's readers, imported as the flow does)
-    from tasks.training import init_model_stage, train_stage
+    from tasks.model_init import init_model_stage
+    from tasks.training import train_stage
 
     run = Path(cfg.run_dir)
     data = data_stages(cfg, run)

@@ -16,7 +16,8 @@ sys.path.insert(0, str(REPO))
 
 from flows.progress_selection import feature_stage, run_stage  # noqa: E402
 from progress_core.run.config import RunConfig, load_config  # noqa: E402
-from tasks.data import manifest_stage, pool_fingerprint, prepare_pool  # noqa: E402
+from tasks.manifest import manifest_stage  # noqa: E402
+from tasks.pool import pool_fingerprint, prepare_pool  # noqa: E402
 
 
 @flow(name="features-only")

@@ -12,15 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import tasks.training as training_mod
+import tasks.model_init as training_mod
 from progress_core.data.captions import caption_set
 from progress_core.data.scenes import PALETTE, SHAPES
 from progress_core.data.synthetic import generate_pool
 from progress_core.model.alignment import CAPTION_PROMPT, align_tiny_model, caption_texts
 from progress_core.model.config import ModelConfig
 from progress_core.model.tiny import build_tiny_model
+from tasks.model_init import init_model_stage
 from tasks.stage import StageRecord
-from tasks.training import init_model_stage
 
 TEXTS = ["<image>\nWhat colour is the image?", "red", "<image>\nWhat shape is shown?", "circle"]
 TINY = {"align_captions": 12, "align_batch_size": 4}

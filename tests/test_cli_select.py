@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cli.main import main
+from progress_core.id_sets import read_ids, write_ids
 from progress_core.probe.accuracy_table import read_accuracy_table
-from progress_core.selection.rounds import read_ids, write_ids
 
 SIZES = [50, 50, 5, 30, 20]
 

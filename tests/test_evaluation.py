@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from progress_core.data.holdout import HoldoutError, concept_of_row, split_holdout
 from progress_core.data.statistics import majority_baseline
-from progress_core.probe.evaluation import EvaluationError, concept_of_row, split_holdout
 
 
 def _rows(n):
@@ -47,7 +47,7 @@ def test_split_holdout_with_a_given_eval_split_and_bad_fractions(tmp_path):
     ev.write_text(json.dumps(_rows(4)))
     split = split_holdout(pool, tmp_path / "out", 0.0, eval_json=ev)
     assert split["pool_json"] == pool and split["n_eval"] == 4
-    with pytest.raises(EvaluationError, match="fraction"):
+    with pytest.raises(HoldoutError, match="fraction"):
         split_holdout(pool, tmp_path / "bad", 0.0)
 
 

@@ -41,7 +41,7 @@ def test_real_flow_never_reports_cached_over_damaged_files(prefect_api, tmp_path
     import numpy as np
     from flowkit import run_cli, run_to_end, states_by_stage, task_runs, write_config
 
-    from progress_core.selection.rounds import read_ids
+    from progress_core.id_sets import read_ids
 
     api_url, home = prefect_api
     cfg = tiny_config(tmp_path / "run").model_dump(mode="json")

@@ -127,7 +127,7 @@ def test_fingerprint_follows_content_and_is_remembered(parts, tmp_path):
 
 
 def test_import_stage_is_content_keyed(parts, tmp_path):
-    from tasks.features import import_fingerprint, import_stage
+    from tasks.feature_import import import_fingerprint, import_stage
     from tasks.stage import StageRecord
 
     d, image, text = parts

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from flowkit import artifacts, run_cli, run_to_end, small_config, states_by_stage, task_runs, write_config
 
-from progress_core.selection.rounds import read_ids
+from progress_core.id_sets import read_ids
 
 pytestmark = pytest.mark.slow
 

@@ -8,16 +8,15 @@ import pytest
 
 from progress_core.data.manifest import build_manifest, read_manifest
 from progress_core.errors import ConfigError
+from progress_core.id_sets import IdSetFileError, read_ids
 from progress_core.probe.accuracy_table import accuracy_from_verdicts
 from progress_core.reporting.export import RoundExport, export_original
 from progress_core.selection.rounds import (
-    IdSetFileError,
     RoundFiles,
     RoundInvariantError,
     apply_round,
     commit_round,
     next_step,
-    read_ids,
     steps_for,
     warmup_sets,
 )

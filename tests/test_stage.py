@@ -170,7 +170,7 @@ def test_image_fingerprint_sees_changed_images(tmp_path):
     import json
     import os
 
-    from tasks.data import image_fingerprint
+    from tasks.manifest import image_fingerprint
 
     (tmp_path / "img").mkdir()
     for name in ("a.png", "b.png"):
@@ -370,7 +370,7 @@ def test_select_rejects_accuracy_tables_of_another_clustering(tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from cli.main import main
-    from progress_core.selection.rounds import write_ids
+    from progress_core.id_sets import write_ids
 
     cids = np.repeat(np.arange(3), 10)
     pq.write_table(pa.table({"sample_id": np.arange(30), "cluster_id": cids}), tmp_path / "clusters.parquet")
@@ -473,7 +473,7 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
     from faultkit import tiny_config
 
     from cli.main import main
-    from progress_core.selection.rounds import read_ids
+    from progress_core.id_sets import read_ids
 
     cfg = tiny_config(tmp_path / "flow", **{"selection.strategy": "coincide"})
     budget = 16

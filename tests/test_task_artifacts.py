@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.artifacts as art
+from progress_core.id_sets import write_ids
 from progress_core.probe.accuracy_table import write_accuracy_table
-from progress_core.selection.rounds import write_ids
 from tasks.artifacts import (
     artifact_key,
     concept_shares,

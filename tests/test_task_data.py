@@ -10,10 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import tasks.data as data_mod
+import tasks.manifest as data_mod
 from progress_core.data.config import DataConfig
-from progress_core.run.validation import EmptyPoolError
-from tasks.data import image_fingerprint, image_paths, manifest_stage, pool_fingerprint, prepare_pool
+from progress_core.data.manifest import EmptyPoolError
+from tasks.manifest import image_fingerprint, image_paths, manifest_stage
+from tasks.pool import pool_fingerprint, prepare_pool
 from tasks.stage import EVENTS, read_marker_file, skip_counts
 
 

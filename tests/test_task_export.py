@@ -14,8 +14,8 @@ import pytest
 
 import tasks.export as export_mod
 from progress_core.data.manifest import build_manifest
+from progress_core.id_sets import write_ids
 from progress_core.probe.accuracy_table import accuracy_from_verdicts, write_accuracy_table
-from progress_core.selection.rounds import write_ids
 from tasks.export import export_stage
 from tasks.stage import EVENTS, StageRecord
 

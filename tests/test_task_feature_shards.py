@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import flows.feature_shards as shards_mod
-import tasks.features as features_mod
+import tasks.feature_shard as features_mod
 from progress_core.features.config import FeatureConfig
 from progress_core.features.store import ShardFeatures
 from progress_core.run.config import OrchestrationConfig
-from tasks.features import feature_shard
+from tasks.feature_shard import feature_shard
 from tasks.stage import StageRecord
 
 MANIFEST = StageRecord(stage="manifest", out_dir="/m", files={"manifest": "/m/manifest.parquet"}, content_hash="m1")

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tasks.features as features_mod
+import tasks.feature_combine as combine_mod
+import tasks.feature_shard as features_mod
 from progress_core.data.manifest import build_manifest
 from progress_core.features.config import FeatureConfig
 from progress_core.features.store import ShardFeatures, combine_features, load_features, save_shard
-from tasks.features import combine_stage, feature_shard
+from tasks.feature_combine import combine_stage
+from tasks.feature_shard import feature_shard
 from tasks.stage import EVENTS, StageRecord, outputs_hash
 
 N = 6
@@ -114,8 +116,8 @@ def _shard(directory: Path, start: int, n: int, failed: list[int], seed: int) ->
 def test_combine_tiles_the_shards_in_order_and_counts_failures(tmp_path, monkeypatch):
     shards = [_shard(tmp_path / "shards", 3, 2, [4], 1), _shard(tmp_path / "shards", 0, 3, [0], 2)]
     combines: list[int] = []
-    real = features_mod.combine_shards
-    monkeypatch.setattr(features_mod, "combine_shards", lambda *a: combines.append(1) or real(*a))
+    real = combine_mod.combine_shards
+    monkeypatch.setattr(combine_mod, "combine_shards", lambda *a: combines.append(1) or real(*a))
     out = str(tmp_path / "features")
     rec = combine_stage.fn(shards=shards, balanced=False, out_dir=out)
     assert rec.rows == {"features": 5} and rec.meta["image_dim"] == 4 and rec.meta["text_dim"] == 3

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.probe as probe_mod
+from progress_core.id_sets import write_ids
 from progress_core.probe.accuracy import ProbeResult
 from progress_core.probe.accuracy_table import accuracy_from_verdicts, read_accuracy_table
 from progress_core.probe.config import ProbeConfig
 from progress_core.probe.judges import ExactMatchJudge
-from progress_core.selection.rounds import write_ids
 from tasks.probe import probe_stage
 from tasks.stage import StageRecord
 

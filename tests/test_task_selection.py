@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.selection as selection_mod
+from progress_core.id_sets import read_ids, write_ids
 from progress_core.probe.accuracy_table import write_accuracy_table
 from progress_core.selection.config import SelectionConfig
-from progress_core.selection.rounds import read_ids, write_ids
 from tasks.selection import commit_warmup_stage, select_stage, strategy_options
 from tasks.stage import EVENTS, StageRecord
 

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from progress_core.selection.rounds import write_ids
+from progress_core.id_sets import write_ids
 from tasks._tables import cluster_ids, ids_of, manifest_rows
 from tasks.stage import StageRecord
 

@@ -12,13 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import tasks.model_init as model_init_mod
 import tasks.training as training_mod
+from progress_core.id_sets import write_ids
 from progress_core.model.config import ModelConfig
-from progress_core.selection.rounds import write_ids
 from progress_core.training.config import TrainingConfig
 from progress_core.training.loop import TrainResult
+from tasks.model_init import init_model_stage
 from tasks.stage import EVENTS, StageRecord
-from tasks.training import init_model_stage, train_stage
+from tasks.training import train_stage
 
 N = 8
 
@@ -58,7 +60,7 @@ def builds(monkeypatch):
         (out / "weights.bin").write_bytes(b"w" * 8 + bytes([len(calls)]))
         return out
 
-    monkeypatch.setattr(training_mod, "build_tiny_model", build)
+    monkeypatch.setattr(model_init_mod, "build_tiny_model", build)
     return calls
 
 

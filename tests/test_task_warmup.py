@@ -13,7 +13,7 @@ from progress_core.clustering.coincide import coincide_selection, warmup_pools
 from progress_core.clustering.config import ClusteringConfig, WarmupConfig
 from progress_core.clustering.kmeans import load_clustering
 from progress_core.features.store import load_features
-from progress_core.selection.rounds import read_ids
+from progress_core.id_sets import read_ids
 from tasks.clustering import kmeans_stage
 from tasks.stage import EVENTS
 from tasks.warmup import coincide_order_stage, warmup_stage

@@ -695,3 +695,23 @@ def source_statistics(table: pa.Table) -> pd.DataFrame:
     )
     stats["share"] = stats["n"] / max(len(df), 1)
     return stats[["n", "share", "text_only", "multi_turn", "answer_vocab", "majority_rate"]]
+
+
+class EmptyPoolError(ProgressError):
+    """No row of the pool survived the manifest checks (e.g. every image is missing under the image root)."""
+
+
+def require_rows(report, pool_json: str | os.PathLike) -> None:
+    """Raise :class:`EmptyPoolError` (with the skip counts by reason) when a manifest came out empty.
+
+    The empty manifest itself is removed: no later stage can use it. ``report`` is the
+    :class:`~progress_core.manifest.ManifestReport` of the build.
+    """
+    if report.n_rows > 0:
+        return
+    Path(report.manifest_path).unlink(missing_ok=True)
+    per = ", ".join(f"{k} {v}" for k, v in sorted(report.rejected_by_error.items())) or "the file has no rows"
+    raise EmptyPoolError(
+        f"the pool {str(pool_json)!r} has no usable rows ({report.n_input_rows} read, skipped: {per}); "
+        "check the pool file and the image root (data.pool_json, data.image_root / --images)"
+    )

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from progress_core.id_sets import read_ids
 from progress_core.io import atomic_path, write_parquet
-from progress_core.selection.rounds import read_ids
 
 
 def _family_of(manifest_path: str | os.PathLike, labels_path: str | os.PathLike) -> np.ndarray:

@@ -33,10 +33,6 @@ class RunValidationError(ConfigError):
     """The run config or its input files cannot give a complete run; the message lists every problem."""
 
 
-class EmptyPoolError(ProgressError):
-    """No row of the pool survived the manifest checks (e.g. every image is missing under the image root)."""
-
-
 class ClusterMismatchError(ProgressError):
     """An accuracy table's cluster ids do not belong to the annotation clustering it is used with."""
 
@@ -215,22 +211,6 @@ def validate_run(cfg, check_disk: bool = True) -> None:
     problems = check_run(cfg, check_disk=check_disk)
     if problems:
         raise RunValidationError("\n".join(problems))
-
-
-def require_rows(report, pool_json: str | os.PathLike) -> None:
-    """Raise :class:`EmptyPoolError` (with the skip counts by reason) when a manifest came out empty.
-
-    The empty manifest itself is removed: no later stage can use it. ``report`` is the
-    :class:`~progress_core.manifest.ManifestReport` of the build.
-    """
-    if report.n_rows > 0:
-        return
-    Path(report.manifest_path).unlink(missing_ok=True)
-    per = ", ".join(f"{k} {v}" for k, v in sorted(report.rejected_by_error.items())) or "the file has no rows"
-    raise EmptyPoolError(
-        f"the pool {str(pool_json)!r} has no usable rows ({report.n_input_rows} read, skipped: {per}); "
-        "check the pool file and the image root (data.pool_json, data.image_root / --images)"
-    )
 
 
 def _preview(ids: Iterable[int], limit: int = 10) -> str:

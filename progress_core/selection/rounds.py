@@ -16,24 +16,17 @@ names and JSON format, so the original training/probing scripts can take over at
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from progress_core.errors import ConfigError, ProgressError
-from progress_core.io import parquet_schema, write_parquet
+from progress_core.id_sets import write_ids
 
 
 class RoundInvariantError(ProgressError):
     """A round's sets break an invariant (new ids not in the pool, overlap, sizes that do not add up)."""
-
-
-class IdSetFileError(ProgressError):
-    """A sample-id Parquet file is missing or has no ``sample_id`` integer column."""
 
 
 def steps_for(cumulative_samples: int, global_batch: int) -> int:
@@ -67,26 +60,6 @@ class RoundFiles:
 
     def new(self, round_index: int) -> Path:
         return self.run_dir / f"new_{int(round_index)}.parquet"
-
-
-def write_ids(ids: np.ndarray, path: str | os.PathLike, extra: Mapping[str, np.ndarray] | None = None) -> Path:
-    """Write a sample-id set as Parquet (``sample_id:int64`` plus optional columns), atomically."""
-    columns = {"sample_id": pa.array(np.asarray(ids, dtype=np.int64), type=pa.int64())}
-    for name, values in (extra or {}).items():
-        columns[name] = pa.array(np.asarray(values))
-    return write_parquet(pa.table(columns), path)
-
-
-def read_ids(path: str | os.PathLike) -> np.ndarray:
-    """Read the ``sample_id`` column of a sample-id Parquet file, in file order."""
-    p = Path(path)
-    schema = parquet_schema(p, IdSetFileError, "sample-id file")
-    if "sample_id" not in schema.names or not pa.types.is_integer(schema.field("sample_id").type):
-        raise IdSetFileError(f"{str(p)!r} has no integer 'sample_id' column (columns: {schema.names})")
-    col = pq.read_table(p, columns=["sample_id"]).column("sample_id")
-    if col.null_count:
-        raise IdSetFileError(f"{str(p)!r}: sample_id has {col.null_count} null values")
-    return col.to_numpy().astype(np.int64, copy=False)
 
 
 def _first_duplicate(ids: np.ndarray, universe: int) -> int | None:

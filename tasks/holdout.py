@@ -1,0 +1,26 @@
+"""The held-out split of a user's pool, for `progress compare` (docs/architecture.md#file-kinds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from progress_core.data.config import DataConfig
+from progress_core.data.holdout import split_holdout
+from tasks.stage import StageRecord, stage, stage_cache_key
+
+
+@task(name="holdout", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="holdout")
+@stage("holdout", modules=["progress_core.probe.evaluation"])
+def holdout_stage(data: DataConfig, out_dir: str) -> StageRecord:
+    """Held-out split of a user's pool (``data.eval_json`` or ``data.holdout_fraction`` of the rows)."""
+    split = split_holdout(data.pool_json, out_dir, data.holdout_fraction, data.synthetic_seed, data.eval_json)
+    image_root = str(Path(data.image_root).resolve()) if data.image_root else None
+    return StageRecord(
+        stage="holdout",
+        out_dir=out_dir,
+        files={k: str(split[k]) for k in ("pool_json", "eval_json", "labels")},
+        rows={"eval": int(split["n_eval"])},
+        meta={"image_root": image_root},
+    )
