@@ -234,10 +234,12 @@ def _register_config(app: typer.Typer) -> None:
     ) -> None:
         """Print a complete run config as YAML, every field explained in a comment (a starting point for
         `progress run --config`)."""
-        from progress_core.run.config_doc import commented_yaml, explain_or_error
+        from flows.stage_inputs import downstream_of, stages_keyed_by
+        from progress_core.run.config_doc import commented_yaml, explain_or_error, field_paths
 
         if explain:
-            typer.echo(explain_or_error(explain), nl=False)
+            keyed = stages_keyed_by(explain) if explain in field_paths() else None
+            typer.echo(explain_or_error(explain, keyed, downstream_of(keyed or [])), nl=False)
             return
 
         cfg = load_config(config, None if config else {"preset": preset})

@@ -155,7 +155,16 @@ def held_out_split(config: RunConfig, shared: Path, log) -> tuple[RunConfig, dic
         if config.data.synthetic_n_eval == 0:
             raise ConfigError("the comparison needs a held-out split: set data.synthetic_n_eval > 0")
         return config, None
-    split = run_stage(holdout_stage, data=config.data, out_dir=shared / "holdout")
+    data = config.data
+    split = run_stage(
+        holdout_stage,
+        pool_json=data.pool_json,
+        eval_json=data.eval_json,
+        image_root=data.image_root,
+        fraction=data.holdout_fraction,
+        seed=data.synthetic_seed,
+        out_dir=shared / "holdout",
+    )
     files = {
         "eval_json": split.files["eval_json"],
         "image_root": split.meta["image_root"],

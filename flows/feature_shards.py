@@ -13,14 +13,14 @@ from typing import Any
 from prefect import flow
 from prefect.futures import wait
 
-from progress_core.features.config import FeatureConfig
+from progress_core.features.config import ExtractionSettings
 from progress_core.run.config import OrchestrationConfig
 from tasks.feature_shard import feature_shard
 from tasks.stage import StageRecord, needs_refresh
 
 
 def submit_shards(
-    manifest: StageRecord, settings: FeatureConfig, ranges: list[tuple[int, int]], shards_dir: str
+    manifest: StageRecord, settings: ExtractionSettings, ranges: list[tuple[int, int]], shards_dir: str
 ) -> list[StageRecord]:
     """Submit one ``features-shard`` task per range to the current task runner; all results, in order."""
     futures = []
@@ -40,7 +40,7 @@ def submit_shards(
 
 @flow(name="feature-shards", log_prints=True)
 def feature_shards(
-    manifest: StageRecord, settings: FeatureConfig, ranges: list[tuple[int, int]], shards_dir: str
+    manifest: StageRecord, settings: ExtractionSettings, ranges: list[tuple[int, int]], shards_dir: str
 ) -> list[StageRecord]:
     """The feature shards of a run on a Dask cluster (a subflow, so only these tasks leave the machine)."""
     return submit_shards(manifest, settings, ranges, shards_dir)
@@ -64,7 +64,7 @@ def dask_task_runner(orchestration: OrchestrationConfig):
 
 def run_feature_shards(
     manifest: StageRecord,
-    settings: FeatureConfig,
+    settings: ExtractionSettings,
     ranges: list[tuple[int, int]],
     shards_dir: str,
     orchestration: OrchestrationConfig,

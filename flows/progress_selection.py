@@ -24,9 +24,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.approval import approve_after_warmup
 from flows.feature_shards import run_feature_shards
-from progress_core.clustering.kmeans import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
+from flows.stage_inputs import kmeans_k, probe_inputs, select_inputs
 from progress_core.features.extract import shard_ranges
-from progress_core.probe.config import ProbeConfig
 from progress_core.reporting.report import write_concept_report
 from progress_core.reporting.summary import RoundSummary, RunSummary, total_seconds
 from progress_core.run.config import RunConfig
@@ -94,13 +93,17 @@ def feature_stage(cfg: RunConfig, manifest: StageRecord, shared: Path) -> StageR
             out_dir=out_dir,
         )
     ranges = shard_ranges(manifest.rows["manifest"], cfg.shard_size)
-    shards = run_feature_shards(manifest, features_cfg, ranges, str(out_dir / "shards"), cfg.orchestration)
+    shards = run_feature_shards(
+        manifest, features_cfg.extraction_settings(), ranges, str(out_dir / "shards"), cfg.orchestration
+    )
     return run_stage(combine_stage, shards=shards, balanced=features_cfg.balanced, out_dir=out_dir)
 
 
 def prepare_stages(cfg: RunConfig, shared: Path) -> PreparedData:
     """Pool, manifest, features (one task per shard), dual k-means and COINCIDE warm-up pools, under ``shared``."""
-    pool = run_stage(prepare_pool, data=cfg.data, fingerprint=pool_fingerprint(cfg.data), out_dir=shared / "data")
+    pool = run_stage(
+        prepare_pool, data=cfg.data.pool_settings(), fingerprint=pool_fingerprint(cfg.data), out_dir=shared / "data"
+    )
     manifest = run_stage(
         manifest_stage,
         pool=pool,
@@ -112,22 +115,20 @@ def prepare_stages(cfg: RunConfig, shared: Path) -> PreparedData:
     n = manifest.rows["manifest"]
     features = feature_stage(cfg, manifest, shared)
 
-    k_annotation = resolve_k(cfg.clustering.annotation_k, n, PAPER_ANNOTATION_K)
-    k_selection = resolve_k(cfg.clustering.selection_k, n, PAPER_SELECTION_K)
     annotation = run_stage(
         kmeans_stage,
         features=features,
         name="annotation",
-        k=k_annotation,
-        settings=cfg.clustering_config(),
+        k=kmeans_k(cfg, "annotation", n),
+        settings=cfg.clustering_config().kmeans_settings(),
         out_dir=shared / "clusters" / "annotation",
     )
     selection_clusters = run_stage(
         kmeans_stage,
         features=features,
         name="selection",
-        k=k_selection,
-        settings=cfg.clustering_config(),
+        k=kmeans_k(cfg, "selection", n),
+        settings=cfg.clustering_config().kmeans_settings(),
         out_dir=shared / "clusters" / "selection",
     )
     pools = run_stage(
@@ -139,10 +140,6 @@ def prepare_stages(cfg: RunConfig, shared: Path) -> PreparedData:
     )
 
     return PreparedData(pool, manifest, features, annotation, selection_clusters, pools)
-
-
-PROBING_STRATEGIES = frozenset({"progress"})
-"""Strategies that read the probe's accuracy; the others skip probing unless ``probe.all_strategies``."""
 
 
 def init_model_dir(shared: Path, init_seed: int) -> Path:
@@ -185,25 +182,13 @@ def _select(
     return _timed(
         run_stage,
         select_stage,
-        settings=cfg.selection,
-        budget=plan.budget,
-        seed=cfg.seed,
+        **select_inputs(plan, cfg),
         annotation=prepared.annotation,
         acc_prev=probes[-2],
         acc_now=probes[-1],
         coincide_order=setup.coincide_order,
         **common,
     )
-
-
-def _probe_samples_per_cluster(plan: RoundPlan, cfg: RunConfig) -> int | None:
-    """Samples per cluster the round's probe answers (``docs/algorithm.md#probe-and-judge``): None = all of the
-    selection at a warm-up probe of the selected set, 0 = no probe for strategies that never read it."""
-    held_out = cfg.probe.source == "held_out"
-    spc = None if plan.kind == "warmup" and not held_out else cfg.probe.samples_per_cluster
-    if not (cfg.probe.all_strategies or cfg.selection.strategy in PROBING_STRATEGIES):
-        spc = 0
-    return spc
 
 
 def _train_and_probe(
@@ -235,9 +220,7 @@ def _train_and_probe(
         selected=commit,
         annotation=prepared.annotation,
         manifest=prepared.manifest,
-        samples_per_cluster=_probe_samples_per_cluster(plan, cfg),
-        seed=cfg.seed if cfg.probe.source == "held_out" else cfg.seed + plan.index,
-        settings=setup.probe,
+        **probe_inputs(plan, cfg),
         round_index=plan.index,
         to_step=to_step,
         out_dir=rdir / "probe",
@@ -279,13 +262,12 @@ def _round_summary(row: dict, plan: RoundPlan, outcome: RoundOutcome, cfg: RunCo
 
 @dataclass
 class RunSetup:
-    """What every round needs beyond the prepared data: the schedule, the trainer's and the probe's settings,
-    the COINCIDE order (strategy ``coincide`` only)."""
+    """What every round needs beyond the prepared data: the schedule, the trainer's settings, the COINCIDE
+    order (strategy ``coincide`` only)."""
 
     n: int
     final_step: int
     training: TrainingConfig
-    probe: ProbeConfig
     coincide_order: StageRecord | None
     initial_model: StageRecord
     init_seconds: float
@@ -327,7 +309,7 @@ def set_up_rounds(cfg: RunConfig, shared: Path, prepared: PreparedData) -> tuple
             features=prepared.features,
             selection_clusters=prepared.selection_clusters,
             budget=coincide_budget(final_step, cfg.training.global_batch_size, n, (pools.rows["w1"], pools.rows["w2"])),
-            settings=cfg.warmup,
+            settings=cfg.warmup.pruning_settings(),
             out_dir=shared / "coincide",
         )
     model, seconds = _timed(
@@ -337,7 +319,7 @@ def set_up_rounds(cfg: RunConfig, shared: Path, prepared: PreparedData) -> tuple
         settings=training.model,
         out_dir=init_model_dir(shared, training.model.init_seed),
     )
-    setup = RunSetup(n, final_step, training, cfg.probe_config(), coincide_order, model, seconds)
+    setup = RunSetup(n, final_step, training, coincide_order, model, seconds)
     return setup, state
 
 

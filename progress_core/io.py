@@ -69,6 +69,24 @@ def write_json(obj: Any, path: str | os.PathLike, indent: int | None = None) -> 
     return Path(path)
 
 
+def write_bytes_if_changed(data: bytes, path: str | os.PathLike) -> bool:
+    """Write ``data`` atomically unless ``path`` already holds exactly these bytes; True when it wrote.
+
+    A file left as it was keeps its modification time, so a stage that regenerates identical inputs (the
+    synthetic pool's images) leaves the size-and-mtime fingerprint of every later stage unchanged
+    (docs/architecture.md#stage-contract).
+    """
+    target = Path(path)
+    try:
+        if target.stat().st_size == len(data) and target.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return True
+
+
 def write_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a .npy file atomically (memory-mappable with ``np.load(mmap_mode='r')``)."""
     with atomic_path(path) as tmp:

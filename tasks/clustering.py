@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
-from progress_core.clustering.config import ClusteringConfig
+from progress_core.clustering.config import KMeansSettings
 from progress_core.clustering.kmeans import save_clustering, spherical_kmeans
 from progress_core.features.store import load_features
 from tasks.stage import StageRecord, stage, stage_cache_key
@@ -14,7 +14,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 
 @task(name="kmeans", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="kmeans[{name}]")
 @stage("kmeans")
-def kmeans_stage(features: StageRecord, name: str, k: int, settings: ClusteringConfig, out_dir: str) -> StageRecord:
+def kmeans_stage(features: StageRecord, name: str, k: int, settings: KMeansSettings, out_dir: str) -> StageRecord:
     """Spherical faiss k-means with ``k`` centres; writes ``<name>_assignment.parquet`` and centroids."""
     x = load_features(features.files["features"], mmap=True)
     result = spherical_kmeans(

@@ -12,7 +12,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 
 
 @task(name="features-import", task_run_name="features-import", cache_key_fn=stage_cache_key, persist_result=True)
-@stage("features", modules=["progress_core.features.extract", "progress_core.features.importing"])
+@stage("features")
 def import_stage(
     manifest: StageRecord, sources: dict[str, str], fingerprint: str, balanced: bool, out_dir: str
 ) -> StageRecord:

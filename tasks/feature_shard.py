@@ -11,7 +11,7 @@ import threading
 
 from prefect import task
 
-from progress_core.features.config import FeatureConfig
+from progress_core.features.config import ExtractionSettings
 from progress_core.features.extract import extract_shard, load_image_encoder, load_text_encoder
 from progress_core.features.store import save_shard
 from tasks.stage import StageRecord, stage, stage_cache_key
@@ -21,7 +21,7 @@ _ENCODER_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=2)
 def _load_encoders(cfg_json: str):
-    cfg = FeatureConfig.model_validate_json(cfg_json)
+    cfg = ExtractionSettings.model_validate_json(cfg_json)
     return load_image_encoder(cfg), load_text_encoder(cfg)
 
 
@@ -40,7 +40,9 @@ def _encoders(cfg_json: str):
     task_run_name="features[{start}:{stop}]",
 )
 @stage("features_shard")
-def feature_shard(manifest: StageRecord, start: int, stop: int, settings: FeatureConfig, out_dir: str) -> StageRecord:
+def feature_shard(
+    manifest: StageRecord, start: int, stop: int, settings: ExtractionSettings, out_dir: str
+) -> StageRecord:
     """Encode manifest rows ``start:stop``; unreadable images are counted skips with a zero image part."""
     image_enc, text_enc = _encoders(settings.model_dump_json())
     shard = extract_shard(

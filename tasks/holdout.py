@@ -6,17 +6,18 @@ from pathlib import Path
 
 from prefect import task
 
-from progress_core.data.config import DataConfig
 from progress_core.data.holdout import split_holdout
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
 @task(name="holdout", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="holdout")
-@stage("holdout", modules=["progress_core.probe.evaluation"])
-def holdout_stage(data: DataConfig, out_dir: str) -> StageRecord:
+@stage("holdout")
+def holdout_stage(
+    pool_json: str, eval_json: str | None, image_root: str | None, fraction: float, seed: int, out_dir: str
+) -> StageRecord:
     """Held-out split of a user's pool (``data.eval_json`` or ``data.holdout_fraction`` of the rows)."""
-    split = split_holdout(data.pool_json, out_dir, data.holdout_fraction, data.synthetic_seed, data.eval_json)
-    image_root = str(Path(data.image_root).resolve()) if data.image_root else None
+    split = split_holdout(pool_json, out_dir, fraction, seed, eval_json)
+    image_root = str(Path(image_root).resolve()) if image_root else None
     return StageRecord(
         stage="holdout",
         out_dir=out_dir,

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from prefect import task
 
-from progress_core.data.config import DataConfig
+from progress_core.data.config import PoolSettings
 from progress_core.data.synthetic import generate_pool
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 
-def pool_fingerprint(data: DataConfig) -> str:
+def pool_fingerprint(data: PoolSettings) -> str:
     """Size and mtime of a user's pool JSON: an edited pool file invalidates the run from the manifest on."""
     if not data.pool_json:
         return "synthetic"
@@ -23,7 +23,7 @@ def pool_fingerprint(data: DataConfig) -> str:
 
 @task(name="pool", task_run_name="pool", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("pool")
-def prepare_pool(data: DataConfig, fingerprint: str, out_dir: str) -> StageRecord:
+def prepare_pool(data: PoolSettings, fingerprint: str, out_dir: str) -> StageRecord:
     """The bundled synthetic pool (generated into the run) or the user's LLaVA JSON as it is."""
     if data.pool_json:
         files = {"pool_json": str(Path(data.pool_json).resolve())}

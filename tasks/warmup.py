@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import task
 
 from progress_core.clustering.coincide import coincide_selection, warmup_pools
-from progress_core.clustering.config import WarmupConfig
+from progress_core.clustering.config import PruningSettings, WarmupConfig
 from progress_core.clustering.kmeans import load_clustering
 from progress_core.features.store import load_features
 from progress_core.id_sets import write_ids
@@ -38,7 +38,7 @@ def warmup_stage(
 @task(name="coincide-order", task_run_name="coincide-order", cache_key_fn=stage_cache_key, persist_result=True)
 @stage("coincide_order")
 def coincide_order_stage(
-    features: StageRecord, selection_clusters: StageRecord, budget: int, settings: WarmupConfig, out_dir: str
+    features: StageRecord, selection_clusters: StageRecord, budget: int, settings: PruningSettings, out_dir: str
 ) -> StageRecord:
     """The COINCIDE baseline's whole budget chosen at once by cluster-wise pruning (docs/algorithm.md#baseline-strategies)."""
     x = load_features(features.files["features"], mmap=False)

@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-
 from cli.main import main
-from progress_core.run.config_doc import explain, field_paths, invalidated_stages
+from progress_core.run.config_doc import explain
 
 
-def test_explain_names_description_defaults_per_preset_and_recomputed_stages():
-    text = explain("clustering.annotation_k")
+def test_explain_names_description_defaults_per_preset_and_the_stages_given():
+    text = explain("clustering.annotation_k", ["kmeans[annotation]"], ["select"])
     assert text.splitlines()[0] == "clustering.annotation_k"
     assert "default (demo): 40" in text
     assert "default (paper): 1000" in text
-    assert "recomputes: clusters, warm-up pools, rounds, export" in text
-
-
-@pytest.mark.parametrize(
-    ("path", "stages"),
-    [
-        (
-            "data.synthetic_n",
-            ["pool", "manifest", "features", "clusters", "warm-up pools", "model init", "rounds", "export"],
-        ),
-        (
-            "data.allow_duplicate_ids",
-            ["manifest", "features", "clusters", "warm-up pools", "model init", "rounds", "export"],
-        ),
-        ("selection.temperature", ["rounds", "export"]),
-        ("training.model", ["model init", "rounds", "export"]),
-        ("training.learning_rate", ["rounds", "export"]),
-        ("export_original", ["export"]),
-        ("orchestration", []),
-    ],
-)
-def test_invalidated_stages_follow_the_stage_graph(path, stages):
-    assert invalidated_stages(path) == stages
-
-
-def test_every_field_has_a_stage_rule():
-    for path in field_paths():
-        if not path.startswith("orchestration"):
-            assert invalidated_stages(path), f"{path} maps to no stage"
+    assert "enters the key of: kmeans[annotation]" in text and "where their outputs change: select" in text
+    assert "enters the key" not in explain("clustering.annotation_k")
 
 
 def test_cli_explain_and_a_typo(capsys):

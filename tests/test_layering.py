@@ -156,3 +156,83 @@ def test_checker_finds_every_kind_of_violation(tree_with_violations: Path):
 def test_relative_imports_resolve_to_absolute_modules(tree_with_violations: Path):
     path = tree_with_violations / "tasks" / "fine.py"
     assert [i.module for i in imports_of(path, tree_with_violations)] == ["tasks", "progress_core"]
+
+
+def _project_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> project modules it imports (every import, in functions too), by module name."""
+    modules = {_module_name(p, root): p for pkg in PACKAGES for p in python_files(root, pkg)}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for imp in imports_of(path, root):
+            targets |= {m for m in (imp.module, imp.module.rpartition(".")[0]) if m in modules}
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets |= {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+        graph[name] = {m for m in targets if m != name and not modules[m].name == "__init__.py"}
+    return graph
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Every import cycle between project modules (in-function imports included), each as a path."""
+    graph = _project_graph(root)
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return cycles
+
+
+def test_no_import_cycle_even_through_function_level_imports():
+    cycles = import_cycles(REPO)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_cycle_checker_sees_a_cycle_hidden_in_a_function(tmp_path: Path):
+    files = {
+        "progress_core/__init__.py": "",
+        "progress_core/a.py": "from progress_core.b import g\n",
+        "progress_core/b.py": "def g():\n    from progress_core import a\n",
+        "progress_core/c.py": "import progress_core.a\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    for pkg in PACKAGES[1:]:
+        (tmp_path / pkg).mkdir(exist_ok=True)
+    assert import_cycles(tmp_path) == [["progress_core.a", "progress_core.b", "progress_core.a"]]
+
+
+CONFIG_LEAF_MAY_IMPORT = ("progress_core.errors", "progress_core.base")
+
+
+def test_config_leaves_import_no_algorithm_module():
+    """A stage's config leaf (``*/config.py``) imports pydantic, the errors, the strict base and other leaves
+    only, so a stage that reads a config is not keyed by algorithm code (docs/architecture.md#layers)."""
+    bad = []
+    for path in sorted((REPO / "progress_core").glob("*/config.py")):
+        if path.parent.name == "run":
+            continue
+        for imp in imports_of(path, REPO):
+            ok = imp.module in CONFIG_LEAF_MAY_IMPORT or imp.module.endswith(".config")
+            if imp.top == "progress_core" and not ok:
+                bad.append(f"{path.relative_to(REPO)}:{imp.line}: {imp.module}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_run_config_imports_only_config_leaves():
+    path = REPO / "progress_core" / "run" / "config.py"
+    core = [i.module for i in imports_of(path, REPO) if i.top == "progress_core"]
+    assert core and all(m in CONFIG_LEAF_MAY_IMPORT or m.endswith(".config") for m in core), core

@@ -9,12 +9,21 @@ from pydantic import BaseModel, Field, model_validator
 from progress_core.base import StrictModel
 
 
-class WarmupConfig(StrictModel):
+class PruningSettings(StrictModel):
+    """What COINCIDE's cluster-wise pruning reads (docs/algorithm.md#warm-up-pools); the ``coincide`` baseline's
+    order stage gets only these, so the warm-up fractions do not enter its key."""
+
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature over transfer/density scores.")
+    sigma: float = Field(1.0, gt=0, description="Gaussian kernel width of the density and MMD greedy.")
+
+
+class WarmupConfig(PruningSettings):
     """COINCIDE warm-up pools (docs/algorithm.md#warm-up-pools): W1 = fraction[0] of the pool, W2 = fraction[1] minus W1."""
 
     fractions: tuple[float, float] = Field((0.075, 0.09), description="Pool fractions of the two warm-up stops.")
-    temperature: float = Field(0.1, gt=0, description="Softmax temperature over transfer/density scores.")
-    sigma: float = Field(1.0, gt=0, description="Gaussian kernel width of the density and MMD greedy.")
+
+    def pruning_settings(self) -> PruningSettings:
+        return PruningSettings.model_validate(self.model_dump(include=set(PruningSettings.model_fields)))
 
     @model_validator(mode="after")
     def _ordered(self) -> WarmupConfig:
@@ -24,7 +33,22 @@ class WarmupConfig(StrictModel):
         return self
 
 
-class ClusteringConfig(BaseModel):
+class KMeansSettings(BaseModel):
+    """What one k-means run reads besides ``k`` (docs/algorithm.md#concept-clustering); each k-means stage gets
+    only these, so the other clustering's ``k`` does not enter its key."""
+
+    niter: int = Field(50, ge=1, description="k-means iterations (original: 50)")
+    seed: int = Field(1234, description="faiss k-means seed (original: 1234)")
+    max_points_per_centroid: int = Field(
+        256, ge=1, description="faiss trains on at most k * this many sampled points (faiss default 256)"
+    )
+    spherical: bool = Field(True, description="re-normalise centroids each iteration (cosine k-means, original)")
+    use_gpu: bool | Literal["auto"] = Field(
+        "auto", description="auto = GPU when faiss was built with GPUs and sees one"
+    )
+
+
+class ClusteringConfig(KMeansSettings):
     """Parameters of the two k-means runs (docs/algorithm.md#concept-clustering); defaults are the original's."""
 
     annotation_k: int | None = Field(
@@ -35,12 +59,6 @@ class ClusteringConfig(BaseModel):
     selection_k: int | None = Field(
         None, ge=1, description="centres of the selection clustering; None = 5000 scaled to the pool (5000 per 665,298)"
     )
-    niter: int = Field(50, ge=1, description="k-means iterations (original: 50)")
-    seed: int = Field(1234, description="faiss k-means seed (original: 1234)")
-    max_points_per_centroid: int = Field(
-        256, ge=1, description="faiss trains on at most k * this many sampled points (faiss default 256)"
-    )
-    spherical: bool = Field(True, description="re-normalise centroids each iteration (cosine k-means, original)")
-    use_gpu: bool | Literal["auto"] = Field(
-        "auto", description="auto = GPU when faiss was built with GPUs and sees one"
-    )
+
+    def kmeans_settings(self) -> KMeansSettings:
+        return KMeansSettings.model_validate(self.model_dump(include=set(KMeansSettings.model_fields)))

@@ -9,13 +9,22 @@ from pydantic import Field
 from progress_core.base import StrictModel
 
 
-class DataConfig(StrictModel):
-    """Where the instruction pool comes from (docs/architecture.md#the-bundled-demo: the bundled synthetic pool by default)."""
+class PoolSettings(StrictModel):
+    """Where the pool stage takes the pool from: a user's LLaVA JSON or the bundled synthetic generator
+    (docs/architecture.md#the-bundled-demo); the pool stage gets only these."""
 
     pool_json: str | None = Field(
         None, description="LLaVA-format pool JSON; empty = generate the bundled synthetic pool."
     )
     image_root: str | None = Field(None, description="Folder the pool's image paths are relative to.")
+    synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
+    synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
+    synthetic_seed: int = Field(0, description="Seed of the synthetic pool generator.")
+
+
+class DataConfig(PoolSettings):
+    """Where the instruction pool comes from (docs/architecture.md#the-bundled-demo: the bundled synthetic pool by default)."""
+
     manifest_mode: Literal["strict", "skip"] = Field(
         "skip", description="strict: stop at the first malformed row; skip: drop, count and write out bad rows."
     )
@@ -31,11 +40,11 @@ class DataConfig(StrictModel):
         lt=1,
         description="Share of a user's pool held out for evaluation by `progress compare` when eval_json is empty.",
     )
-    synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
-    synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
-    synthetic_seed: int = Field(0, description="Seed of the synthetic pool generator.")
     hash_images: bool = Field(
         False,
         description="Key the features by the content hashes of the pool's images (slower) instead of their "
         "size and modification time.",
     )
+
+    def pool_settings(self) -> PoolSettings:
+        return PoolSettings.model_validate(self.model_dump(include=set(PoolSettings.model_fields)))

@@ -32,6 +32,7 @@ byte-identical files.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,7 +58,7 @@ from progress_core.data.scenes import (
     pick,
 )
 from progress_core.errors import ConfigError
-from progress_core.io import write_json, write_parquet
+from progress_core.io import write_bytes_if_changed, write_json, write_parquet
 
 RANDOM_WORDS = ("apple", "river", "stone", "cloud", "lamp")
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
@@ -371,12 +372,12 @@ def _write_split(
         row: dict[str, Any] = {"id": sample_id}
         if sample.image is not None:
             rel = f"{family}/{sample_id}.png"
-            path = out_dir / "images" / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
             image = sample.image
             if cfg.image_size != BASE_SIZE:
                 image = image.resize((cfg.image_size, cfg.image_size), Image.NEAREST)
-            image.save(path, format="PNG")
+            png = io.BytesIO()
+            image.save(png, format="PNG")
+            write_bytes_if_changed(png.getvalue(), out_dir / "images" / rel)
             row["image"] = rel
         conversations = []
         for question, answer in sample.turns:

@@ -7,8 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 
-class FeatureConfig(BaseModel):
-    """How features are extracted (docs/algorithm.md#features)."""
+class ExtractionSettings(BaseModel):
+    """What extracting one feature shard reads (docs/algorithm.md#features); the shard stages get only these,
+    so the combine and import knobs do not enter their keys."""
 
     image_encoder: str = Field(
         "descriptor",
@@ -21,17 +22,22 @@ class FeatureConfig(BaseModel):
         "or a local path of any HF encoder",
     )
     batch_size: int = Field(64, ge=1, description="encoder batch size (the original uses 64 for DINOv2)")
-    balanced: bool = Field(
-        False,
-        description="False: concatenate and L2-normalise once (original; image part dominates). "
-        "True: L2-normalise each part and scale by 1/sqrt(2) (COINCIDE-style per-modality balance)",
-    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device; auto = cuda if available")
     dtype: Literal["auto", "float32", "float16"] = Field(
         "auto", description="model dtype; auto = float16 on CUDA (as the original), float32 on CPU"
     )
     max_text_length: int = Field(256, ge=8, description="token limit of the text encoder (MiniLM: 256)")
     verify_weights: bool = Field(True, description="check the sha256 of the bundled MiniLM weights once at load")
+
+
+class FeatureConfig(ExtractionSettings):
+    """How features are extracted (docs/algorithm.md#features)."""
+
+    balanced: bool = Field(
+        False,
+        description="False: concatenate and L2-normalise once (original; image part dominates). "
+        "True: L2-normalise each part and scale by 1/sqrt(2) (COINCIDE-style per-modality balance)",
+    )
     import_image: str | None = Field(
         None,
         description="bring your own features: image feature .npy in pool order (the original's DINOv2 file); "
@@ -54,3 +60,6 @@ class FeatureConfig(BaseModel):
             "ids": self.import_ids,
         }
         return {k: v for k, v in named.items() if v}
+
+    def extraction_settings(self) -> ExtractionSettings:
+        return ExtractionSettings.model_validate(self.model_dump(include=set(ExtractionSettings.model_fields)))

@@ -6,6 +6,8 @@ become the comments of ``progress config --preset X`` and the help texts of the 
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -59,67 +61,6 @@ def commented_yaml(cfg: RunConfig) -> str:
     return "\n".join([*header, *_lines(cfg, cfg.model_dump(mode="json"), "")]) + "\n"
 
 
-STAGE_ORDER = ("pool", "manifest", "features", "clusters", "warm-up pools", "model init", "rounds", "export")
-"""The stages of a run in flow order (docs/architecture.md#a-round-through-the-files)."""
-
-_DOWNSTREAM: dict[str, tuple[str, ...]] = {
-    "pool": ("manifest",),
-    "manifest": ("features", "model init"),
-    "features": ("clusters",),
-    "clusters": ("warm-up pools",),
-    "warm-up pools": ("rounds",),
-    "model init": ("rounds",),
-    "rounds": ("export",),
-    "export": (),
-}
-
-_FIRST_STAGE: dict[str, tuple[str, ...]] = {
-    "preset": ("pool",),
-    "run_dir": ("pool",),
-    "shared_dir": ("pool",),
-    "seed": ("rounds",),
-    "data": ("pool",),
-    "data.manifest_mode": ("manifest",),
-    "data.allow_duplicate_ids": ("manifest",),
-    "data.hash_images": ("manifest",),
-    "features": ("features",),
-    "shard_size": ("features",),
-    "clustering": ("clusters",),
-    "warmup": ("warm-up pools",),
-    "selection": ("rounds",),
-    "schedule": ("rounds",),
-    "training": ("rounds",),
-    "training.model": ("model init",),
-    "probe": ("rounds",),
-    "export_original": ("export",),
-    "orchestration": (),
-}
-
-
-def invalidated_stages(path: str) -> list[str]:
-    """The stages whose cache a change of field ``path`` invalidates, in flow order.
-
-    A stage's key holds the settings it reads and the content hashes of its inputs
-    (docs/architecture.md#stage-contract), so a change recomputes the first stage that reads the field and
-    everything downstream of it; ``orchestration`` only changes where and how tasks run.
-    """
-    parts = path.split(".")
-    first: tuple[str, ...] = ()
-    for n in range(len(parts), 0, -1):
-        prefix = ".".join(parts[:n])
-        if prefix in _FIRST_STAGE:
-            first = _FIRST_STAGE[prefix]
-            break
-    seen: set[str] = set()
-    todo = list(first)
-    while todo:
-        stage = todo.pop()
-        if stage not in seen:
-            seen.add(stage)
-            todo.extend(_DOWNSTREAM[stage])
-    return [s for s in STAGE_ORDER if s in seen]
-
-
 def _preset_default(path: str, preset: str) -> Any:
     value: Any = RunConfig.model_validate({"preset": preset}).model_dump(mode="json")
     for part in path.split("."):
@@ -127,8 +68,10 @@ def _preset_default(path: str, preset: str) -> Any:
     return value
 
 
-def explain(path: str) -> str:
-    """What ``progress config --explain FIELD`` prints: description, default per preset, stages it invalidates.
+def explain(path: str, keyed: Sequence[str] | None = None, downstream: Sequence[str] | None = None) -> str:
+    """What ``progress config --explain FIELD`` prints: description, default per preset, and (when the caller
+    computed them, as the CLI does from the flow's stage inputs) the stages whose cache key the field enters
+    and those that recompute only when an upstream output changes (docs/architecture.md#what-a-key-covers).
 
     Raises ``KeyError`` naming the closest fields when ``path`` is not a field of the run config.
     """
@@ -140,8 +83,12 @@ def explain(path: str) -> str:
     for preset in PRESETS:
         dumped = yaml.safe_dump(_preset_default(path, preset), default_flow_style=True, width=10**6)
         lines.append(f"  default ({preset}): {dumped.removesuffix('...' + chr(10)).strip()}")
-    stages = invalidated_stages(path)
-    lines.append("  recomputes: " + (", ".join(stages) if stages else "nothing (where and how tasks run only)"))
+    if keyed is not None:
+        lines.append(
+            "  enters the key of: " + (", ".join(keyed) if keyed else "no stage (where and how tasks run only)")
+        )
+    if downstream:
+        lines.append("  then, where their outputs change: " + ", ".join(downstream))
     return "\n".join(lines) + "\n"
 
 
@@ -157,12 +104,10 @@ def field_paths(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[st
     return out
 
 
-def explain_or_error(path: str) -> str:
+def explain_or_error(path: str, keyed: Sequence[str] | None = None, downstream: Sequence[str] | None = None) -> str:
     """:func:`explain`, or a :class:`ConfigError` listing the closest field names."""
-    import difflib
-
     try:
-        return explain(path)
+        return explain(path, keyed, downstream)
     except KeyError:
         close = difflib.get_close_matches(path, field_paths(), n=4, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; `progress config` lists every field"
