@@ -34,7 +34,7 @@ from progress_core.clustering.coincide import (
     gaussian_kernel,
     greedy_mmd_selection,
 )
-from progress_core.clustering.kmeans import KMeansResult
+from progress_core.clustering.store import KMeansResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_mb, summary  # noqa: E402

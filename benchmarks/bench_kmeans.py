@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from progress_core.clustering.kmeans import KMeansResult, _check_collapse, _check_finite, spherical_kmeans
+from progress_core.clustering.kmeans import _check_collapse, _check_finite, spherical_kmeans
+from progress_core.clustering.store import KMeansResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import summary  # noqa: E402

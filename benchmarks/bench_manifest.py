@@ -6,10 +6,10 @@ like the real file (ids, image paths under coco/gqa/ocr_vqa/textvqa/vg in the re
 text-only rows with a ``model`` key, multi-turn conversations, long and short answers), then runs, each in
 its own fresh process (peak RSS = that process's ru_maxrss):
 
-  idle      import pandas/pyarrow/progress_core.manifest only (the floor of every phase)
+  idle      import pandas/pyarrow/progress_core.data.manifest only (the floor of every phase)
   baseline  json.load(pool) + pandas.DataFrame(rows)
-  ours      progress_core.manifest.build_manifest(pool, manifest.parquet)
-  export    progress_core.manifest.export_llava(manifest, back.json) (+ equality check when --verify)
+  ours      progress_core.data.manifest.build_manifest(pool, manifest.parquet)
+  export    progress_core.data.manifest.export_llava(manifest, back.json) (+ equality check when --verify)
 
 Usage: python benchmarks/bench_manifest.py [--rows 665298 | --quick] [--workdir DIR] [--verify]
 """

@@ -165,7 +165,7 @@ def run_comparisons(run_dir: Path, args: argparse.Namespace) -> None:
     home = run_dir / "prefect-home"
     home.mkdir(parents=True, exist_ok=True)
     sets = [f"data.synthetic_n={args.n}", f"data.synthetic_n_eval={args.n_eval}", *BENCH_SETTINGS, *args.sets]
-    common = [sys.executable, "-m", "cli", "compare", "--run-dir", str(run_dir), "--budgets", args.budgets]
+    common = [sys.executable, "-m", "progress_cli", "compare", "--run-dir", str(run_dir), "--budgets", args.budgets]
     common += ["--seeds", str(args.seeds)] + [x for s in sets for x in ("--set", s)]
     strategies = [x for s in STRATEGIES for x in ("-s", s)]
     with prefect_server(home, log=home / "server.log") as api_url:

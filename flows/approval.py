@@ -42,7 +42,7 @@ class Approval(RunInput):
 def planned_rounds(state: ScheduleState) -> dict:
     """The selection rounds the run will execute from ``state`` (``docs/algorithm.md#round-schedule``).
 
-    The plan is :func:`~progress_core.schedule.plan_from` of the flow's own schedule state, the same rules the
+    The plan is :func:`~progress_core.selection.schedule.plan_from` of the flow's own schedule state, the same rules the
     flow applies round by round, so the card shows the rounds, budgets and steps the run executes while each
     round selects its budget (a round that selects less re-plans the rest).
     """

@@ -1,7 +1,7 @@
 """The flows behind the deployments: a short form over the run config (docs/architecture.md#configuration).
 
 The Prefect UI renders a flow's parameters as its Run form. ``progress_selection`` takes the whole
-:class:`~progress_core.config.RunConfig`, which makes a form a hundred fields long in which every field is
+:class:`~progress_core.run.config.RunConfig`, which makes a form a hundred fields long in which every field is
 always sent, so the preset could never fill anything. These entry points take the handful of knobs people
 change per run as top-level parameters and everything else as one ``advanced`` object; a field left unset
 anywhere takes the chosen preset's value, so switching the preset switches every default that follows

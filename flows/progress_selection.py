@@ -3,7 +3,7 @@
 prepare (pool → manifest → features → dual k-means → COINCIDE warm-up pools) → warm-up (train W1, probe;
 train W2, probe) → for each planned round: select, train, probe → export → report.
 
-The rounds follow the pure schedule of :mod:`progress_core.schedule` (``docs/algorithm.md#round-schedule``):
+The rounds follow the pure schedule of :mod:`progress_core.selection.schedule` (``docs/algorithm.md#round-schedule``):
 every selected sample is trained, selection budgets are whole global batches, no tiny tail rounds. The loop
 is plain Python unrolled at run time, so the UI shows one task run per stage per round (``select[r=3]``,
 ``train[r=3]``, ``probe[r=3]``). Every stage is cached by content (``tasks/stage.py``): re-running with the same

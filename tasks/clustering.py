@@ -7,7 +7,8 @@ import numpy as np
 from prefect import task
 
 from progress_core.clustering.config import KMeansSettings
-from progress_core.clustering.kmeans import save_clustering, spherical_kmeans
+from progress_core.clustering.kmeans import spherical_kmeans
+from progress_core.clustering.store import save_clustering
 from progress_core.features.store import load_features
 from tasks.stage import StageRecord, stage, stage_cache_key
 

@@ -19,7 +19,7 @@ def import_stage(
     """Features computed elsewhere stored as this stage's ``features.npy`` (no extraction).
 
     ``sources`` names the files (``image`` + ``text``, or ``features`` with optional ``ids``); the cache
-    key holds ``fingerprint``, their content hash (:func:`progress_core.feature_import.source_fingerprint`),
+    key holds ``fingerprint``, their content hash (:func:`progress_core.features.importing.source_fingerprint`),
     so replacing a source file re-imports and everything downstream recomputes.
     """
     out = Path(out_dir) / "features.npy"

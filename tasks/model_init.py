@@ -18,7 +18,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
 @stage("init_model", hash_outputs=False)
 def init_model_stage(manifest: StageRecord, settings: ModelConfig, out_dir: str) -> StageRecord:
     """Tiny mode: a randomly initialised LLaVA with a word-level tokenizer built from the pool's text, then
-    ``settings.align_steps`` of stage-1 caption alignment (progress_core/alignment.py; 0: none). The
+    ``settings.align_steps`` of stage-1 caption alignment (progress_core/model/alignment.py; 0: none). The
     alignment settings are part of ``settings``, hence of the stage key.
 
     Real mode: the starting LLaVA; assembled here once from language model, vision tower and stage-1

@@ -1,6 +1,6 @@
 """The run report as files and as a Prefect artifact (``docs/architecture.md#file-kinds``).
 
-The HTML page and its PNG plots are written by :mod:`progress_core.report`; this task publishes the same
+The HTML page and its PNG plots are written by :mod:`progress_core.reporting.report`; this task publishes the same
 content as a markdown artifact with the plots embedded as data-URI PNGs, so the Prefect UI shows it without
 access to the run directory.
 """

@@ -9,7 +9,7 @@ from prefect import task
 
 from progress_core.clustering.coincide import coincide_selection, warmup_pools
 from progress_core.clustering.config import PruningSettings, WarmupConfig
-from progress_core.clustering.kmeans import load_clustering
+from progress_core.clustering.store import load_clustering
 from progress_core.features.store import load_features
 from progress_core.id_sets import write_ids
 from tasks.stage import StageRecord, stage, stage_cache_key

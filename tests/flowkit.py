@@ -63,7 +63,7 @@ def run_cli(config_path: Path, api_url: str, home: Path, log: Path) -> subproces
     """Start ``progress run --config`` in a subprocess (so a test can SIGKILL it)."""
     out = open(log, "w")
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", "run", "--config", str(config_path)],
+        [sys.executable, "-m", "progress_cli", "run", "--config", str(config_path)],
         cwd=REPO,
         env=env_for(api_url, home),
         stdout=out,

@@ -1,4 +1,4 @@
-"""Stage-1 alignment of the tiny starting model (progress_core/alignment.py, PROGRESS §4.1): what it trains,
+"""Stage-1 alignment of the tiny starting model (progress_core/model/alignment.py, PROGRESS §4.1): what it trains,
 that it is deterministic for a seed, that its captions are not pool images, and that the init-model stage
 rebuilds when it is switched on."""
 

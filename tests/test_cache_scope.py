@@ -4,6 +4,7 @@ it reads, nothing else, so an edit or a knob recomputes only the stages it can c
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -38,10 +39,15 @@ ALLOWED: dict[str, set[str]] = {
     },
     "feature_combine": {"progress_core.features.store"},
     "feature_import": {"progress_core.features.importing", "progress_core.features.store"},
-    "kmeans": {"progress_core.clustering.config", "progress_core.clustering.kmeans", "progress_core.features.store"},
-    "warmup_pools": {
+    "kmeans": {
         "progress_core.clustering.config",
         "progress_core.clustering.kmeans",
+        "progress_core.clustering.store",
+        "progress_core.features.store",
+    },
+    "warmup_pools": {
+        "progress_core.clustering.config",
+        "progress_core.clustering.store",
         "progress_core.clustering.coincide",
         "progress_core.features.store",
     },
@@ -105,7 +111,7 @@ def test_a_stage_key_covers_only_the_code_it_runs(scope, spec):
 def test_the_costly_stages_ignore_data_generation_selection_and_the_probe():
     specs = {scope: set(spec.modules) for scope, spec in stage_functions()}
     for scope in ("train", "init_model"):
-        leaked = {m for m in specs[scope] if m.startswith(("progress_core.selection", "progress_core.probe."))}
+        leaked = {m for m in specs[scope] if m.startswith(("progress_core.selection.", "progress_core.probe."))}
         assert not leaked and "progress_core.data.synthetic" not in specs[scope], (scope, leaked)
     core = {m for m in specs["features_shard"] if m.startswith("progress_core.")}
     assert core - GROUND <= {m for m in core if m.startswith("progress_core.features.")}
@@ -155,9 +161,27 @@ def test_downstream_follows_the_outputs():
 
 
 def test_cli_explain_prints_the_computed_stages(capsys):
-    from cli.main import main
+    from progress_cli.main import main
 
     assert main(["config", "--explain", "clustering.selection_k"]) == 0
     out = capsys.readouterr().out
     assert "enters the key of: kmeans[selection]\n" in out
     assert "then, where their outputs change: warmup_pools" in out
+
+
+def test_a_one_line_edit_rekeys_only_the_stages_of_its_family():
+    """The measurement behind docs/architecture.md#what-a-key-covers, on a copy of the source tree."""
+    import runpy
+
+    measure = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "cache_scope.py"))["measure"]
+    rekeyed = dict(measure())
+    assert rekeyed["progress_core.selection.strategies"] == ["commit_warmup", "select"]
+    assert rekeyed["progress_core.data.synthetic"] == ["pool"]
+    assert rekeyed["progress_core.data.manifest"] == ["manifest", "export_original"]
+    assert rekeyed["progress_core.training.launch"] == ["train"]
+    assert rekeyed["progress_core.training.loop"] == ["train"]
+    assert rekeyed["progress_core.probe.judges"] == ["probe", "evaluate"]
+    assert rekeyed["progress_core.clustering.kmeans"] == ["kmeans"]
+    for module in ("progress_core.features.extract", "progress_core.features.config"):
+        assert rekeyed[module] == ["features_shard"]
+    assert rekeyed["progress_core.run.config"] == [] and rekeyed["progress_core.reporting.report"] == []

@@ -1,4 +1,4 @@
-"""``progress run`` answers the approval pause after the warm-up on standard input (cli/approval.py)."""
+"""``progress run`` answers the approval pause after the warm-up on standard input (progress_cli/approval.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cli.approval import NO_ANSWER, answer_from
+from progress_cli.approval import NO_ANSWER, answer_from
 from tests.flowkit import REPO, small_config, write_config
 
 
@@ -34,7 +34,7 @@ def _run(config, home, typed: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update({"PYTHONPATH": str(REPO), "PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"})
     return subprocess.run(
-        [sys.executable, "-m", "cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "progress_cli", "run", "--config", str(config)],
         cwd=REPO,
         env=env,
         input=typed,

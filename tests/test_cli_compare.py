@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cli.compare import _floats, format_comparison, parse_sweep
-from cli.main import main
+from progress_cli.compare import _floats, format_comparison, parse_sweep
+from progress_cli.main import main
 from progress_core.errors import ConfigError
 
 

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from cli.main import main
+from progress_cli.main import main
 from progress_core.data.manifest import read_manifest
 
 

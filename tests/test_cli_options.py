@@ -11,8 +11,8 @@ import typer
 import typer.core
 from pydantic import BaseModel
 
-from cli.main import app, main
-from cli.options import parse_set, resolve_config
+from progress_cli.main import app, main
+from progress_cli.options import parse_set, resolve_config
 from progress_core.errors import ConfigError
 from progress_core.run.config import RunConfig
 

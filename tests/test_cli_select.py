@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cli.main import main
+from progress_cli.main import main
 from progress_core.id_sets import read_ids, write_ids
 from progress_core.probe.accuracy_table import read_accuracy_table
 

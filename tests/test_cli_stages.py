@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.main import main
+from progress_cli.main import main
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "colour", "is", "the", "shape", "?", "image"]
 COLOURS = [(220, 20, 20), (20, 220, 20), (20, 20, 220)]

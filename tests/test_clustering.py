@@ -4,16 +4,14 @@ import pytest
 
 from progress_core.clustering.config import ClusteringConfig
 from progress_core.clustering.kmeans import (
-    ClusteringError,
     CollapsedClusteringError,
     KTooLargeError,
     NonFiniteFeaturesError,
-    load_clustering,
     resolve_k,
-    save_clustering,
     scaled_k,
     spherical_kmeans,
 )
+from progress_core.clustering.store import ClusteringError, load_clustering, save_clustering
 
 
 def blobs(n_per=80, k=5, d=16, noise=0.02, seed=0):

@@ -13,7 +13,8 @@ from progress_core.clustering.coincide import (
     greedy_mmd_selection,
     warmup_pools,
 )
-from progress_core.clustering.kmeans import KMeansResult, spherical_kmeans
+from progress_core.clustering.kmeans import spherical_kmeans
+from progress_core.clustering.store import KMeansResult
 
 
 def naive_greedy_mmd(K, M):

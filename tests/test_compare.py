@@ -34,7 +34,7 @@ def _compare(config, api_url, home, *extra):
         [
             sys.executable,
             "-m",
-            "cli",
+            "progress_cli",
             "compare",
             "--config",
             str(config),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli.main import main
+from progress_cli.main import main
 from progress_core.errors import ConfigError
 from progress_core.run.config import RunConfig, load_config
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cli.main import main
+from progress_cli.main import main
 from progress_core.run.config_doc import explain
 
 

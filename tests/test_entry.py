@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from cli.main import main
 from flows.approval import planned_rounds
 from flows.entry import build_config, resolve_run_dir, run_selection
+from progress_cli.main import main
 from progress_core.errors import ConfigError
 from progress_core.run.config import load_config
 from progress_core.run.config_doc import commented_yaml, describe

@@ -146,7 +146,7 @@ def test_import_stage_is_content_keyed(parts, tmp_path):
 
 
 def test_cli_features_import(parts, tmp_path, capsys):
-    from cli.main import main
+    from progress_cli.main import main
 
     d, image, text = parts
     pq.write_table(pa.table({"sample_id": pa.array(np.arange(N), pa.int64())}), tmp_path / "manifest.parquet")

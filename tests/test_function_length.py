@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SCANNED = ("progress_core", "tasks", "flows", "cli", "deployments", "scripts", "benchmarks", "tests")
+SCANNED = ("progress_core", "tasks", "flows", "progress_cli", "deployments", "scripts", "benchmarks", "tests")
 MAX_LINES = 60
 REASON = "Long because"
 

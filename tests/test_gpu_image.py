@@ -70,7 +70,7 @@ def test_image_installs_what_its_command_and_deepspeed_need():
     if '--type", "kubernetes' in DOCKERFILE:
         assert "prefect-kubernetes" in [Requirement(r).name for r in extras] and "prefect-kubernetes" in pins()
     assert re.search(r"--no-build-isolation -c constraints-gpu.txt deepspeed", DOCKERFILE)
-    for folder in ("progress_core", "tasks", "flows", "cli", "deployments", "scripts"):
+    for folder in ("progress_core", "tasks", "flows", "progress_cli", "deployments", "scripts"):
         assert f"COPY {folder} ./{folder}" in DOCKERFILE
     assert "python scripts/check_gpu_image.py" in DOCKERFILE
 

@@ -84,7 +84,7 @@ def test_two_gloo_ranks_equal_one_rank_with_accumulation(setup, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-    assert any("launching progress_core.training:run_train_job on 2 process(es), gloo" in line for line in lines)
+    assert any("launching progress_core.training.loop:run_train_job on 2 process(es), gloo" in line for line in lines)
     assert not list(tmp_path.glob(".*job*"))
 
 
@@ -120,7 +120,7 @@ def test_failing_rank_is_a_launch_error_with_its_last_lines(setup, tmp_path):
 
 @pytest.mark.slow
 def test_cli_train_with_nproc_per_node_two(tmp_path, capsys):
-    from cli.main import main
+    from progress_cli.main import main
     from progress_core.data.manifest import build_manifest
     from progress_core.data.synthetic import generate_pool
 
@@ -135,7 +135,7 @@ def test_cli_train_with_nproc_per_node_two(tmp_path, capsys):
     args += [arg for item in sets for arg in ("--set", item)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "launching progress_core.training:run_train_job on 2 process(es)" in out
+    assert "launching progress_core.training.loop:run_train_job on 2 process(es)" in out
     assert f"wrote {tmp_path / 'ck'}: step 2, samples seen 8" in out
     assert (tmp_path / "ck" / "model.safetensors").is_file()
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("progress_core", "tasks", "flows", "cli", "deployments")
+PACKAGES = ("progress_core", "tasks", "flows", "progress_cli", "deployments")
 
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "progress_core": frozenset({"flows", "tasks", "cli", "deployments", "prefect"}),
-    "tasks": frozenset({"flows", "cli"}),
-    "flows": frozenset({"cli"}),
+    "progress_core": frozenset({"flows", "tasks", "progress_cli", "deployments", "prefect"}),
+    "tasks": frozenset({"flows", "progress_cli"}),
+    "flows": frozenset({"progress_cli"}),
 }
 """Top-level package → top-level names its modules must not import."""
 
@@ -127,10 +127,10 @@ def tree_with_violations(tmp_path: Path) -> Path:
         ),
         "progress_core/dynamic.py": "import importlib\nmod = importlib.import_module('tasks.stage')\n",
         "tasks/__init__.py": "",
-        "tasks/rel.py": "from ..cli import main\n",
+        "tasks/rel.py": "from ..progress_cli import main\n",
         "tasks/fine.py": "from . import stage\nfrom progress_core import io\n",
         "flows/__init__.py": "",
-        "flows/up.py": "x = 1\nimport cli.run as r\n",
+        "flows/up.py": "x = 1\nimport progress_cli.run as r\n",
         "flows/fine.py": "from tasks.stage import stage\n",
     }
     for name, text in files.items():
@@ -147,8 +147,8 @@ def test_checker_finds_every_kind_of_violation(tree_with_violations: Path):
             "progress_core/lazy.py:2: progress_core must not import 'flows.progress_selection'",
             "progress_core/typed.py:3: progress_core must not import 'prefect.artifacts'",
             "progress_core/dynamic.py:2: progress_core must not import 'tasks.stage'",
-            "tasks/rel.py:1: tasks must not import 'cli'",
-            "flows/up.py:2: flows must not import 'cli.run'",
+            "tasks/rel.py:1: tasks must not import 'progress_cli'",
+            "flows/up.py:2: flows must not import 'progress_cli.run'",
         ]
     )
 

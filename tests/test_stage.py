@@ -281,7 +281,9 @@ def _alive(pid: int) -> bool:
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "progress_cli", *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
 
 
 def test_strategy_typo_fails_first_with_one_line():
@@ -339,7 +341,7 @@ def test_run_errors_are_one_line_each_without_traceback(tmp_path):
 
 def test_empty_pool_is_a_named_error_and_skip_is_the_default(tmp_path, capsys):
     """Hole 7: every image missing in skip mode (the default of `progress manifest`) is EmptyPoolError."""
-    from cli.main import main
+    from progress_cli.main import main
 
     pool = tmp_path / "pool.json"
     turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
@@ -369,7 +371,7 @@ def test_select_rejects_accuracy_tables_of_another_clustering(tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cli.main import main
+    from progress_cli.main import main
     from progress_core.id_sets import write_ids
 
     cids = np.repeat(np.arange(3), 10)
@@ -398,7 +400,7 @@ def test_select_rejects_accuracy_tables_of_another_clustering(tmp_path, capsys):
 
 def _flow_coincide_selection(cfg, run: Path, budget: int) -> tuple[StageRecord, StageRecord]:
     """The flow's stages up to the first coincide round (warm-up W1, W2, then ``budget`` picked): the pool and
-    that round's commit. The order's size follows the flow's rule (``progress_core.schedule.coincide_budget``)."""
+    that round's commit. The order's size follows the flow's rule (``progress_core.selection.schedule.coincide_budget``)."""
     from faultkit import data_stages
 
     from progress_core.selection.schedule import coincide_budget, planned_final_step
@@ -472,7 +474,7 @@ def test_stage_commands_by_hand_give_the_flows_selection(tmp_path):
     import numpy as np
     from faultkit import tiny_config
 
-    from cli.main import main
+    from progress_cli.main import main
     from progress_core.id_sets import read_ids
 
     cfg = tiny_config(tmp_path / "flow", **{"selection.strategy": "coincide"})
@@ -501,7 +503,7 @@ def test_run_over_a_pool_without_images_is_one_named_error(prefect_api, tmp_path
     sets = [f"data.pool_json={pool}", f"data.image_root={tmp_path / 'img'}", "clustering.annotation_k=4"]
     sets += ["clustering.selection_k=8", "selection.selection_num=8", "warmup.fractions=[0.2,0.3]"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api_url, "PREFECT_HOME": str(home)}
-    args = [sys.executable, "-m", "cli", "run", "--run-dir", str(tmp_path / "run")]
+    args = [sys.executable, "-m", "progress_cli", "run", "--run-dir", str(tmp_path / "run")]
     for item in sets:
         args += ["--set", item]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)

@@ -10,7 +10,7 @@ import pytest
 
 import tasks.clustering as clustering_mod
 from progress_core.clustering.config import ClusteringConfig
-from progress_core.clustering.kmeans import load_clustering
+from progress_core.clustering.store import load_clustering
 from progress_core.io import write_npy
 from tasks.clustering import kmeans_stage
 from tasks.stage import EVENTS, StageRecord, outputs_hash

@@ -1,4 +1,4 @@
-"""Pool and manifest stages (tasks/data.py) called as plain functions: what their keys follow, what they
+"""Pool and manifest stages (tasks/manifest.py) called as plain functions: what their keys follow, what they
 write and when they are reused (docs/architecture.md#stage-contract)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Feature stages (tasks/features.py) called as plain functions on a few rows: a shard's record, its reuse and
+"""Feature stages (tasks/feature_shard.py) called as plain functions on a few rows: a shard's record, its reuse and
 key, encoders loaded once per process, and the combine over hand-made shards (docs/algorithm.md#features)."""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from test_task_clustering import PER_BLOB, blob_features
 import tasks.warmup as warmup_mod
 from progress_core.clustering.coincide import coincide_selection, warmup_pools
 from progress_core.clustering.config import ClusteringConfig, WarmupConfig
-from progress_core.clustering.kmeans import load_clustering
+from progress_core.clustering.store import load_clustering
 from progress_core.features.store import load_features
 from progress_core.id_sets import read_ids
 from tasks.clustering import kmeans_stage

@@ -113,7 +113,7 @@ def _train_argv(
 def test_cli_train_in_two_pieces_then_probe(tmp_path, capsys):
     import pyarrow.parquet as pq
 
-    from cli.main import main
+    from progress_cli.main import main
 
     manifest, images = _cli_pool(tmp_path)
     train = functools.partial(_train_argv, tmp_path, manifest, images)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from progress_core.clustering.kmeans import KMeansResult
+from progress_core.clustering.store import KMeansResult
 from progress_core.errors import ProgressError
 
 

@@ -11,27 +11,17 @@ from __future__ import annotations
 
 import logging
 import mmap
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from progress_core.errors import ProgressError
-from progress_core.io import write_npy, write_parquet
+from progress_core.clustering.store import ClusteringError, KMeansResult
 
 log = logging.getLogger(__name__)
 
 PAPER_N = 665_298
 PAPER_ANNOTATION_K = 1000
 PAPER_SELECTION_K = 5000
-
-
-class ClusteringError(ProgressError):
-    """Base class of clustering failures."""
 
 
 class KTooLargeError(ClusteringError):
@@ -44,20 +34,6 @@ class NonFiniteFeaturesError(ClusteringError):
 
 class CollapsedClusteringError(ClusteringError):
     """All centroids coincide or every sample fell into one cluster (COINCIDE issue #7)."""
-
-
-@dataclass
-class KMeansResult:
-    """Centroids, the nearest centre of every row and the inner product with it."""
-
-    centroids: np.ndarray
-    assignment: np.ndarray
-    similarity: np.ndarray
-    device: str = "cpu"
-
-    @property
-    def k(self) -> int:
-        return int(self.centroids.shape[0])
 
 
 def scaled_k(n_samples: int, paper_k: int, paper_n: int = PAPER_N, minimum: int = 2) -> int:
@@ -245,50 +221,3 @@ def _check_collapse(result: KMeansResult, tol: float = 1e-6) -> None:
         )
     if np.unique(result.assignment).size == 1:
         raise CollapsedClusteringError(f"all samples fell into one of {result.k} clusters")
-
-
-def assignment_table(result: KMeansResult) -> pa.Table:
-    """Assignment Parquet table of the shared contract: sample_id, cluster_id, similarity."""
-    n = result.assignment.shape[0]
-    return pa.table(
-        {
-            "sample_id": pa.array(np.arange(n, dtype=np.int64)),
-            "cluster_id": pa.array(result.assignment.astype(np.int64)),
-            "similarity": pa.array(result.similarity.astype(np.float32)),
-        }
-    )
-
-
-def clustering_paths(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
-    """``(<name>_assignment.parquet, <name>_centroids.npy)`` inside ``out_dir``."""
-    d = Path(out_dir)
-    return d / f"{name}_assignment.parquet", d / f"{name}_centroids.npy"
-
-
-def save_clustering(result: KMeansResult, out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
-    """Write the assignment Parquet and the centroids .npy atomically."""
-    a_path, c_path = clustering_paths(out_dir, name)
-    write_parquet(assignment_table(result), a_path)
-    write_npy(result.centroids.astype(np.float32), c_path)
-    return a_path, c_path
-
-
-def load_clustering(out_dir: str | os.PathLike, name: str) -> KMeansResult:
-    """Read a clustering written by :func:`save_clustering`."""
-    a_path, c_path = clustering_paths(out_dir, name)
-    if not a_path.is_file() or not c_path.is_file():
-        raise ClusteringError(f"no clustering {name!r} in {out_dir} (expected {a_path.name}, {c_path.name})")
-    table = pq.read_table(a_path)
-    ids = table.column("sample_id").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    if not np.array_equal(ids[order], np.arange(len(ids))):
-        raise ClusteringError(f"{a_path}: sample_id is not 0..N-1")
-    centroids = np.load(c_path)
-    assignment = table.column("cluster_id").to_numpy()[order].astype(np.int64)
-    if assignment.size and (assignment.min() < 0 or assignment.max() >= centroids.shape[0]):
-        raise ClusteringError(f"{a_path}: cluster_id outside 0..{centroids.shape[0] - 1}")
-    return KMeansResult(
-        centroids=centroids.astype(np.float32),
-        assignment=assignment,
-        similarity=table.column("similarity").to_numpy()[order].astype(np.float32),
-    )

@@ -627,7 +627,7 @@ def export_llava(
     ``extra_fields``), the format the original training and selection scripts read. Given a manifest
     path, record batches are streamed from the Parquet file, so memory stays bounded by one batch.
     ``row_spans``, an int64 array of shape (rows, 2), receives each row's byte range in the file, so a
-    later subset can be copied as bytes instead of serialised again (:mod:`progress_core.export`).
+    later subset can be copied as bytes instead of serialised again (:mod:`progress_core.reporting.export`).
     """
     if isinstance(table, pa.Table):
         n = table.num_rows
@@ -705,7 +705,7 @@ def require_rows(report, pool_json: str | os.PathLike) -> None:
     """Raise :class:`EmptyPoolError` (with the skip counts by reason) when a manifest came out empty.
 
     The empty manifest itself is removed: no later stage can use it. ``report`` is the
-    :class:`~progress_core.manifest.ManifestReport` of the build.
+    :class:`~progress_core.data.manifest.ManifestReport` of the build.
     """
     if report.n_rows > 0:
         return

@@ -3,7 +3,7 @@
 A user who already has DINOv2 / MiniLM features on disk skips extraction. Three layouts are accepted:
 
 * the original scripts' pair of ``.npy`` files, image part and text part, row ``i`` = pool row ``i``
-  (combined exactly as :func:`progress_core.features.combine_features` combines extracted parts);
+  (combined exactly as :func:`progress_core.features.store.combine_features` combines extracted parts);
 * one joint ``.npy`` matrix in pool order, or keyed by sample id through an ``ids`` file (``.npy`` of int
   sample ids or a Parquet file with a ``sample_id`` column), row ``j`` = sample ``ids[j]``;
 * a Parquet file with a ``sample_id`` column and a list column ``features`` (joint) or ``image`` + ``text``.

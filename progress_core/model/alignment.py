@@ -7,7 +7,7 @@ stage it learns nothing visual for the first thousand or so samples, and selecti
 follow.
 
 :func:`align_tiny_model` is that stage at tiny size: captioning of synthetic scenes drawn from their own
-generator stream (:func:`progress_core.synthetic.caption_set`, never pool or eval images), seeded by
+generator stream (:func:`progress_core.data.captions.caption_set`, never pool or eval images), seeded by
 ``init_seed``, run once when the initial model is built, so every strategy of a seed starts from the same
 aligned weights. What trains (``ModelConfig.align_train``):
 

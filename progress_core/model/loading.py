@@ -1,7 +1,7 @@
 """The LLaVA model that PROGRESS trains and probes, in two modes (docs/architecture.md#the-bundled-demo, docs/algorithm.md#training).
 
 *real*: a LLaVA checkpoint by hub name or local path (``llava-hf/llava-1.5-7b-hf``), or the paper's stage-1
-LLaVA assembled from language model, vision tower and projector (:mod:`progress_core.llava_assembly`),
+LLaVA assembled from language model, vision tower and projector (:mod:`progress_core.model.assembly`),
 wrapped with a peft LoRA adapter following the LLaVA-1.5 recipe (r 128, alpha 256 on the language model's
 linear layers; the projector fully trainable with its own learning rate), bf16, Vicuna v1 prompts.
 

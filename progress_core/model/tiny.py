@@ -88,7 +88,7 @@ def build_tiny_model(texts: Iterable[str], cfg: ModelConfig, out_dir: str | os.P
     """Build, randomly initialise, optionally align (stage 1) and save the tiny LLaVA + processor as an HF directory.
 
     With ``cfg.align_steps`` > 0 the random model is first trained on synthetic captions
-    (:mod:`progress_core.alignment`, PROGRESS §4.1), whose words join the vocabulary.
+    (:mod:`progress_core.model.alignment`, PROGRESS §4.1), whose words join the vocabulary.
 
     ``texts`` are the pool's turn strings or its manifest ``conversations`` JSON strings (for the
     vocabulary). The directory is written

@@ -4,7 +4,7 @@
    set (docs/algorithm.md#probe-and-judge; all of them at the warm-up checkpoints: ``samples_per_cluster=None``).
 2. :func:`generate_answers` greedily answers the FIRST human turn (<= 25 new tokens, docs/algorithm.md#probe-and-judge) in
    left-padded batches; the reference is the first gpt turn.
-3. A judge (:mod:`progress_core.judges`) scores each answer; :func:`probe` returns the per-sample table
+3. A judge (:mod:`progress_core.probe.judges`) scores each answer; :func:`probe` returns the per-sample table
    (what the model said and the verdict) and the per-cluster table (``cluster_id, n, correct, unjudged,
    accuracy`` with accuracy = correct / (n - unjudged)). :func:`save_probe` keeps both as Parquet.
 """

@@ -1,6 +1,6 @@
 """Export to the original scripts' file names and JSON format (docs/architecture.md#file-kinds).
 
-The sets a run keeps as ``sample_id`` Parquet files (:mod:`progress_core.rounds`) written as the original
+The sets a run keeps as ``sample_id`` Parquet files (:mod:`progress_core.selection.rounds`) written as the original
 scripts' ``Top_50K.json``, ``Selected_until_*.json``, ``combined_results_internVL.json`` ..., so the original
 training and probing scripts can take over at any round.
 """

@@ -1,6 +1,6 @@
 """The run config explained by its own field descriptions (docs/architecture.md#configuration).
 
-One source of truth for what a knob means: the descriptions on :class:`progress_core.config.RunConfig`
+One source of truth for what a knob means: the descriptions on :class:`progress_core.run.config.RunConfig`
 become the comments of ``progress config --preset X`` and the help texts of the Prefect UI's form.
 """
 

@@ -67,7 +67,7 @@ def _model_path(name: str) -> bool:
 
 
 def check_run(cfg, check_disk: bool = True, count_rows: bool = True) -> list[str]:
-    """Every problem of the run ``cfg`` (a :class:`~progress_core.config.RunConfig`), one line each."""
+    """Every problem of the run ``cfg`` (a :class:`~progress_core.run.config.RunConfig`), one line each."""
     problems: list[str] = []
     data = cfg.data
     n: int | None = None

@@ -70,7 +70,7 @@ Strategy = Literal["progress", "random", "coincide", "tfs", "full"]
 
 class SelectionConfig(ProgressOptions):
     """Per-round selection (PROGRESS §3.3, ``docs/algorithm.md#selection``): the strategy, the round size and
-    the ``progress`` knobs (defined once, in :class:`progress_core.selection.ProgressOptions`)."""
+    the ``progress`` knobs (defined once, in :class:`progress_core.selection.config.ProgressOptions`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

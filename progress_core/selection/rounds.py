@@ -9,7 +9,7 @@ so a person can open any round with pandas/duckdb/polars:
 
 where ``step`` is the training step at which the round's selection was made (the original's ``cur``).
 They are computed with set operations on ``sample_id`` instead of the original's O(N·M) list difference
-of dicts (docs/algorithm.md#differences-from-the-original-scripts). :func:`progress_core.export.export_original` writes the same sets under the original
+of dicts (docs/algorithm.md#differences-from-the-original-scripts). :func:`progress_core.reporting.export.export_original` writes the same sets under the original
 names and JSON format, so the original training/probing scripts can take over at any round.
 """
 

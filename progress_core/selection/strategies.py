@@ -63,7 +63,7 @@ CLUSTER_TABLE_COLUMNS = (
 class SelectionHistory:
     """What a strategy may know about earlier rounds.
 
-    ``acc_prev``/``acc_now``: accuracy tables (:mod:`progress_core.accuracy_table`) of the previous and the
+    ``acc_prev``/``acc_now``: accuracy tables (:mod:`progress_core.probe.accuracy_table`) of the previous and the
     current probe; ``selected``: sample_ids selected so far (warm-up pools included); ``coincide_order``:
     sample_ids in COINCIDE pruning priority order.
     """

@@ -9,7 +9,7 @@ environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) instead of falling back t
 A rank that fails writes its traceback to ``rank<N>.error`` beside the job file; a non-zero exit of the
 job raises :class:`LaunchError` carrying the first failing rank's last error lines.
 
-Run as ``python -m progress_core.launch <module:function> <job file>`` this module is the rank's entry point.
+Run as ``python -m progress_core.training.launch <module:function> <job file>`` this module is the rank's entry point.
 """
 
 from __future__ import annotations
@@ -219,6 +219,6 @@ def _worker(target: str, job: str) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        print("usage: python -m progress_core.launch <module:function> <job file>", file=sys.stderr)
+        print("usage: python -m progress_core.training.launch <module:function> <job file>", file=sys.stderr)
         sys.exit(2)
     sys.exit(_worker(sys.argv[1], sys.argv[2]))

@@ -301,7 +301,7 @@ def train_to_step(
     """Continue the run in ``checkpoint`` to ``target_step`` on ``samples``; save to ``out_dir``.
 
     ``checkpoint`` None starts from ``cfg.model.base_model`` at step 0 (any plain LLaVA dir or hub name,
-    e.g. the tiny model of :func:`progress_core.model.build_tiny_model`). ``samples`` has ``conversations``
+    e.g. the tiny model of :func:`progress_core.model.tiny.build_tiny_model`). ``samples`` has ``conversations``
     (JSON text or list) and ``image`` (relative to ``image_root``, null for text-only rows). Losses are the
     mean token loss of each optimizer step, over the answer tokens of the whole global batch.
 
@@ -601,7 +601,7 @@ def train_launched(
     """:func:`train_to_step` as a multi-process job when ``cfg.nproc_per_node`` asks for one.
 
     The batch product is checked for the launched world size before anything starts; the samples go to a
-    job file beside ``out_dir``; :func:`progress_core.launch.launch` starts one process per device
+    job file beside ``out_dir``; :func:`progress_core.training.launch.launch` starts one process per device
     (``docs/architecture.md#orchestration``) and streams their output to ``log_line``.
     """
     if cfg.nproc_per_node is None:
@@ -626,7 +626,7 @@ def train_launched(
         job = job_dir / "job.json"
         job.write_text(json.dumps(payload))
         launch(
-            "progress_core.training:run_train_job",
+            "progress_core.training.loop:run_train_job",
             job,
             nproc_per_node=world,
             backend=cfg.dist_backend,

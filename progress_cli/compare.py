@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 import yaml
 
-from cli.run import _parse_set
+from progress_cli.run import _parse_set
 from progress_core.errors import ConfigError
 from progress_core.run.config import load_config
 

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from cli.options import EXPLAIN_HINT, ConfigFile, PresetName, resolve_config, set_option
+from progress_cli.options import EXPLAIN_HINT, ConfigFile, PresetName, resolve_config, set_option
 from progress_core.errors import ProgressError
 
 SUMMARY_ROWS = 10

@@ -1,6 +1,6 @@
 """The config options every command that runs a stage shares: ``--config``, ``--preset`` and ``--set``.
 
-A knob's default lives only in the run config (:class:`progress_core.config.RunConfig`,
+A knob's default lives only in the run config (:class:`progress_core.run.config.RunConfig`,
 docs/architecture.md#configuration); the stage commands take their input and output paths as options and
 every other setting from the resolved config, so ``progress cluster`` by hand and ``progress run`` compute
 the same thing from the same file.

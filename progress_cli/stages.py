@@ -1,9 +1,9 @@
 """Stage commands run by hand, as the original's scripts are: ``features`` (docs/algorithm.md#features),
 ``cluster`` (docs/algorithm.md#concept-clustering), ``warmup`` (docs/algorithm.md#warm-up-pools) from this
-module, and ``select`` (docs/algorithm.md#selection) from ``cli.select_cmd``.
+module, and ``select`` (docs/algorithm.md#selection) from ``progress_cli.select_cmd``.
 
 Each command takes its input and output paths as options and every knob from the run config
-(``--config``/``--preset``/``--set``, see :mod:`cli.options`), so a default lives in one place
+(``--config``/``--preset``/``--set``, see :mod:`progress_cli.options`), so a default lives in one place
 (docs/architecture.md#configuration).
 """
 
@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from cli.options import EXPLAIN_HINT, ConfigFile, PresetName, resolve_config, set_option
+from progress_cli.options import EXPLAIN_HINT, ConfigFile, PresetName, resolve_config, set_option
 from progress_core.errors import ProgressError
 
 
@@ -176,13 +176,8 @@ def _cluster_command(
     """
     import numpy as np
 
-    from progress_core.clustering.kmeans import (
-        PAPER_ANNOTATION_K,
-        PAPER_SELECTION_K,
-        resolve_k,
-        save_clustering,
-        spherical_kmeans,
-    )
+    from progress_core.clustering.kmeans import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k, spherical_kmeans
+    from progress_core.clustering.store import save_clustering
     from progress_core.features.store import load_features
 
     cfg = resolve_config(config, preset, set_)
@@ -229,7 +224,7 @@ def _warmup_command(
     (docs/architecture.md#file-kinds).
     """
     from progress_core.clustering.coincide import coincide_selection, warmup_pools
-    from progress_core.clustering.kmeans import load_clustering
+    from progress_core.clustering.store import load_clustering
     from progress_core.features.store import load_features
     from progress_core.id_sets import write_ids
     from progress_core.selection.schedule import coincide_budget, planned_final_step
@@ -258,7 +253,7 @@ def _warmup_command(
 
 def register(app: typer.Typer) -> None:
     """Add the stage commands to the progress app."""
-    from cli.select_cmd import register as _register_select
+    from progress_cli.select_cmd import register as _register_select
 
     _register_features(app)
     app.command("cluster", epilog=EXPLAIN_HINT)(_cluster_command)

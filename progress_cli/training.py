@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from cli.options import EXPLAIN_HINT, ConfigFile, PresetName, resolve_config, set_option
+from progress_cli.options import EXPLAIN_HINT, ConfigFile, PresetName, resolve_config, set_option
 from progress_core.errors import ConfigError, ProgressError
 
 

@@ -1,6 +1,6 @@
 """The ``progress`` command line.
 
-Each area registers its own commands (``cli/*.py`` define ``register(app)``), so the
+Each area registers its own commands (``progress_cli/*.py`` define ``register(app)``), so the
 CLI is one entry point whose ``--help`` lists every stage a user can run by hand. Every error prints as
 one line per problem (``error: ...``) and exits with status 1; the traceback is shown only with ``--debug``
 (anywhere on the command line) or ``PROGRESS_DEBUG=1``.
@@ -49,7 +49,7 @@ def version() -> None:
 
 
 def _register_all() -> None:
-    from cli import compare, data, run, stages, training
+    from progress_cli import compare, data, run, stages, training
 
     for module in (data, stages, training, run, compare):
         module.register(app)

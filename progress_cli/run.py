@@ -17,8 +17,8 @@ from typing import Any, Optional
 
 import typer
 
-from cli.options import PRESETS
-from cli.options import parse_set as _parse_set
+from progress_cli.options import PRESETS
+from progress_cli.options import parse_set as _parse_set
 from progress_core.environment import apply_defaults
 from progress_core.run.config import RunConfig, load_config
 from progress_core.run.validation import validate_run
@@ -92,8 +92,8 @@ def run_flow(overrides: dict[str, Any], config_path: Optional[Path]) -> dict:
     """Validate the config and run the ``progress_selection`` flow; returns the flow's summary."""
     cfg = checked_config(overrides, config_path)
     apply_defaults()
-    from cli.approval import terminal_approval
     from flows.progress_selection import progress_selection
+    from progress_cli.approval import terminal_approval
 
     quiet_tracebacks()
     on_terminal = cfg.orchestration.approve_after_warmup and not os.environ.get("PREFECT_API_URL")
