@@ -3,29 +3,15 @@ it reads, nothing else, so an edit or a knob recomputes only the stages it can c
 
 from __future__ import annotations
 
-import importlib
+import runpy
 from pathlib import Path
 
 import pytest
 
 from flows.stage_inputs import downstream_of, leaf_paths, stages_keyed_by
 
-TASK_MODULES = (
-    "tasks.pool",
-    "tasks.manifest",
-    "tasks.feature_shard",
-    "tasks.feature_combine",
-    "tasks.feature_import",
-    "tasks.clustering",
-    "tasks.warmup",
-    "tasks.selection",
-    "tasks.model_init",
-    "tasks.training",
-    "tasks.probe",
-    "tasks.export",
-    "tasks.evaluation",
-    "tasks.holdout",
-)
+SCOPE = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "cache_scope.py"))
+"""``scripts/cache_scope.py``: the stage task modules and the one-line-edit measurement."""
 
 GROUND = {"progress_core", "progress_core.errors", "progress_core.io", "progress_core.base", "progress_core.id_sets"}
 MODEL = {f"progress_core.model.{m}" for m in ("config", "prompt", "checkpoint", "loading", "assembly")}
@@ -84,15 +70,11 @@ ALLOWED["evaluate"] = ALLOWED["probe"] | {"progress_core.probe.evaluation"}
 
 def stage_functions():
     """(allowed-set name, stage spec) of every stage of every task module."""
+    scope = {"features (import)": "feature_import"}
     out = []
-    for name in TASK_MODULES:
-        module = importlib.import_module(name)
-        for obj in vars(module).values():
-            fn = getattr(obj, "fn", obj)
-            spec = getattr(fn, "stage_spec", None)
-            if spec is not None and fn.__module__ == name:
-                scope = {"tasks.feature_combine": "feature_combine", "tasks.feature_import": "feature_import"}
-                out.append((scope.get(name, spec.name), spec))
+    for label, spec in SCOPE["stage_specs"]().items():
+        name = "feature_combine" if spec.module == "tasks.feature_combine" else scope.get(label, spec.name)
+        out.append((name, spec))
     return out
 
 
@@ -171,10 +153,7 @@ def test_cli_explain_prints_the_computed_stages(capsys):
 
 def test_a_one_line_edit_rekeys_only_the_stages_of_its_family():
     """The measurement behind docs/architecture.md#what-a-key-covers, on a copy of the source tree."""
-    import runpy
-
-    measure = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "cache_scope.py"))["measure"]
-    rekeyed = dict(measure())
+    rekeyed = dict(SCOPE["measure"]())
     assert rekeyed["progress_core.selection.strategies"] == ["commit_warmup", "select"]
     assert rekeyed["progress_core.data.synthetic"] == ["pool"]
     assert rekeyed["progress_core.data.manifest"] == ["manifest", "export_original"]
