@@ -96,3 +96,52 @@ def test_nproc_per_node_maps_from_the_run_config_to_the_trainer():
     cfg = load_config(overrides={"training": {"nproc_per_node": 2, "global_batch_size": 8}})
     assert cfg.training_config(5).nproc_per_node == 2 and cfg.training_config(5).micro_batches(2) == (4, 1)
     assert load_config(overrides={"training": {"nproc_per_node": "auto"}}).training.nproc_per_node == "auto"
+
+
+def _nested(path: str, value) -> dict:
+    out: dict = {}
+    node = out
+    *heads, last = path.split(".")
+    for head in heads:
+        node = node.setdefault(head, {})
+    node[last] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        ("training.learning_rate", -1),
+        ("training.global_batch_size", 0),
+        ("training.warmup_ratio", 1.5),
+        ("training.nproc_per_node", 0),
+        ("training.model.lora_dropout", 1.0),
+        ("training.model.patch_size", 0),
+        ("probe.samples_per_cluster", 0),
+        ("probe.max_new_tokens", 0),
+        ("probe.judge.cache_max_entry_count", 0),
+        ("data.synthetic_seed", -1),
+        ("features.batch_size", 0),
+        ("clustering.niter", 0),
+        ("warmup.temperature", 0),
+        ("selection.selection_num", 0),
+        ("schedule.budget_fraction", 0),
+        ("orchestration.n_workers", 0),
+        ("seed", -5),
+        ("shard_size", 0),
+    ],
+)
+def test_a_value_that_makes_no_sense_is_refused_with_its_field(path, value):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=_nested(path, value))
+    lines = str(err.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"invalid config field '{path}':"), lines
+
+
+def test_a_bad_value_stops_the_cli_before_any_stage(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\ntraining:\n  learning_rate: -1\n")
+    assert main(["run", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "training.learning_rate" in err and "greater than 0" in err
+    assert not (tmp_path / "run").exists()

@@ -19,7 +19,7 @@ class PoolSettings(StrictModel):
     image_root: str | None = Field(None, description="Folder the pool's image paths are relative to.")
     synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
     synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
-    synthetic_seed: int = Field(0, description="Seed of the synthetic pool generator.")
+    synthetic_seed: int = Field(0, ge=0, description="Seed of the synthetic pool generator.")
 
 
 class DataConfig(PoolSettings):

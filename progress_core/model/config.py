@@ -43,19 +43,19 @@ class ModelConfig(BaseModel):
     conversation: Literal["auto", "plain", "vicuna_v1"] = Field(
         "auto", description="prompt format; auto = vicuna_v1 (system prompt + USER/ASSISTANT) in real mode"
     )
-    image_size: int = Field(32, description="tiny: input image side in pixels")
+    image_size: int = Field(32, ge=4, description="tiny: input image side in pixels")
     patch_size: int = Field(
-        4, description="tiny: ViT patch side; 4 gives 64 image tokens at 32 px (small objects need it)"
+        4, ge=1, description="tiny: ViT patch side; 4 gives 64 image tokens at 32 px (small objects need it)"
     )
-    vision_hidden_size: int = Field(64, description="tiny: vision tower width")
-    vision_layers: int = Field(2, description="tiny: vision tower depth")
-    vision_heads: int = Field(4, description="tiny: vision attention heads")
-    text_hidden_size: int = Field(128, description="tiny: language model width")
-    text_layers: int = Field(2, description="tiny: language model depth")
-    text_heads: int = Field(4, description="tiny: language model attention heads")
-    max_position_embeddings: int = Field(512, description="tiny: longest sequence in tokens")
-    max_vocab: int = Field(20000, description="tiny: keep at most this many pool words (most frequent first)")
-    init_seed: int = Field(0, description="tiny: seed of the random initialisation (and of the stage-1 captions)")
+    vision_hidden_size: int = Field(64, ge=1, description="tiny: vision tower width")
+    vision_layers: int = Field(2, ge=1, description="tiny: vision tower depth")
+    vision_heads: int = Field(4, ge=1, description="tiny: vision attention heads")
+    text_hidden_size: int = Field(128, ge=1, description="tiny: language model width")
+    text_layers: int = Field(2, ge=1, description="tiny: language model depth")
+    text_heads: int = Field(4, ge=1, description="tiny: language model attention heads")
+    max_position_embeddings: int = Field(512, ge=16, description="tiny: longest sequence in tokens")
+    max_vocab: int = Field(20000, ge=8, description="tiny: keep at most this many pool words (most frequent first)")
+    init_seed: int = Field(0, ge=0, description="tiny: seed of the random initialisation (and of the stage-1 captions)")
     align_steps: int = Field(
         0,
         ge=0,
@@ -71,9 +71,9 @@ class ModelConfig(BaseModel):
         2000, ge=1, description="tiny: distinct synthetic captions stage-1 alignment draws from"
     )
     lora: bool | None = Field(None, description="wrap the language model with LoRA; default: on in real mode")
-    lora_r: int = Field(128, description="LoRA rank (LLaVA-1.5: 128)")
-    lora_alpha: int = Field(256, description="LoRA alpha (LLaVA-1.5: 256)")
-    lora_dropout: float = Field(0.05, description="LoRA dropout (LLaVA-1.5: 0.05)")
+    lora_r: int = Field(128, ge=1, description="LoRA rank (LLaVA-1.5: 128)")
+    lora_alpha: int = Field(256, gt=0, description="LoRA alpha (LLaVA-1.5: 256)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout (LLaVA-1.5: 0.05)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = bfloat16 in real mode, float32 in tiny mode"
     )

@@ -19,8 +19,8 @@ class JudgeConfig(BaseModel):
         "turbomind", description="lmdeploy engine: turbomind (fastest) or pytorch (more model types)"
     )
     tp: int = Field(1, ge=1, description="lmdeploy tensor-parallel size (number of GPUs)")
-    session_len: int = Field(8192, description="lmdeploy session length")
-    cache_max_entry_count: float = Field(0.5, description="lmdeploy KV cache fraction of GPU memory")
+    session_len: int = Field(8192, ge=1, description="lmdeploy session length")
+    cache_max_entry_count: float = Field(0.5, gt=0, le=1, description="lmdeploy KV cache fraction of GPU memory")
     chat_template: str | None = Field(
         None, description="lmdeploy chat template name; empty = the template lmdeploy matches to the model"
     )
@@ -28,15 +28,15 @@ class JudgeConfig(BaseModel):
     batch_size: int = Field(
         128, ge=1, description="prompts per judge call and engine batch (original: 128 warm-up, 300 loop)"
     )
-    max_new_tokens: int = Field(64, description="judge output length")
-    timeout_s: float | None = Field(None, description="seconds per batch before it is marked unjudged")
+    max_new_tokens: int = Field(64, ge=1, description="judge output length")
+    timeout_s: float | None = Field(None, gt=0, description="seconds per batch before it is marked unjudged")
 
 
 class ProbeConfig(BaseModel):
     """How the accuracy probe samples, generates and judges (docs/algorithm.md#probe-and-judge)."""
 
     samples_per_cluster: int | None = Field(
-        100, description="probe at most this many selected samples per cluster; None = all (warm-up probes)"
+        100, ge=1, description="probe at most this many selected samples per cluster; None = all (warm-up probes)"
     )
     source: Literal["held_out", "selected"] = Field(
         "held_out",
@@ -54,10 +54,10 @@ class ProbeConfig(BaseModel):
             "(progress) pay for probes, the others write an empty probe"
         ),
     )
-    max_new_tokens: int = Field(25, description="greedy answer length (original: 25)")
-    batch_size: int = Field(64, description="prompts per generate call")
-    seed: int = Field(42, description="seed of the per-cluster probe sample")
-    max_length: int | None = Field(None, description="longest prompt in tokens; None = model max")
+    max_new_tokens: int = Field(25, ge=1, description="greedy answer length (original: 25)")
+    batch_size: int = Field(64, ge=1, description="prompts per generate call")
+    seed: int = Field(42, ge=0, description="seed of the per-cluster probe sample")
+    max_length: int | None = Field(None, ge=1, description="longest prompt in tokens; None = model max")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="who decides correctness")
     model: ModelConfig = Field(default_factory=ModelConfig, description="how to load the checkpoint (LoRA base)")
-    num_threads: int | None = Field(None, description="torch CPU threads; None = torch default")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")

@@ -151,7 +151,7 @@ class RunConfig(StrictModel):
         description="Directory for the stages before the rounds (pool, manifest, features, clusters, "
         "warm-up pools, initial model); empty = run_dir. Runs that share it reuse those stages.",
     )
-    seed: int = Field(42, description="Seed of selection, probe sampling and training data order.")
+    seed: int = Field(42, ge=0, description="Seed of selection, probe sampling and training data order.")
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     clustering: ClusteringSettings = Field(default_factory=ClusteringSettings)
@@ -229,7 +229,23 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_field_error(e) for e in exc.errors())) from None
+        raise ConfigError("\n".join(dict.fromkeys(_field_error(e) for e in _one_per_field(exc.errors())))) from None
+
+
+_TYPE_TAGS = frozenset({"int", "float", "str", "bool", "none"})
+
+
+def _field_loc(loc: tuple) -> tuple:
+    """``loc`` without pydantic's union-branch tags (``constrained-int``, ``literal['auto']``)."""
+    return tuple(x for x in loc if not (isinstance(x, str) and (x in _TYPE_TAGS or "[" in x or "-" in x)))
+
+
+def _one_per_field(errors: list[dict]) -> list[dict]:
+    """One error per field: a value no branch of a union accepts is reported by its first branch's message."""
+    first: dict[tuple, dict] = {}
+    for error in errors:
+        first.setdefault(_field_loc(error["loc"]), {**error, "loc": _field_loc(error["loc"])})
+    return list(first.values())
 
 
 def _field_error(error: dict) -> str:

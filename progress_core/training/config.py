@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -14,26 +14,26 @@ class TrainingConfig(BaseModel):
     """The training recipe (docs/algorithm.md#training: LLaVA-1.5 LoRA; tiny defaults tuned for the bundled pool)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="which LLaVA to train")
-    global_batch_size: int = Field(16, description="samples per optimizer step (paper: 128)")
+    global_batch_size: int = Field(16, ge=1, description="samples per optimizer step (paper: 128)")
     per_device_batch_size: int | None = Field(
         None, ge=1, description="samples per forward pass; default = global batch / (devices x accumulation)"
     )
     gradient_accumulation_steps: int | None = Field(
         None, ge=1, description="micro-batches per optimizer step on each device; default = what the batch leaves"
     )
-    learning_rate: float | None = Field(None, description="peak LR; default 2e-4 (real, paper) or 1e-3 (tiny)")
+    learning_rate: float | None = Field(None, gt=0, description="peak LR; default 2e-4 (real, paper) or 1e-3 (tiny)")
     projector_lr: float | None = Field(
-        None, description="projector LR; default 2e-5 (real, paper) or the model LR (tiny)"
+        None, gt=0, description="projector LR; default 2e-5 (real, paper) or the model LR (tiny)"
     )
-    warmup_ratio: float = Field(0.03, description="linear warm-up as a fraction of final_step")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up as a fraction of final_step")
     lr_scheduler: Literal["cosine", "constant"] = Field("cosine", description="schedule after warm-up")
-    weight_decay: float = Field(0.0, description="AdamW weight decay (paper: 0)")
-    max_grad_norm: float | None = Field(1.0, description="gradient clipping norm (HF default 1.0); None = off")
-    final_step: int = Field(1000, description="schedule horizon: the last step of the whole planned run")
-    seed: int = Field(42, description="seed of initial RNG state and of each piece's data order")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (paper: 0)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping norm (HF default 1.0); None = off")
+    final_step: int = Field(1000, ge=1, description="schedule horizon: the last step of the whole planned run")
+    seed: int = Field(42, ge=0, description="seed of initial RNG state and of each piece's data order")
     shuffle: bool = Field(True, description="shuffle each piece's samples (seeded by seed and start step)")
-    max_length: int | None = Field(None, description="truncate sequences to this many tokens; None = model max")
-    nproc_per_node: int | Literal["auto"] | None = Field(
+    max_length: int | None = Field(None, ge=1, description="truncate sequences to this many tokens; None = model max")
+    nproc_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         None,
         description="processes a launcher starts per training piece (one per GPU); auto = the GPUs visible; "
         "empty = train inside the calling process",
@@ -49,7 +49,7 @@ class TrainingConfig(BaseModel):
         description="DeepSpeed config; a relative path is looked up in the working directory, then in the "
         "package's deployments/ folder",
     )
-    num_threads: int | None = Field(None, description="torch CPU threads; None = torch default")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
 
     def lr(self) -> float:
         if self.learning_rate is not None:
