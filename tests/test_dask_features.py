@@ -1,4 +1,5 @@
-"""Feature shards on a real Dask cluster (prefect-dask): byte-identical to the thread runner, and a worker
+"""Feature shards on a real Dask cluster (prefect-dask): byte-identical to the thread runner on a
+LocalCluster, and on a scheduler and workers started as separate processes (as a user's cluster is) a worker
 killed mid-stage costs only its own shards on the re-run."""
 
 from __future__ import annotations
@@ -64,29 +65,72 @@ def test_local_cluster_of_two_processes_gives_identical_features(env, sequential
     assert len(markers(tmp_path / "run")) == 12
 
 
-def test_killed_worker_costs_only_its_shards(env, sequential, tmp_path, monkeypatch):
-    import dask
-    from distributed import Client, LocalCluster
+def _free_port() -> int:
+    import socket
 
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SeparateCluster:
+    """A scheduler and workers started as their own processes with the ``dask`` command, as on a user's
+    cluster (docs: README "Scaling out"); workers run without a nanny, so a killed one stays dead."""
+
+    def __init__(self, env: dict, log_dir: Path):
+        self.env = {**env, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+        self.log_dir = log_dir
+        self.address = f"tcp://127.0.0.1:{_free_port()}"
+        self.dask = str(Path(sys.executable).with_name("dask"))
+        port = self.address.rsplit(":", 1)[1]
+        self.scheduler = self._spawn("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard")
+        self.workers: list[subprocess.Popen] = []
+
+    def _spawn(self, *args: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"dask-{args[0]}-{len(list(self.log_dir.glob('dask-*')))}.log", "w")
+        return subprocess.Popen([self.dask, *args], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+    def add_worker(self) -> subprocess.Popen:
+        worker = self._spawn("worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard")
+        self.workers.append(worker)
+        return worker
+
+    def wait_for(self, n: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(n, timeout=120)
+
+    def close(self) -> None:
+        for proc in [*self.workers, self.scheduler]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+def test_killed_worker_of_a_separate_cluster_costs_only_its_shards(env, sequential, tmp_path):
     run = tmp_path / "run"
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    with cluster, Client(cluster) as client:
-        cfg = config(run, task_runner="dask", address=cluster.scheduler_address)
+    cluster = SeparateCluster(env, tmp_path)
+    try:
+        first_worker = cluster.add_worker()
+        cluster.add_worker()
+        cluster.wait_for(2)
+        cfg = config(run, task_runner="dask", address=cluster.address)
         proc = start(cfg, tmp_path, "first", env)
         deadline = time.monotonic() + 600
         while not markers(run) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert 0 < len(markers(run)) < 12, "the kill must land mid-stage"
-        victim = next(iter(client.run(os.getpid).values()))
-        os.kill(victim, signal.SIGKILL)
+        os.kill(first_worker.pid, signal.SIGKILL)
         assert proc.wait(timeout=600) != 0, "the shard on the killed worker fails the run"
         done = markers(run)
         assert 0 < len(done) < 12
+        cluster.add_worker()
+        cluster.wait_for(2)
         proc = start(cfg, tmp_path, "second", env)
         assert proc.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        cluster.close()
     after = markers(run)
     assert len(after) == 12
     assert {k: after[k] for k in done} == done, "committed shards are not recomputed"
