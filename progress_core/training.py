@@ -18,6 +18,7 @@ of its image rows only, in row order, which is how LLaVA scatters image features
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -453,11 +454,34 @@ def vision_keepalive(model, device, dtype):
     return feats.float().sum() * 0.0
 
 
+@contextlib.contextmanager
+def zero_image_after_embedding(model):
+    """Inside the model's forward, add :func:`vision_keepalive`'s zero term to the token embeddings.
+
+    The embedding, then the vision tower and projector, then the language model: the order in which LLaVA's
+    forward runs them for a batch with images, and all inside the forward, where ZeRO-3 starts each step's
+    parameter trace; so a text-only rank gathers the same parameters in the same order as an image rank
+    (as the original LLaVA's zero image for text-only rows, ``docs/algorithm.md#training``).
+    """
+    llava = _llava_of(model)
+
+    def add_zero_image(module, args, output):
+        return output + vision_keepalive(model, output.device, next(llava.parameters()).dtype).to(output.dtype)
+
+    handle = llava.get_input_embeddings().register_forward_hook(add_zero_image)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _sum_loss(model, batch: dict, keep_vision: bool = False):
     import torch
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits
+    text_only = keep_vision and "pixel_values" not in batch
+    with zero_image_after_embedding(model) if text_only else contextlib.nullcontext():
+        logits = model(**inputs).logits
     labels = batch["labels"][:, 1:].to(logits.device)
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
@@ -465,8 +489,6 @@ def _sum_loss(model, batch: dict, keep_vision: bool = False):
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    if keep_vision and "pixel_values" not in batch:
-        loss = loss + vision_keepalive(model, logits.device, next(_llava_of(model).parameters()).dtype)
     return loss
 
 
