@@ -774,7 +774,14 @@ def _state_info(run: _Run, cfg: TrainingConfig, target_step: int, samples_seen: 
         "learning_rate": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else None,
         "losses": losses,
         "config": cfg.model_dump(mode="json"),
+        "partitioned_parameters": None if run.engine is None else zero3_partitioned_count(run.engine.module),
     }
+
+
+def zero3_partitioned_count(module) -> int:
+    """Parameters ZeRO-3 keeps partitioned across ranks (those under ``stage3_param_persistence_threshold``
+    stay whole on every rank); recorded so a run shows whether its parameters were really sharded."""
+    return sum(1 for p in module.parameters() if hasattr(p, "ds_id") and not getattr(p, "ds_persist", False))
 
 
 def _state_blob(run: _Run, target_step: int, samples_seen: int) -> dict:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_model import make_pool, pool_texts
 
 from progress_core.model import ModelConfig, build_tiny_model, load_model
-from progress_core.training import TrainingConfig, train_launched
+from progress_core.training import TrainingConfig, read_train_state, train_launched, train_to_step
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (make install builds it against CPU torch)")
 
@@ -58,6 +60,48 @@ def uninterrupted(setup):
     return train_launched(None, rows, root / "images", 2, cfg, root / "whole", progress=False, timeout_s=JOB_TIMEOUT_S)
 
 
+def test_zero3_bf16_lora_on_two_partitioned_ranks_resumes_like_one_piece(setup, uninterrupted):
+    """bf16 LoRA under ZeRO-3 initialises (one dtype for adapter and projector), trains with every parameter
+    partitioned, and interrupted at step 1 and resumed from its adapter and engine state equals 0 -> 2."""
+    root, rows, cfg = setup
+    first = train_launched(None, rows.iloc[:4], root / "images", 1, cfg, root / "a", progress=False)
+    second = train_launched(first.checkpoint, rows.iloc[4:], root / "images", 2, cfg, root / "b", progress=False)
+    assert second.step == 2 and np.isfinite(uninterrupted.losses).all()
+    np.testing.assert_array_equal(first.losses + second.losses, uninterrupted.losses)
+    every_parameter = len(list(load_model(cfg.model.base_model, cfg.model)[0].parameters()))
+    assert read_train_state(uninterrupted.checkpoint)["partitioned_parameters"] == every_parameter
+    ours = load_file(second.checkpoint / "adapter_model.safetensors")
+    theirs = load_file(uninterrupted.checkpoint / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys() and any("multi_modal_projector" in k for k in ours)
+    assert {t.dtype for t in ours.values()} == {torch.bfloat16}
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
+
+
+def test_text_only_micro_batch_on_one_rank_trains_partitioned_like_one_process(setup, uninterrupted):
+    """Rank 1 holds only text rows at both steps; under partitioned ZeRO-3 every rank must gather the vision
+    tower and projector at the same point, or the job dies on a collective mismatch (a hang under NCCL).
+
+    One process with accumulation 2 sees the same micro-batches. Losses agree to float rounding; weights to
+    a few bf16 units in the last place: DeepSpeed steps float32 master weights and rounds them to bf16 once,
+    the one process steps the bf16 weights themselves. 1e-4 is a thirtieth of one step's size (lr 3e-3), so
+    a rank whose gradients were lost or counted twice could not pass.
+    """
+    root, rows, cfg = setup
+    one = cfg.model_copy(update={"nproc_per_node": None, "use_deepspeed": False, "gradient_accumulation_steps": 2})
+    reference = train_to_step(None, rows, root / "images", 2, one, root / "one", progress=False)
+    assert uninterrupted.step == 2 and len(uninterrupted.losses) == 2
+    np.testing.assert_allclose(uninterrupted.losses, reference.losses, rtol=1e-5)
+    ours = load_file(uninterrupted.checkpoint / "adapter_model.safetensors")
+    theirs = load_file(reference.checkpoint / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    moved = 0
+    for key in ours:
+        torch.testing.assert_close(ours[key].float(), theirs[key].float(), rtol=2**-6, atol=1e-4)
+        moved += int("lora_B" in key and bool(ours[key].any()))
+    assert moved > 0
+
+
 def test_text_only_batch_runs_vision_between_embedding_and_language_model(setup):
     """A text-only micro-batch runs the embedding, vision tower, projector and language model in the order an
     image micro-batch does, all inside the model's forward (where ZeRO-3 starts each step's gather trace)."""
@@ -91,3 +135,20 @@ def test_text_only_batch_runs_vision_between_embedding_and_language_model(setup)
     with_images, text_only = run(rows.iloc[:2]), run(rows.iloc[2:4])
     assert with_images == ["forward", "embed", "vision", "projector", "language", "end"]
     assert text_only == with_images
+
+
+def test_bf16_lora_adapter_and_projector_share_one_dtype_fresh_and_resumed(setup, uninterrupted):
+    """peft would up-cast the adapter to float32 beside the bf16 projector copy; both loaders keep bf16, and a
+    model that still mixes dtypes is refused with the parameters named."""
+    from progress_core.model import ModelError, check_one_trainable_dtype
+
+    root, rows, cfg = setup
+    fresh = load_model(cfg.model.base_model, cfg.model)[0]
+    resumed = load_model(uninterrupted.checkpoint, cfg.model)[0]
+    for model in (fresh, resumed):
+        trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+        assert set(trainable.values()) == {torch.bfloat16}
+        assert any("lora_A" in n for n in trainable) and any("multi_modal_projector" in n for n in trainable)
+    next(p for n, p in fresh.named_parameters() if "lora_A" in n).data = torch.zeros(1)
+    with pytest.raises(ModelError, match=r"trainable parameters mix dtypes: bfloat16 \(.*\), float32 \(.*lora_A"):
+        check_one_trainable_dtype(fresh)
