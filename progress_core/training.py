@@ -46,6 +46,7 @@ from progress_core.model import (
     normalise_turns,
 )
 from progress_core.rounds import steps_for  # noqa: F401  (re-exported: steps follow samples)
+from progress_core.square_images import squared
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +285,7 @@ class Encoder:
                 raise TrainingDataError(f"row {rid}: cannot read image {r.image!r}: {exc}") from exc
         if not images:
             return None
+        images = squared(images, self.processor.image_processor, getattr(self.processor, "image_aspect_ratio", "crop"))
         return self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
     def collate(self, rows: Sequence[EncodedRow], row_ids: Sequence[int], left_pad: bool = False) -> dict:
