@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from progress_core.backend_checks import check_backends
 from progress_core.errors import ConfigError, ProgressError
 
 NAMED_IMAGE_ENCODERS = ("descriptor", "dinov2")
@@ -99,6 +100,7 @@ def check_run(cfg, check_disk: bool = True, count_rows: bool = True) -> list[str
         problems += _check_sizes(cfg, n)
     problems += _check_dirs(cfg, n if check_disk else None)
     problems += _check_gpus(cfg)
+    problems += check_backends(cfg, _visible_gpus())
     return problems
 
 
