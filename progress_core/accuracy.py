@@ -27,6 +27,7 @@ from progress_core.errors import ConfigError, ProgressError
 from progress_core.io import write_parquet
 from progress_core.judges import Judge, JudgeConfig
 from progress_core.model import IMAGE_TOKEN, ModelConfig, load_model
+from progress_core.probe_batches import release_cuda_memory, token_budget_batches
 from progress_core.training import Encoder, _column, samples_rows
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,13 @@ class ProbeConfig(BaseModel):
         ),
     )
     max_new_tokens: int = Field(25, description="greedy answer length (original: 25)")
-    batch_size: int = Field(64, description="prompts per generate call")
+    batch_size: int = Field(64, description="prompts per generate call at most")
+    batch_tokens: int | None = Field(
+        32768,
+        ge=1,
+        description="padded tokens per generate call at most: prompts x (longest prompt + max_new_tokens); "
+        "32768 is 16 GB of a 7B model's KV cache; None = batch_size alone",
+    )
     seed: int = Field(42, description="seed of the per-cluster probe sample")
     max_length: int | None = Field(None, description="longest prompt in tokens; None = model max")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="who decides correctness")
@@ -154,11 +161,11 @@ def generate_answers(
     max_length = cfg.max_length or getattr(model.config.get_text_config(), "max_position_embeddings", 2048)
     encoder = Encoder(processor, model.config.image_token_index, image_root, max_length - cfg.max_new_tokens)
     encoded = [encoder.encode(conv, image, i, prompt_only=True) for i, (conv, image) in enumerate(rows)]
-    order = np.argsort([len(e.input_ids) for e in encoded], kind="stable")
+    lengths = [len(e.input_ids) for e in encoded]
     answers: list[str] = [""] * len(rows)
     bar = tqdm(total=len(rows), desc="probe", disable=not progress, unit="sample")
-    for start in range(0, len(rows), cfg.batch_size):
-        idx = [int(i) for i in order[start : start + cfg.batch_size]]
+    for rows_of_call in token_budget_batches(lengths, cfg.max_new_tokens, cfg.batch_size, cfg.batch_tokens):
+        idx = [int(i) for i in rows_of_call]
         batch = encoder.collate([encoded[i] for i in idx], idx, left_pad=True)
         batch.pop("labels")
         batch = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in batch.items()}
@@ -203,6 +210,7 @@ def probe(
     questions = [q for q, _ in turns]
     references = [r for _, r in turns]
     predictions = generate_answers(checkpoint, samples, image_root, cfg, progress=progress)
+    release_cuda_memory()
     verdicts = judge.judge(questions, predictions, references)
     per_sample = pd.DataFrame(
         {
