@@ -21,6 +21,7 @@ from progress_core.features import (
     load_text_encoder,
     save_shard,
 )
+from progress_core.probe_batches import release_cuda_memory
 from tasks.stage import StageRecord, stage, stage_cache_key
 
 _ENCODER_LOCK = threading.Lock()
@@ -37,6 +38,14 @@ def _encoders(cfg_json: str):
     thread-safe, and shards run in parallel threads)."""
     with _ENCODER_LOCK:
         return _load_encoders(cfg_json)
+
+
+def release_encoders() -> None:
+    """Drop the shards' cached encoders and return their GPU memory once every shard is encoded, so k-means,
+    training and the judge start on free GPUs."""
+    with _ENCODER_LOCK:
+        _load_encoders.cache_clear()
+    release_cuda_memory()
 
 
 @task(
