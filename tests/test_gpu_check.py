@@ -64,7 +64,7 @@ def test_the_judge_model_saved_by_the_check_loads_and_counts_garbage_as_unjudged
     assert all(v.verdict in (0, 1, None) and (v.verdict is None) == (v.reason == "unparseable") for v in verdicts)
 
 
-def test_training_path_partitions_every_parameter_and_gives_the_last_rank_text_only_rows(tmp_path):
+def test_training_path_partitions_every_parameter_and_ends_each_step_with_text_rows(tmp_path):
     """The check trains as the 7B run does: threshold 0 (every tensor sharded), and at every step the last
     rank's last micro-batch holds only text rows (with several ranks, that rank has no image at all)."""
     import json

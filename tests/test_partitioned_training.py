@@ -54,46 +54,53 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(setup):
-    """Steps 0 -> 2 on 2 ranks in one piece."""
+def resumed(setup):
+    """Steps 0 -> 1 on 2 ranks, then 1 -> 2 resumed from that checkpoint's adapter and engine state."""
     root, rows, cfg = setup
-    return train_launched(None, rows, root / "images", 2, cfg, root / "whole", progress=False, timeout_s=JOB_TIMEOUT_S)
+    first = train_launched(
+        None, rows.iloc[:4], root / "images", 1, cfg, root / "a", progress=False, timeout_s=JOB_TIMEOUT_S
+    )
+    second = train_launched(
+        first.checkpoint, rows.iloc[4:], root / "images", 2, cfg, root / "b", progress=False, timeout_s=JOB_TIMEOUT_S
+    )
+    return first, second
 
 
-def test_zero3_bf16_lora_on_two_partitioned_ranks_resumes_like_one_piece(setup, uninterrupted):
+@pytest.fixture(scope="module")
+def one_process(setup):
+    """The same 0 -> 2 in one process without DeepSpeed, accumulation 2: the same micro-batches."""
+    root, rows, cfg = setup
+    one = cfg.model_copy(update={"nproc_per_node": None, "use_deepspeed": False, "gradient_accumulation_steps": 2})
+    return train_to_step(None, rows, root / "images", 2, one, root / "one", progress=False)
+
+
+def test_zero3_bf16_lora_on_two_partitioned_ranks_trains_and_resumes(setup, resumed, one_process):
     """bf16 LoRA under ZeRO-3 initialises (one dtype for adapter and projector), trains with every parameter
-    partitioned, and interrupted at step 1 and resumed from its adapter and engine state equals 0 -> 2."""
+    partitioned, and resumed at step 1 from its adapter and engine state goes on with the losses of one
+    uninterrupted process (its weights after the resumed step: the next test)."""
     root, rows, cfg = setup
-    first = train_launched(None, rows.iloc[:4], root / "images", 1, cfg, root / "a", progress=False)
-    second = train_launched(first.checkpoint, rows.iloc[4:], root / "images", 2, cfg, root / "b", progress=False)
-    assert second.step == 2 and np.isfinite(uninterrupted.losses).all()
-    np.testing.assert_array_equal(first.losses + second.losses, uninterrupted.losses)
+    first, second = resumed
+    assert (first.checkpoint / "deepspeed").is_dir() and second.step == 2
+    np.testing.assert_allclose(first.losses + second.losses, one_process.losses, rtol=1e-5)
     every_parameter = len(list(load_model(cfg.model.base_model, cfg.model)[0].parameters()))
-    assert read_train_state(uninterrupted.checkpoint)["partitioned_parameters"] == every_parameter
-    ours = load_file(second.checkpoint / "adapter_model.safetensors")
-    theirs = load_file(uninterrupted.checkpoint / "adapter_model.safetensors")
-    assert ours.keys() == theirs.keys() and any("multi_modal_projector" in k for k in ours)
-    assert {t.dtype for t in ours.values()} == {torch.bfloat16}
-    for key in ours:
-        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
+    for piece in resumed:
+        assert read_train_state(piece.checkpoint)["partitioned_parameters"] == every_parameter
+    saved = load_file(second.checkpoint / "adapter_model.safetensors")
+    assert any("multi_modal_projector" in k for k in saved) and any("lora_B" in k for k in saved)
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
 
 
-def test_text_only_micro_batch_on_one_rank_trains_partitioned_like_one_process(setup, uninterrupted):
+def test_text_only_micro_batch_on_one_rank_trains_partitioned_like_one_process(setup, resumed, one_process):
     """Rank 1 holds only text rows at both steps; under partitioned ZeRO-3 every rank must gather the vision
     tower and projector at the same point, or the job dies on a collective mismatch (a hang under NCCL).
 
-    One process with accumulation 2 sees the same micro-batches. Losses agree to float rounding; weights to
-    a few bf16 units in the last place: DeepSpeed steps float32 master weights and rounds them to bf16 once,
-    the one process steps the bf16 weights themselves. 1e-4 is a thirtieth of one step's size (lr 3e-3), so
-    a rank whose gradients were lost or counted twice could not pass.
+    One process with accumulation 2 sees the same micro-batches. Losses agree to float rounding (above);
+    weights to a few bf16 units in the last place: DeepSpeed steps float32 master weights and rounds them to
+    bf16 once, the one process steps the bf16 weights themselves. 1e-4 is a thirtieth of one step's size
+    (lr 3e-3), so a rank whose gradients were lost or counted twice, or a reset optimiser, could not pass.
     """
-    root, rows, cfg = setup
-    one = cfg.model_copy(update={"nproc_per_node": None, "use_deepspeed": False, "gradient_accumulation_steps": 2})
-    reference = train_to_step(None, rows, root / "images", 2, one, root / "one", progress=False)
-    assert uninterrupted.step == 2 and len(uninterrupted.losses) == 2
-    np.testing.assert_allclose(uninterrupted.losses, reference.losses, rtol=1e-5)
-    ours = load_file(uninterrupted.checkpoint / "adapter_model.safetensors")
-    theirs = load_file(reference.checkpoint / "adapter_model.safetensors")
+    ours = load_file(resumed[1].checkpoint / "adapter_model.safetensors")
+    theirs = load_file(one_process.checkpoint / "adapter_model.safetensors")
     assert ours.keys() == theirs.keys()
     moved = 0
     for key in ours:
@@ -137,15 +144,15 @@ def test_text_only_batch_runs_vision_between_embedding_and_language_model(setup)
     assert text_only == with_images
 
 
-def test_bf16_lora_adapter_and_projector_share_one_dtype_fresh_and_resumed(setup, uninterrupted):
+def test_bf16_lora_adapter_and_projector_share_one_dtype_fresh_and_resumed(setup, resumed):
     """peft would up-cast the adapter to float32 beside the bf16 projector copy; both loaders keep bf16, and a
     model that still mixes dtypes is refused with the parameters named."""
     from progress_core.model import ModelError, check_one_trainable_dtype
 
     root, rows, cfg = setup
     fresh = load_model(cfg.model.base_model, cfg.model)[0]
-    resumed = load_model(uninterrupted.checkpoint, cfg.model)[0]
-    for model in (fresh, resumed):
+    again = load_model(resumed[0].checkpoint, cfg.model)[0]
+    for model in (fresh, again):
         trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
         assert set(trainable.values()) == {torch.bfloat16}
         assert any("lora_A" in n for n in trainable) and any("multi_modal_projector" in n for n in trainable)
