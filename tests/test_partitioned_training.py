@@ -97,7 +97,7 @@ def test_text_only_micro_batch_on_one_rank_trains_partitioned_like_one_process(s
     One process with accumulation 2 sees the same micro-batches. Losses agree to float rounding (above);
     weights to a few bf16 units in the last place: DeepSpeed steps float32 master weights and rounds them to
     bf16 once, the one process steps the bf16 weights themselves. 1e-4 is a thirtieth of one step's size
-    (lr 3e-3), so a rank whose gradients were lost or counted twice, or a reset optimiser, could not pass.
+    (lr 3e-3), so a rank whose gradients were lost, or a reset optimiser, could not pass.
     """
     ours = load_file(resumed[1].checkpoint / "adapter_model.safetensors")
     theirs = load_file(one_process.checkpoint / "adapter_model.safetensors")
