@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast lint format ui bench bench-quick clean
+.PHONY: install demo test test-fast test-gpu-pins lint format ui bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,16 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The LoRA / ZeRO-3 training tests again with the GPU image's peft and transformers (constraints-gpu.txt)
+# shadowing the CPU set's, installed without dependencies into a folder of their own.
+GPU_PINS := .venv-gpu-pins
+test-gpu-pins: $(STAMP)
+	rm -rf $(GPU_PINS)
+	$(BIN)/pip install -q --no-deps --target $(GPU_PINS) \
+		$$(grep -E '^(peft|transformers)==' constraints-gpu.txt)
+	PYTHONPATH=$(GPU_PINS):$$PWD $(BIN)/python -m pytest -q tests/test_partitioned_training.py \
+		tests/test_launch.py -k "zero3 or text_only or lora or deepspeed"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

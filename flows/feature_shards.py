@@ -15,7 +15,7 @@ from prefect.futures import wait
 
 from progress_core.features.config import ExtractionSettings
 from progress_core.run.config import OrchestrationConfig
-from tasks.feature_shard import feature_shard
+from tasks.feature_shard import feature_shard, release_encoders
 from tasks.stage import StageRecord, needs_refresh
 
 
@@ -69,8 +69,12 @@ def run_feature_shards(
     shards_dir: str,
     orchestration: OrchestrationConfig,
 ) -> list[StageRecord]:
-    """Shards on the flow's own runner (``threads``) or in a ``feature-shards`` subflow on Dask."""
+    """Shards on the flow's own runner (``threads``) or in a ``feature-shards`` subflow on Dask; on the flow's
+    runner the encoders live in this process and are released when the shards are done."""
     if orchestration.task_runner == "dask":
         runner = dask_task_runner(orchestration)
         return feature_shards.with_options(task_runner=runner)(manifest, settings, ranges, shards_dir)
-    return submit_shards(manifest, settings, ranges, shards_dir)
+    try:
+        return submit_shards(manifest, settings, ranges, shards_dir)
+    finally:
+        release_encoders()

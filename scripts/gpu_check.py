@@ -1,9 +1,12 @@
 """GPU smoke check: every GPU code path at tiny size, offline, one line per path (``make gpu-check``).
 
-Paths: faiss k-means on the GPU against the CPU; two steps of a tiny LLaVA under DeepSpeed ZeRO-3 through
-the launcher on every visible GPU, then a resume from that checkpoint; the lmdeploy judge (TurboMind and
-PyTorch engines) serving a tiny random Llama saved here (garbage answers count as unjudged: the check is
-the wiring and that the engine is closed); DINOv2 features from a random local ``Dinov2Model``.
+Paths: faiss k-means on the GPU against the CPU; a tiny LLaVA trained the way the 7B model is (bf16 LoRA
+under DeepSpeed ZeRO-3 with every parameter partitioned, a text-only micro-batch on the last rank) through
+the launcher on every visible GPU for two steps, then resumed from that checkpoint; the lmdeploy judge
+(TurboMind and PyTorch engines, tensor-parallel over every visible GPU) serving a tiny random Llama saved
+here (garbage answers count as unjudged: the check is the wiring and that the engine is closed); the probe
+(generation with the tiny LLaVA, then that judge) through the code a round's probe runs; DINOv2 features
+from a random local ``Dinov2Model``.
 
 Each path runs in its own process with a time limit, so a hang or a crash in a CUDA library becomes a
 "failed" line instead of stopping the check. Without a GPU every path is reported as skipped.
@@ -32,10 +35,11 @@ if str(ROOT) not in sys.path:
 # name -> seconds it may take (all together stay under 8 minutes)
 CHECKS = {
     "faiss-kmeans": 50,
-    "deepspeed-zero3-train-resume": 200,
-    "lmdeploy-turbomind": 80,
-    "lmdeploy-pytorch": 80,
-    "dinov2": 40,
+    "deepspeed-zero3-train-resume": 150,
+    "lmdeploy-turbomind": 70,
+    "lmdeploy-pytorch": 70,
+    "probe-generate-judge": 90,
+    "dinov2": 30,
 }
 RESULT_PREFIX = "GPU-CHECK-RESULT "
 CPU_ENV = "PROGRESS_GPU_CHECK_CPU"
@@ -97,57 +101,116 @@ def check_faiss(work: Path) -> str:
     return f"{gpu.device}: {same:.2%} same assignments as the CPU, max centroid difference {drift:.1e}"
 
 
-def check_training(work: Path) -> str:
+def partitioned_zero3(work: Path) -> Path:
+    """The packaged ZeRO-3 config with ``stage3_param_persistence_threshold`` 0, so the tiny model's tensors
+    are sharded and gathered as the 7B model's are (the packaged 1e6 keeps every tiny tensor whole)."""
+    config = json.loads((ROOT / "deployments" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = work / "zero3_partitioned.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+TEXT_ROW = {
+    "conversations": json.dumps([{"from": "human", "value": "What is 2 plus 3?"}, {"from": "gpt", "value": "5"}]),
+    "image": None,
+}
+
+
+def rank_rows(image_rows: list[dict], world: int, per_device: int, accum: int, steps: int) -> list[dict]:
+    """Rows in training order (no shuffle) whose last micro-batch of the last rank is text-only at every step:
+    with several ranks that rank has no image at all, the case where ZeRO-3 gathers must still line up."""
+    rows, images = [], iter(image_rows)
+    for _ in range(steps):
+        for rank in range(world):
+            for micro in range(accum):
+                text = rank == world - 1 and micro == accum - 1
+                rows += [TEXT_ROW if text else next(images) for _ in range(per_device)]
+    return rows
+
+
+def _training_setup(work: Path, n_ranks: int):
+    """(config, rows of 3 steps, image root) of the training check."""
+    import torch
+
     from progress_core.data.manifest import build_manifest, read_manifest
     from progress_core.data.synthetic import generate_pool
     from progress_core.model.config import ModelConfig
     from progress_core.model.tiny import build_tiny_model
     from progress_core.training.config import TrainingConfig
-    from progress_core.training.loop import train_launched
 
-    n_gpus = _need_cuda()
-    _need("deepspeed")
     pool = generate_pool(work / "pool", n=64, n_eval=0, seed=0)
     manifest = work / "manifest.parquet"
     build_manifest(pool.pool_json, manifest, image_root=pool.image_root)
-    rows = read_manifest(manifest, columns=["image", "conversations"])
-    texts = [t["value"] for c in rows.column("conversations").to_pylist() for t in json.loads(c)]
-    model = ModelConfig(patch_size=8)
-    init = build_tiny_model(texts, model, work / "init")
+    table = read_manifest(manifest, columns=["image", "conversations"]).to_pylist()
+    texts = [t["value"] for row in table for t in json.loads(row["conversations"])]
+    init = build_tiny_model(texts, ModelConfig(patch_size=8), work / "init")
+    bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+    dtype = "bfloat16" if bf16 else "float32"
+    model = ModelConfig(mode="real", base_model=str(init), lora_r=8, lora_alpha=16, lora_dropout=0.0, dtype=dtype)
+    accum = 2 if n_ranks == 1 else 1
     cfg = TrainingConfig(
         model=model,
-        global_batch_size=2 * n_gpus,
+        global_batch_size=2 * n_ranks * accum,
         per_device_batch_size=2,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=accum,
         final_step=3,
-        nproc_per_node=n_gpus,
+        nproc_per_node=n_ranks,
         use_deepspeed=True,
+        deepspeed_config=str(partitioned_zero3(work)),
         shuffle=False,
+        learning_rate=1e-3,
     )
+    images = [row for row in table if row["image"] is not None]
+    return cfg, rank_rows(images, n_ranks, 2, accum, 3), pool.image_root
+
+
+def check_training(work: Path) -> str:
+    from progress_core.training.loop import read_train_state, train_launched
+
+    n_gpus = _need_cuda()
+    _need("deepspeed")
+    n_ranks = n_gpus if _device() == "cuda" else 2
+    cfg, rows, image_root = _training_setup(work, n_ranks)
+    per_step = cfg.global_batch_size
     log = (work / "train.log").open("w")
     try:
         first = train_launched(
-            init, rows, pool.image_root, 2, cfg, work / "step2", log_line=lambda s: print(s, file=log), timeout_s=95
+            None,
+            rows[: 2 * per_step],
+            image_root,
+            2,
+            cfg,
+            work / "step2",
+            log_line=lambda s: print(s, file=log),
+            timeout_s=60,
         )
         if not (first.checkpoint / "deepspeed").is_dir():
             raise AssertionError("no DeepSpeed engine state in the checkpoint")
         second = train_launched(
             first.checkpoint,
-            rows,
-            pool.image_root,
+            rows[2 * per_step :],
+            image_root,
             3,
             cfg,
             work / "step3",
             log_line=lambda s: print(s, file=log),
-            timeout_s=95,
+            timeout_s=60,
         )
     finally:
         log.close()
+    partitioned = read_train_state(second.checkpoint).get("partitioned_parameters")
+    if not partitioned:
+        raise AssertionError(f"ZeRO-3 partitioned {partitioned} parameters")
     losses = ", ".join(f"{x:.3f}" for x in first.losses + second.losses)
-    return f"{n_gpus} rank(s), ZeRO-3, steps 0->2 then resumed 2->3, losses {losses}"
+    return (
+        f"{n_ranks} rank(s), {cfg.model.dtype} LoRA, ZeRO-3 with {partitioned} parameters partitioned, text-only "
+        f"micro-batch on rank {n_ranks - 1}, steps 0->2 then resumed 2->3, losses {losses}"
+    )
 
 
 def _tiny_llama(out: Path) -> Path:
+    """A random Llama with head size 128 (TurboMind's) and 8 heads, so it splits over 1, 2, 4 or 8 GPUs."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -161,13 +224,14 @@ def _tiny_llama(out: Path) -> Path:
         "{% if add_generation_prompt %}assistant:{% endif %}"
     )
     torch.manual_seed(0)
+    heads = 8
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=512,
+        hidden_size=128 * heads,
+        intermediate_size=256 * heads,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -181,26 +245,11 @@ def _tiny_llama(out: Path) -> Path:
 def check_lmdeploy(work: Path, engine: str) -> str:
     import torch
 
-    from progress_core.probe.config import JudgeConfig
     from progress_core.probe.judges import make_judge
 
-    _need_cuda()
+    n_gpus = _need_cuda()
     _need("lmdeploy")
-    model = work / "judge-llama"
-    if not model.is_dir():
-        _tiny_llama(model)
-    cfg = JudgeConfig(
-        kind="llm",
-        backend="lmdeploy",
-        engine=engine,
-        model=str(model),
-        tp=1,
-        session_len=2048,
-        cache_max_entry_count=0.05,
-        batch_size=4,
-        max_new_tokens=8,
-        timeout_s=60,
-    )
+    cfg = _judge_config(work, engine, n_gpus)
     if not torch.cuda.is_available():
         raise Skip("lmdeploy needs a GPU")
     free_before = torch.cuda.mem_get_info()[0]
@@ -215,9 +264,52 @@ def check_lmdeploy(work: Path, engine: str) -> str:
     held = (free_before - free_during) / 2**30
     left = (free_before - free_after) / 2**30
     return (
-        f"6 answers, {unjudged} unjudged (random weights), engine held {held:.1f} GiB, "
+        f"tp {cfg.tp}, 6 answers, {unjudged} unjudged (random weights), engine held {held:.1f} GiB, "
         f"{left:.1f} GiB still held after close"
     )
+
+
+def _judge_config(work: Path, engine: str, tp: int):
+    """The lmdeploy judge on the tiny random Llama, tensor-parallel over ``tp`` GPUs."""
+    from progress_core.probe.config import JudgeConfig
+
+    model = work / "judge-llama"
+    if not model.is_dir():
+        _tiny_llama(model)
+    return JudgeConfig(
+        kind="llm",
+        backend="lmdeploy",
+        engine=engine,
+        model=str(model),
+        tp=tp,
+        session_len=2048,
+        cache_max_entry_count=0.05,
+        batch_size=4,
+        max_new_tokens=8,
+        timeout_s=60,
+    )
+
+
+def check_probe(work: Path) -> str:
+    """A round's probe on the GPU: the tiny LLaVA answers (token-budget batches), its CUDA cache is released,
+    then the lmdeploy judge over every GPU decides (``progress_core.probe.accuracy.probe``)."""
+    import torch
+
+    from progress_core.probe.accuracy import probe
+    from progress_core.probe.config import ProbeConfig
+    from progress_core.probe.judges import make_judge
+
+    n_gpus = _need_cuda()
+    _need("lmdeploy")
+    if not torch.cuda.is_available():
+        raise Skip("lmdeploy needs a GPU")
+    cfg, rows, image_root = _training_setup(work, 1)
+    samples = [{**row, "sample_id": i, "cluster_id": i % 2} for i, row in enumerate(rows[:8])]
+    with make_judge(_judge_config(work, "turbomind", n_gpus)) as judge:
+        result = probe(cfg.model.base_model, samples, image_root, judge, ProbeConfig(batch_tokens=512), progress=False)
+    if len(result.per_sample) != len(samples) or int(result.per_cluster["n"].sum()) != len(samples):
+        raise AssertionError(f"probe tables cover {len(result.per_sample)} of {len(samples)} samples")
+    return f"{len(samples)} answers generated on {_device()}, judged with tp {n_gpus}: {result.stats}"
 
 
 def check_dinov2(work: Path) -> str:
@@ -246,6 +338,7 @@ RUNNERS = {
     "deepspeed-zero3-train-resume": check_training,
     "lmdeploy-turbomind": lambda work: check_lmdeploy(work, "turbomind"),
     "lmdeploy-pytorch": lambda work: check_lmdeploy(work, "pytorch"),
+    "probe-generate-judge": check_probe,
     "dinov2": check_dinov2,
 }
 

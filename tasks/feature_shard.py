@@ -11,6 +11,7 @@ import threading
 
 from prefect import task
 
+from progress_core.devices import release_cuda_memory
 from progress_core.features.config import ExtractionSettings
 from progress_core.features.extract import extract_shard, load_image_encoder, load_text_encoder
 from progress_core.features.store import save_shard
@@ -30,6 +31,14 @@ def _encoders(cfg_json: str):
     thread-safe, and shards run in parallel threads)."""
     with _ENCODER_LOCK:
         return _load_encoders(cfg_json)
+
+
+def release_encoders() -> None:
+    """Drop the shards' cached encoders and return their GPU memory once every shard is encoded, so k-means,
+    training and the judge start on free GPUs."""
+    with _ENCODER_LOCK:
+        _load_encoders.cache_clear()
+    release_cuda_memory()
 
 
 @task(

@@ -13,8 +13,16 @@ from flows.stage_inputs import downstream_of, leaf_paths, stages_keyed_by
 SCOPE = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "cache_scope.py"))
 """``scripts/cache_scope.py``: the stage task modules and the one-line-edit measurement."""
 
-GROUND = {"progress_core", "progress_core.errors", "progress_core.io", "progress_core.base", "progress_core.id_sets"}
-MODEL = {f"progress_core.model.{m}" for m in ("config", "prompt", "checkpoint", "loading", "assembly")}
+GROUND = {
+    "progress_core",
+    "progress_core.errors",
+    "progress_core.io",
+    "progress_core.base",
+    "progress_core.id_sets",
+    "progress_core.devices",
+    "progress_core.file_lock",
+}
+MODEL = {f"progress_core.model.{m}" for m in ("config", "prompt", "checkpoint", "loading", "assembly", "square_images")}
 ALLOWED: dict[str, set[str]] = {
     "pool": {"progress_core.data.config", "progress_core.data.synthetic", "progress_core.data.scenes"},
     "manifest": {"progress_core.data.manifest"},
@@ -29,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
         "progress_core.clustering.config",
         "progress_core.clustering.kmeans",
         "progress_core.clustering.store",
+        "progress_core.clustering.faiss_gpu",
         "progress_core.features.store",
     },
     "warmup_pools": {
@@ -52,7 +61,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "train": MODEL | {f"progress_core.training.{m}" for m in ("config", "samples", "loop", "launch")},
     "probe": MODEL
-    | {f"progress_core.probe.{m}" for m in ("config", "accuracy", "accuracy_table", "judges")}
+    | {f"progress_core.probe.{m}" for m in ("config", "accuracy", "accuracy_table", "judges", "batches")}
     | {"progress_core.training.samples"},
     "export_original": {
         "progress_core.reporting.export",

@@ -62,3 +62,23 @@ def test_the_judge_model_saved_by_the_check_loads_and_counts_garbage_as_unjudged
     assert len(verdicts) == 3
     assert judge.stats["judged"] + judge.stats["unparseable"] == 3
     assert all(v.verdict in (0, 1, None) and (v.verdict is None) == (v.reason == "unparseable") for v in verdicts)
+
+
+def test_training_path_partitions_every_parameter_and_ends_each_step_with_text_rows(tmp_path):
+    """The check trains as the 7B run does: threshold 0 (every tensor sharded), and at every step the last
+    rank's last micro-batch holds only text rows (with several ranks, that rank has no image at all)."""
+    import json
+
+    config = json.loads(gpu_check.partitioned_zero3(tmp_path).read_text())
+    assert config["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+    assert config["zero_optimization"]["stage"] == 3
+    images = [{"conversations": "[]", "image": f"{i}.png"} for i in range(40)]
+    rows = gpu_check.rank_rows(images, world=4, per_device=2, accum=1, steps=3)
+    assert len(rows) == 24
+    for step in range(3):
+        shares = [rows[step * 8 + 2 * r : step * 8 + 2 * r + 2] for r in range(4)]
+        assert all(row["image"] is None for row in shares[3])
+        assert all(row["image"] is not None for share in shares[:3] for row in share)
+    one = gpu_check.rank_rows(images, world=1, per_device=2, accum=2, steps=1)
+    assert [row["image"] is None for row in one] == [False, False, True, True]
+    assert sum(gpu_check.CHECKS.values()) <= 470 and "probe-generate-judge" in gpu_check.RUNNERS

@@ -107,3 +107,19 @@ def test_config_paths_are_relative_to_the_run_or_package(tmp_path, monkeypatch):
 def test_image_check_names_each_problem(dists, torch_cuda, problem):
     found = image_problems(dists, torch_cuda, "12.8")
     assert (found == []) if problem is None else any(problem in p for p in found), found
+
+
+def test_gpu_set_pins_the_model_stack_the_cpu_tests_run():
+    """transformers and accelerate float in neither set; peft differs (lmdeploy's pin) and is what
+    `make test-gpu-pins` puts under the LoRA / ZeRO-3 tests."""
+    cpu = {
+        Requirement(line).name: Requirement(line)
+        for line in (line.split("#")[0].strip() for line in (ROOT / "constraints.txt").read_text().splitlines())
+        if line
+    }
+    for name in ("transformers", "accelerate"):
+        assert pinned_version(name) == Version(next(iter(cpu[name].specifier)).version), name
+    assert pinned_version("peft") == Version("0.14.0")
+    makefile = (ROOT / "Makefile").read_text()
+    target = makefile.split("test-gpu-pins: $(STAMP)")[1].split("\n\n")[0]
+    assert "constraints-gpu.txt" in target and "(peft|transformers)" in target and "zero3 or text_only" in target

@@ -44,7 +44,9 @@ class KMeansSettings(BaseModel):
     )
     spherical: bool = Field(True, description="re-normalise centroids each iteration (cosine k-means, original)")
     use_gpu: bool | Literal["auto"] = Field(
-        "auto", description="auto = GPU when faiss was built with GPUs and sees one"
+        "auto",
+        description="auto = GPU when faiss was built with GPUs, sees one and has kernels for it (compute "
+        "capability 7.0-8.9); true = GPU whenever faiss sees one; any CUDA error falls back to the CPU",
     )
 
 

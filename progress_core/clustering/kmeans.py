@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from progress_core.clustering.faiss_gpu import device_capabilities, first_line, unsupported_gpu_reason
 from progress_core.clustering.store import ClusteringError, KMeansResult
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,10 @@ def flat_index(d: int, spherical: bool, gpu: bool | Literal["auto"] = "auto", fa
     n_gpus = faiss_gpu_count(faiss_module) if gpu is not False else 0
     if gpu is True and n_gpus == 0:
         log.warning("clustering.use_gpu is true but faiss sees no GPU (CPU-only faiss build?); using the CPU")
+    reason = unsupported_gpu_reason(device_capabilities(n_gpus)) if gpu == "auto" and n_gpus else None
+    if reason:
+        log.warning("faiss k-means runs on the CPU: %s", reason)
+        n_gpus = 0
     if n_gpus == 0:
         return cpu_index, "cpu"
     if n_gpus == 1:
@@ -160,6 +165,18 @@ def _check_shape(features: np.ndarray, k: int) -> None:
         raise KTooLargeError(f"k={k} centres requested for only {features.shape[0]} samples")
 
 
+def _fit(faiss, params, features: np.ndarray, rows: np.ndarray, k: int, index, device: str) -> KMeansResult:
+    """Train the centres on ``rows`` with ``index``, then assign every row of ``features`` to its nearest."""
+    d = features.shape[1]
+    clus = faiss.Clustering(d, k, params)
+    clus.train(rows, index)
+    centroids = faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32)
+    index.reset()
+    index.add(centroids)
+    assignment, similarity = _assign(index, features)
+    return KMeansResult(centroids=centroids, assignment=assignment, similarity=similarity, device=device)
+
+
 def spherical_kmeans(
     features: np.ndarray,
     k: int,
@@ -195,15 +212,18 @@ def spherical_kmeans(
     params = faiss.ClusteringParameters()
     params.niter, params.seed, params.spherical = int(niter), int(seed), bool(spherical)
     params.verbose, params.max_points_per_centroid = bool(verbose), int(max_points_per_centroid)
-    clus = faiss.Clustering(d, int(k), params)
-    index, device = flat_index(d, spherical, gpu)
-    log.info("k-means k=%d on %d x %d features: faiss index on %s", k, n, d, device)
-    clus.train(_training_rows(features, int(k), int(max_points_per_centroid), int(seed), faiss), index)
-    centroids = faiss.vector_to_array(clus.centroids).reshape(int(k), d).astype(np.float32)
-    index.reset()
-    index.add(centroids)
-    assignment, similarity = _assign(index, features)
-    result = KMeansResult(centroids=centroids, assignment=assignment, similarity=similarity, device=device)
+    rows = _training_rows(features, int(k), int(max_points_per_centroid), int(seed), faiss)
+    device = None
+    try:
+        index, device = flat_index(d, spherical, gpu)
+        log.info("k-means k=%d on %d x %d features: faiss index on %s", k, n, d, device)
+        result = _fit(faiss, params, features, rows, int(k), index, device)
+    except RuntimeError as exc:
+        if device == "cpu":
+            raise
+        where = device or "the GPU"
+        log.warning("faiss k-means on %s failed (%s); running it again on the CPU", where, first_line(exc))
+        result = _fit(faiss, params, features, rows, int(k), flat_index(d, spherical, False)[0], "cpu")
     _check_collapse(result)
     return result
 

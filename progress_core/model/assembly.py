@@ -20,6 +20,7 @@ import logging
 import os
 from pathlib import Path
 
+from progress_core.file_lock import exclusive
 from progress_core.model.checkpoint import ModelError, save_model_dir
 from progress_core.model.config import ModelConfig
 from progress_core.model.prompt import IMAGE_TOKEN, VICUNA_V1_CHAT_TEMPLATE
@@ -63,12 +64,18 @@ def assembly_key(cfg: ModelConfig) -> str:
 
 
 def base_model_path(cfg: ModelConfig) -> str:
-    """The model a new run starts from: the assembled stage-1 LLaVA when parts are named, else ``base_model``."""
+    """The model a new run starts from: the assembled stage-1 LLaVA when parts are named, else ``base_model``.
+
+    The ranks of a launched job all ask at once: one assembles (under a lock beside the cache folder), the
+    others wait and then load what it wrote.
+    """
     if not cfg.assembles():
         return cfg.base_model
     out = cache_root() / assembly_key(cfg)
     if not (out / ASSEMBLY_FILE).is_file():
-        assemble_llava(cfg, out)
+        with exclusive(out.with_name(f".{out.name}.lock"), f"the assembled model {out}"):
+            if not (out / ASSEMBLY_FILE).is_file():
+                assemble_llava(cfg, out)
     return str(out)
 
 

@@ -80,6 +80,11 @@ class ModelConfig(BaseModel):
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations to save memory; default: on in real mode (LLaVA-1.5 recipe)"
     )
+    image_aspect_ratio: Literal["auto", "pad", "crop"] = Field(
+        "auto",
+        description="non-square images: pad to a square of the processor's mean colour (LLaVA-1.5) or centre-crop; "
+        "auto = pad in real mode, crop in tiny mode",
+    )
 
     def assembles(self) -> bool:
         """True when the starting model is assembled from language model, vision tower and projector."""
@@ -98,6 +103,12 @@ class ModelConfig(BaseModel):
 
     def use_gradient_checkpointing(self) -> bool:
         return self.mode == "real" if self.gradient_checkpointing is None else self.gradient_checkpointing
+
+    def aspect_ratio(self) -> str:
+        """``pad`` or ``crop``: how non-square images become the vision tower's square."""
+        if self.image_aspect_ratio != "auto":
+            return self.image_aspect_ratio
+        return "pad" if self.mode == "real" else "crop"
 
     def torch_dtype(self):
         import torch

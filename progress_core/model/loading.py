@@ -60,10 +60,11 @@ def load_model(path_or_name: str | os.PathLike, cfg: ModelConfig, trainable: boo
     has_processor = any((Path(path) / f).is_file() for f in ("processor_config.json", "preprocessor_config.json"))
     processor = load_processor(path if has_processor or not adapter else base)
     processor.system_prompt = cfg.system_prompt()
+    processor.image_aspect_ratio = cfg.aspect_ratio()
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
+        model = PeftModel.from_pretrained(model, path, is_trainable=trainable, autocast_adapter_dtype=False)
     elif cfg.use_lora() and trainable:
         import torch
 
@@ -72,6 +73,8 @@ def load_model(path_or_name: str | os.PathLike, cfg: ModelConfig, trainable: boo
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
             model = add_lora(model, cfg)
+    if trainable:
+        check_one_trainable_dtype(model)
     if cfg.use_gradient_checkpointing() and trainable:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
@@ -93,7 +96,12 @@ def lora_target_modules(model) -> list[str]:
 
 
 def add_lora(model, cfg: ModelConfig):
-    """Wrap with peft LoRA on the language model; the multimodal projector stays fully trainable."""
+    """Wrap with peft LoRA on the language model; the multimodal projector stays fully trainable.
+
+    The adapter keeps the base layers' dtype (``autocast_adapter_dtype=False``): peft would otherwise up-cast it
+    to float32 beside a bf16 projector copy, and DeepSpeed ZeRO-3 requires one dtype for all trainable
+    parameters (docs/algorithm.md#training: bf16 LoRA, as LLaVA-1.5).
+    """
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
@@ -105,4 +113,16 @@ def add_lora(model, cfg: ModelConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora, autocast_adapter_dtype=False)
+
+
+def check_one_trainable_dtype(model) -> None:
+    """Refuse a model whose trainable parameters mix dtypes, naming one of each, before any engine sees it
+    (DeepSpeed ZeRO-3 flattens them into one buffer and only asserts)."""
+    first: dict = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            first.setdefault(p.dtype, name)
+    if len(first) > 1:
+        kinds = ", ".join(f"{str(dtype).removeprefix('torch.')} ({name})" for dtype, name in first.items())
+        raise ModelError(f"trainable parameters mix dtypes: {kinds}")

@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from progress_core.devices import release_cuda_memory
 from progress_core.errors import ConfigError, ProgressError
 from progress_core.io import write_parquet
 from progress_core.model.loading import load_model
 from progress_core.model.prompt import IMAGE_TOKEN
 from progress_core.probe.accuracy_table import accuracy_from_verdicts, write_accuracy_table
+from progress_core.probe.batches import token_budget_batches
 from progress_core.probe.config import ProbeConfig
 from progress_core.probe.judges import Judge
 from progress_core.training.samples import Encoder, sample_column, samples_rows
@@ -124,11 +126,11 @@ def generate_answers(
     max_length = cfg.max_length or getattr(model.config.get_text_config(), "max_position_embeddings", 2048)
     encoder = Encoder(processor, model.config.image_token_index, image_root, max_length - cfg.max_new_tokens)
     encoded = [encoder.encode(conv, image, i, prompt_only=True) for i, (conv, image) in enumerate(rows)]
-    order = np.argsort([len(e.input_ids) for e in encoded], kind="stable")
+    lengths = [len(e.input_ids) for e in encoded]
     answers: list[str] = [""] * len(rows)
     bar = tqdm(total=len(rows), desc="probe", disable=not progress, unit="sample")
-    for start in range(0, len(rows), cfg.batch_size):
-        idx = [int(i) for i in order[start : start + cfg.batch_size]]
+    for rows_of_call in token_budget_batches(lengths, cfg.max_new_tokens, cfg.batch_size, cfg.batch_tokens):
+        idx = [int(i) for i in rows_of_call]
         batch = encoder.collate([encoded[i] for i in idx], idx, left_pad=True)
         batch.pop("labels")
         batch = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in batch.items()}
@@ -173,6 +175,7 @@ def probe(
     questions = [q for q, _ in turns]
     references = [r for _, r in turns]
     predictions = generate_answers(checkpoint, samples, image_root, cfg, progress=progress)
+    release_cuda_memory()
     verdicts = judge.judge(questions, predictions, references)
     per_sample = pd.DataFrame(
         {

@@ -55,7 +55,13 @@ class ProbeConfig(BaseModel):
         ),
     )
     max_new_tokens: int = Field(25, ge=1, description="greedy answer length (original: 25)")
-    batch_size: int = Field(64, ge=1, description="prompts per generate call")
+    batch_size: int = Field(64, ge=1, description="prompts per generate call at most")
+    batch_tokens: int | None = Field(
+        32768,
+        ge=1,
+        description="padded tokens per generate call at most: prompts x (longest prompt + max_new_tokens); "
+        "32768 is 16 GB of a 7B model's KV cache; None = batch_size alone",
+    )
     seed: int = Field(42, ge=0, description="seed of the per-cluster probe sample")
     max_length: int | None = Field(None, ge=1, description="longest prompt in tokens; None = model max")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="who decides correctness")

@@ -237,11 +237,17 @@ class LmdeployBackend:
         self._lmdeploy = None
 
     def engine_config(self, lmdeploy):
-        """``TurbomindEngineConfig`` or ``PytorchEngineConfig`` with tp, session length, KV cache and batch."""
+        """``TurbomindEngineConfig`` or ``PytorchEngineConfig`` with tp, session length, KV cache and batch.
+
+        The judge reads text only, so where the engine config has ``language_model_only`` the vision encoder
+        of a VLM judge (InternViT-6B beside InternVL2-26B's language model) is never loaded.
+        """
         cls = lmdeploy.TurbomindEngineConfig if self.engine == "turbomind" else lmdeploy.PytorchEngineConfig
         kwargs = {"tp": self.tp, "session_len": self.session_len, "cache_max_entry_count": self.cache_max_entry_count}
         if self.max_batch_size:
             kwargs["max_batch_size"] = self.max_batch_size
+        if "language_model_only" in getattr(cls, "__dataclass_fields__", {}):
+            kwargs["language_model_only"] = True
         return cls(**kwargs)
 
     def _pipeline(self):

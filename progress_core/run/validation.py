@@ -22,6 +22,7 @@ import numpy as np
 
 from progress_core.data.manifest import ManifestError, iter_json_array
 from progress_core.errors import ConfigError, ProgressError
+from progress_core.run.backend_checks import check_backends
 
 NAMED_IMAGE_ENCODERS = ("descriptor", "dinov2")
 NAMED_TEXT_ENCODERS = ("minilm",)
@@ -94,6 +95,7 @@ def check_run(cfg, check_disk: bool = True, count_rows: bool = True) -> list[str
         problems += _check_sizes(cfg, n)
     problems += _check_dirs(cfg, n if check_disk else None)
     problems += _check_gpus(cfg)
+    problems += check_backends(cfg, _visible_gpus())
     return problems
 
 

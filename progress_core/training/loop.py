@@ -18,6 +18,7 @@ of its image rows only, in row order, which is how LLaVA scatters image features
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -230,11 +231,34 @@ def vision_keepalive(model, device, dtype):
     return feats.float().sum() * 0.0
 
 
+@contextlib.contextmanager
+def zero_image_after_embedding(model):
+    """Inside the model's forward, add :func:`vision_keepalive`'s zero term to the token embeddings.
+
+    The embedding, then the vision tower and projector, then the language model: the order in which LLaVA's
+    forward runs them for a batch with images, and all inside the forward, where ZeRO-3 starts each step's
+    parameter trace; so a text-only rank gathers the same parameters in the same order as an image rank
+    (as the original LLaVA's zero image for text-only rows, ``docs/algorithm.md#training``).
+    """
+    llava = _llava_of(model)
+
+    def add_zero_image(module, args, output):
+        return output + vision_keepalive(model, output.device, next(llava.parameters()).dtype).to(output.dtype)
+
+    handle = llava.get_input_embeddings().register_forward_hook(add_zero_image)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _sum_loss(model, batch: dict, keep_vision: bool = False):
     import torch
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits
+    text_only = keep_vision and "pixel_values" not in batch
+    with zero_image_after_embedding(model) if text_only else contextlib.nullcontext():
+        logits = model(**inputs).logits
     labels = batch["labels"][:, 1:].to(logits.device)
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
@@ -242,8 +266,6 @@ def _sum_loss(model, batch: dict, keep_vision: bool = False):
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    if keep_vision and "pixel_values" not in batch:
-        loss = loss + vision_keepalive(model, logits.device, next(_llava_of(model).parameters()).dtype)
     return loss
 
 
@@ -529,7 +551,14 @@ def _state_info(run: _Run, cfg: TrainingConfig, target_step: int, samples_seen: 
         "learning_rate": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else None,
         "losses": losses,
         "config": cfg.model_dump(mode="json"),
+        "partitioned_parameters": None if run.engine is None else zero3_partitioned_count(run.engine.module),
     }
+
+
+def zero3_partitioned_count(module) -> int:
+    """Parameters ZeRO-3 keeps partitioned across ranks (those under ``stage3_param_persistence_threshold``
+    stay whole on every rank); recorded so a run shows whether its parameters were really sharded."""
+    return sum(1 for p in module.parameters() if hasattr(p, "ds_id") and not getattr(p, "ds_persist", False))
 
 
 def _state_blob(run: _Run, target_step: int, samples_seen: int) -> dict:
@@ -601,7 +630,7 @@ def train_launched(
     """:func:`train_to_step` as a multi-process job when ``cfg.nproc_per_node`` asks for one.
 
     The batch product is checked for the launched world size before anything starts; the samples go to a
-    job file beside ``out_dir``; :func:`progress_core.training.launch.launch` starts one process per device
+    job file beside ``out_dir``; :func:`progress_core.training.launch` starts one process per device
     (``docs/architecture.md#orchestration``) and streams their output to ``log_line``.
     """
     if cfg.nproc_per_node is None:

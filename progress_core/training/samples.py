@@ -13,6 +13,7 @@ import pandas as pd
 
 from progress_core.errors import ConfigError, ProgressError
 from progress_core.model.prompt import IGNORE_INDEX, encode_conversation, image_token_count, normalise_turns
+from progress_core.model.square_images import squared
 
 
 class TrainingDataError(ProgressError):
@@ -121,6 +122,7 @@ class Encoder:
                 raise TrainingDataError(f"row {rid}: cannot read image {r.image!r}: {exc}") from exc
         if not images:
             return None
+        images = squared(images, self.processor.image_processor, getattr(self.processor, "image_aspect_ratio", "crop"))
         return self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
     def collate(self, rows: Sequence[EncodedRow], row_ids: Sequence[int], left_pad: bool = False) -> dict:
