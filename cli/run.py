@@ -21,6 +21,7 @@ from cli.options import PRESETS
 from cli.options import parse_set as _parse_set
 from progress_core.config import RunConfig, load_config
 from progress_core.environment import apply_defaults
+from progress_core.run_lock import hold_run_dir
 from progress_core.validation import validate_run
 
 
@@ -97,8 +98,9 @@ def run_flow(overrides: dict[str, Any], config_path: Optional[Path]) -> dict:
 
     quiet_tracebacks()
     on_terminal = cfg.orchestration.approve_after_warmup and not os.environ.get("PREFECT_API_URL")
-    with prefect_api(), terminal_approval(on_terminal):
-        return progress_selection(config=cfg)
+    with hold_run_dir(cfg.run_dir, lambda line: typer.echo(line, err=True)):
+        with prefect_api(), terminal_approval(on_terminal):
+            return progress_selection(config=cfg)
 
 
 def format_concepts(path: str) -> str:

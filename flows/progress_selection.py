@@ -29,6 +29,7 @@ from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, reso
 from progress_core.config import RunConfig
 from progress_core.features import shard_ranges
 from progress_core.report import write_concept_report
+from progress_core.run_lock import hold_run_dir
 from progress_core.schedule import (
     RoundPlan,
     ScheduleState,
@@ -439,7 +440,13 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     cfg = config
     validate_run(cfg)
     run = Path(cfg.run_dir).resolve()
-    run.mkdir(parents=True, exist_ok=True)
+    with hold_run_dir(run, log.warning):
+        return select_in_run_dir(cfg, run)
+
+
+def select_in_run_dir(cfg: RunConfig, run: Path) -> dict:
+    """The flow's work while it holds the run directory (``progress_core/run_lock.py``: one run per directory)."""
+    log = get_run_logger()
     (run / "config.json").write_text(cfg.model_dump_json(indent=2))
     shared = Path(cfg.shared_dir).resolve() if cfg.shared_dir else run
 
