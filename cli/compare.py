@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 import yaml
 
+from cli.interrupts import interrupts_fail_loudly
 from cli.run import _parse_set
 from progress_core.config import load_config
 from progress_core.errors import ConfigError
@@ -98,15 +99,16 @@ def register(app: typer.Typer) -> None:
 
         from flows.compare_strategies import compare_strategies
 
-        result = compare_strategies(
-            config=cfg,
-            strategies=list(strategies),
-            budgets=_floats(budgets) if budgets else None,
-            seeds=list(range(seeds)),
-            sweep_field=field,
-            sweep_values=values,
-            include_full=full,
-        )
+        with interrupts_fail_loudly():
+            result = compare_strategies(
+                config=cfg,
+                strategies=list(strategies),
+                budgets=_floats(budgets) if budgets else None,
+                seeds=list(range(seeds)),
+                sweep_field=field,
+                sweep_values=values,
+                include_full=full,
+            )
         table = pd.read_parquet(result["comparison"])
         typer.echo("")
         typer.echo(format_comparison(table, result.get("majority_baseline")))

@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[DEBUG_ENV] = "1"
     apply_defaults()
     try:
-        app(args=args, standalone_mode=False)
+        returned = app(args=args, standalone_mode=False)
     except ProgressError as exc:
         if debug_enabled():
             traceback.print_exc()
         _error(str(exc))
-        return 1
+        return getattr(exc, "exit_code", 1)
     except SystemExit as exc:  # typer/click exits
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 1
     except KeyboardInterrupt:
@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if debug_enabled() else " (add --debug for the traceback)"
         _error(f"{type(exc).__name__}: {first}{hint}")
         return 1
-    return 0
+    if returned == 130:
+        _error("interrupted")
+    return returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
 
 
 if __name__ == "__main__":

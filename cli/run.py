@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import typer
 
+from cli.interrupts import interrupts_fail_loudly
 from cli.options import PRESETS
 from cli.options import parse_set as _parse_set
 from progress_core.config import RunConfig, load_config
@@ -98,7 +99,7 @@ def run_flow(overrides: dict[str, Any], config_path: Optional[Path]) -> dict:
 
     quiet_tracebacks()
     on_terminal = cfg.orchestration.approve_after_warmup and not os.environ.get("PREFECT_API_URL")
-    with hold_run_dir(cfg.run_dir, lambda line: typer.echo(line, err=True)):
+    with interrupts_fail_loudly(), hold_run_dir(cfg.run_dir, lambda line: typer.echo(line, err=True)):
         with prefect_api(), terminal_approval(on_terminal):
             return progress_selection(config=cfg)
 
@@ -215,7 +216,7 @@ def _register_prepare_run(app: typer.Typer) -> None:
         from flows.prepare_data import prepare_data
 
         quiet_tracebacks()
-        with prefect_api():
+        with interrupts_fail_loudly(), prefect_api():
             result = prepare_data(config=cfg)
         typer.echo("")
         for key, value in result.items():
