@@ -23,6 +23,7 @@ from cli.options import parse_set as _parse_set
 from progress_core.config import RunConfig, load_config
 from progress_core.environment import apply_defaults
 from progress_core.run_lock import hold_run_dir
+from progress_core.summary import format_accuracy
 from progress_core.validation import validate_run
 
 
@@ -36,7 +37,7 @@ def format_rounds(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['round']:>5} {str(r['strategy'])[:12]:<12} {r['from_step']:>5}→{r['to_step']:<5} "
-            f"{r.get('budget', r['new']):>6} {r['new']:>6} {r['selected']:>8} {r['probe_accuracy']:>9.3f} "
+            f"{r.get('budget', r['new']):>6} {r['new']:>6} {r['selected']:>8} {format_accuracy(r['probe_accuracy']):>9} "
             f"{r['seconds']:>6}"
         )
     return "\n".join(lines)

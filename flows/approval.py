@@ -22,6 +22,7 @@ from progress_core.config import RunConfig
 from progress_core.errors import ProgressError
 from progress_core.io import write_json
 from progress_core.schedule import ScheduleState, plan_from
+from progress_core.summary import format_accuracy
 from tasks.artifacts import artifact_key
 
 APPROVAL_TIMEOUT_S = 7 * 24 * 3600
@@ -73,7 +74,7 @@ def report(cfg: RunConfig, rows: list[dict], plan: dict) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['round']} | {r['from_step']}→{r['to_step']} | {r['new']} | {r['probe_accuracy']:.3f} | {r['seconds']} |"
+        f"| {r['round']} | {r['from_step']}→{r['to_step']} | {r['new']} | {format_accuracy(r['probe_accuracy'])} | {r['seconds']} |"
         for r in rows
     ]
     lines += [

@@ -29,6 +29,7 @@ from progress_core.clustering import PAPER_ANNOTATION_K, PAPER_SELECTION_K, reso
 from progress_core.config import RunConfig
 from progress_core.features import shard_ranges
 from progress_core.report import write_concept_report
+from progress_core.rounds import read_ids, write_ids
 from progress_core.run_lock import hold_run_dir
 from progress_core.schedule import (
     RoundPlan,
@@ -41,7 +42,7 @@ from progress_core.schedule import (
     plan_from,
     steps_for_new,
 )
-from progress_core.summary import RoundSummary, RunSummary, total_seconds
+from progress_core.summary import RoundSummary, RunSummary, format_accuracy, total_seconds
 from progress_core.training import TrainingConfig
 from progress_core.validation import validate_run
 from tasks._tables import cluster_ids
@@ -358,6 +359,12 @@ def record_round(
     return _round_summary(row, plan, outcome, cfg)
 
 
+def final_selection_file(run: Path, commit: StageRecord, step: int) -> str:
+    """The final set named by the step it was trained to, ``final/selected_until_<step>.parquet`` (a round's own
+    ``selected_until_<step>`` is named by the step its selection was made at, before training)."""
+    return str(write_ids(read_ids(commit.files["selected_until"]), run / "final" / f"selected_until_{step}.parquet"))
+
+
 def finish_rounds(
     cfg: RunConfig, run: Path, prepared: PreparedData, setup: RunSetup, rounds: RoundsSoFar, prepare_seconds: float
 ) -> RunSummary:
@@ -399,7 +406,7 @@ def finish_rounds(
         n_selected=commits[-1].rows["selected_until"] if commits else 0,
         rounds=rounds.summaries,
         stage_seconds=total_seconds(rounds.summaries, {"prepare": prepare_seconds, "init_model": setup.init_seconds}),
-        final_selection=commits[-1].files["selected_until"] if commits else None,
+        final_selection=final_selection_file(run, commits[-1], rounds.state.step) if commits else None,
         export_dir=export.out_dir if export else None,
         final_checkpoint=rounds.checkpoint.files.get("checkpoint"),
         final_checkpoint_key=rounds.checkpoint.content_hash,
@@ -418,7 +425,8 @@ def record_run_outputs(
     ``stale/``; rows left out by reason (docs/architecture.md#stage-contract)."""
     records = [*vars(prepared).values(), setup.coincide_order, setup.initial_model, summary.export_dir]
     records += [*rounds.commits, *rounds.probes, *(Path(c.out_dir).parent / "train" for c in rounds.commits)]
-    outputs = write_run_manifest(run, records, keep=[run / "config.json", run / "summary.json"], sweep=SWEPT)
+    keep = [run / "config.json", run / "summary.json", *([summary.final_selection] if summary.final_selection else [])]
+    outputs = write_run_manifest(run, records, keep=keep, sweep=SWEPT)
     return summary.model_copy(
         update={
             "skipped": skip_counts(prepared.manifest, prepared.features),
@@ -429,7 +437,7 @@ def record_run_outputs(
     )
 
 
-SWEPT = ("rounds", "export")
+SWEPT = ("rounds", "export", "final")
 """Run subfolders whose files an older config can leave behind; reports and evaluations beside them stay."""
 
 
@@ -465,8 +473,8 @@ def select_in_run_dir(cfg: RunConfig, run: Path) -> dict:
     rounds = RoundsSoFar(state, setup.initial_model)
     progress_id = start_progress(str(run))
     while (plan := next_round(rounds.state)) is not None:
-        started = time.monotonic()
         approve_after_warmup(cfg, run, rounds.state, [s.model_dump() for s in rounds.summaries])
+        started = time.monotonic()
         outcome = run_round(plan, cfg, run, prepared, setup, rounds)
         for note in outcome.commit.meta.get("notes", []):
             log.info("round %d: %s", plan.index, note)
@@ -476,13 +484,13 @@ def select_in_run_dir(cfg: RunConfig, run: Path) -> dict:
         rounds.add(outcome, record_round(run, plan, outcome, cfg, prepared, time.monotonic() - started))
         set_progress(progress_id, outcome.to_step, setup.final_step)
         log.info(
-            "round %d: steps %d→%d, %d new of budget %d, probe accuracy %.3f",
+            "round %d: steps %d→%d, %d new of budget %d, probe accuracy %s",
             plan.index,
             plan.from_step,
             outcome.to_step,
             outcome.commit.rows["new"],
             plan.budget,
-            rounds.summaries[-1].probe_accuracy,
+            format_accuracy(rounds.summaries[-1].probe_accuracy),
         )
 
     summary = finish_rounds(cfg, run, prepared, setup, rounds, prepare_seconds)
