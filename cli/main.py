@@ -14,6 +14,7 @@ import traceback
 
 import typer
 
+from cli.usage import usage_failure
 from progress_core.environment import apply_defaults
 from progress_core.errors import ProgressError
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
+    except typer.TyperException as exc:
+        return usage_failure(exc, _error)
     except Exception as exc:
         import click
 
