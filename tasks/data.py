@@ -19,6 +19,7 @@ from progress_core.manifest import ManifestError, build_manifest, iter_json_arra
 from progress_core.synthetic import generate_pool
 from progress_core.validation import require_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
+from tasks.stage import _say as say
 
 
 def pool_fingerprint(data: DataConfig) -> str:
@@ -87,6 +88,12 @@ def manifest_stage(
         allow_duplicate_ids=allow_duplicate_ids,
     )
     require_rows(report, pool.files["pool_json"])
+    if report.n_rejected:
+        per = ", ".join(f"{k} {v}" for k, v in sorted(report.rejected_by_error.items()))
+        say(
+            f"manifest: skipped {report.n_rejected} of {report.n_input_rows} rows ({per}); each with its row (0-based "
+            f"position in {pool.files['pool_json']}), id and reason in {report.rejected_path}"
+        )
     files = {"manifest": str(out)}
     meta = {"image_root": pool.meta.get("image_root"), "report": json.loads(report.model_dump_json())}
     if "labels" in pool.files:
