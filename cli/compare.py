@@ -69,7 +69,11 @@ def register(app: typer.Typer) -> None:
             None, "--run-dir", help="Base directory: b<budget>/<strategy>/seed<k>/ per run, shared/ for common stages."
         ),
         strategies: list[str] = typer.Option(
-            ["progress", "random", "tfs", "coincide"], "--strategy", "-s", help="Strategy to compare (repeatable)."
+            ["progress", "random", "tfs", "coincide"],
+            "--strategy",
+            "-s",
+            metavar="NAME",
+            help="Strategy to compare (repeatable).",
         ),
         budgets: Optional[str] = typer.Option(
             None, "--budgets", help="Comma-separated pool shares, e.g. 0.1,0.2,0.3 (default: schedule.budget_fraction)."
@@ -78,8 +82,12 @@ def register(app: typer.Typer) -> None:
         sweep: Optional[str] = typer.Option(
             None, "--sweep", help="One config field over values, e.g. selection.temperature=0.25,0.5,1.0."
         ),
-        full: bool = typer.Option(True, "--full/--no-full", help="Also train on the whole pool (the ceiling)."),
-        set_: list[str] = typer.Option([], "--set", help="Override one config field (repeatable)."),
+        full: bool = typer.Option(
+            True, "--full/--no-full", metavar="", help="Also train on the whole pool (the ceiling)."
+        ),
+        set_: list[str] = typer.Option(
+            [], "--set", metavar="KEY=VALUE", help="Override one config field (repeatable)."
+        ),
     ) -> None:
         """Compare selection strategies at equal budgets over seeds; held-out accuracy per budget and concept.
 

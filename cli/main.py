@@ -36,7 +36,9 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also PROGRESS_DEBUG=1)."),
+    debug: bool = typer.Option(
+        False, "--debug", metavar="", help="Show the full traceback of an error (also PROGRESS_DEBUG=1)."
+    ),
 ) -> None:
     """progress-flows command line."""
 

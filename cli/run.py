@@ -167,6 +167,7 @@ def _register_run(app: typer.Typer) -> None:
         set_: list[str] = typer.Option(
             [],
             "--set",
+            metavar="KEY=VALUE",
             help="Override one field, e.g. --set selection.selection_num=500 "
             "(repeatable; dotted keys address nested fields).",
         ),
@@ -203,7 +204,9 @@ def _register_prepare_run(app: typer.Typer) -> None:
     def prepare_run_command(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (as for `progress run`)."),
         out: Optional[str] = typer.Option(None, "--out", help="Directory of the prepared data (sets shared_dir)."),
-        set_: list[str] = typer.Option([], "--set", help="Override one config field (repeatable)."),
+        set_: list[str] = typer.Option(
+            [], "--set", metavar="KEY=VALUE", help="Override one config field (repeatable)."
+        ),
     ) -> None:
         """Only the data preparation of a run: manifest, features, both clusterings, warm-up pools.
 
