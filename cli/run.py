@@ -1,7 +1,8 @@
 """``progress run`` and ``progress demo``: the whole selection flow from the command line.
 
-The flow runs on a temporary Prefect server (its own process group, cleaned up after a killed run) unless
-``PREFECT_API_URL`` points at a running one (then the run shows up in that server's UI). The whole config and
+The flow runs on the Prefect server at ``PREFECT_API_URL`` when set, else on the one a running ``make ui``
+started (both show the run in their UI), else on a temporary server (its own process group, cleaned up after a
+killed run); the first line says which. The whole config and
 its input files are validated before Prefect is even imported, so a typo fails in seconds. The orchestration
 package is imported only when these commands run.
 """
@@ -66,15 +67,30 @@ def quiet_tracebacks() -> None:
 
 @contextlib.contextmanager
 def prefect_api() -> Iterator[None]:
-    """The Prefect API of this command: ``PREFECT_API_URL`` when set, else a temporary server."""
+    """The Prefect API of this command: ``PREFECT_API_URL`` when set, else the server of a running ``make ui``,
+    else a temporary server; the command's first line says which."""
     if os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"prefect: the server at PREFECT_API_URL={os.environ['PREFECT_API_URL']}", err=True)
         yield
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.setup import temporary_server
+    from deployments.ui import running_ui_api
 
-    with temporary_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
+    ui_api = running_ui_api()
+    if ui_api:
+        typer.echo(
+            f"prefect: the server of `make ui` (UI {ui_api.removesuffix('/api')}: the run shows there)", err=True
+        )
+    else:
+        typer.echo(
+            "prefect: a temporary server for this command (its links stop working when it ends; `make ui` keeps "
+            "one up that later runs use)",
+            err=True,
+        )
+    server = contextlib.nullcontext(ui_api) if ui_api else temporary_server()
+    with server as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
         try:
             yield
         finally:
