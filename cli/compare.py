@@ -13,9 +13,12 @@ import typer
 import yaml
 
 from cli.interrupts import interrupts_fail_loudly
+from cli.options import set_option
 from cli.run import _parse_set
 from progress_core.config import load_config
 from progress_core.errors import ConfigError
+
+COMPARED = ("progress", "random", "tfs", "coincide")
 
 
 def _floats(text: str) -> list[float]:
@@ -69,11 +72,7 @@ def register(app: typer.Typer) -> None:
             None, "--run-dir", help="Base directory: b<budget>/<strategy>/seed<k>/ per run, shared/ for common stages."
         ),
         strategies: list[str] = typer.Option(
-            ["progress", "random", "tfs", "coincide"],
-            "--strategy",
-            "-s",
-            metavar="NAME",
-            help="Strategy to compare (repeatable).",
+            list(COMPARED), "--strategy", "-s", metavar="NAME", help="Strategy to compare (repeatable)."
         ),
         budgets: Optional[str] = typer.Option(
             None, "--budgets", help="Comma-separated pool shares, e.g. 0.1,0.2,0.3 (default: schedule.budget_fraction)."
@@ -85,9 +84,7 @@ def register(app: typer.Typer) -> None:
         full: bool = typer.Option(
             True, "--full/--no-full", metavar="", help="Also train on the whole pool (the ceiling)."
         ),
-        set_: list[str] = typer.Option(
-            [], "--set", metavar="KEY=VALUE", help="Override one config field (repeatable)."
-        ),
+        set_: Optional[list[str]] = set_option("selection.temperature=0.5"),
     ) -> None:
         """Compare selection strategies at equal budgets over seeds; held-out accuracy per budget and concept.
 
