@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from progress_core.errors import ProgressError
 
@@ -43,21 +45,48 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
-def interrupted_stage(exc: BaseException) -> str:
-    """The innermost Prefect task run the interrupt went through (``train[r=0]``), else where it landed."""
+def _run_names(frames: Iterator[Any]) -> tuple[list[str], list[str]]:
+    """Names of the task runs and flow runs whose Prefect engines own ``frames``, outermost first."""
     tasks: list[str] = []
     flows: list[str] = []
+    for frame in frames:
+        engine = frame.f_locals.get("self")
+        kind = type(engine).__name__
+        run = getattr(engine, "task_run" if "TaskRunEngine" in kind else "flow_run", None)
+        if "RunEngine" in kind and isinstance(getattr(run, "name", None), str):
+            (tasks if "TaskRunEngine" in kind else flows).append(run.name)
+    return tasks, flows
+
+
+def _traceback_frames(exc: BaseException) -> Iterator[Any]:
     for link in _chain(exc):
         tb = link.__traceback__
         while tb is not None:
-            engine = tb.tb_frame.f_locals.get("self")
-            kind = type(engine).__name__
-            run = getattr(engine, "task_run" if "TaskRunEngine" in kind else "flow_run", None)
-            if "RunEngine" in kind and isinstance(getattr(run, "name", None), str):
-                (tasks if "TaskRunEngine" in kind else flows).append(run.name)
+            yield tb.tb_frame
             tb = tb.tb_next
+
+
+def _thread_frames() -> Iterator[Any]:
+    """Frames of the other threads, outermost first (stages a task runner runs in its threads)."""
+    for ident, frame in sys._current_frames().items():
+        if ident == threading.get_ident():
+            continue
+        stack = []
+        while frame is not None:
+            stack.append(frame)
+            frame = frame.f_back
+        yield from reversed(stack)
+
+
+def interrupted_stage(exc: BaseException) -> str:
+    """The innermost Prefect task run the interrupt went through (``train[r=0]``), else the task runs still
+    running in other threads (feature shards), else where it landed."""
+    tasks, flows = _run_names(_traceback_frames(exc))
     if tasks:
         return tasks[-1]
+    running = sorted(set(_run_names(_thread_frames())[0]))
+    if running:
+        return ", ".join(running[:3]) + (f" and {len(running) - 3} more" if len(running) > 3 else "")
     if flows:
         return f"flow run {flows[-1]} (between stages)"
     return "start-up (before the flow ran)"

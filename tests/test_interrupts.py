@@ -6,12 +6,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from cli.interrupts import interrupted_stage
 from tests.faultkit import tiny_config
 from tests.flowkit import REPO, env_for
 
@@ -60,3 +63,57 @@ def test_signal_during_a_stage_fails_loudly_and_the_rerun_resumes(tmp_path, pref
     rerun = _start(config, prefect_api, tmp_path / "rerun.log", None)
     assert rerun.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     assert (run / "summary.json").is_file()
+
+
+class SyncTaskRunEngine:
+    def __init__(self, name: str):
+        self.task_run = SimpleNamespace(name=name)
+
+    def run(self, inner):
+        inner()
+
+
+class FlowRunEngine:
+    def __init__(self, name: str):
+        self.flow_run = SimpleNamespace(name=name)
+
+    def run(self, inner):
+        inner()
+
+
+def _interrupt_in(*engines) -> BaseException:
+    def innermost():
+        raise KeyboardInterrupt
+
+    call = innermost
+    for engine in reversed(engines):
+        call = (lambda e, c: lambda: e.run(c))(engine, call)
+    try:
+        call()
+    except KeyboardInterrupt as exc:
+        return exc
+    raise AssertionError("no interrupt")
+
+
+def test_the_stage_is_the_innermost_task_run_the_interrupt_went_through():
+    exc = _interrupt_in(FlowRunEngine("quick-fox"), SyncTaskRunEngine("probe[r=3]"))
+    assert interrupted_stage(exc) == "probe[r=3]"
+    assert interrupted_stage(_interrupt_in(FlowRunEngine("quick-fox"))) == "flow run quick-fox (between stages)"
+    assert interrupted_stage(_interrupt_in()) == "start-up (before the flow ran)"
+
+
+def test_between_stages_names_the_task_runs_still_running_in_threads():
+    started, release = threading.Event(), threading.Event()
+
+    def shard():
+        SyncTaskRunEngine("features[0000000096]").run(lambda: (started.set(), release.wait(30)))
+
+    worker = threading.Thread(target=shard)
+    worker.start()
+    try:
+        assert started.wait(30)
+        exc = _interrupt_in(FlowRunEngine("quick-fox"))
+        assert interrupted_stage(exc) == "features[0000000096]"
+    finally:
+        release.set()
+        worker.join(30)
