@@ -38,7 +38,8 @@ def format_rounds(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['round']:>5} {str(r['strategy'])[:12]:<12} {r['from_step']:>5}→{r['to_step']:<5} "
-            f"{r.get('budget', r['new']):>6} {r['new']:>6} {r['selected']:>8} {format_accuracy(r['probe_accuracy']):>9} "
+            f"{r.get('budget', r['new']):>6} {r['new']:>6} {r['selected']:>8} "
+            f"{format_accuracy(r['probe_accuracy']):>9} "
             f"{r['seconds']:>6}"
         )
     return "\n".join(lines)

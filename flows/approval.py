@@ -74,7 +74,8 @@ def report(cfg: RunConfig, rows: list[dict], plan: dict) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['round']} | {r['from_step']}→{r['to_step']} | {r['new']} | {format_accuracy(r['probe_accuracy'])} | {r['seconds']} |"
+        f"| {r['round']} | {r['from_step']}→{r['to_step']} | {r['new']} | {format_accuracy(r['probe_accuracy'])} "
+        f"| {r['seconds']} |"
         for r in rows
     ]
     lines += [

@@ -356,7 +356,10 @@ def _share_lines(shares: pd.DataFrame | None) -> list[str]:
 
 def _probe_line(probe_meta: dict, step: int, strategy: str | None) -> str:
     if not probe_meta.get("n", 0):
-        return f"- probe at step {step}: none (strategy `{strategy}` does not read it; probe.all_strategies)"
+        return (
+            f"- probe at step {step}: not probed (strategy `{strategy}` does not read it; "
+            "probe.all_strategies probes anyway)"
+        )
     return (
         f"- probe at step {step}: {probe_meta.get('correct', 0)} / {probe_meta.get('n', 0)} correct "
         f"over {probe_meta.get('clusters', 0)} clusters ({probe_meta.get('unjudged', 0)} unjudged)"

@@ -300,7 +300,10 @@ def test_a_round_without_probe_shows_a_dash_not_zero_accuracy(round_files, publi
     unprobed = round_files["probe"].model_copy(update={"meta": {"correct": 0, "n": 0, "clusters": 0, "unjudged": 0}})
     row = _round(round_files, run_dir, 2, commit=commit, probe_after=unprobed)
     assert row["probe_n"] == 0 and row["probe_accuracy"] is None
-    assert "- probe at step 8: none (strategy `random` does not read it; probe.all_strategies)" in published[1][2]
+    assert (
+        "- probe at step 8: not probed (strategy `random` does not read it; probe.all_strategies probes anyway)"
+        in published[1][2]
+    )
     assert "| 2 | random | 5→8 | 4 | 6 | – | 2.5 |" in published[2][2]
     assert RoundSummary(**{k: v for k, v in row.items()}, budget=4).probe_accuracy is None
     rows = [{**row, "budget": 4}]
