@@ -8,8 +8,8 @@ time) so the refusal names the holder.
 
 A lock that can be taken while the file still names another holder was left by a process that ended without
 releasing it; it is taken over with a logged line. A lock still held while the recorded holder is a pid that is
-not alive on this host is held only by an orphaned child of that run (a forked worker sharing the open file):
-the file is replaced and the new one taken, also with a logged line.
+not alive on this host (in this pid namespace) is held only by an orphaned child of that run (a forked worker
+sharing the open file): the file is replaced and the new one taken, also with a logged line.
 
 Locks are re-entrant within a process: ``progress run`` takes the lock before it starts a Prefect server and the
 flow it then runs in the same process takes it again.
@@ -49,6 +49,7 @@ class Holder:
     pid: int
     host: str
     started: str
+    pid_namespace: str = ""
 
     def describe(self) -> str:
         return f"pid {self.pid} on host {self.host}, started {self.started}"
@@ -56,13 +57,13 @@ class Holder:
     @classmethod
     def of_this_process(cls) -> Holder:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        return cls(os.getpid(), socket.gethostname(), started)
+        return cls(os.getpid(), socket.gethostname(), started, pid_namespace())
 
     @classmethod
     def parse(cls, text: str) -> Holder | None:
         try:
             data = json.loads(text)
-            return cls(int(data["pid"]), str(data["host"]), str(data["started"]))
+            return cls(int(data["pid"]), str(data["host"]), str(data["started"]), str(data.get("pid_namespace", "")))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -75,6 +76,14 @@ class _Held:
 
 _held: dict[Path, _Held] = {}
 _guard = threading.Lock()
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace (containers sharing a host name each have their own), "" where unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def pid_alive(pid: int) -> bool:
@@ -107,7 +116,9 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _orphaned(holder: Holder | None) -> bool:
-    return holder is not None and holder.host == socket.gethostname() and not pid_alive(holder.pid)
+    if holder is None or holder.host != socket.gethostname() or holder.pid_namespace != pid_namespace():
+        return False
+    return not pid_alive(holder.pid)
 
 
 def _try_lock(path: Path, log: Callable[[str], None]) -> int | None:

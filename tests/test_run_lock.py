@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from progress_core import run_lock
-from progress_core.run_lock import LOCK_FILE, RunDirLockedError, hold_run_dir
+from progress_core.run_lock import LOCK_FILE, Holder, RunDirLockedError, hold_run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,21 +77,26 @@ def test_lock_left_by_a_dead_process_is_taken_over_with_a_line(tmp_path):
     assert len(logged) == 1 and f"pid {dead}" in logged[0] and "taking over" in logged[0]
 
 
+def _recorded(pid: int, **changes) -> str:
+    return json.dumps({**vars(Holder.of_this_process()), "pid": pid, "started": "then", **changes})
+
+
 def test_lock_kept_only_by_an_orphan_of_a_dead_run_is_taken_over(holder):
     run, proc = holder
     dead = _dead_pid()
     lock = run / LOCK_FILE
-    lock.write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": "then"}))
+    lock.write_text(_recorded(dead))
     logged: list[str] = []
     with hold_run_dir(run, logged.append):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert len(logged) == 1 and f"pid {dead}" in logged[0]
 
 
-def test_live_holder_on_another_host_is_never_taken_over(holder):
+@pytest.mark.parametrize("elsewhere", [{"host": "elsewhere"}, {"pid_namespace": "pid:[1]"}])
+def test_live_holder_on_another_host_or_in_another_container_is_never_taken_over(holder, elsewhere):
     run, _ = holder
-    (run / LOCK_FILE).write_text(json.dumps({"pid": _dead_pid(), "host": "elsewhere", "started": "then"}))
-    with pytest.raises(RunDirLockedError, match="host elsewhere"):
+    (run / LOCK_FILE).write_text(_recorded(_dead_pid(), **elsewhere))
+    with pytest.raises(RunDirLockedError, match="in use by another run"):
         run_lock.acquire(run)
 
 
