@@ -11,6 +11,8 @@ Open the printed URL, go to Deployments → progress-demo → Run, and watch the
 - A worker that exits is restarted once; if it exits again the command says so loudly and keeps the server
   up so finished runs stay inspectable.
 - Ctrl-C (or SIGTERM) stops only the worker and the server this command started.
+- While it runs, ``progress run`` / ``demo`` / ``prepare-run`` for the same PREFECT_HOME use its server
+  (no temporary server to start; the runs show in this UI).
 """
 
 from __future__ import annotations
@@ -118,6 +120,27 @@ def _lock(home: Path, ui_url: str) -> IO[str] | None:
     handle.write(f"pid {os.getpid()}, UI {ui_url}\n")
     handle.flush()
     return handle
+
+
+def running_ui_api(home: str | Path | None = None) -> str | None:
+    """The API of the server a running ``make ui`` started for ``home`` (default as ``make ui``'s), else None.
+
+    ``make ui`` holds ``ui.lock`` while it runs and writes its UI address there; a lock nobody holds or a
+    server that does not answer its health check counts as none.
+    """
+    path = Path(home or os.environ.get("PREFECT_HOME") or REPO_ROOT / ".prefect").expanduser() / "ui.lock"
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read()
+        else:
+            return None
+    ui_url = text.rsplit("UI ", 1)[-1].strip() if "UI " in text else ""
+    api_url = f"{ui_url}/api"
+    return api_url if ui_url and is_prefect(api_url) else None
 
 
 def _refuse_port(port: int, api_url: str) -> None:

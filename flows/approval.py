@@ -20,6 +20,7 @@ from prefect.input import RunInput
 
 from progress_core.errors import ProgressError
 from progress_core.io import write_json
+from progress_core.reporting.summary import format_accuracy
 from progress_core.run.config import RunConfig
 from progress_core.selection.schedule import ScheduleState, plan_from
 from tasks.artifacts import artifact_key
@@ -73,7 +74,8 @@ def report(cfg: RunConfig, rows: list[dict], plan: dict) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['round']} | {r['from_step']}→{r['to_step']} | {r['new']} | {r['probe_accuracy']:.3f} | {r['seconds']} |"
+        f"| {r['round']} | {r['from_step']}→{r['to_step']} | {r['new']} | {format_accuracy(r['probe_accuracy'])} "
+        f"| {r['seconds']} |"
         for r in rows
     ]
     lines += [

@@ -26,9 +26,11 @@ from flows.approval import approve_after_warmup
 from flows.feature_shards import run_feature_shards
 from flows.stage_inputs import kmeans_k, probe_inputs, select_inputs
 from progress_core.features.extract import shard_ranges
+from progress_core.id_sets import read_ids, write_ids
 from progress_core.reporting.report import write_concept_report
-from progress_core.reporting.summary import RoundSummary, RunSummary, total_seconds
+from progress_core.reporting.summary import RoundSummary, RunSummary, format_accuracy, total_seconds
 from progress_core.run.config import RunConfig
+from progress_core.run.lock import hold_run_dir
 from progress_core.run.validation import validate_run
 from progress_core.selection.schedule import (
     RoundPlan,
@@ -342,6 +344,12 @@ def record_round(
     return _round_summary(row, plan, outcome, cfg)
 
 
+def final_selection_file(run: Path, commit: StageRecord, step: int) -> str:
+    """The final set named by the step it was trained to, ``final/selected_until_<step>.parquet`` (a round's own
+    ``selected_until_<step>`` is named by the step its selection was made at, before training)."""
+    return str(write_ids(read_ids(commit.files["selected_until"]), run / "final" / f"selected_until_{step}.parquet"))
+
+
 def finish_rounds(
     cfg: RunConfig, run: Path, prepared: PreparedData, setup: RunSetup, rounds: RoundsSoFar, prepare_seconds: float
 ) -> RunSummary:
@@ -383,7 +391,7 @@ def finish_rounds(
         n_selected=commits[-1].rows["selected_until"] if commits else 0,
         rounds=rounds.summaries,
         stage_seconds=total_seconds(rounds.summaries, {"prepare": prepare_seconds, "init_model": setup.init_seconds}),
-        final_selection=commits[-1].files["selected_until"] if commits else None,
+        final_selection=final_selection_file(run, commits[-1], rounds.state.step) if commits else None,
         export_dir=export.out_dir if export else None,
         final_checkpoint=rounds.checkpoint.files.get("checkpoint"),
         final_checkpoint_key=rounds.checkpoint.content_hash,
@@ -402,7 +410,8 @@ def record_run_outputs(
     ``stale/``; rows left out by reason (docs/architecture.md#stage-contract)."""
     records = [*vars(prepared).values(), setup.coincide_order, setup.initial_model, summary.export_dir]
     records += [*rounds.commits, *rounds.probes, *(Path(c.out_dir).parent / "train" for c in rounds.commits)]
-    outputs = write_run_manifest(run, records, keep=[run / "config.json", run / "summary.json"], sweep=SWEPT)
+    keep = [run / "config.json", run / "summary.json", *([summary.final_selection] if summary.final_selection else [])]
+    outputs = write_run_manifest(run, records, keep=keep, sweep=SWEPT)
     return summary.model_copy(
         update={
             "skipped": skip_counts(prepared.manifest, prepared.features),
@@ -413,7 +422,7 @@ def record_run_outputs(
     )
 
 
-SWEPT = ("rounds", "export")
+SWEPT = ("rounds", "export", "final")
 """Run subfolders whose files an older config can leave behind; reports and evaluations beside them stay."""
 
 
@@ -424,7 +433,13 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     cfg = config
     validate_run(cfg)
     run = Path(cfg.run_dir).resolve()
-    run.mkdir(parents=True, exist_ok=True)
+    with hold_run_dir(run, log.warning):
+        return select_in_run_dir(cfg, run)
+
+
+def select_in_run_dir(cfg: RunConfig, run: Path) -> dict:
+    """The flow's work while it holds the run directory (``progress_core/run/lock.py``: one run per directory)."""
+    log = get_run_logger()
     (run / "config.json").write_text(cfg.model_dump_json(indent=2))
     shared = Path(cfg.shared_dir).resolve() if cfg.shared_dir else run
 
@@ -443,8 +458,8 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
     rounds = RoundsSoFar(state, setup.initial_model)
     progress_id = start_progress(str(run))
     while (plan := next_round(rounds.state)) is not None:
-        started = time.monotonic()
         approve_after_warmup(cfg, run, rounds.state, [s.model_dump() for s in rounds.summaries])
+        started = time.monotonic()
         outcome = run_round(plan, cfg, run, prepared, setup, rounds)
         for note in outcome.commit.meta.get("notes", []):
             log.info("round %d: %s", plan.index, note)
@@ -454,13 +469,13 @@ def progress_selection(config: RunConfig = RunConfig()) -> dict:
         rounds.add(outcome, record_round(run, plan, outcome, cfg, prepared, time.monotonic() - started))
         set_progress(progress_id, outcome.to_step, setup.final_step)
         log.info(
-            "round %d: steps %d→%d, %d new of budget %d, probe accuracy %.3f",
+            "round %d: steps %d→%d, %d new of budget %d, probe accuracy %s",
             plan.index,
             plan.from_step,
             outcome.to_step,
             outcome.commit.rows["new"],
             plan.budget,
-            rounds.summaries[-1].probe_accuracy,
+            format_accuracy(rounds.summaries[-1].probe_accuracy),
         )
 
     summary = finish_rounds(cfg, run, prepared, setup, rounds, prepare_seconds)

@@ -12,9 +12,13 @@ from typing import Optional
 import typer
 import yaml
 
+from progress_cli.interrupts import interrupts_fail_loudly
+from progress_cli.options import set_option
 from progress_cli.run import _parse_set
 from progress_core.errors import ConfigError
 from progress_core.run.config import load_config
+
+COMPARED = ("progress", "random", "tfs", "coincide")
 
 
 def _floats(text: str) -> list[float]:
@@ -68,7 +72,7 @@ def register(app: typer.Typer) -> None:
             None, "--run-dir", help="Base directory: b<budget>/<strategy>/seed<k>/ per run, shared/ for common stages."
         ),
         strategies: list[str] = typer.Option(
-            ["progress", "random", "tfs", "coincide"], "--strategy", "-s", help="Strategy to compare (repeatable)."
+            list(COMPARED), "--strategy", "-s", metavar="NAME", help="Strategy to compare (repeatable)."
         ),
         budgets: Optional[str] = typer.Option(
             None, "--budgets", help="Comma-separated pool shares, e.g. 0.1,0.2,0.3 (default: schedule.budget_fraction)."
@@ -77,8 +81,10 @@ def register(app: typer.Typer) -> None:
         sweep: Optional[str] = typer.Option(
             None, "--sweep", help="One config field over values, e.g. selection.temperature=0.25,0.5,1.0."
         ),
-        full: bool = typer.Option(True, "--full/--no-full", help="Also train on the whole pool (the ceiling)."),
-        set_: list[str] = typer.Option([], "--set", help="Override one config field (repeatable)."),
+        full: bool = typer.Option(
+            True, "--full/--no-full", metavar="", help="Also train on the whole pool (the ceiling)."
+        ),
+        set_: Optional[list[str]] = set_option("selection.temperature=0.5"),
     ) -> None:
         """Compare selection strategies at equal budgets over seeds; held-out accuracy per budget and concept.
 
@@ -98,15 +104,16 @@ def register(app: typer.Typer) -> None:
 
         from flows.compare_strategies import compare_strategies
 
-        result = compare_strategies(
-            config=cfg,
-            strategies=list(strategies),
-            budgets=_floats(budgets) if budgets else None,
-            seeds=list(range(seeds)),
-            sweep_field=field,
-            sweep_values=values,
-            include_full=full,
-        )
+        with interrupts_fail_loudly():
+            result = compare_strategies(
+                config=cfg,
+                strategies=list(strategies),
+                budgets=_floats(budgets) if budgets else None,
+                seeds=list(range(seeds)),
+                sweep_field=field,
+                sweep_values=values,
+                include_full=full,
+            )
         table = pd.read_parquet(result["comparison"])
         typer.echo("")
         typer.echo(format_comparison(table, result.get("majority_baseline")))

@@ -93,12 +93,14 @@ def _register_manifest(app: typer.Typer) -> None:
         strict: bool = typer.Option(
             _default("manifest_mode") == "strict",
             "--strict/--skip",
+            metavar="",
             help="--skip (default, as `progress run`) drops bad rows, counts them and writes them with reasons "
             "to <out stem>.rejected.jsonl; --strict stops at the first bad row",
         ),
         allow_duplicate_ids: bool = typer.Option(
             _default("allow_duplicate_ids"),
             "--allow-duplicate-ids",
+            metavar="",
             help="accept rows that reuse an earlier row's id (data.allow_duplicate_ids)",
         ),
     ) -> None:

@@ -14,6 +14,7 @@ import traceback
 
 import typer
 
+from progress_cli.usage import usage_failure
 from progress_core.environment import apply_defaults
 from progress_core.errors import ProgressError
 
@@ -35,7 +36,9 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also PROGRESS_DEBUG=1)."),
+    debug: bool = typer.Option(
+        False, "--debug", metavar="", help="Show the full traceback of an error (also PROGRESS_DEBUG=1)."
+    ),
 ) -> None:
     """progress-flows command line."""
 
@@ -76,17 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[DEBUG_ENV] = "1"
     apply_defaults()
     try:
-        app(args=args, standalone_mode=False)
+        returned = app(args=args, standalone_mode=False)
     except ProgressError as exc:
         if debug_enabled():
             traceback.print_exc()
         _error(str(exc))
-        return 1
+        return getattr(exc, "exit_code", 1)
     except SystemExit as exc:  # typer/click exits
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 1
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
+    except typer.TyperException as exc:
+        return usage_failure(exc, _error)
     except Exception as exc:
         import click
 
@@ -102,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if debug_enabled() else " (add --debug for the traceback)"
         _error(f"{type(exc).__name__}: {first}{hint}")
         return 1
-    return 0
+    if returned == 130:
+        _error("interrupted")
+    return returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
 
 
 if __name__ == "__main__":

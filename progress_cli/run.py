@@ -1,7 +1,8 @@
 """``progress run`` and ``progress demo``: the whole selection flow from the command line.
 
-The flow runs on a temporary Prefect server (its own process group, cleaned up after a killed run) unless
-``PREFECT_API_URL`` points at a running one (then the run shows up in that server's UI). The whole config and
+The flow runs on the Prefect server at ``PREFECT_API_URL`` when set, else on the one a running ``make ui``
+started (both show the run in their UI), else on a temporary server (its own process group, cleaned up after a
+killed run); the first line says which. The whole config and
 its input files are validated before Prefect is even imported, so a typo fails in seconds. The orchestration
 package is imported only when these commands run.
 """
@@ -17,10 +18,13 @@ from typing import Any, Optional
 
 import typer
 
+from progress_cli.interrupts import interrupts_fail_loudly
 from progress_cli.options import PRESETS
 from progress_cli.options import parse_set as _parse_set
 from progress_core.environment import apply_defaults
+from progress_core.reporting.summary import format_accuracy
 from progress_core.run.config import RunConfig, load_config
+from progress_core.run.lock import hold_run_dir
 from progress_core.run.validation import validate_run
 
 
@@ -34,7 +38,8 @@ def format_rounds(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['round']:>5} {str(r['strategy'])[:12]:<12} {r['from_step']:>5}→{r['to_step']:<5} "
-            f"{r.get('budget', r['new']):>6} {r['new']:>6} {r['selected']:>8} {r['probe_accuracy']:>9.3f} "
+            f"{r.get('budget', r['new']):>6} {r['new']:>6} {r['selected']:>8} "
+            f"{format_accuracy(r['probe_accuracy']):>9} "
             f"{r['seconds']:>6}"
         )
     return "\n".join(lines)
@@ -63,15 +68,30 @@ def quiet_tracebacks() -> None:
 
 @contextlib.contextmanager
 def prefect_api() -> Iterator[None]:
-    """The Prefect API of this command: ``PREFECT_API_URL`` when set, else a temporary server."""
+    """The Prefect API of this command: ``PREFECT_API_URL`` when set, else the server of a running ``make ui``,
+    else a temporary server; the command's first line says which."""
     if os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"prefect: the server at PREFECT_API_URL={os.environ['PREFECT_API_URL']}", err=True)
         yield
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.setup import temporary_server
+    from deployments.ui import running_ui_api
 
-    with temporary_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
+    ui_api = running_ui_api()
+    if ui_api:
+        typer.echo(
+            f"prefect: the server of `make ui` (UI {ui_api.removesuffix('/api')}: the run shows there)", err=True
+        )
+    else:
+        typer.echo(
+            "prefect: a temporary server for this command (its links stop working when it ends; `make ui` keeps "
+            "one up that later runs use)",
+            err=True,
+        )
+    server = contextlib.nullcontext(ui_api) if ui_api else temporary_server()
+    with server as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
         try:
             yield
         finally:
@@ -97,8 +117,9 @@ def run_flow(overrides: dict[str, Any], config_path: Optional[Path]) -> dict:
 
     quiet_tracebacks()
     on_terminal = cfg.orchestration.approve_after_warmup and not os.environ.get("PREFECT_API_URL")
-    with prefect_api(), terminal_approval(on_terminal):
-        return progress_selection(config=cfg)
+    with interrupts_fail_loudly(), hold_run_dir(cfg.run_dir, lambda line: typer.echo(line, err=True)):
+        with prefect_api(), terminal_approval(on_terminal):
+            return progress_selection(config=cfg)
 
 
 def format_concepts(path: str) -> str:
@@ -163,6 +184,7 @@ def _register_run(app: typer.Typer) -> None:
         set_: list[str] = typer.Option(
             [],
             "--set",
+            metavar="KEY=VALUE",
             help="Override one field, e.g. --set selection.selection_num=500 "
             "(repeatable; dotted keys address nested fields).",
         ),
@@ -199,7 +221,9 @@ def _register_prepare_run(app: typer.Typer) -> None:
     def prepare_run_command(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (as for `progress run`)."),
         out: Optional[str] = typer.Option(None, "--out", help="Directory of the prepared data (sets shared_dir)."),
-        set_: list[str] = typer.Option([], "--set", help="Override one config field (repeatable)."),
+        set_: list[str] = typer.Option(
+            [], "--set", metavar="KEY=VALUE", help="Override one config field (repeatable)."
+        ),
     ) -> None:
         """Only the data preparation of a run: manifest, features, both clusterings, warm-up pools.
 
@@ -213,7 +237,7 @@ def _register_prepare_run(app: typer.Typer) -> None:
         from flows.prepare_data import prepare_data
 
         quiet_tracebacks()
-        with prefect_api():
+        with interrupts_fail_loudly(), prefect_api():
             result = prepare_data(config=cfg)
         typer.echo("")
         for key, value in result.items():

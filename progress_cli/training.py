@@ -90,12 +90,14 @@ def _train_command(
     to_step: int = typer.Option(..., "--to-step", min=0, help="train until this global step"),
     out: Path = typer.Option(..., "--out", help="checkpoint directory to write (HF model dir + training state)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="continue this checkpoint"),
-    init: bool = typer.Option(False, "--init", help="start a new run (tiny: build the model from the manifest's text)"),
+    init: bool = typer.Option(
+        False, "--init", metavar="", help="start a new run (tiny: build the model from the manifest's text)"
+    ),
     config: ConfigFile = None,
     preset: PresetName = None,
     set_: Optional[list[str]] = set_option("training.global_batch_size=16"),
 ) -> None:
-    """Continue ONE training run to --to-step on the given samples (steps = samples // global batch).
+    """Continue ONE training run to --to-step on the given samples (steps = ceil(samples / global batch)).
 
     The model, batch sizes, processes, learning rate, seed and threads come from the `training` section.
     The schedule spans FINAL_STEP: schedule.final_step when set, else the checkpoint's, else
@@ -150,7 +152,12 @@ def _probe_command(
     images: Optional[Path] = typer.Option(
         None, "--images", help="image root the manifest's paths are relative to (default: data.image_root)"
     ),
-    selected: Path = typer.Option(..., "--selected", help="Parquet with sample_id: the selected-so-far set"),
+    selected: Path = typer.Option(
+        ...,
+        "--selected",
+        help="Parquet with sample_id: the set to probe from (a run's probe.source: held_out = the round's "
+        "remaining_after set, selected = its selected_until set)",
+    ),
     clusters: Path = typer.Option(
         ..., "--clusters", help="annotation cluster assignment Parquet (sample_id, cluster_id)"
     ),
@@ -159,8 +166,10 @@ def _probe_command(
     preset: PresetName = None,
     set_: Optional[list[str]] = set_option("probe.samples_per_cluster=100"),
 ) -> None:
-    """Answer <= N selected samples per annotation cluster, judge them, write per-sample and per-cluster tables.
+    """Answer <= N samples of --selected per annotation cluster, judge them, write per-sample and per-cluster tables.
 
+    A run probes what probe.source names: held_out (the default) = samples not selected yet, so pass the
+    round's remaining_after set; selected = the selected-so-far set (the original scripts' probe).
     N is probe.samples_per_cluster (empty = all, as at the warm-up probes); the judge is probe.judge.*,
     the batch and threads probe.*, the checkpoint loads with training.model.* (as the trainer wrote it) and
     the probe sample is drawn with the run's seed.

@@ -27,6 +27,7 @@ from prefect.artifacts import TableArtifact, create_progress_artifact, update_pr
 
 from progress_core.id_sets import read_ids
 from progress_core.probe.accuracy_table import read_accuracy_table
+from progress_core.reporting.summary import format_accuracy
 from tasks._tables import manifest_rows
 from tasks.stage import StageRecord
 
@@ -174,11 +175,12 @@ CLUSTER_TABLE_COLUMNS = (
     "cluster",
     "what it is",
     "sample ids",
-    "accuracy before → after",
+    "accuracy prev → now",
     "relative change",
     "probability",
     "selected",
     "pool left",
+    "accuracy after",
 )
 
 
@@ -229,9 +231,10 @@ def round_cluster_table(
     """Clusters of one round for a reader, most selected first.
 
     Columns: cluster, what it is (concept label and most common question words), a few sample ids selected
-    from it, probe accuracy before → after the round, relative change, selection probability, selected, and
-    the samples of the cluster left in the pool. Missing facts (warm-up rounds, strategies without scores)
-    show as "–". Accuracy before comes from the selection's scores, else from ``probe_before`` (the previous
+    from it, the accuracy of the two probes the selection compared (prev → now) and their relative change,
+    which set the selection probability, selected, the samples of the cluster left in the pool, and the
+    accuracy of the probe after the round. Missing facts (warm-up rounds, strategies without scores) show as
+    "–". Both probes come from the selection's scores; without scores "now" is ``probe_before`` (the previous
     round's per-cluster probe table).
     """
     k = int(annotation_ids.max()) + 1 if annotation_ids.size else 0
@@ -263,11 +266,12 @@ def round_cluster_table(
                 "cluster": int(cid),
                 "what it is": descriptions.get(int(cid), ""),
                 "sample ids": ", ".join(picked_ids.get(int(cid), [])),
-                "accuracy before → after": f"{_fmt(before, '.2f')} → {_fmt(acc_after, '.2f')}",
+                "accuracy prev → now": f"{_fmt(_score(scores, 'acc_prev', cid), '.2f')} → {_fmt(before, '.2f')}",
                 "relative change": "–" if rel is None else f"{rel:+.1%}",
                 "probability": _fmt(prob, ".3f"),
                 "selected": int(selected[cid]) if cid < k else 0,
                 "pool left": int(left[cid]) if cid < k else 0,
+                "accuracy after": _fmt(acc_after, ".2f"),
             }
         )
     table = pd.DataFrame(rows, columns=list(CLUSTER_TABLE_COLUMNS))
@@ -350,11 +354,24 @@ def _share_lines(shares: pd.DataFrame | None) -> list[str]:
     return lines + [f"| {r.family} | {r.share:.1%} |" for r in shares.itertuples()]
 
 
+def _probe_line(probe_meta: dict, step: int, strategy: str | None) -> str:
+    if not probe_meta.get("n", 0):
+        return (
+            f"- probe at step {step}: not probed (strategy `{strategy}` does not read it; "
+            "probe.all_strategies probes anyway)"
+        )
+    return (
+        f"- probe at step {step}: {probe_meta.get('correct', 0)} / {probe_meta.get('n', 0)} correct "
+        f"over {probe_meta.get('clusters', 0)} clusters ({probe_meta.get('unjudged', 0)} unjudged)"
+    )
+
+
 def _round_row(
     round_index: int, step: int, next_step: int, commit: StageRecord, probe_meta: dict, seconds: float, round_dir: Path
 ) -> dict:
     """The round's row in the run report and the flow's round summary."""
-    accuracy = probe_meta.get("correct", 0) / max(probe_meta.get("n", 0) - probe_meta.get("unjudged", 0), 1)
+    judged = probe_meta.get("n", 0) - probe_meta.get("unjudged", 0)
+    accuracy = round(probe_meta.get("correct", 0) / judged, 4) if judged > 0 else None
     return {
         "round": round_index,
         "strategy": commit.meta.get("strategy"),
@@ -364,7 +381,7 @@ def _round_row(
         "selected": commit.rows["selected_until"],
         "remaining": commit.rows["remaining_after"],
         "probe_n": probe_meta.get("n", 0),
-        "probe_accuracy": round(accuracy, 4),
+        "probe_accuracy": accuracy,
         "seconds": round(seconds, 1),
         "dir": str(round_dir),
     }
@@ -408,8 +425,7 @@ def publish_round(
         f"- new samples: **{commit.rows['new']}**, selected so far: **{commit.rows['selected_until']}**, "
         f"left in the pool: {commit.rows['remaining_after']}",
         *budget_lines(commit, table, run_dir),
-        f"- probe at step {next_step}: {probe_meta.get('correct', 0)} / {probe_meta.get('n', 0)} correct "
-        f"over {probe_meta.get('clusters', 0)} clusters ({probe_meta.get('unjudged', 0)} unjudged)",
+        _probe_line(probe_meta, next_step, commit.meta.get("strategy")),
         f"- final training loss: {_fmt(train.meta.get('final_loss'), '.4f')}",
         f"- time spent: {seconds:.1f} s",
     ]
@@ -420,8 +436,9 @@ def publish_round(
         round_key(run_dir, round_index, "clusters"),
         _records(table),
         f"Round {round_index} (steps {step}→{next_step}): clusters it selected from or probed, most selected "
-        "first. what it is: concept label · most common question words; relative change: the accuracy change "
-        "of the last two probes, which set the probability.",
+        "first. what it is: concept label · most common question words; accuracy prev → now and relative "
+        "change: the last two probes before the round, which set the probability; accuracy after: this round's "
+        "probe.",
     )
     summary_id = upsert_markdown(
         round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary"
@@ -452,7 +469,8 @@ def rounds_plot(rows: list[dict]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    ax1.plot([r["to_step"] for r in rows], [r["probe_accuracy"] for r in rows], marker="o")
+    accuracy = [np.nan if r["probe_accuracy"] is None else r["probe_accuracy"] for r in rows]
+    ax1.plot([r["to_step"] for r in rows], accuracy, marker="o")
     ax1.set(title="probe accuracy after each round", xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
     ax2.bar([r["round"] for r in rows], [r["new"] for r in rows], color="tab:orange")
     ax2.set(title="new samples per round", xlabel="round (0, 1 = warm-up)", ylabel="samples")
@@ -497,7 +515,7 @@ def run_report(run_dir: str, rows: list[dict], final_step: int | None = None, ex
         )
         lines.append(
             f"| {r['round']} | {r['strategy']} | {r['from_step']}→{r['to_step']} | {r['new']} | {r['selected']} "
-            f"| {r['probe_accuracy']:.3f} | {r['seconds']} | {details} |"
+            f"| {format_accuracy(r['probe_accuracy'])} | {r['seconds']} | {details} |"
         )
     lines.append("")
     if done and rows:

@@ -16,6 +16,7 @@ from prefect import task
 from progress_core.data.manifest import ManifestError, build_manifest, iter_json_array, require_rows
 from progress_core.io import files_fingerprint
 from tasks.stage import StageRecord, stage, stage_cache_key
+from tasks.stage import _say as say
 
 
 def image_paths(pool_json: str | os.PathLike, image_root: str | None) -> list[str]:
@@ -57,6 +58,12 @@ def manifest_stage(
         allow_duplicate_ids=allow_duplicate_ids,
     )
     require_rows(report, pool.files["pool_json"])
+    if report.n_rejected:
+        per = ", ".join(f"{k} {v}" for k, v in sorted(report.rejected_by_error.items()))
+        say(
+            f"manifest: skipped {report.n_rejected} of {report.n_input_rows} rows ({per}); each with its row (0-based "
+            f"position in {pool.files['pool_json']}), id and reason in {report.rejected_path}"
+        )
     files = {"manifest": str(out)}
     meta = {"image_root": pool.meta.get("image_root"), "report": json.loads(report.model_dump_json())}
     if "labels" in pool.files:

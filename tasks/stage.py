@@ -19,7 +19,8 @@ One rule decides reuse, here and nowhere else:
   run can be ``Cached`` only over outputs that are intact.
 
 ``PROGRESS_FAULT=stage[@n]:point[:mode]`` (points ``start``, ``after_outputs``, ``after_marker``; mode
-``raise`` or ``exit``) injects a crash for the fault-injection tests.
+``raise`` or ``exit``) injects a crash for the fault-injection tests; mode ``wait`` writes
+``fault: waiting at stage:point`` to stderr and waits there until a signal stops the run.
 """
 
 from __future__ import annotations
@@ -339,6 +340,10 @@ def inject_fault(stage_name: str, point: str) -> None:
             continue
         if mode == "exit":
             os._exit(137)
+        if mode == "wait":
+            os.write(2, f"fault: waiting at {stage_name}:{point}\n".encode())
+            while True:
+                time.sleep(0.1)
         raise InjectedFault(f"injected fault at {stage_name}:{point}")
 
 

@@ -193,7 +193,7 @@ def test_strict_mode_raises_named_error_with_row_index(tmp_path, error, bad, rea
     with pytest.raises(error, match=reason) as info:
         build_manifest(pool, tmp_path / "m.parquet", image_root=images)
     assert info.value.row == 2
-    assert "row 2" in str(info.value)
+    assert "row 2 (0-based)" in str(info.value)
     assert isinstance(info.value, ProgressError)
     assert not (tmp_path / "m.parquet").exists()
     assert list(tmp_path.glob("*.tmp")) == []

@@ -15,14 +15,17 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.artifacts as art
+from progress_cli.run import format_rounds
 from progress_core.id_sets import write_ids
 from progress_core.probe.accuracy_table import write_accuracy_table
+from progress_core.reporting.summary import RoundSummary
 from tasks.artifacts import (
     artifact_key,
     concept_shares,
     describe_clusters,
     publish_round,
     round_cluster_table,
+    rounds_plot,
     run_report,
 )
 from tasks.stage import StageRecord
@@ -76,6 +79,7 @@ def round_files(tmp_path) -> dict:
     pd.DataFrame(
         {
             "cluster_id": [0, 1, 2],
+            "acc_prev": [0.25, np.nan, 0.25],
             "acc_now": [0.5, np.nan, 0.25],
             "rel": [1.0, np.nan, 0.0],
             "probability": [0.75, 0.25, np.nan],
@@ -111,11 +115,12 @@ def test_cluster_table_columns_formatting_and_order(round_files):
         "cluster",
         "what it is",
         "sample ids",
-        "accuracy before → after",
+        "accuracy prev → now",
         "relative change",
         "probability",
         "selected",
         "pool left",
+        "accuracy after",
     ]
     assert table["cluster"].tolist() == [0, 1, 3, 2], "most selected first, then by cluster"
     rows = table.set_index("cluster")
@@ -124,16 +129,31 @@ def test_cluster_table_columns_formatting_and_order(round_files):
     assert (
         rows.loc[0, "sample ids"] == "s0, s1" and rows.loc[3, "sample ids"] == "s9" and rows.loc[2, "sample ids"] == ""
     )
-    assert rows["accuracy before → after"].to_dict() == {
-        0: "0.50 → 1.00",
-        1: "0.40 → 0.50",
-        3: "0.33 → –",
+    assert rows["accuracy prev → now"].to_dict() == {
+        0: "0.25 → 0.50",
+        1: "– → 0.40",
+        3: "– → 0.33",
         2: "0.25 → 0.25",
-    }, "before: the selection's scores, else the previous probe; missing: –"
+    }, "the selection's two probes, else the previous probe as now; missing: –"
+    assert rows["accuracy after"].to_dict() == {0: "1.00", 1: "0.50", 3: "–", 2: "0.25"}
     assert rows["relative change"].to_dict() == {0: "+100.0%", 1: "–", 3: "–", 2: "+0.0%"}
     assert rows["probability"].to_dict() == {0: "0.750", 1: "0.250", 3: "–", 2: "0.100"}
     assert rows["selected"].to_dict() == {0: 2, 1: 1, 3: 1, 2: 0}
     assert rows["pool left"].to_dict() == {0: 1, 1: 2, 3: 0, 2: 3}
+
+
+def test_cluster_table_relative_change_is_that_of_the_accuracies_beside_it(round_files):
+    table = round_cluster_table(
+        round_files["commit"], round_files["probe"], ANNOTATION, round_files["manifest"], round_files["before"]
+    )
+    shown = 0
+    for pair, rel in zip(table["accuracy prev → now"], table["relative change"]):
+        if rel == "–":
+            continue
+        prev, now = (float(x) for x in pair.split(" → "))
+        assert f"{(now - prev) / prev:+.1%}" == rel
+        shown += 1
+    assert shown == 2
 
 
 def test_cluster_table_without_manifest_or_scores(round_files):
@@ -142,7 +162,8 @@ def test_cluster_table_without_manifest_or_scores(round_files):
     table = round_cluster_table(bare, round_files["probe"], ANNOTATION)
     assert table["cluster"].tolist() == [0, 1, 3, 2]
     assert set(table["what it is"]) == {""} and set(table["sample ids"]) == {""}
-    assert table["accuracy before → after"].tolist() == ["– → 1.00", "– → 0.50", "– → –", "– → 0.25"]
+    assert table["accuracy prev → now"].tolist() == ["– → –"] * 4
+    assert table["accuracy after"].tolist() == ["1.00", "0.50", "–", "0.25"]
     assert set(table["probability"]) == {"–"} and set(table["relative change"]) == {"–"}
 
 
@@ -219,7 +240,7 @@ def test_round_summary_row_and_run_report(round_files, published, tmp_path):
         ("markdown", "my-run-summary"),
     ]
     clusters = published[0][2]
-    assert [r["cluster"] for r in clusters] == [0, 1, 3, 2] and clusters[0]["accuracy before → after"] == "0.50 → 1.00"
+    assert [r["cluster"] for r in clusters] == [0, 1, 3, 2] and clusters[0]["accuracy prev → now"] == "0.25 → 0.50"
     summary = published[1][2].splitlines()
     assert summary[0] == "# Round 2: steps 5 → 8"
     for line in (
@@ -266,11 +287,28 @@ def test_accuracy_before_comes_from_the_previous_rounds_probe(round_files, publi
     )
     _round(round_files, run_dir, 2, commit=bare, probe_after=first_probe)
     _round(round_files, run_dir, 3, commit=bare)
-    table = {r["cluster"]: r["accuracy before → after"] for r in published[-3][2]}
-    assert table[0] == "0.25 → 1.00" and table[3] == "0.75 → –"
+    table = {r["cluster"]: (r["accuracy prev → now"], r["accuracy after"]) for r in published[-3][2]}
+    assert table[0] == ("– → 0.25", "1.00") and table[3] == ("– → 0.75", "–")
     _round(round_files, run_dir, 5, commit=bare)
-    table = {r["cluster"]: r["accuracy before → after"] for r in published[-3][2]}
-    assert table[0] == "– → 1.00", "a probe from a round that is not the previous one is not 'before'"
+    table = {r["cluster"]: (r["accuracy prev → now"], r["accuracy after"]) for r in published[-3][2]}
+    assert table[0] == ("– → –", "1.00"), "a probe from a round that is not the previous one is not 'now'"
+
+
+def test_a_round_without_probe_shows_a_dash_not_zero_accuracy(round_files, published, tmp_path):
+    run_dir = str(tmp_path / "run")
+    commit = round_files["commit"].model_copy(update={"meta": {"strategy": "random"}})
+    unprobed = round_files["probe"].model_copy(update={"meta": {"correct": 0, "n": 0, "clusters": 0, "unjudged": 0}})
+    row = _round(round_files, run_dir, 2, commit=commit, probe_after=unprobed)
+    assert row["probe_n"] == 0 and row["probe_accuracy"] is None
+    assert (
+        "- probe at step 8: not probed (strategy `random` does not read it; probe.all_strategies probes anyway)"
+        in published[1][2]
+    )
+    assert "| 2 | random | 5→8 | 4 | 6 | – | 2.5 |" in published[2][2]
+    assert RoundSummary(**{k: v for k, v in row.items()}, budget=4).probe_accuracy is None
+    rows = [{**row, "budget": 4}]
+    assert format_rounds(rows).splitlines()[-1].split()[6] == "–"
+    assert rounds_plot(rows)[:4] == b"\x89PNG"
 
 
 def test_final_report_has_totals_and_an_embedded_plot(tmp_path):

@@ -4,6 +4,7 @@ write and when they are reused (docs/architecture.md#stage-contract)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -150,6 +151,18 @@ def test_skipped_rows_are_counted_and_their_file_is_part_of_the_stage(tmp_path):
     assert skip_counts(rec) == {"manifest: MissingImageError": 2}
     written = read_marker_file(out).written
     assert any(p.endswith(".rejected.jsonl") for p in written) and any(p.endswith("manifest.parquet") for p in written)
+
+
+def test_skipped_rows_are_announced_with_the_rejected_rows_file_when_it_happens(tmp_path, caplog):
+    pool, root = _pool(tmp_path, n=6, missing=(1, 4))
+    cfg = DataConfig(pool_json=str(pool), image_root=str(root))
+    pool_rec = prepare_pool.fn(data=cfg, fingerprint=pool_fingerprint(cfg), out_dir=str(tmp_path / "data"))
+    out = tmp_path / "manifest"
+    with caplog.at_level(logging.INFO, logger="progress.stage"):
+        manifest_stage.fn(pool=pool_rec, mode="skip", allow_duplicate_ids=False, out_dir=str(out))
+    (line,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert line.startswith("manifest: skipped 2 of 6 rows (MissingImageError 2); each with its row (0-based")
+    assert line.endswith(str(out / "manifest.rejected.jsonl"))
 
 
 def test_empty_pool_fails_without_a_marker_so_the_next_run_retries(tmp_path, builds):

@@ -79,7 +79,7 @@ class ManifestError(ProgressError):
         if self.path:
             where.append(self.path)
         if row is not None:
-            where.append(f"row {row}" + (f" (id {sample!r})" if sample is not None else ""))
+            where.append(f"row {row} (0-based)" + (f" (id {sample!r})" if sample is not None else ""))
         prefix = ": ".join(where)
         super().__init__(f"{prefix}: {reason}" if prefix else reason)
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from progress_core.id_sets import read_ids
 from progress_core.io import atomic_path, write_parquet
+from progress_core.reporting.summary import format_accuracy
 
 
 def _family_of(manifest_path: str | os.PathLike, labels_path: str | os.PathLike) -> np.ndarray:
@@ -229,7 +230,7 @@ def run_report(summary, manifest_path, labels_path, out_dir: str | os.PathLike) 
                 "budget": r["budget"],
                 "new": r["new"],
                 "selected": r["selected"],
-                "probe acc": r["probe_accuracy"],
+                "probe acc": format_accuracy(r["probe_accuracy"]),
                 "quota": r["quota_mode"],
                 **{f"{k} s": v for k, v in r["stage_seconds"].items()},
             }

@@ -31,7 +31,7 @@ class RoundSummary(BaseModel):
     selected: int = Field(description="Samples selected so far, warm-up included.")
     remaining: int
     probe_n: int = 0
-    probe_accuracy: float = 0.0
+    probe_accuracy: float | None = Field(None, description="Probe accuracy after the round; None when not probed.")
     seconds: float = Field(0.0, description="Wall-clock seconds of the whole round.")
     stage_seconds: dict[str, float] = Field(default_factory=dict, description="Seconds per stage (select/train/probe).")
     quota_mode: str = Field("", description="redistribute (default) or original (capped quota dropped).")
@@ -75,6 +75,11 @@ class RunSummary(BaseModel):
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
         return out
+
+
+def format_accuracy(value: float | None, spec: str = ".3f") -> str:
+    """An accuracy as shown to people: "–" for a round that was not probed (or had no judged answer)."""
+    return "–" if value is None or value != value else format(value, spec)
 
 
 def total_seconds(rounds: list[RoundSummary], extra: dict[str, float] | None = None) -> dict[str, float]:

@@ -29,6 +29,7 @@ from progress_core.data.config import DataConfig
 from progress_core.errors import ConfigError
 from progress_core.features.config import FeatureConfig
 from progress_core.probe.config import ProbeConfig
+from progress_core.run.config_errors import model_field_paths, unknown_field_hint, yaml_error_line
 from progress_core.selection.config import ScheduleConfig, SelectionConfig
 from progress_core.training.config import TrainingConfig
 
@@ -222,7 +223,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+            raise ConfigError(yaml_error_line(p, exc)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     data = _merge(data, overrides or {})
@@ -253,5 +254,5 @@ def _field_error(error: dict) -> str:
     where = ".".join(str(x) for x in error["loc"]) or "config"
     got = f" (got {repr(error['input'])[:80]})" if error.get("type") not in ("missing", "extra_forbidden") else ""
     if error.get("type") == "extra_forbidden":
-        return f"invalid config field '{where}': unknown field; remove it or check its spelling"
+        return f"invalid config field '{where}': unknown field{unknown_field_hint(where, model_field_paths(RunConfig))}"
     return f"invalid config field '{where}': {error['msg']}{got}"

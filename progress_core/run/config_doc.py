@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from progress_core.errors import ConfigError
 from progress_core.run.config import PRESETS, RunConfig
+from progress_core.run.config_errors import model_field_paths
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -94,14 +95,7 @@ def explain(path: str, keyed: Sequence[str] | None = None, downstream: Sequence[
 
 def field_paths(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
     """Every dotted field path of the run config (sections and leaves)."""
-    out: list[str] = []
-    for key, info in model.model_fields.items():
-        path = f"{prefix}{key}"
-        out.append(path)
-        nested = _model_of(info.annotation)
-        if nested is not None:
-            out += field_paths(nested, path + ".")
-    return out
+    return model_field_paths(model, prefix)
 
 
 def explain_or_error(path: str, keyed: Sequence[str] | None = None, downstream: Sequence[str] | None = None) -> str:
