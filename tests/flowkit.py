@@ -121,3 +121,14 @@ def states_by_stage(runs: list) -> dict[str, list[str]]:
         stage = r.name.split("[")[0]
         out.setdefault(stage, []).append(r.state.name if r.state else "?")
     return out
+
+
+def png_bytes(value: int, size: int = 2) -> bytes:
+    """A real ``size`` x ``size`` PNG whose colour follows ``value`` (distinct bytes per value)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), (value % 256, (value * 7) % 256, (value * 13) % 256)).save(out, format="PNG")
+    return out.getvalue()

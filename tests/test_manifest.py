@@ -3,6 +3,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from flowkit import png_bytes
 
 from progress_core.data.manifest import (
     MANIFEST_SCHEMA,
@@ -60,7 +61,7 @@ def _write_images(root, rows):
         if r.get("image"):
             p = root / r["image"]
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(b"x")
+            p.write_bytes(png_bytes(len(str(p))))
 
 
 def _write_pool(path, rows, indent=None):
@@ -293,3 +294,28 @@ def test_missing_inputs_and_non_manifest_are_named_errors(tmp_path):
     (tmp_path / "junk.parquet").write_text("junk")
     with pytest.raises(ManifestFileError, match="not a Parquet file"):
         read_manifest(tmp_path / "junk.parquet")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_truncated_image_is_a_named_skip_with_its_pool_row_and_id(tmp_path, fmt):
+    import io
+
+    from PIL import Image
+
+    from progress_core.data.manifest import UnreadableImageError
+
+    rows = [{"id": f"r{i}", "image": f"{i}.img", "conversations": _turns("q", "a")} for i in range(6)]
+    for i in range(6):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (i * 40, 10, 20)).save(buf, format=fmt)
+        data = buf.getvalue()
+        (tmp_path / f"{i}.img").write_bytes(data[: len(data) // 2] if i == 4 else data)
+    pool = _write_pool(tmp_path / "pool.json", rows)
+    report = build_manifest(pool, tmp_path / "m.parquet", image_root=tmp_path, mode="skip")
+    assert report.n_rows == 5 and report.rejected_by_error == {"UnreadableImageError": 1}
+    kept = pq.read_table(tmp_path / "m.parquet").column("id").to_pylist()
+    assert kept == ["r0", "r1", "r2", "r3", "r5"]
+    rejected = [json.loads(line) for line in open(rejected_path_for(tmp_path / "m.parquet"))]
+    assert [(r["row"], r["id"], r["error"]) for r in rejected] == [(4, "r4", "UnreadableImageError")]
+    with pytest.raises(UnreadableImageError, match=r"row 4 \(0-based\) \(id 'r4'\).*cannot be read"):
+        build_manifest(pool, tmp_path / "strict.parquet", image_root=tmp_path, mode="strict")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from flowkit import png_bytes
 
 import tasks.manifest as data_mod
 from progress_core.data.config import DataConfig
@@ -30,7 +31,7 @@ def _pool(tmp_path: Path, n: int = 5, missing: tuple[int, ...] = ()) -> tuple[Pa
     for i in range(n):
         rows.append({"id": f"s{i}", "image": f"{i}.png", "conversations": _turns(f"q{i}", f"a{i}")})
         if i not in missing:
-            (root / f"{i}.png").write_bytes(b"\x89PNG" + bytes([i]))
+            (root / f"{i}.png").write_bytes(png_bytes(i))
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(rows))
     return pool, root
@@ -130,7 +131,7 @@ def test_manifest_key_follows_images_and_mode_and_reuse_skips_the_build(tmp_path
 
     img = root / "2.png"
     st = img.stat()
-    img.write_bytes(b"\x89PNG-fixed")
+    img.write_bytes(png_bytes(200))
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     new_images = image_fingerprint(pool_rec)
     assert new_images != images

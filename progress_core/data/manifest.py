@@ -16,11 +16,13 @@ the original scripts consume (``Top_50K.json``, ``fastest_acc_data_7500.json``, 
 from __future__ import annotations
 
 import codecs
+import collections
 import json
 import os
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -106,6 +108,10 @@ class DuplicateIdError(ManifestError):
 
 class MissingImageError(ManifestError):
     """A row's ``image`` does not exist under the image root (or points outside it)."""
+
+
+class UnreadableImageError(ManifestError):
+    """A row's image exists but does not decode (a truncated file, or not an image at all)."""
 
 
 class ManifestReport(BaseModel):
@@ -357,6 +363,30 @@ def _check_image(image: str | None, image_root: Path | None, row: int, sample: s
         raise MissingImageError(f"image {image!r} not found under {str(image_root)!r}", row=row, sample=sample)
 
 
+IMAGE_CHECK_WINDOW = 256
+"""Rows whose images are being verified at once (in threads) while later rows are parsed."""
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """None when the image at ``path`` decodes, else why not.
+
+    PNG and most formats are verified (every chunk's CRC, no pixel decode); a JPEG, which ``verify`` does
+    not check, is decoded at its smallest draft scale, which still reads every byte of the stream.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (1, 1))
+                im.load()
+            else:
+                im.verify()
+    except Exception as exc:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ValueError, ... for bad files)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 class _BatchBuilder:
     """Collects manifest rows and flushes them as Arrow record batches (bounded memory)."""
 
@@ -507,9 +537,14 @@ def _write_manifest_rows(
     outcomes: _RowOutcomes,
     progress,
 ) -> None:
-    """Stream the pool's rows into the Parquet file ``tmp``, batch by batch, sending bad rows to ``outcomes``."""
+    """Stream the pool's rows into the Parquet file ``tmp``, batch by batch, sending bad rows to ``outcomes``.
+
+    Each row's image is decoded (:func:`image_problem`) in a thread pool while later rows are parsed; rows
+    are kept or rejected in pool order.
+    """
     first_row_of_id: dict[str, int] = {}
-    with pq.ParquetWriter(tmp, MANIFEST_SCHEMA, compression="zstd") as writer:
+    pending: collections.deque = collections.deque()
+    with pq.ParquetWriter(tmp, MANIFEST_SCHEMA, compression="zstd") as writer, ThreadPoolExecutor() as pool:
         batches = _BatchBuilder(writer, batch_rows)
         for row, value in iter_json_array(pool_json, on_bytes=progress.update if progress else None):
             outcomes.n_input += 1
@@ -523,9 +558,25 @@ def _write_manifest_rows(
             except ManifestError as exc:
                 outcomes.reject(exc, row, value)
                 continue
-            outcomes.keep(r)
-            batches.add(r)
+            decode = pool.submit(image_problem, os.path.join(root, r.image)) if r.image and root else None
+            pending.append((row, value, r, decode))
+            while len(pending) > IMAGE_CHECK_WINDOW:
+                _settle(pending.popleft(), outcomes, batches)
+        while pending:
+            _settle(pending.popleft(), outcomes, batches)
         batches.flush()
+
+
+def _settle(item: tuple, outcomes: _RowOutcomes, batches: _BatchBuilder) -> None:
+    """Keep a parsed row once its image decoded, else reject it as :class:`UnreadableImageError`."""
+    row, value, r, decode = item
+    problem = None if decode is None else decode.result()
+    if problem is not None:
+        reason = f"image {r.image!r} cannot be read: {problem}"
+        outcomes.reject(UnreadableImageError(reason, row=row, sample=r.id), row, value)
+        return
+    outcomes.keep(r)
+    batches.add(r)
 
 
 class _NoPath:
