@@ -77,8 +77,10 @@ def test_bad_requests_are_named_errors(setup, tmp_path):
         train_to_step(piece.checkpoint, pool, root / "images", 41, cfg, tmp_path / "d", progress=False)
     bad = pool.iloc[:4].copy()
     bad.loc[bad.index[0], "image"] = "colour/missing.png"
-    with pytest.raises(TrainingDataError, match="row 0: image file not found"):
+    with pytest.raises(TrainingDataError, match="image file not found") as err:
         train_to_step(init, bad, root / "images", 1, cfg, tmp_path / "e", progress=False)
+    named = f"id {bad['id'].iloc[0]!r}" if "sample_id" not in bad else f"sample_id {bad['sample_id'].iloc[0]}"
+    assert str(err.value).startswith(named), "the sample is named by its id, not its position in a batch"
     with pytest.raises(ConfigError, match="multiple"):
         cfg.model_copy(update={"per_device_batch_size": 3}).micro_batches()
 
@@ -164,3 +166,16 @@ def test_lora_run_in_two_pieces_equals_one_piece(setup, tmp_path):
         progress=False,
     )
     assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+
+
+def test_rows_are_named_by_sample_id_and_id_when_they_carry_them():
+    from progress_core.training.samples import sample_labels, samples_rows
+
+    rows = [
+        {"sample_id": 70, "id": "a-70", "conversations": "[]", "image": None},
+        {"id": "b", "conversations": "[]", "image": None},
+        {"conversations": "[]", "image": None},
+    ]
+    assert sample_labels(rows) == ["sample_id 70 (id 'a-70')", "id 'b'", "row 2 (0-based)"]
+    with pytest.raises(TrainingDataError, match=r"^sample_id 70 \(id 'a-70'\): conversations must be a non-empty"):
+        samples_rows(rows)

@@ -30,7 +30,7 @@ from progress_core.probe.accuracy_table import accuracy_from_verdicts, write_acc
 from progress_core.probe.batches import token_budget_batches
 from progress_core.probe.config import ProbeConfig
 from progress_core.probe.judges import Judge
-from progress_core.training.samples import Encoder, sample_column, samples_rows
+from progress_core.training.samples import Encoder, sample_column, sample_labels, samples_rows
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,9 @@ def generate_answers(
     dtype = next(model.parameters()).dtype
     tokenizer = processor.tokenizer
     max_length = cfg.max_length or getattr(model.config.get_text_config(), "max_position_embeddings", 2048)
-    encoder = Encoder(processor, model.config.image_token_index, image_root, max_length - cfg.max_new_tokens)
+    encoder = Encoder(
+        processor, model.config.image_token_index, image_root, max_length - cfg.max_new_tokens, sample_labels(samples)
+    )
     encoded = [encoder.encode(conv, image, i, prompt_only=True) for i, (conv, image) in enumerate(rows)]
     lengths = [len(e.input_ids) for e in encoded]
     answers: list[str] = [""] * len(rows)

@@ -38,7 +38,7 @@ from progress_core.model.loading import load_model
 from progress_core.model.prompt import IGNORE_INDEX
 from progress_core.training.config import TrainingConfig
 from progress_core.training.launch import launch
-from progress_core.training.samples import EncodedRow, Encoder, samples_rows
+from progress_core.training.samples import EncodedRow, Encoder, sample_column, sample_labels, samples_rows
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ def train_to_step(
     ds_cfg, hf_ds = _deepspeed_setup(cfg, per_device, accum, world)  # hf_ds held: ZeRO-3 loads and saves through it
     saved = Path(checkpoint) / STATE_FILE if checkpoint is not None else None
     model, processor = _load_for_training(checkpoint, saved, cfg)
-    encoder = _encoder_for(model.config, processor, image_root, cfg)
+    encoder = _encoder_for(model.config, processor, image_root, cfg, sample_labels(samples))
     run = _prepare_run(model, cfg, ds_cfg, checkpoint, saved, _Layout(world, rank, per_device, accum))
     order = data_order(len(rows), n_steps * cfg.global_batch_size, cfg.seed, start, cfg.shuffle)
     show = progress and rank == 0
@@ -393,10 +393,10 @@ def _load_for_training(checkpoint, saved: Path | None, cfg: TrainingConfig):
     return model, processor
 
 
-def _encoder_for(base_config, processor, image_root, cfg: TrainingConfig) -> Encoder:
+def _encoder_for(base_config, processor, image_root, cfg: TrainingConfig, labels: list[str]) -> Encoder:
     """The row encoder, truncating at ``cfg.max_length`` or else the language model's context length."""
     max_length = cfg.max_length or getattr(base_config.get_text_config(), "max_position_embeddings", 2048)
-    return Encoder(processor, base_config.image_token_index, image_root, max_length)
+    return Encoder(processor, base_config.image_token_index, image_root, max_length, labels)
 
 
 @dataclass(frozen=True)
@@ -644,7 +644,10 @@ def train_launched(
     try:
         payload = {
             "checkpoint": None if checkpoint is None else str(checkpoint),
-            "samples": [{"conversations": c, "image": im} for c, im in rows],
+            "samples": [
+                {"conversations": c, "image": im, "sample_id": sid, "id": rid}
+                for (c, im), sid, rid in zip(rows, sample_column(samples, "sample_id"), sample_column(samples, "id"))
+            ],
             "image_root": None if image_root is None else str(image_root),
             "target_step": int(target_step),
             "config": cfg.model_dump(mode="json"),
