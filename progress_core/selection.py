@@ -148,6 +148,21 @@ class ProgressOptions(BaseModel):
         ),
     )
 
+    allocation: Literal["paper", "damped"] = Field(
+        "paper",
+        description=(
+            "paper: the softmax over clusters above (PROGRESS §3.3). damped: size-aware shares with a uniform "
+            "share over samples and a bounded tilt by the probe change in standard errors "
+            "(progress_core/allocation.py); the knobs below apply to it only."
+        ),
+    )
+    uniform_share: float = Field(0.5, ge=0, le=1, description="damped: budget share spread uniformly over samples.")
+    max_tilt: float = Field(3.0, ge=1, description="damped: largest per-sample weight relative to an untilted cluster.")
+    progress_signal: Literal["abs_change", "gain"] = Field(
+        "abs_change",
+        description="damped: |change| / SE (forgetting re-attracts budget) or the signed gain / SE, minus 1 SE.",
+    )
+
     @property
     def exploit_frac(self) -> float:
         return self.exploit_fraction
@@ -571,7 +586,12 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
     budget). No improving cluster: ``explore`` (default) spends the whole budget uniformly; ``original``
     takes the exploration share only.
     Clusters whose current accuracy is NaN (nothing judged) count as not probed.
+    ``allocation: damped`` hands the round to :func:`progress_core.allocation.damped_progress`.
     """
+    if opts.allocation == "damped":
+        from progress_core.allocation import damped_progress
+
+        return damped_progress(ctx, rng, opts)
     scores = _progress_scores(ctx, opts)
     clusters = _progress_clusters(ctx, scores)
     notes: list[str] = []
