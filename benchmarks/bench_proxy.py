@@ -81,11 +81,14 @@ _DATA = {}
 
 
 def _worker_init(pool_dirs: dict, settings_json: str) -> None:
+    """Spawned, not forked: a forked child of a process that ran faiss spins forever in OpenMP's sched_yield."""
+    import faiss
     import torch
 
     from progress_core.proxy import ProxySettings, load_proxy_data
 
     torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     settings = ProxySettings.model_validate_json(settings_json)
     for name, path in pool_dirs.items():
         _DATA[name] = (load_proxy_data(path, settings), settings)
@@ -206,7 +209,7 @@ def main() -> None:
 
 
 def _run_grid(run_dir: Path, args, pools: list[str], rows: pd.DataFrame, path: Path) -> pd.DataFrame:
-    from multiprocessing import Pool
+    from multiprocessing import get_context
 
     from progress_core.proxy import ProxySettings
 
@@ -215,20 +218,34 @@ def _run_grid(run_dir: Path, args, pools: list[str], rows: pd.DataFrame, path: P
     print(f"pools ready in {time.monotonic() - started:.0f} s", flush=True)
     done = set(zip(rows["pool"], rows["variant"], rows["budget"].astype(float), rows["seed"].astype(int)))
     budgets = [float(b) for b in args.budgets.split(",")]
-    jobs = [(p, v, b, s) for p in pools for s in range(args.seeds) for v in args.variants.split(",") for b in budgets]
-    jobs += [(p, "full", 1.0, s) for p in pools for s in range(args.seeds)]
+    variants = args.variants.split(",")
+    jobs = [(p, v, b, s) for s in range(args.seeds) for p in pools for v in [*variants, "full"] for b in budgets]
+    jobs = list(dict.fromkeys((p, v, 1.0, s) if v == "full" else (p, v, b, s) for p, v, b, s in jobs))
     jobs = [j for j in jobs if j not in done]
     started = time.monotonic()
-    with Pool(args.workers, _worker_init, (dirs, ProxySettings().model_dump_json())) as workers:
-        new = list(workers.imap_unordered(_run, jobs, chunksize=4))
-    print(f"{len(jobs)} proxy runs in {time.monotonic() - started:.0f} s", flush=True)
-    if new:
-        fresh = pd.DataFrame(new).drop(columns=["concepts"])
-        rows = pd.concat([rows, fresh], ignore_index=True) if len(rows) else fresh
-        rows.to_parquet(path)
-        pd.DataFrame(
-            [{**{k: r[k] for k in ("pool", "variant", "budget", "seed")}, **r["concepts"]} for r in new]
-        ).to_parquet(run_dir / f"proxy_concepts_{int(time.time())}.parquet")
+    new: list[dict] = []
+    spawn = get_context("spawn")
+    with spawn.Pool(args.workers, _worker_init, (dirs, ProxySettings().model_dump_json())) as workers:
+        for row in workers.imap_unordered(_run, jobs, chunksize=4):
+            new.append(row)
+            if len(new) % 50 == 0 or len(new) == len(jobs):
+                rows = _store(run_dir, path, rows, new[-50:] if len(new) % 50 == 0 else new[-(len(new) % 50) :])
+                print(f"{len(new)} / {len(jobs)} proxy runs, {time.monotonic() - started:.0f} s", flush=True)
+    return rows
+
+
+def _store(run_dir: Path, path: Path, rows: pd.DataFrame, new: list[dict]) -> pd.DataFrame:
+    """Append finished runs to ``proxy.parquet`` (and their per-concept accuracies), so a stopped screen keeps them."""
+    fresh = pd.DataFrame(new).drop(columns=["concepts"])
+    rows = pd.concat([rows, fresh], ignore_index=True) if len(rows) else fresh
+    rows.to_parquet(path)
+    concepts = pd.DataFrame(
+        [{**{k: r[k] for k in ("pool", "variant", "budget", "seed")}, **r["concepts"]} for r in new]
+    )
+    concepts_path = run_dir / "proxy_concepts.parquet"
+    if concepts_path.is_file():
+        concepts = pd.concat([pd.read_parquet(concepts_path), concepts], ignore_index=True)
+    concepts.to_parquet(concepts_path)
     return rows
 
 
