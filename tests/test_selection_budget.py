@@ -75,4 +75,8 @@ def test_selection_config_is_the_progress_options():
         "progress_measure": "relative_change",
         "redistribute_overflow": True,
         "fallback_when_no_progress": "explore",
+        "allocation": "paper",
+        "uniform_share": 0.5,
+        "max_tilt": 3.0,
+        "progress_signal": "abs_change",
     }
