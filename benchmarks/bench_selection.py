@@ -31,8 +31,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from progress_core.selection.context import SelectionHistory, SelectionResult
 from progress_core.selection.rounds import apply_round, commit_round
-from progress_core.selection.strategies import SelectionHistory, SelectionResult, select
+from progress_core.selection.strategies import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_mb, summary  # noqa: E402

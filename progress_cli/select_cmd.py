@@ -72,7 +72,7 @@ def _history(cluster_ids: np.ndarray, acc_prev, acc_now, selected, coincide_orde
     from progress_core.id_sets import read_ids
     from progress_core.probe.accuracy_table import read_accuracy_table
     from progress_core.run.validation import check_accuracy_clusters
-    from progress_core.selection.strategies import SelectionHistory
+    from progress_core.selection.context import SelectionHistory
 
     history = SelectionHistory(
         acc_prev=read_accuracy_table(acc_prev) if acc_prev is not None else None,

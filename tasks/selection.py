@@ -16,8 +16,9 @@ from progress_core.id_sets import read_ids
 from progress_core.io import write_parquet
 from progress_core.probe.accuracy_table import read_accuracy_table
 from progress_core.selection.config import SelectionConfig
+from progress_core.selection.context import SelectionHistory
 from progress_core.selection.rounds import commit_round
-from progress_core.selection.strategies import SelectionHistory, select
+from progress_core.selection.strategies import select
 from tasks._tables import cluster_ids, ids_of
 from tasks.stage import StageRecord, stage, stage_cache_key
 

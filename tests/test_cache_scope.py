@@ -48,6 +48,8 @@ ALLOWED: dict[str, set[str]] = {
     },
     "select": {
         "progress_core.selection.config",
+        "progress_core.selection.context",
+        "progress_core.selection.allocation",
         "progress_core.selection.strategies",
         "progress_core.selection.rounds",
         "progress_core.probe.accuracy_table",

@@ -100,7 +100,8 @@ def test_select_same_seed_same_ids(tmp_path):
 def test_select_by_hand_draws_what_the_runs_select_stage_draws(tmp_path):
     """Round 4 of a run with seed 3: the select stage's draw, by hand with --round 4 (docs/algorithm.md#selection)."""
     from progress_core.run.config import load_config
-    from progress_core.selection.strategies import SelectionHistory, select
+    from progress_core.selection.context import SelectionHistory
+    from progress_core.selection.strategies import select
 
     cids = inputs(tmp_path)
     assert main(args(tmp_path, "--round", "4")) == 0

@@ -4,13 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from progress_core.selection.strategies import (
-    MissingHistoryError,
-    SelectionError,
-    SelectionHistory,
-    available_strategies,
-    select,
-)
+from progress_core.selection.context import MissingHistoryError, SelectionError, SelectionHistory
+from progress_core.selection.strategies import available_strategies, select
 
 ORIGINAL = {"redistribute_overflow": False, "fallback_when_no_progress": "original"}
 """The original scripts' quota rules (the hand-computed numbers below follow acc_sort.py)."""

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from progress_core.selection.config import ProgressOptions, SelectionConfig
-from progress_core.selection.strategies import SelectionHistory, select
+from progress_core.selection.context import SelectionHistory
+from progress_core.selection.strategies import select
 
 
 def table(d):
@@ -75,4 +76,8 @@ def test_selection_config_is_the_progress_options():
         "progress_measure": "relative_change",
         "redistribute_overflow": True,
         "fallback_when_no_progress": "explore",
+        "allocation": "paper",
+        "uniform_share": 0.5,
+        "max_tilt": 3.0,
+        "progress_signal": "abs_change",
     }

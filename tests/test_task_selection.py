@@ -93,6 +93,10 @@ def test_strategy_options_belong_to_progress_only():
         "progress_measure": progress.progress_measure,
         "redistribute_overflow": progress.redistribute_overflow,
         "fallback_when_no_progress": progress.fallback_when_no_progress,
+        "allocation": "paper",
+        "uniform_share": 0.5,
+        "max_tilt": 3.0,
+        "progress_signal": "abs_change",
     }
     assert strategy_options(SelectionConfig(strategy="random", temperature=0.2)) == {}
 

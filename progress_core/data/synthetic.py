@@ -352,20 +352,34 @@ def _make(family: str, rng: np.random.Generator, multi_turn_fraction: float) -> 
     return builders[family]()
 
 
-def _families(n: int, seed: int, split_code: int, text_fraction: float) -> list[str]:
+def family_counts(n: int, shares: dict[str, float]) -> dict[str, int]:
+    """Rows per family for ``n`` rows split by ``shares`` (largest remainder, so the counts sum to ``n``)."""
+    names = sorted(shares)
+    weights = np.array([shares[f] for f in names], dtype=np.float64)
+    exact = n * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(counts - exact, kind="stable")[: n - int(counts.sum())]] += 1
+    return dict(zip(names, counts.tolist()))
+
+
+def _families(
+    n: int, seed: int, split_code: int, text_fraction: float, shares: dict[str, float] | None = None
+) -> list[str]:
     rng = np.random.default_rng([seed, split_code, 0])
     n_text = int(round(n * text_fraction))
-    image_families = [FAMILIES[i % len(FAMILIES)] for i in range(n - n_text)]
+    image_families = [FAMILIES[i % len(FAMILIES)] for i in range(n - n_text)] + [TEXT_FAMILY] * n_text
+    if shares is not None:
+        image_families = [f for f, k in family_counts(n, shares).items() for _ in range(k)]
     order = rng.permutation(n)
-    families = np.array(image_families + [TEXT_FAMILY] * n_text, dtype=object)[order]
+    families = np.array(image_families, dtype=object)[order]
     return families.tolist()
 
 
-def _write_split(
-    out_dir: Path, split: str, split_code: int, n: int, cfg: SyntheticConfig, progress
+def write_split(
+    out_dir: Path, split: str, split_code: int, n: int, cfg: SyntheticConfig, progress, shares=None
 ) -> tuple[list[dict], list[dict]]:
     rows, labels = [], []
-    for i, family in enumerate(_families(n, cfg.seed, split_code, cfg.text_fraction)):
+    for i, family in enumerate(_families(n, cfg.seed, split_code, cfg.text_fraction, shares)):
         rng = np.random.default_rng([cfg.seed, split_code, 1, i])
         sample = _make(family, rng, cfg.multi_turn_fraction)
         sample_id = f"{split}-{i:06d}"
@@ -429,8 +443,8 @@ def generate_pool(
 
         progress = tqdm(total=cfg.n + cfg.n_eval, unit="sample", desc="synthetic pool")
     try:
-        pool_rows, pool_labels = _write_split(out, "pool", 0, cfg.n, cfg, progress)
-        eval_rows, eval_labels = _write_split(out, "eval", 1, cfg.n_eval, cfg, progress)
+        pool_rows, pool_labels = write_split(out, "pool", 0, cfg.n, cfg, progress)
+        eval_rows, eval_labels = write_split(out, "eval", 1, cfg.n_eval, cfg, progress)
     finally:
         if progress is not None:
             progress.close()

@@ -25,82 +25,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
-from progress_core.errors import ProgressError
 from progress_core.probe.accuracy_table import validate_accuracy_table
+from progress_core.selection.allocation import damped_progress
 from progress_core.selection.config import ProgressOptions
-
-
-class SelectionError(ProgressError):
-    """Selection inputs are inconsistent (unknown strategy or option, ids out of range, duplicates)."""
-
-
-class MissingHistoryError(SelectionError):
-    """The strategy needs something the history does not have (PROGRESS needs two probes; COINCIDE an order)."""
-
-
-CLUSTER_TABLE_COLUMNS = (
-    "cluster_id",
-    "acc_prev",
-    "acc_now",
-    "delta",
-    "baseline",
-    "rel",
-    "probability",
-    "available",
-    "quota",
-    "selected",
+from progress_core.selection.context import (
+    MissingHistoryError,
+    SelectionContext,
+    SelectionError,
+    SelectionHistory,
+    SelectionResult,
+    as_ids,
+    as_rng,
+    basic_table,
+    cluster_table,
+    draw_within_clusters,
+    make_context,
+    take_all_note,
 )
-"""Columns of :attr:`SelectionResult.cluster_table` (docs/architecture.md#stage-contract: the per-round cluster artifact)."""
-
-
-@dataclass
-class SelectionHistory:
-    """What a strategy may know about earlier rounds.
-
-    ``acc_prev``/``acc_now``: accuracy tables (:mod:`progress_core.probe.accuracy_table`) of the previous and the
-    current probe; ``selected``: sample_ids selected so far (warm-up pools included); ``coincide_order``:
-    sample_ids in COINCIDE pruning priority order.
-    """
-
-    acc_prev: pd.DataFrame | None = None
-    acc_now: pd.DataFrame | None = None
-    selected: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    coincide_order: np.ndarray | None = None
-
-
-@dataclass
-class SelectionResult:
-    """A round's selection and why it was made.
-
-    ``sample_ids``: selected ids in a deterministic order (exploitation clusters by decreasing probability,
-    then exploration, for ``progress``). ``cluster_table``: one row per cluster that was probed or has
-    samples left (:data:`CLUSTER_TABLE_COLUMNS`, NaN where a column does not apply). ``notes``: the
-    decisions a person reading the round should know about.
-    """
-
-    strategy: str
-    sample_ids: np.ndarray
-    cluster_table: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    n_exploit: int = 0
-    n_explore: int = 0
-
-    @property
-    def probabilities(self) -> dict[int, float]:
-        """``{cluster_id: softmax probability}`` of the exploitation clusters, as the original's
-        ``fastest_selected_cluster_accuracies_{num}.json`` (docs/algorithm.md#selection)."""
-        t = self.cluster_table
-        if t.empty:
-            return {}
-        t = t[t["probability"].notna()]
-        return {int(c): float(p) for c, p in zip(t["cluster_id"].tolist(), t["probability"].tolist())}
-
 
 Strategy = Callable[["SelectionContext", np.random.Generator, dict], SelectionResult]
 STRATEGIES: dict[str, Strategy] = {}
@@ -126,95 +73,6 @@ def register_strategy(name: str, options: type[BaseModel] | None = None) -> Call
 def available_strategies() -> list[str]:
     """Names of the registered strategies, sorted."""
     return sorted(STRATEGIES)
-
-
-@dataclass
-class SelectionContext:
-    """Validated inputs of one selection call, with the per-cluster availability computed once."""
-
-    remaining: np.ndarray
-    cluster_ids: np.ndarray
-    history: SelectionHistory
-    budget: int
-    remaining_clusters: np.ndarray
-    available: np.ndarray
-
-    @property
-    def n_clusters(self) -> int:
-        return self.available.size
-
-
-def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
-        return np.random.default_rng(rng)
-    raise SelectionError(f"rng must be a numpy Generator or an integer seed, got {type(rng).__name__}")
-
-
-def _as_ids(values, name: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise SelectionError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.empty(0, dtype=np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise SelectionError(f"{name} must hold integer ids, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
-
-
-def _make_context(remaining, cluster_ids, history: SelectionHistory | None, budget: int) -> SelectionContext:
-    cluster_ids = _as_ids(cluster_ids, "cluster_ids")
-    remaining = _as_ids(remaining, "remaining")
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
-        raise SelectionError(f"budget must be a non-negative integer, got {budget!r}")
-    n = cluster_ids.size
-    if cluster_ids.size and cluster_ids.min() < 0:
-        raise SelectionError(
-            f"cluster_ids: sample {int(np.argmin(cluster_ids))} has negative cluster {int(cluster_ids.min())}"
-        )
-    if remaining.size:
-        lo, hi = int(remaining.min()), int(remaining.max())
-        if lo < 0 or hi >= n:
-            bad = lo if lo < 0 else hi
-            raise SelectionError(f"remaining: sample_id {bad} is outside the manifest's 0..{n - 1}")
-        counts = np.bincount(remaining, minlength=n)
-        if counts.max() > 1:
-            raise SelectionError(f"remaining: sample_id {int(np.argmax(counts))} appears more than once")
-    history = history if history is not None else SelectionHistory()
-    selected = _as_ids(history.selected if history.selected is not None else [], "history.selected")
-    if selected.size and (selected.min() < 0 or selected.max() >= n):
-        raise SelectionError(f"history.selected: sample_id outside the manifest's 0..{n - 1}")
-    history = SelectionHistory(history.acc_prev, history.acc_now, selected, history.coincide_order)
-    k = int(cluster_ids.max()) + 1 if n else 0
-    remaining_clusters = cluster_ids[remaining]
-    available = np.bincount(remaining_clusters, minlength=k).astype(np.int64)
-    return SelectionContext(remaining, cluster_ids, history, int(budget), remaining_clusters, available)
-
-
-def _cluster_table(cluster_id: np.ndarray, **columns) -> pd.DataFrame:
-    n = cluster_id.size
-    data = {"cluster_id": cluster_id.astype(np.int64)}
-    for col in CLUSTER_TABLE_COLUMNS[1:]:
-        if col in columns:
-            data[col] = columns[col]
-        elif col in ("available", "quota", "selected"):
-            data[col] = np.zeros(n, dtype=np.int64)
-        else:
-            data[col] = np.full(n, np.nan)
-    return pd.DataFrame(data)
-
-
-def _basic_table(ctx: SelectionContext, chosen: np.ndarray) -> pd.DataFrame:
-    picked = np.bincount(ctx.cluster_ids[chosen], minlength=ctx.n_clusters)
-    clusters = np.flatnonzero((ctx.available > 0) | (picked > 0))
-    return _cluster_table(
-        clusters, available=ctx.available[clusters], quota=picked[clusters], selected=picked[clusters]
-    )
-
-
-def _take_all_note(ctx: SelectionContext) -> str:
-    return f"budget {ctx.budget} >= remaining {ctx.remaining.size}: taking all"
 
 
 def select(
@@ -245,35 +103,10 @@ def select(
             first = exc.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
             raise SelectionError(f"strategy {strategy!r}: option {where}: {first['msg']}") from None
-    ctx = _make_context(remaining, cluster_ids, history, budget)
-    result = STRATEGIES[strategy](ctx, _as_rng(rng), parsed)
+    ctx = make_context(remaining, cluster_ids, history, budget)
+    result = STRATEGIES[strategy](ctx, as_rng(rng), parsed)
     result.sample_ids = np.asarray(result.sample_ids, dtype=np.int64)
     return result
-
-
-def _draw_within_clusters(
-    ctx: SelectionContext, quotas: np.ndarray, cluster_order: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """Uniform draw without replacement of ``quotas[c]`` remaining samples of each cluster in
-    ``cluster_order`` (the original's shuffle + take-first-n per cluster, docs/algorithm.md#selection)."""
-    wanted = cluster_order[quotas[cluster_order] > 0]
-    if wanted.size == 0:
-        return np.empty(0, dtype=np.int64)
-    mask = np.zeros(ctx.n_clusters, dtype=bool)
-    mask[wanted] = True
-    candidates = np.flatnonzero(mask[ctx.remaining_clusters])
-    cand_clusters = ctx.remaining_clusters[candidates]
-    key = cand_clusters.astype(np.uint16) if ctx.n_clusters <= np.iinfo(np.uint16).max + 1 else cand_clusters
-    order = np.argsort(key, kind="stable")
-    sorted_candidates = candidates[order]
-    starts = np.zeros(ctx.n_clusters + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cand_clusters, minlength=ctx.n_clusters), out=starts[1:])
-    parts = []
-    for c in wanted.tolist():
-        lo, hi = starts[c], starts[c + 1]
-        pick = rng.choice(hi - lo, size=int(quotas[c]), replace=False)
-        parts.append(sorted_candidates[lo + pick])
-    return ctx.remaining[np.concatenate(parts)]
 
 
 def _progress_scores(ctx: SelectionContext, opts: ProgressOptions) -> pd.DataFrame:
@@ -422,7 +255,7 @@ def _exploit_draw(
     k = ctx.n_clusters
     if clusters.improving.any():
         order = _exploit_quotas(ctx, opts, clusters, notes)
-        exploit = _draw_within_clusters(ctx, clusters.quota[:k], order[order < k], rng)
+        exploit = draw_within_clusters(ctx, clusters.quota[:k], order[order < k], rng)
         n_explore = ctx.budget - int(exploit.size) if opts.redistribute_overflow else _explore_share(ctx, opts)
         return exploit, n_explore
     if opts.fallback_when_no_progress == "explore":
@@ -483,7 +316,7 @@ def _progress_table(
         else np.zeros(k_all, dtype=np.int64)
     )
     rows = np.flatnonzero((clusters.avail > 0) | ~np.isnan(clusters.rel) | (picked > 0))
-    table = _cluster_table(
+    table = cluster_table(
         rows,
         available=clusters.avail[rows],
         quota=clusters.quota[rows],
@@ -514,7 +347,10 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
     budget). No improving cluster: ``explore`` (default) spends the whole budget uniformly; ``original``
     takes the exploration share only.
     Clusters whose current accuracy is NaN (nothing judged) count as not probed.
+    ``allocation: damped`` hands the round to :func:`progress_core.selection.allocation.damped_progress`.
     """
+    if opts.allocation == "damped":
+        return damped_progress(ctx, rng, opts)
     scores = _progress_scores(ctx, opts)
     clusters = _progress_clusters(ctx, scores)
     notes: list[str] = []
@@ -523,7 +359,7 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
         notes.append("remaining pool is empty: nothing to select")
         chosen, n_exploit, n_explore = np.empty(0, dtype=np.int64), 0, 0
     elif ctx.budget >= n:
-        notes.append(_take_all_note(ctx))
+        notes.append(take_all_note(ctx))
         chosen, n_exploit, n_explore = ctx.remaining.copy(), 0, n
     else:
         chosen, n_exploit, n_explore = _progress_draw(ctx, opts, clusters, rng, notes)
@@ -539,11 +375,11 @@ def random_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> S
         notes.append("remaining pool is empty: nothing to select")
         chosen = ctx.remaining
     elif ctx.budget >= ctx.remaining.size:
-        notes.append(_take_all_note(ctx))
+        notes.append(take_all_note(ctx))
         chosen = ctx.remaining.copy()
     else:
         chosen = ctx.remaining[rng.choice(ctx.remaining.size, size=ctx.budget, replace=False)]
-    return SelectionResult("random", chosen, _basic_table(ctx, chosen), notes, 0, int(chosen.size))
+    return SelectionResult("random", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))
 
 
 @register_strategy("coincide")
@@ -555,7 +391,7 @@ def coincide_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) ->
         raise MissingHistoryError(
             "strategy 'coincide' needs history.coincide_order (sample_ids in COINCIDE priority order)"
         )
-    order = _as_ids(order, "coincide_order")
+    order = as_ids(order, "coincide_order")
     n = ctx.cluster_ids.size
     if order.size and (order.min() < 0 or order.max() >= n):
         raise SelectionError(f"coincide_order: sample_id outside the manifest's 0..{n - 1}")
@@ -574,10 +410,10 @@ def coincide_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) ->
             f"samples: selecting {min(ranked.size, ctx.budget)}"
         )
     chosen = ranked[: ctx.budget]
-    return SelectionResult("coincide", chosen, _basic_table(ctx, chosen), notes, 0, int(chosen.size))
+    return SelectionResult("coincide", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))
 
 
-def _tfs_takes(counts: np.ndarray, avail: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+def tfs_takes(counts: np.ndarray, avail: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
     """Samples per cluster that repeated 'draw from the least represented cluster' ends with.
 
     Water-filling: the largest level L with sum(min(avail, max(0, L - counts))) <= budget fills every
@@ -613,17 +449,17 @@ def tfs_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> Sele
     notes = []
     if ctx.remaining.size == 0:
         notes.append("remaining pool is empty: nothing to select")
-        return SelectionResult("tfs", ctx.remaining, _basic_table(ctx, ctx.remaining), notes, 0, 0)
+        return SelectionResult("tfs", ctx.remaining, basic_table(ctx, ctx.remaining), notes, 0, 0)
     if ctx.budget >= ctx.remaining.size:
-        notes.append(_take_all_note(ctx))
+        notes.append(take_all_note(ctx))
         chosen = ctx.remaining.copy()
-        return SelectionResult("tfs", chosen, _basic_table(ctx, chosen), notes, 0, int(chosen.size))
+        return SelectionResult("tfs", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))
     k = ctx.n_clusters
     sel = ctx.history.selected
     counts = np.bincount(ctx.cluster_ids[sel], minlength=k)[:k] if sel.size else np.zeros(k, dtype=np.int64)
-    takes = _tfs_takes(counts.astype(np.int64), ctx.available, ctx.budget, rng)
+    takes = tfs_takes(counts.astype(np.int64), ctx.available, ctx.budget, rng)
     clusters = np.flatnonzero(takes > 0)
-    chosen = _draw_within_clusters(ctx, takes, clusters, rng)
+    chosen = draw_within_clusters(ctx, takes, clusters, rng)
     level = (
         np.concatenate([counts[c] + np.arange(takes[c]) for c in clusters.tolist()])
         if clusters.size
@@ -631,7 +467,7 @@ def tfs_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> Sele
     )
     tie = rng.permutation(k)[np.repeat(clusters, takes[clusters])]
     chosen = chosen[np.lexsort((tie, level))]
-    table = _basic_table(ctx, chosen)
+    table = basic_table(ctx, chosen)
     return SelectionResult("tfs", chosen, table, notes, 0, int(chosen.size))
 
 
@@ -642,4 +478,4 @@ def full_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> Sel
     if ctx.remaining.size and ctx.budget < ctx.remaining.size:
         notes.append(f"budget {ctx.budget} ignored: selecting all {ctx.remaining.size} remaining samples")
     chosen = ctx.remaining.copy()
-    return SelectionResult("full", chosen, _basic_table(ctx, chosen), notes, 0, int(chosen.size))
+    return SelectionResult("full", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))

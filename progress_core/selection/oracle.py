@@ -1,0 +1,99 @@
+"""The ``oracle`` strategy: the best label-aware allocation stated simply (benchmark-only, never a default).
+
+It reads what no real run has, the labels (:func:`progress_core.data.headroom.oracle_concepts`: one concept index
+per sample, -1 for near-duplicate copies, label-noised rows, the unlearnable family and what the start
+already knows), and spreads the budget uniformly over the learnable concepts: Tail First Sampling on
+concepts instead of clusters, counting what earlier rounds selected. Only once every learnable sample is
+taken does it fall back to uniform over the rest. ``oracle − random`` is the headroom a pool offers any
+allocator (README "Does selection pay off?").
+
+It is deliberately not in the strategy registry (``progress_core.selection.STRATEGIES``), so no run config
+can name it: :func:`oracle_select` validates its inputs with the same context as ``select()`` and is called
+by the proxy screen (``benchmarks/bench_proxy.py``) beside ``select()`` for every other strategy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from progress_core.selection.context import (
+    SelectionContext,
+    SelectionError,
+    SelectionResult,
+    as_rng,
+    basic_table,
+    make_context,
+    take_all_note,
+)
+from progress_core.selection.strategies import tfs_takes
+
+
+class OracleOptions(BaseModel):
+    """``concepts``: int64 per sample_id of the manifest, a learnable concept's index or -1 (module doc)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    concepts: np.ndarray = Field(description="concept index per sample_id, -1 = not worth training")
+
+    @field_validator("concepts", mode="before")
+    @classmethod
+    def _as_int_array(cls, value):
+        arr = np.asarray(value)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError("must be a 1-D integer array")
+        return arr.astype(np.int64, copy=False)
+
+
+def _concept_draw(ctx: SelectionContext, concepts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Water-filling over learnable concepts (as ``tfs``), then uniform over the remaining rows if any budget is left."""
+    remaining = ctx.remaining
+    learnable = remaining[concepts[remaining] >= 0]
+    k = int(concepts.max()) + 1 if (concepts >= 0).any() else 0
+    sel = ctx.history.selected
+    sel = sel[concepts[sel] >= 0] if sel.size else sel
+    counts = np.bincount(concepts[sel], minlength=k)[:k].astype(np.int64) if k else np.zeros(0, np.int64)
+    avail = np.bincount(concepts[learnable], minlength=k)[:k].astype(np.int64) if k else np.zeros(0, np.int64)
+    take = min(ctx.budget, int(learnable.size))
+    parts = []
+    if take:
+        takes = tfs_takes(counts, avail, take, rng)
+        order = np.argsort(concepts[learnable], kind="stable")
+        grouped = learnable[order]
+        starts = np.concatenate([[0], np.cumsum(avail)])
+        for c in np.flatnonzero(takes).tolist():
+            members = grouped[starts[c] : starts[c + 1]]
+            parts.append(members[rng.choice(members.size, size=int(takes[c]), replace=False)])
+    chosen = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    rest = ctx.budget - chosen.size
+    if rest > 0:
+        others = remaining[concepts[remaining] < 0]
+        chosen = np.concatenate([chosen, others[rng.choice(others.size, size=min(rest, others.size), replace=False)]])
+    return chosen
+
+
+def oracle_select(remaining, cluster_ids, history, budget: int, rng, concepts) -> SelectionResult:
+    """``select("oracle", ...)`` with the labels as ``concepts`` (module doc); same checks, same result type."""
+    try:
+        opts = OracleOptions(concepts=concepts)
+    except ValueError as exc:
+        raise SelectionError(f"strategy 'oracle': option concepts: {exc.errors()[0]['msg']}") from None
+    return oracle_strategy(make_context(remaining, cluster_ids, history, budget), as_rng(rng), opts)
+
+
+def oracle_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: OracleOptions) -> SelectionResult:
+    """Uniform over learnable, not-yet-known concepts, no duplicates, no noised rows (module doc)."""
+    if opts.concepts.size != ctx.cluster_ids.size:
+        raise SelectionError(
+            f"strategy 'oracle': concepts has {opts.concepts.size} entries for {ctx.cluster_ids.size} samples"
+        )
+    notes = []
+    if ctx.remaining.size == 0:
+        notes.append("remaining pool is empty: nothing to select")
+        chosen = ctx.remaining
+    elif ctx.budget >= ctx.remaining.size:
+        notes.append(take_all_note(ctx))
+        chosen = ctx.remaining.copy()
+    else:
+        chosen = _concept_draw(ctx, opts.concepts, rng)
+    return SelectionResult("oracle", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))

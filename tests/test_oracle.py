@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+
+from progress_core.selection.context import SelectionError, SelectionHistory
+from progress_core.selection.oracle import oracle_select
+from progress_core.selection.strategies import available_strategies
+
+CONCEPTS = np.repeat([0, 1, 2, -1], [100, 20, 50, 80])
+CLUSTERS = np.zeros(CONCEPTS.size, dtype=np.int64)
+
+
+def test_oracle_fills_learnable_concepts_evenly_counting_earlier_rounds():
+    history = SelectionHistory(selected=np.arange(10))
+    remaining = np.arange(10, CONCEPTS.size)
+    r = oracle_select(remaining, CLUSTERS, history, 60, 0, CONCEPTS)
+    picks = np.bincount(CONCEPTS[r.sample_ids] + 1, minlength=4)
+    assert picks.tolist() == [0, 15, 20, 25]  # level 25: concept 0 had 10 already, concept 1 has only 20
+    assert np.unique(r.sample_ids).size == 60
+
+
+def test_oracle_takes_waste_only_once_learnable_rows_are_gone():
+    remaining = np.arange(CONCEPTS.size)
+    r = oracle_select(remaining, CLUSTERS, SelectionHistory(), 200, 0, CONCEPTS)
+    assert (CONCEPTS[r.sample_ids] >= 0).sum() == 170 and (CONCEPTS[r.sample_ids] < 0).sum() == 30
+
+
+def test_oracle_is_not_a_configurable_strategy_and_checks_its_labels():
+    assert "oracle" not in available_strategies()
+    with pytest.raises(SelectionError, match="concepts has 3 entries"):
+        oracle_select(np.arange(5), CLUSTERS, None, 2, 0, np.zeros(3, dtype=np.int64))
+    with pytest.raises(SelectionError, match="1-D integer"):
+        oracle_select(np.arange(5), CLUSTERS, None, 2, 0, np.zeros(CONCEPTS.size))
