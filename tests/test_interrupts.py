@@ -44,8 +44,10 @@ def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float = 240
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_during_a_stage_fails_loudly_and_the_rerun_resumes(tmp_path, prefect_api, signum, code):
+@pytest.mark.parametrize(("signum", "code", "rerun"), [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)])
+def test_signal_during_a_stage_fails_loudly_and_the_rerun_resumes(tmp_path, prefect_api, signum, code, rerun):
+    """Both signals fail with their code and one line; the re-run after Ctrl-C completes the run (the resume
+    path is the same whichever signal stopped it)."""
     run = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_config(run).model_dump(mode="json")))
@@ -60,9 +62,10 @@ def test_signal_during_a_stage_fails_loudly_and_the_rerun_resumes(tmp_path, pref
     errors = [line for line in log.read_text().splitlines() if line.startswith("error:")]
     assert errors == ["error: interrupted during train[r=0]; re-run the same command to resume"]
     assert not (run / "summary.json").exists()
-    rerun = _start(config, prefect_api, tmp_path / "rerun.log", None)
-    assert rerun.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
-    assert (run / "summary.json").is_file()
+    if rerun:
+        again = _start(config, prefect_api, tmp_path / "rerun.log", None)
+        assert again.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+        assert (run / "summary.json").is_file()
 
 
 class SyncTaskRunEngine:
