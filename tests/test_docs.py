@@ -63,7 +63,7 @@ def source_files(root: Path, suffixes: Iterable[str]) -> list[Path]:
     out = []
     for path in root.rglob("*"):
         rel = path.relative_to(root).parts
-        if SKIP_DIRS.intersection(rel) or any(p.endswith(".egg-info") for p in rel):
+        if SKIP_DIRS.intersection(rel) or any(p.endswith(".egg-info") or p.startswith(".venv") for p in rel):
             continue
         if path.is_file() and path.suffix in suffixes:
             out.append(path)

@@ -175,10 +175,10 @@ def _check_artifact_pages(page, ui: str, final, arts: dict, rounds: list[int], s
     href = page.get_by_role("link", name="clusters").last.get_attribute("href")
     assert href == f"/artifacts/artifact/{arts[f'{RUN}-round-{rounds[-1]:02d}-clusters'].id}", href
     page.goto(ui + href, wait_until="networkidle")
-    page.get_by_text("accuracy before → after").first.wait_for(timeout=30000)
+    page.get_by_text("accuracy prev → now").first.wait_for(timeout=30000)
     assert f"{RUN}-round-{rounds[-1]:02d}-clusters" in page.locator("body").inner_text()
     rows = json.loads(arts[f"{RUN}-round-02-clusters"].data)
-    assert {"what it is", "accuracy before → after", "relative change", "selected", "pool left"} <= set(rows[0])
+    assert {"what it is", "accuracy prev → now", "relative change", "selected", "pool left"} <= set(rows[0])
     assert [r["selected"] for r in rows] == sorted((r["selected"] for r in rows), reverse=True)
 
 
