@@ -31,7 +31,7 @@ from progress_core.selection.context import (
     SelectionResult,
     cluster_table,
     draw_within_clusters,
-    take_all_note,
+    edge_selection,
 )
 
 
@@ -117,11 +117,7 @@ def damped_progress(ctx: SelectionContext, rng: np.random.Generator, opts: Progr
     signal = np.zeros(k)
     signal[ids] = scores["signal"].to_numpy()
     rates = sample_rates(avail, np.where(avail > 0, signal, 0.0), opts.uniform_share, opts.max_tilt)
-    notes: list[str] = []
-    if ctx.remaining.size == 0:
-        notes.append("remaining pool is empty: nothing to select")
-    elif ctx.budget >= ctx.remaining.size:
-        notes.append(take_all_note(ctx))
+    _, notes = edge_selection(ctx)
     quota = capped_quotas(ctx.budget, avail, rates)
     order = np.lexsort((np.arange(k), -rates))
     chosen = draw_within_clusters(ctx, quota[: ctx.n_clusters], order[order < ctx.n_clusters], rng)

@@ -160,6 +160,16 @@ def basic_table(ctx: SelectionContext, chosen: np.ndarray) -> pd.DataFrame:
     return cluster_table(clusters, available=ctx.available[clusters], quota=picked[clusters], selected=picked[clusters])
 
 
+def edge_selection(ctx: SelectionContext) -> tuple[np.ndarray | None, list[str]]:
+    """The round's selection when there is nothing to choose between, with its note: an empty pool gives
+    nothing, a budget of the whole pool gives all of it; ``(None, [])`` when the strategy must draw."""
+    if ctx.remaining.size == 0:
+        return ctx.remaining, ["remaining pool is empty: nothing to select"]
+    if ctx.budget >= ctx.remaining.size:
+        return ctx.remaining.copy(), [take_all_note(ctx)]
+    return None, []
+
+
 def take_all_note(ctx: SelectionContext) -> str:
     return f"budget {ctx.budget} >= remaining {ctx.remaining.size}: taking all"
 

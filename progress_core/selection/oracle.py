@@ -23,8 +23,8 @@ from progress_core.selection.context import (
     SelectionResult,
     as_rng,
     basic_table,
+    edge_selection,
     make_context,
-    take_all_note,
 )
 from progress_core.selection.strategies import tfs_takes
 
@@ -87,13 +87,7 @@ def oracle_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Oracl
         raise SelectionError(
             f"strategy 'oracle': concepts has {opts.concepts.size} entries for {ctx.cluster_ids.size} samples"
         )
-    notes = []
-    if ctx.remaining.size == 0:
-        notes.append("remaining pool is empty: nothing to select")
-        chosen = ctx.remaining
-    elif ctx.budget >= ctx.remaining.size:
-        notes.append(take_all_note(ctx))
-        chosen = ctx.remaining.copy()
-    else:
+    chosen, notes = edge_selection(ctx)
+    if chosen is None:
         chosen = _concept_draw(ctx, opts.concepts, rng)
     return SelectionResult("oracle", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))

@@ -45,8 +45,8 @@ from progress_core.selection.context import (
     basic_table,
     cluster_table,
     draw_within_clusters,
+    edge_selection,
     make_context,
-    take_all_note,
 )
 
 Strategy = Callable[["SelectionContext", np.random.Generator, dict], SelectionResult]
@@ -353,16 +353,11 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
         return damped_progress(ctx, rng, opts)
     scores = _progress_scores(ctx, opts)
     clusters = _progress_clusters(ctx, scores)
-    notes: list[str] = []
-    n = ctx.remaining.size
-    if n == 0:
-        notes.append("remaining pool is empty: nothing to select")
-        chosen, n_exploit, n_explore = np.empty(0, dtype=np.int64), 0, 0
-    elif ctx.budget >= n:
-        notes.append(take_all_note(ctx))
-        chosen, n_exploit, n_explore = ctx.remaining.copy(), 0, n
-    else:
+    chosen, notes = edge_selection(ctx)
+    if chosen is None:
         chosen, n_exploit, n_explore = _progress_draw(ctx, opts, clusters, rng, notes)
+    else:
+        n_exploit, n_explore = 0, int(chosen.size)
     table = _progress_table(ctx, scores, clusters, chosen)
     return SelectionResult("progress", chosen, table, notes, n_exploit, n_explore)
 
@@ -370,14 +365,8 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
 @register_strategy("random")
 def random_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> SelectionResult:
     """Uniform over the remaining pool at equal budget (docs/algorithm.md#baseline-strategies baseline)."""
-    notes = []
-    if ctx.remaining.size == 0:
-        notes.append("remaining pool is empty: nothing to select")
-        chosen = ctx.remaining
-    elif ctx.budget >= ctx.remaining.size:
-        notes.append(take_all_note(ctx))
-        chosen = ctx.remaining.copy()
-    else:
+    chosen, notes = edge_selection(ctx)
+    if chosen is None:
         chosen = ctx.remaining[rng.choice(ctx.remaining.size, size=ctx.budget, replace=False)]
     return SelectionResult("random", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))
 
@@ -446,13 +435,8 @@ def tfs_strategy(ctx: SelectionContext, rng: np.random.Generator, _opts) -> Sele
     selected so far (history.selected plus this call's picks), ties broken at random, among clusters
     with samples left. Computed in one water-filling step instead of one draw at a time; ids come out in
     draw order (by the level each pick fills, ties in random cluster order)."""
-    notes = []
-    if ctx.remaining.size == 0:
-        notes.append("remaining pool is empty: nothing to select")
-        return SelectionResult("tfs", ctx.remaining, basic_table(ctx, ctx.remaining), notes, 0, 0)
-    if ctx.budget >= ctx.remaining.size:
-        notes.append(take_all_note(ctx))
-        chosen = ctx.remaining.copy()
+    chosen, notes = edge_selection(ctx)
+    if chosen is not None:
         return SelectionResult("tfs", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))
     k = ctx.n_clusters
     sel = ctx.history.selected
