@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from progress_core.environment import apply_defaults, server_startup_timeout
+from progress_core.run.lock import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_TEMPLATE = REPO_ROOT / "deployments" / "gpu-job-template.json"
@@ -106,21 +107,11 @@ def server_pid_dir(home: str | Path | None = None) -> Path:
     return base / "progress-servers"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_server(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
-        return _alive(pid)
+        return pid_alive(pid)
     return b"prefect" in cmdline or b"uvicorn" in cmdline
 
 
@@ -135,9 +126,9 @@ def clean_stale_servers(home: str | Path | None = None) -> list[int]:
         except (OSError, ValueError, KeyError, TypeError):
             note.unlink(missing_ok=True)
             continue
-        if _alive(owner):
+        if pid_alive(owner):
             continue
-        if _alive(pid) and _is_server(pid):
+        if pid_alive(pid) and _is_server(pid):
             _kill_group(pid)
             stopped.append(pid)
         note.unlink(missing_ok=True)
@@ -148,7 +139,7 @@ def _kill_group(pgid: int, timeout: float = 10.0) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pgid):
+    while time.monotonic() < deadline and pid_alive(pgid):
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pgid, os.WNOHANG)
         time.sleep(0.1)

@@ -9,6 +9,7 @@ here is written by hand per field: a new field or a new stage input is covered a
 from __future__ import annotations
 
 import copy
+import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from progress_core.clustering.kmeans import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
 from progress_core.run.config import RunConfig
+from progress_core.run.config_doc import field_paths
 from progress_core.selection.schedule import (
     RoundPlan,
     coincide_budget,
@@ -183,7 +185,7 @@ def _scalar_candidates(annotation: Any, value: Any) -> list[Any]:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
         return [a for a in args if a != value]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return [c for a in args if a is not type(None) for c in _scalar_candidates(a, value)] + (
             [None] if type(None) in args and value is not None else []
         )
@@ -250,10 +252,8 @@ def stages_keyed_by(path: str, cfg: RunConfig | None = None, n: int = EXPLAIN_PO
     return [s for s in STAGE_ORDER if s in found]
 
 
-def leaf_paths(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
-    """Every dotted leaf field of the run config (fields that are not sections)."""
-    out: list[str] = []
-    for key, info in model.model_fields.items():
-        nested = _model_of(info.annotation)
-        out += leaf_paths(nested, f"{prefix}{key}.") if nested else [f"{prefix}{key}"]
-    return out
+def leaf_paths() -> list[str]:
+    """Every dotted leaf field of the run config (the field paths that are no section of others)."""
+    paths = field_paths()
+    sections = {p.rpartition(".")[0] for p in paths}
+    return [p for p in paths if p not in sections]

@@ -230,7 +230,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(dict.fromkeys(_field_error(e) for e in _one_per_field(exc.errors())))) from None
+        raise ConfigError("\n".join(_field_error(e) for e in _one_per_field(exc.errors()))) from None
 
 
 _TYPE_TAGS = frozenset({"int", "float", "str", "bool", "none"})
