@@ -15,7 +15,6 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from progress_core.clustering.kmeans import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k
 from progress_core.run.config import RunConfig
 from progress_core.run.config_doc import field_paths
 from progress_core.selection.schedule import (
@@ -72,9 +71,8 @@ checkpoint), so a changed output re-keys its readers through their input content
 
 def kmeans_k(cfg: RunConfig, name: str, n: int) -> int:
     """Centres of the ``annotation`` or ``selection`` clustering of a pool of ``n`` rows."""
-    if name == "annotation":
-        return resolve_k(cfg.clustering.annotation_k, n, PAPER_ANNOTATION_K)
-    return resolve_k(cfg.clustering.selection_k, n, PAPER_SELECTION_K)
+    sized, _ = cfg.sized_to_pool(n)
+    return sized.clustering.annotation_k if name == "annotation" else sized.clustering.selection_k
 
 
 def probe_samples_per_cluster(plan: RoundPlan, cfg: RunConfig) -> int | None:
@@ -129,6 +127,7 @@ def _schedule_inputs(cfg: RunConfig, n: int) -> dict[str, dict[str, Any]]:
 def stage_inputs(cfg: RunConfig, n: int) -> dict[str, dict[str, Any]]:
     """Every stage's config-derived inputs in a run of ``cfg`` over a pool of ``n`` rows, as the flow passes
     them (the first selection round stands for every round: the rules are the same)."""
+    cfg, _ = cfg.sized_to_pool(n)
     features = cfg.feature_config()
     out: dict[str, dict[str, Any]] = {
         "pool": {"data": cfg.data.pool_settings(), "out_dir": cfg.shared_dir or cfg.run_dir},

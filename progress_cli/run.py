@@ -146,7 +146,7 @@ def _report(summary: dict) -> None:
     typer.echo(f"run directory:      {summary['run_dir']}")
     typer.echo(f"final selection:    {summary['final_selection']}  (sample_id Parquet)")
     if summary.get("export_dir"):
-        typer.echo(f"original-format:    {summary['export_dir']}  (Top_50K.json, Selected_until_*.json, ...)")
+        typer.echo(f"original-format:    {summary['export_dir']}  (Top_<W1>.json, Selected_until_*.json, ...)")
     typer.echo(f"per-round files:    {summary['run_dir']}/rounds/rNN/{{select,train,probe}}")
     typer.echo(f"run summary:        {summary['run_dir']}/summary.json")
     if summary.get("report_html"):

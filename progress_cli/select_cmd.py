@@ -104,10 +104,14 @@ class SelectInputs:
     coincide_order: Path | None = None
 
 
-def selection_budget(cfg) -> int:
-    """SELECTION_NUM in whole global batches, as a run spends it (docs/algorithm.md#round-schedule)."""
+def selection_budget(cfg, pool_rows: int) -> int:
+    """SELECTION_NUM in whole global batches, as a run spends it (docs/algorithm.md#round-schedule); an empty
+    SELECTION_NUM is scaled to the pool of ``pool_rows`` as in a run (docs/algorithm.md#pool-scale)."""
     from progress_core.selection.schedule import whole_batches
 
+    cfg, notes = cfg.sized_to_pool(pool_rows)
+    for note in (n for n in notes if n.startswith("selection.")):
+        typer.echo(f"scaled to the pool: {note}")
     budget = whole_batches(cfg.selection.selection_num, cfg.training.global_batch_size)
     if budget != cfg.selection.selection_num:
         typer.echo(
@@ -125,10 +129,10 @@ def select_round(cfg, inputs: SelectInputs, round_index: int, out: Path, cluster
     from progress_core.io import write_parquet
     from progress_core.selection.strategies import select
 
-    budget = selection_budget(cfg)
     options = cfg.selection.progress_options() if cfg.selection.strategy == "progress" else {}
     with tqdm(total=3, desc="select", unit="stage", leave=False, disable=None) as bar:
         cluster_ids = _load_assignment(inputs.clusters, _manifest_rows(inputs.manifest))
+        budget = selection_budget(cfg, cluster_ids.size)
         history = _history(cluster_ids, inputs.acc_prev, inputs.acc_now, inputs.selected, inputs.coincide_order)
         pool = read_ids(inputs.remaining)
         bar.update()

@@ -170,23 +170,21 @@ def _cluster_command(
 ) -> None:
     """Spherical k-means of the features with faiss; writes <name>_assignment.parquet and <name>_centroids.npy.
 
-    The number of centres is clustering.annotation_k or clustering.selection_k (empty: the paper's
-    1000 / 5000 scaled to the pool); iterations, seed, subsampling and device come from the `clustering`
+    The number of centres is clustering.annotation_k or clustering.selection_k (empty: the preset's
+    pool_scale, e.g. the paper's 1000 / 5000 per 665,298 rows, scaled to the pool); iterations, seed, subsampling and device come from the `clustering`
     section, as in a run.
     """
     import numpy as np
 
-    from progress_core.clustering.kmeans import PAPER_ANNOTATION_K, PAPER_SELECTION_K, resolve_k, spherical_kmeans
+    from progress_core.clustering.kmeans import spherical_kmeans
     from progress_core.clustering.store import save_clustering
     from progress_core.features.store import load_features
 
     cfg = resolve_config(config, preset, set_)
     feats = load_features(_need_file(features, "features"))
-    settings = cfg.clustering_config()
-    if name is ClusteringName.selection:
-        k_used = resolve_k(settings.selection_k, feats.shape[0], PAPER_SELECTION_K)
-    else:
-        k_used = resolve_k(settings.annotation_k, feats.shape[0], PAPER_ANNOTATION_K)
+    sized, _ = cfg.sized_to_pool(feats.shape[0])
+    settings = sized.clustering_config()
+    k_used = settings.selection_k if name is ClusteringName.selection else settings.annotation_k
     typer.echo(
         f"k-means: {feats.shape[0]} x {feats.shape[1]} features, k={k_used}, niter={settings.niter}, "
         f"seed={settings.seed}"

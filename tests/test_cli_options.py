@@ -107,6 +107,6 @@ def test_resolve_config_layers_file_preset_and_sets(tmp_path: Path):
     path = tmp_path / "run.yaml"
     path.write_text("clustering:\n  niter: 7\n  selection_k: 11\n")
     cfg = resolve_config(path, "paper", ["clustering.selection_k=12"])
-    assert (cfg.clustering.niter, cfg.clustering.selection_k, cfg.clustering.annotation_k) == (7, 12, 1000)
+    assert (cfg.clustering.niter, cfg.clustering.selection_k, cfg.pool_scale.annotation_k) == (7, 12, 1000)
     with pytest.raises(ConfigError, match="clustering.nitre"):
         resolve_config(None, None, ["clustering.nitre=3"])

@@ -118,7 +118,9 @@ def test_stage_knobs_come_from_config_file_preset_and_sets(workdir, tmp_path, ca
     assert "k=3, niter=5, seed=7" in capsys.readouterr().out
     assert main([*cluster, "--config", str(config), "--set", "clustering.selection_k=4"]) == 0
     assert "k=4, niter=5, seed=7" in capsys.readouterr().out
-    assert main([*cluster, "--preset", "paper"]) == 1
+    assert main([*cluster, "--preset", "paper"]) == 0
+    assert "k=2," in capsys.readouterr().out, "the paper's 5000 per 665,298 rows scaled to 30"
+    assert main([*cluster, "--preset", "paper", "--set", "clustering.selection_k=5000"]) == 1
     assert "k=5000" in capsys.readouterr().err
     assert main([*cluster, "--set", "clustering.nitre=5"]) == 1
     assert "invalid config field 'clustering.nitre': unknown field" in capsys.readouterr().err

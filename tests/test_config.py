@@ -14,11 +14,26 @@ def test_presets_fill_defaults_and_explicit_values_win():
     assert demo.preset == "demo" and demo.training.model.mode == "tiny" and demo.probe.judge.kind == "exact"
     paper = load_config(overrides={"preset": "paper", "selection": {"selection_num": 5000}})
     assert paper.training.model.mode == "real" and paper.training.global_batch_size == 128
-    assert paper.clustering.annotation_k == 1000 and paper.clustering.selection_k == 5000
+    sized, notes = paper.sized_to_pool(665_298)
+    assert sized.clustering.annotation_k == 1000 and sized.clustering.selection_k == 5000
+    assert sized.selection.selection_num == 5000, "set explicitly, not scaled"
+    assert [n.split(" (")[0] for n in notes] == ["clustering.annotation_k 1000", "clustering.selection_k 5000"]
     assert paper.warmup.fractions == (0.075, 0.09) and paper.probe.samples_per_cluster == 100
     assert paper.probe.judge.kind == "llm" and paper.probe.judge.backend == "lmdeploy"
     assert paper.selection.selection_num == 5000 and paper.selection.temperature == 0.5
     assert paper.final_step(665_298) == 1039
+
+
+def test_empty_cluster_counts_and_round_budget_scale_with_a_small_pool_unless_set():
+    demo = RunConfig()
+    same, _ = demo.sized_to_pool(5000)
+    assert (same.clustering.annotation_k, same.clustering.selection_k, same.selection.selection_num) == (40, 150, 250)
+    small, notes = demo.sized_to_pool(300)
+    assert (small.clustering.annotation_k, small.clustering.selection_k, small.selection.selection_num) == (2, 9, 15)
+    assert "selection.selection_num 15 (250 per 5,000 rows scaled to 300)" in notes
+    fixed, notes = load_config(overrides={"clustering": {"annotation_k": 6}}).sized_to_pool(300)
+    assert fixed.clustering.annotation_k == 6 and not any(n.startswith("clustering.annotation_k") for n in notes)
+    assert RunConfig().clustering.annotation_k is None, "the run config itself stays as given"
 
 
 def test_final_step_from_budget_fraction():

@@ -10,7 +10,7 @@ from progress_core.data.manifest import build_manifest, read_manifest
 from progress_core.errors import ConfigError
 from progress_core.id_sets import IdSetFileError, read_ids
 from progress_core.probe.accuracy_table import accuracy_from_verdicts
-from progress_core.reporting.export import RoundExport, export_original
+from progress_core.reporting.export import RoundExport, all_rows_file_name, export_original, warmup_file_names
 from progress_core.selection.rounds import (
     RoundFiles,
     RoundInvariantError,
@@ -128,8 +128,8 @@ def test_export_original_round_trip(tmp_path):
     def expected(i):
         return {**rows[i], "cluster_id": int(cid[i]), "dist_to_cent": float(sim[i]), "index": i}
 
-    assert load("llava_665k_with_cluster_id.json") == [expected(i) for i in range(n)]
-    assert list(load("llava_665k_with_cluster_id.json")[3]) == [
+    assert load("llava_12_with_cluster_id.json") == [expected(i) for i in range(n)]
+    assert list(load("llava_12_with_cluster_id.json")[3]) == [
         "id",
         "image",
         "conversations",
@@ -138,10 +138,10 @@ def test_export_original_round_trip(tmp_path):
         "dist_to_cent",
         "index",
     ]
-    assert load("Top_50K.json") == [expected(i) for i in (0, 5)]
-    assert [r["index"] for r in load("Top_50K_to_60K.json")] == [9, 2]
-    assert [r["index"] for r in load("Top_60K.json")] == [0, 5, 9, 2]
-    assert [r["index"] for r in load("Remaining_605K.json")] == [1, 3, 4, 6, 7, 8, 10, 11]
+    assert load("Top_2.json") == [expected(i) for i in (0, 5)]
+    assert [r["index"] for r in load("Top_2_to_4.json")] == [9, 2]
+    assert [r["index"] for r in load("Top_4.json")] == [0, 5, 9, 2]
+    assert [r["index"] for r in load("Remaining_8.json")] == [1, 3, 4, 6, 7, 8, 10, 11]
     assert load("selection_step_469/fastest_acc_data_7500.json") == [expected(i) for i in (7, 3, 11)]
     assert [r["index"] for r in load("Selected_until_469.json")] == [0, 5, 9, 2, 7, 3, 11]
     assert [r["index"] for r in load("Remaining_after_469.json")] == [1, 4, 6, 8, 10]
@@ -153,8 +153,23 @@ def test_export_original_round_trip(tmp_path):
     assert (out / "step_list.txt").read_bytes() == b"391\n469\n469"
     summary = load("export_summary.json")
     assert summary["n_samples"] == 12
-    assert summary["rows_per_file"]["Top_60K.json"] == 4 == counts["Top_60K.json"]
+    assert summary["rows_per_file"]["Top_4.json"] == 4 == counts["Top_4.json"]
     assert summary["rows_per_file"]["Remaining_after_469.json"] == 5
+
+
+def test_export_file_names_carry_the_real_counts_and_the_papers_names_on_llava_665k():
+    n = 665_298
+    w1, union = int(0.075 * n), int(0.09 * n)
+    assert all_rows_file_name(n) == "llava_665k_with_cluster_id.json"
+    assert warmup_file_names(w1, union, n - union) == {
+        "w1": "Top_50K.json",
+        "w2": "Top_50K_to_60K.json",
+        "warmup": "Top_60K.json",
+        "pool": "Remaining_605K.json",
+    }
+    assert all_rows_file_name(300) == "llava_300_with_cluster_id.json"
+    assert warmup_file_names(45, 60, 240)["w2"] == "Top_45_to_60.json"
+    assert warmup_file_names(12_300, 12_400, 50_000)["w2"] == "Top_12300_to_12400.json", "no name shared"
 
 
 def test_export_rejects_misaligned_assignment(tmp_path):

@@ -110,8 +110,8 @@ def test_selection_rounds_and_probes_are_exported_under_their_steps(run):
     }
     acc = json.loads((out / "selection_step_5/combined_results_internVL.json").read_text())["cluster_accuracies"]
     assert acc["2"] == {"correct": 2, "total": 2, "accuracy": 1.0}
-    assert rec.rows["Remaining_after_3.json"] == 4 and rec.rows["Top_50K_to_60K.json"] == 2
-    assert rec.rows["llava_665k_with_cluster_id.json"] == N and rec.rows["step_list.txt"] == 4
+    assert rec.rows["Remaining_after_3.json"] == 4 and rec.rows["Top_2_to_4.json"] == 2
+    assert rec.rows["llava_10_with_cluster_id.json"] == N and rec.rows["step_list.txt"] == 4
     summary = json.loads(Path(rec.files["summary"]).read_text())
     assert summary["rows_per_file"] == {k: v for k, v in rec.rows.items()}
 

@@ -56,10 +56,10 @@ class ClusteringConfig(KMeansSettings):
     annotation_k: int | None = Field(
         None,
         ge=1,
-        description="centres of the annotation clustering; None = 1000 scaled to the pool (1000 per 665,298)",
+        description="centres of the annotation clustering; empty = pool_scale.annotation_k scaled to the pool",
     )
     selection_k: int | None = Field(
-        None, ge=1, description="centres of the selection clustering; None = 5000 scaled to the pool (5000 per 665,298)"
+        None, ge=1, description="centres of the selection clustering; empty = pool_scale.selection_k scaled to the pool"
     )
 
     def kmeans_settings(self) -> KMeansSettings:

@@ -45,11 +45,6 @@ class RoundExport:
     probabilities: Mapping[int, float] = field(default_factory=dict)
 
 
-ALL_ROWS_FILE = "llava_665k_with_cluster_id.json"
-W1_FILE = "Top_50K.json"
-W2_FILE = "Top_50K_to_60K.json"
-WARMUP_FILE = "Top_60K.json"
-POOL_FILE = "Remaining_605K.json"
 STEP_LIST_FILE = "step_list.txt"
 SUMMARY_FILE = "export_summary.json"
 
@@ -58,6 +53,34 @@ COPY_ROWS = 8192
 """Rows copied per write when a file is assembled from the all-rows file."""
 MAX_READ_BYTES = 64 << 20
 """A chunk of rows lying within this many bytes is read in one piece, otherwise row by row."""
+
+
+def count_label(n: int) -> str:
+    """A set's size as the original's file names write it: thousands as ``50K`` from 10,000 rows (LLaVA-665K's
+    49,897 W1 rows give ``Top_50K``), the exact count below that (a 300-row pool's 45 give ``Top_45``)."""
+    return f"{round(n / 1000)}K" if n >= 10_000 else str(int(n))
+
+
+def all_rows_file_name(n_all: int) -> str:
+    """``llava_665k_with_cluster_id.json`` on LLaVA-665K, ``llava_300_with_cluster_id.json`` on 300 rows."""
+    return f"llava_{count_label(n_all).lower()}_with_cluster_id.json"
+
+
+def warmup_file_names(n_w1: int, n_union: int, n_pool: int) -> dict[str, str]:
+    """The warm-up export's file names from the real counts, the paper's names on LLaVA-665K
+    (``Top_50K``, ``Top_50K_to_60K``, ``Top_60K``, ``Remaining_605K``).
+
+    Where W1 and W1 ∪ W2 would round to the same label the exact counts are used, so no file overwrites another.
+    """
+    w1, union = count_label(n_w1), count_label(n_union)
+    if w1 == union:
+        w1, union = str(n_w1), str(n_union)
+    return {
+        "w1": f"Top_{w1}.json",
+        "w2": f"Top_{w1}_to_{union}.json",
+        "warmup": f"Top_{union}.json",
+        "pool": f"Remaining_{count_label(n_pool)}.json",
+    }
 
 
 def _row_bytes(source, spans: np.ndarray) -> list:
@@ -93,8 +116,8 @@ class OriginalExporter:
 
     Every row carries the original LLaVA keys plus ``cluster_id`` (annotation cluster), ``dist_to_cent``
     (the similarity to the centre, which is what the original's field really holds, docs/algorithm.md#concept-clustering) and
-    ``index`` (= sample_id). File names are the original's even when the sizes differ on a small pool;
-    the actual counts are recorded in ``export_summary.json``.
+    ``index`` (= sample_id). File names carry the real counts (:func:`warmup_file_names`), which are the
+    original's names on LLaVA-665K; every file's row count is recorded in ``export_summary.json``.
     """
 
     def __init__(self, out_dir: str | os.PathLike, manifest, assignment) -> None:
@@ -160,19 +183,22 @@ class OriginalExporter:
         spans = np.empty((self.n_samples, 2), dtype=np.int64)
         source = self._table if self._table is not None else self._manifest_path
         extra = {"cluster_id": self.cluster_id, "dist_to_cent": self.dist_to_cent, "index": np.arange(self.n_samples)}
-        path = export_llava(source, self.out_dir / ALL_ROWS_FILE, extra_fields=extra, row_spans=spans)
-        self.counts[ALL_ROWS_FILE] = self.n_samples
+        name = all_rows_file_name(self.n_samples)
+        path = export_llava(source, self.out_dir / name, extra_fields=extra, row_spans=spans)
+        self.counts[name] = self.n_samples
         self._all_rows = (path, spans)
         return path
 
     def write_warmup(self, w1, w2) -> None:
         """``Top_50K.json`` (W1), ``Top_50K_to_60K.json`` (W2 \\ W1), ``Top_60K.json`` (W1 ∪ W2) and
-        ``Remaining_605K.json`` (the pool left for selection), docs/algorithm.md#warm-up-pools."""
+        ``Remaining_605K.json`` (the pool left for selection) on LLaVA-665K, named by the real counts
+        elsewhere (:func:`warmup_file_names`), docs/algorithm.md#warm-up-pools."""
         w2_only, union, pool = warmup_sets(self.n_samples, w1, w2)
-        self.write_rows(w1, W1_FILE)
-        self.write_rows(w2_only, W2_FILE)
-        self.write_rows(union, WARMUP_FILE)
-        self.write_rows(pool, POOL_FILE)
+        names = warmup_file_names(len(w1), union.size, pool.size)
+        self.write_rows(w1, names["w1"])
+        self.write_rows(w2_only, names["w2"])
+        self.write_rows(union, names["warmup"])
+        self.write_rows(pool, names["pool"])
 
     def write_round(self, r: RoundExport) -> None:
         """One round's files: ``Selected_until_{step}.json``, ``Remaining_after_{step}.json``,

@@ -88,13 +88,31 @@ class OrchestrationConfig(StrictModel):
     threads_per_worker: int = Field(1, ge=1, description="Threads per LocalCluster worker process.")
 
 
+class PoolScale(StrictModel):
+    """The pool size a preset's cluster counts and round budget are given for (docs/algorithm.md#pool-scale).
+
+    A run leaves ``clustering.annotation_k``, ``clustering.selection_k`` and ``selection.selection_num`` empty
+    unless the user sets them; each then keeps this pool's rows per centre and per round on the pool it runs
+    on, so the demo preset on a 300-row pool of one's own gets a handful of concepts and several rounds
+    instead of 40 centres and a single round.
+    """
+
+    rows: int = Field(665_298, ge=1, description="Pool rows the values below are given for (LLaVA-665K).")
+    annotation_k: int = Field(1000, ge=1, description="Annotation centres at that pool size (the paper's 1000).")
+    selection_k: int = Field(5000, ge=1, description="Selection centres at that pool size (the paper's 5000).")
+    selection_num: int = Field(7500, ge=1, description="SELECTION_NUM at that pool size (the paper's 7500).")
+
+    def scaled(self, value: int, n: int, minimum: int) -> int:
+        """``value`` per ``rows`` scaled to ``n`` rows, rounded, within ``[minimum, n]``."""
+        return int(min(max(round(n * value / self.rows), minimum), n))
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "run_dir": "runs/demo",
         "data": {"synthetic_n": 5000, "synthetic_n_eval": 600},
-        "clustering": {"annotation_k": 40, "selection_k": 150},
+        "pool_scale": {"rows": 5000, "annotation_k": 40, "selection_k": 150, "selection_num": 250},
         "warmup": {"fractions": (0.15, 0.2)},
-        "selection": {"selection_num": 250},
         "schedule": {"budget_fraction": 0.5},
         "training": {"global_batch_size": 8},
         "probe": {"samples_per_cluster": 30, "max_new_tokens": 8},
@@ -103,9 +121,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "run_dir": "runs/paper",
         "data": {"allow_duplicate_ids": True},
         "features": {"image_encoder": "dinov2"},
-        "clustering": {"annotation_k": 1000, "selection_k": 5000},
         "warmup": {"fractions": (0.075, 0.09), "temperature": 0.1},
-        "selection": {"selection_num": 7500, "temperature": 0.5},
+        "selection": {"temperature": 0.5},
         "schedule": {"final_step": 1039},
         "training": {
             "global_batch_size": 128,
@@ -161,6 +178,7 @@ class RunConfig(StrictModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    pool_scale: PoolScale = Field(default_factory=PoolScale)
     shard_size: int = Field(4096, ge=1, description="Rows per feature-extraction shard (one task each).")
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     export_original: bool = Field(True, description="Also write the original scripts' JSON files (Top_50K.json, ...).")
@@ -192,6 +210,26 @@ class RunConfig(StrictModel):
         if self.schedule.final_step is not None:
             return self.schedule.final_step
         return max(1, math.ceil(self.schedule.budget_fraction * pool_size / self.training.global_batch_size))
+
+    def sized_to_pool(self, n: int) -> tuple[RunConfig, list[str]]:
+        """This config with the empty cluster counts and round budget scaled to a pool of ``n`` rows
+        (:class:`PoolScale`), and one note per scaled value for the run's log."""
+        scale, notes = self.pool_scale, []
+        values = {
+            ("clustering", "annotation_k"): (self.clustering.annotation_k, scale.annotation_k, 2),
+            ("clustering", "selection_k"): (self.clustering.selection_k, scale.selection_k, 2),
+            ("selection", "selection_num"): (self.selection.selection_num, scale.selection_num, 1),
+        }
+        update: dict[str, dict[str, int]] = {}
+        for (section, name), (given, reference, minimum) in values.items():
+            if given is None:
+                value = scale.scaled(reference, n, minimum)
+                update.setdefault(section, {})[name] = value
+                notes.append(f"{section}.{name} {value} ({reference} per {scale.rows:,} rows scaled to {n:,})")
+        if not update:
+            return self, notes
+        sections = {key: getattr(self, key).model_copy(update=fields) for key, fields in update.items()}
+        return self.model_copy(update=sections), notes
 
     def feature_config(self) -> FeatureConfig:
         return FeatureConfig.model_validate(self.features.model_dump())

@@ -92,8 +92,8 @@ def check_run(cfg, check_disk: bool = True, count_rows: bool = True) -> list[str
             problems.append(f"data.image_root: {data.image_root!r} is not readable; fix its permissions")
     problems += _check_models(cfg)
     if n:
-        problems += _check_sizes(cfg, n)
-    problems += _check_dirs(cfg, n if check_disk else None)
+        problems += _check_sizes(cfg.sized_to_pool(n)[0], n)
+    problems += _check_dirs(cfg.sized_to_pool(n)[0] if n else cfg, n if check_disk else None)
     problems += _check_gpus(cfg)
     problems += check_backends(cfg, _visible_gpus())
     return problems

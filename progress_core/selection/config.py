@@ -90,8 +90,11 @@ class SelectionConfig(ProgressOptions):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     strategy: Strategy = Field("progress", description="Strategy name: progress, random, coincide, tfs, full.")
-    selection_num: int = Field(
-        7500, ge=1, description="SELECTION_NUM: samples drawn per round (rounded down to whole global batches)."
+    selection_num: int | None = Field(
+        None,
+        ge=1,
+        description="SELECTION_NUM: samples drawn per round (rounded down to whole global batches); empty = "
+        "pool_scale.selection_num scaled to the pool.",
     )
 
 

@@ -125,7 +125,9 @@ def warmup_sizes(fractions: tuple[float, float], pool_size: int) -> tuple[int, i
 
 
 def initial_state(config, pool_size: int, warmup: tuple[int, int] | None = None) -> ScheduleState:
-    """The schedule state before round 0 of ``config`` (a :class:`~progress_core.run.config.RunConfig`)."""
+    """The schedule state before round 0 of ``config`` (a :class:`~progress_core.run.config.RunConfig`; an
+    empty SELECTION_NUM scaled to the pool, docs/algorithm.md#pool-scale)."""
+    config, _ = config.sized_to_pool(pool_size)
     sizes = warmup if warmup is not None else warmup_sizes(tuple(config.warmup.fractions), pool_size)
     return ScheduleState(
         round_index=0,
