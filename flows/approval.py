@@ -36,7 +36,7 @@ class ApprovalDeclined(ProgressError):
 class Approval(RunInput):
     """Continue with the planned selection rounds?"""
 
-    approve: bool = True
+    approve: bool = False
     comment: str = ""
 
 
@@ -94,7 +94,7 @@ def report(cfg: RunConfig, rows: list[dict], plan: dict) -> str:
     lines += [
         "",
         "A round that selects fewer samples than planned (a pool running dry) re-plans the rounds after it.",
-        "Resume the flow run and tick **approve** to continue; untick it to stop the run here.",
+        "Resume the flow run and tick **approve** to continue; leave it unticked to stop the run here.",
     ]
     return "\n".join(lines)
 

@@ -14,8 +14,9 @@ Relative run directories live under ``$PROGRESS_RUNS_DIR`` (default ``./runs`` o
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Literal, get_args
 
 from prefect import flow, get_run_logger
 
@@ -48,7 +49,8 @@ def build_config(
     seed: int | None = None,
     advanced: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """The run config of a form submission: preset, then ``advanced``, then the top-level fields set.
+    """The run config of a form submission: preset, then ``advanced``, then the top-level fields set
+    (``budget`` 0 or None = the preset's, scaled to the pool).
 
     Raises :class:`~progress_core.errors.ConfigError` naming the offending field.
     """
@@ -57,7 +59,7 @@ def build_config(
     short["data"] = {k: v for k, v in data.items() if v not in (None, "")}
     if strategy:
         short["selection"] = {"strategy": strategy}
-    if budget is not None:
+    if budget:
         short.setdefault("selection", {})["selection_num"] = budget
     if seed is not None:
         short["seed"] = seed
@@ -76,6 +78,11 @@ def _preset_default(path: str) -> str:
     return ", ".join(values)
 
 
+def _preset_scales() -> str:
+    scales = [(name, load_config(overrides={"preset": name}).pool_scale) for name in get_args(Preset)]
+    return ", ".join(f"{name} {s.selection_num} per {s.rows:,} rows" for name, s in scales)
+
+
 _ARGS = {
     "preset": describe("preset"),
     "pool_json": describe("data.pool_json"),
@@ -83,9 +90,9 @@ _ARGS = {
     "run_dir": describe("run_dir") + " A relative path (or empty = the preset's name) goes under "
     "$PROGRESS_RUNS_DIR of the worker (default ./runs).",
     "strategy": describe("selection.strategy"),
-    "budget": describe("selection.selection_num")
-    + f" Empty = the preset's ({_preset_default('selection.selection_num')}).",
-    "seed": describe("seed") + " Empty = the preset's (42).",
+    "budget": describe("selection.selection_num").split(";")[0]
+    + f". 0 = the preset's, scaled to the pool ({_preset_scales()}).",
+    "seed": describe("seed"),
     "advanced": "Any other field of the run config, same shape as `progress config --preset demo` prints, e.g. "
     '{"schedule": {"final_step": 40}, "orchestration": {"approve_after_warmup": true}}. Fields left out take '
     "the preset's values; the fields above win over the same fields here.",
@@ -109,8 +116,8 @@ def _run_selection(
     image_root: str = "",
     run_dir: str = "",
     strategy: Strategy = "progress",
-    budget: Optional[int] = None,
-    seed: Optional[int] = None,
+    budget: int = 0,
+    seed: int = 42,
     advanced: dict[str, Any] = {},  # noqa: B006
 ) -> dict:
     from flows.progress_selection import progress_selection
@@ -126,8 +133,8 @@ def _compare(
     image_root: str = "",
     run_dir: str = "",
     strategies: list[Strategy] = DEFAULT_COMPARED,  # noqa: B006
-    budget: Optional[int] = None,
-    seed: Optional[int] = None,
+    budget: int = 0,
+    seed: int = 42,
     advanced: dict[str, Any] = {},  # noqa: B006
 ) -> dict:
     from flows.compare_strategies import compare_strategies
@@ -146,5 +153,21 @@ _compare.__doc__ = _docstring(
     ["preset", "pool_json", "image_root", "run_dir", "strategies", "budget", "seed", "advanced"],
 )
 
-run_selection = flow(_run_selection, name="progress-selection", flow_run_name="{preset}-{strategy}", log_prints=True)
-compare = flow(_compare, name="compare-strategies", flow_run_name="compare-{preset}", log_prints=True)
+def flow_run_name(parameters: dict[str, Any], started: datetime) -> str:
+    """A name that tells runs apart in the UI's run list: what runs, where, with which budget and seed, and
+    when it was started (``random · ui-run · budget 32 · seed 7 · 12-04 13:05:09``)."""
+    what = parameters.get("strategy") or "compare " + ",".join(parameters.get("strategies") or [])
+    where = Path(parameters.get("run_dir") or parameters.get("preset") or "run").name
+    budget = parameters.get("budget") or "preset"
+    seed = parameters.get("seed", 42)
+    return f"{what} · {where} · budget {budget} · seed {seed} · {started:%m-%d %H:%M:%S}"
+
+
+def _named_run() -> str:
+    from prefect.runtime import flow_run
+
+    return flow_run_name(dict(flow_run.parameters), datetime.now())
+
+
+run_selection = flow(_run_selection, name="progress-selection", flow_run_name=_named_run, log_prints=True)
+compare = flow(_compare, name="compare-strategies", flow_run_name=_named_run, log_prints=True)

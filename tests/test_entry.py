@@ -22,7 +22,7 @@ from tasks.stage import StageRecord
 
 def test_unset_fields_take_the_chosen_presets_values():
     paper = build_config("paper")
-    assert paper.selection.selection_num == 7500 and paper.training.global_batch_size == 128
+    assert paper.sized_to_pool(665_298)[0].selection.selection_num == 7500 and paper.training.global_batch_size == 128
     demo = build_config("demo", strategy="random", budget=12, seed=7, advanced={"selection": {"temperature": 0.2}})
     assert demo.selection.selection_num == 12 and demo.selection.strategy == "random" and demo.seed == 7
     assert demo.selection.temperature == 0.2 and demo.training.global_batch_size == 8
@@ -32,8 +32,9 @@ def test_unset_fields_take_the_chosen_presets_values():
     ), "the top-level fields win over advanced"
     with_pool = build_config("paper", pool_json="/data/pool.json", image_root="/data/img")
     assert with_pool.data.pool_json == "/data/pool.json" and with_pool.data.image_root == "/data/img"
+    assert build_config("demo", budget=0).selection.selection_num is None, "0 = the preset's, scaled to the pool"
     with pytest.raises(ConfigError, match="selection.selection_num"):
-        build_config("demo", budget=0)
+        build_config("demo", budget=-3)
     with pytest.raises(ConfigError, match="bogus"):
         build_config("demo", advanced={"bogus": 1})
 
@@ -57,6 +58,9 @@ def test_form_descriptions_come_from_the_config_model():
     assert props["pool_json"]["description"] == describe("data.pool_json")
     assert props["strategy"]["enum"] and props["strategy"]["default"] == "progress"
     assert props["preset"]["enum"] == ["demo", "paper", "paper-8gpu"]
+    for name, default in (("budget", 0), ("seed", 42)):
+        assert props[name]["type"] == "integer" and props[name]["default"] == default, "no int/None toggle"
+        assert "anyOf" not in props[name]
 
 
 @pytest.mark.parametrize("preset", ["demo", "paper"])
@@ -71,7 +75,7 @@ def test_commented_yaml_loads_back_and_explains_every_field(preset):
 def test_config_command_prints_the_comments(capsys):
     assert main(["config", "--preset", "paper"]) == 0
     out = capsys.readouterr().out
-    assert "# SELECTION_NUM" in out and yaml.safe_load(out)["selection"]["selection_num"] == 7500
+    assert "# SELECTION_NUM" in out and yaml.safe_load(out)["pool_scale"]["selection_num"] == 7500
 
 
 def test_planned_rounds_after_the_warmup():

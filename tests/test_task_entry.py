@@ -5,6 +5,7 @@ documents (docs/architecture.md#configuration)."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 import flows.compare_strategies as compare_mod
 import flows.entry as entry_mod
 import flows.progress_selection as selection_mod
-from flows.entry import DEFAULT_COMPARED, compare, run_selection
+from flows.entry import DEFAULT_COMPARED, compare, flow_run_name, run_selection
 from progress_core.run.config import load_config
 from progress_core.selection.strategies import available_strategies
 
@@ -67,8 +68,16 @@ def test_compare_runs_every_strategy_under_one_compare_directory(launched, tmp_p
 
 
 def test_flow_names_run_names_and_documented_parameters():
-    assert run_selection.name == "progress-selection" and run_selection.flow_run_name == "{preset}-{strategy}"
-    assert compare.name == "compare-strategies" and compare.flow_run_name == "compare-{preset}"
+    assert run_selection.name == "progress-selection" and compare.name == "compare-strategies"
+    assert run_selection.flow_run_name is compare.flow_run_name, "both name runs by what, where and when"
+    at = datetime(2026, 12, 4, 13, 5, 9)
+    demo = {"preset": "demo", "strategy": "progress", "run_dir": "", "budget": 0, "seed": 42}
+    assert flow_run_name(demo, at) == "progress · demo · budget preset · seed 42 · 12-04 13:05:09"
+    other = {**demo, "strategy": "random", "run_dir": "/runs/ui-run", "budget": 32, "seed": 7}
+    assert flow_run_name(other, at) == "random · ui-run · budget 32 · seed 7 · 12-04 13:05:09"
+    assert flow_run_name(demo, at) != flow_run_name(demo, datetime(2026, 12, 4, 13, 5, 10)), "two runs, two names"
+    cmp = {"preset": "demo", "strategies": ["progress", "random"], "run_dir": "", "budget": 0, "seed": 1}
+    assert flow_run_name(cmp, at).startswith("compare progress,random · demo ·")
     assert set(DEFAULT_COMPARED) <= set(available_strategies()) and "progress" in DEFAULT_COMPARED
     for fn, names in (
         (run_selection, ["preset", "pool_json", "image_root", "run_dir", "strategy", "budget", "seed", "advanced"]),
@@ -78,4 +87,5 @@ def test_flow_names_run_names_and_documented_parameters():
         assert documented == names
     budget = entry_mod._ARGS["budget"]
     for preset in ("demo", "paper"):
-        assert f"{preset} {load_config(overrides={'preset': preset}).selection.selection_num}" in budget
+        scale = load_config(overrides={"preset": preset}).pool_scale
+        assert f"{preset} {scale.selection_num} per {scale.rows:,} rows" in budget
