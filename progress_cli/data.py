@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from progress_cli.usage import CommandGroup
 from progress_core.data.config import DataConfig
 
 MANIFEST_NAME = "manifest.parquet"
@@ -23,7 +24,9 @@ def _format(df) -> str:
 
 
 def _register_prepare(app: typer.Typer) -> None:
-    prepare = typer.Typer(help="Create a ready-to-run pool (pool JSON, images, manifest).", no_args_is_help=True)
+    prepare = typer.Typer(
+        cls=CommandGroup, help="Create a ready-to-run pool (pool JSON, images, manifest).", no_args_is_help=True
+    )
 
     @prepare.callback()
     def _prepare() -> None:

@@ -14,14 +14,16 @@ import traceback
 
 import typer
 
-from progress_cli.usage import usage_failure
+from progress_cli.usage import CommandGroup, usage_failure
 from progress_core.environment import apply_defaults
 from progress_core.errors import ProgressError
 
 DEBUG_ENV = "PROGRESS_DEBUG"
 
+
 app = typer.Typer(
     name="progress",
+    cls=CommandGroup,
     help=(
         "progress-flows: PROGRESS learning-progress data selection for visual instruction tuning.\n\n"
         "Stages can be run one by one (prepare, manifest, features, cluster, warmup, select, train, probe)"

@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from progress_cli.options import EXPLAIN_HINT, ConfigFile, PresetName, resolve_config, set_option
+from progress_cli.usage import CommandGroup
 from progress_core.errors import ProgressError
 
 
@@ -39,6 +40,7 @@ def _need_file(path: Path, what: str) -> Path:
 def _register_features(app: typer.Typer) -> None:
     """Add ``progress features`` and ``progress features import``."""
     features_app = typer.Typer(
+        cls=CommandGroup,
         help="Extract image + question features for every manifest row, or import features computed elsewhere.",
         invoke_without_command=True,
         no_args_is_help=False,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from typer.core import TyperGroup
+
 
 def _command_path(ctx: Any) -> str:
     names = []
@@ -27,3 +29,22 @@ def usage_failure(exc: Exception, error: Callable[[str], None]) -> int:
     message = (format_message() if callable(format_message) else str(exc)) or type(exc).__name__
     error(f"{message} (see `{_command_path(ctx)} --help`)")
     return code
+
+
+def _as_flag(option):
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class CommandGroup(TyperGroup):
+    """Every command group of the CLI: ``--help`` shown as a flag everywhere, not as a ``<bool>`` value to give."""
+
+    def get_help_option(self, ctx):
+        return _as_flag(super().get_help_option(ctx))
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _as_flag(command.get_help_option(ctx))
+        return command

@@ -4,6 +4,7 @@ run config through ``--config``/``--preset``/``--set``; the commands declare onl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,15 @@ def test_every_stage_command_takes_config_preset_and_set(path, monkeypatch, caps
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--config FILE, --preset NAME and --set KEY=VALUE" in help_text
     assert "`progress config --explain FIELD` describes a field" in help_text
+
+
+@pytest.mark.parametrize("path", [(), *STAGE_COMMANDS, ("compare",), ("demo",)], ids=" ".join)
+def test_help_shows_flags_as_flags_and_values_by_their_meaning(path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main([*path, "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--help" in help_text
+    assert not re.findall(r"<(?:bool|list\[\w+\]|dict)>", help_text), help_text
 
 
 def test_select_takes_its_knobs_from_the_config():
