@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from progress_core.environment import apply_defaults, server_startup_timeout
@@ -83,7 +83,7 @@ def wait_healthy(api_url: str, timeout: float | None = None, proc: subprocess.Po
                 if r.status == 200:
                     return
         except OSError:
-            time.sleep(0.5)
+            time.sleep(0.1)
     raise TimeoutError(f"Prefect server at {api_url} not healthy after {timeout:.0f}s")
 
 
@@ -149,9 +149,17 @@ def _kill_group(pgid: int, timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def _server_process(
-    make_args, env: dict[str, str], home: str | Path | None, log: Path | None, port: int | None = None
+    make_args,
+    env: dict[str, str],
+    home: str | Path | None,
+    log: Path | None,
+    port: int | None = None,
+    while_starting: Callable[[], object] | None = None,
 ) -> Iterator[str]:
     """Start a server in its own process group with a pid file; yield its API URL once it is healthy.
+
+    ``while_starting`` runs once the first server process is spawned, before waiting for it to answer (the
+    caller's own imports overlap the server's start-up instead of adding to it).
 
     A server that exits while starting (another one starting beside it holding the database or the port)
     is started again on a fresh port until the start-up timeout is spent.
@@ -172,6 +180,9 @@ def _server_process(
             )
             note = folder / f"{proc.pid}.json"
             note.write_text(json.dumps({"pid": proc.pid, "owner": os.getpid(), "api_url": api_url}))
+            if while_starting is not None:
+                while_starting()
+                while_starting = None
             try:
                 wait_healthy(api_url, timeout=max(deadline - time.monotonic(), 1.0), proc=proc)
                 break
@@ -202,7 +213,9 @@ def prefect_server(home: str | Path, port: int | None = None, log: Path | None =
 
 
 @contextlib.contextmanager
-def temporary_server(home: str | Path | None = None, log: Path | None = None) -> Iterator[str]:
+def temporary_server(
+    home: str | Path | None = None, log: Path | None = None, while_starting: Callable[[], object] | None = None
+) -> Iterator[str]:
     """The API alone (no UI, no background services) for one ``progress run``, as Prefect's ephemeral server.
 
     Unlike Prefect's own ephemeral server it runs in its own process group with a pid file, so a run killed
@@ -234,7 +247,7 @@ def temporary_server(home: str | Path | None = None, log: Path | None = None) ->
             "on",
         ]
 
-    with _server_process(args, env, home, log) as url:
+    with _server_process(args, env, home, log, while_starting=while_starting) as url:
         yield url
 
 

@@ -153,6 +153,7 @@ _compare.__doc__ = _docstring(
     ["preset", "pool_json", "image_root", "run_dir", "strategies", "budget", "seed", "advanced"],
 )
 
+
 def flow_run_name(parameters: dict[str, Any], started: datetime) -> str:
     """A name that tells runs apart in the UI's run list: what runs, where, with which budget and seed, and
     when it was started (``random · ui-run · budget 32 · seed 7 · 12-04 13:05:09``)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -67,11 +67,13 @@ def quiet_tracebacks() -> None:
 
 
 @contextlib.contextmanager
-def prefect_api() -> Iterator[None]:
+def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator[None]:
     """The Prefect API of this command: ``PREFECT_API_URL`` when set, else the server of a running ``make ui``,
-    else a temporary server; the command's first line says which."""
+    else a temporary server; the command's first line says which. ``while_starting`` runs while a temporary
+    server starts up (at once when there is a server already)."""
     if os.environ.get("PREFECT_API_URL"):
         typer.echo(f"prefect: the server at PREFECT_API_URL={os.environ['PREFECT_API_URL']}", err=True)
+        while_starting()
         yield
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -90,7 +92,9 @@ def prefect_api() -> Iterator[None]:
             "one up that later runs use)",
             err=True,
         )
-    server = contextlib.nullcontext(ui_api) if ui_api else temporary_server()
+    if ui_api:
+        while_starting()
+    server = contextlib.nullcontext(ui_api) if ui_api else temporary_server(while_starting=while_starting)
     with server as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
         try:
             yield
@@ -109,17 +113,25 @@ def checked_config(overrides: dict[str, Any], config_path: Optional[Path]) -> Ru
 
 
 def run_flow(overrides: dict[str, Any], config_path: Optional[Path]) -> dict:
-    """Validate the config and run the ``progress_selection`` flow; returns the flow's summary."""
+    """Validate the config and run the ``progress_selection`` flow; returns the flow's summary.
+
+    The flow's modules are imported while a temporary server starts (docs/architecture.md#orchestration), so
+    a cached re-run pays for the slower of the two, not their sum."""
     cfg = checked_config(overrides, config_path)
     apply_defaults()
-    from flows.progress_selection import progress_selection
     from progress_cli.approval import terminal_approval
 
-    quiet_tracebacks()
     on_terminal = cfg.orchestration.approve_after_warmup and not os.environ.get("PREFECT_API_URL")
     with interrupts_fail_loudly(), hold_run_dir(cfg.run_dir, lambda line: typer.echo(line, err=True)):
-        with prefect_api(), terminal_approval(on_terminal):
+        with prefect_api(while_starting=_import_flow), terminal_approval(on_terminal):
+            from flows.progress_selection import progress_selection
+
+            quiet_tracebacks()
             return progress_selection(config=cfg)
+
+
+def _import_flow() -> None:
+    import flows.progress_selection  # noqa: F401
 
 
 def format_concepts(path: str) -> str:

@@ -59,7 +59,10 @@ def test_run_writes_every_round(baseline, server):
     selected = read_ids(summary["final_selection"])
     assert len(np.unique(selected)) == len(selected) == rounds[-1]["selected"]
     export = Path(summary["export_dir"])
-    assert len(list(export.glob("Top_*_to_*.json"))) == 1 and (export / "step_list.txt").read_text().split("\n")[-1] == "33"
+    assert (
+        len(list(export.glob("Top_*_to_*.json"))) == 1
+        and (export / "step_list.txt").read_text().split("\n")[-1] == "33"
+    )
 
     api_url, _ = server
     arts = artifacts(api_url, summary["flow_run_id"])

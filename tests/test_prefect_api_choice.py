@@ -55,3 +55,38 @@ def test_prefect_api_url_wins_and_is_named_first(monkeypatch, capsys):
     with command_api():
         pass
     assert capsys.readouterr().err.splitlines()[0] == "prefect: the server at PREFECT_API_URL=http://127.0.0.1:9/api"
+
+
+_HEALTHY_SERVER = """
+import http.server, sys
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Ok).serve_forever()
+"""
+
+
+def test_work_given_to_a_starting_server_runs_once_after_the_spawn_and_before_the_body(tmp_path):
+    """``progress run`` imports its flow while the temporary server starts (docs/architecture.md#orchestration)."""
+    import sys
+
+    from deployments.setup import _server_process, server_pid_dir
+
+    events = []
+
+    def while_starting() -> None:
+        events.append(("starting", len(list(server_pid_dir(tmp_path).glob("*.json")))))
+
+    args = lambda port: [sys.executable, "-c", _HEALTHY_SERVER, str(port)]  # noqa: E731
+    with _server_process(args, {}, tmp_path, None, while_starting=while_starting) as api_url:
+        events.append(("body", api_url.startswith("http://127.0.0.1:")))
+    assert events == [("starting", 1), ("body", True)]
+
+
+def test_work_given_to_an_existing_server_runs_at_once(monkeypatch, capsys):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    ran = []
+    with command_api(while_starting=lambda: ran.append(True)):
+        assert ran == [True]
