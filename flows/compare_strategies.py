@@ -29,6 +29,8 @@ from progress_core.data.statistics import majority_baseline
 from progress_core.errors import ConfigError
 from progress_core.io import write_json, write_parquet
 from progress_core.run.config import RunConfig, _merge
+from progress_core.run.validation import label_refusal
+from progress_core.selection.config import LABEL_STRATEGIES
 from progress_core.selection.strategies import available_strategies
 from tasks.evaluation import evaluate_stage
 from tasks.holdout import holdout_stage
@@ -204,6 +206,17 @@ def _named(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def check_strategies(strategies: list[str], config: RunConfig) -> None:
+    """Unknown names, and a label-reading ``oracle`` on a pool without labels, refused before any stage."""
+    known = available_strategies() + sorted(LABEL_STRATEGIES)
+    unknown = sorted(set(strategies) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown strategies {unknown}; available: {known}")
+    labelled = sorted(set(strategies) & LABEL_STRATEGIES)
+    if labelled and config.data.pool_json:
+        raise ConfigError(label_refusal(labelled[0]))
+
+
 @flow(name="compare-strategies", log_prints=True, validate_parameters=True)
 def compare_strategies(
     config: RunConfig = RunConfig(),
@@ -215,10 +228,8 @@ def compare_strategies(
     include_full: bool = False,
 ) -> dict:
     """Run ``strategies`` × ``budgets`` × ``seeds`` (× sweep values) at equal budgets; evaluate each run."""
+    check_strategies(strategies, config)
     log = get_run_logger()
-    unknown = sorted(set(strategies) - set(available_strategies()))
-    if unknown:
-        raise ConfigError(f"unknown strategies {unknown}; available: {available_strategies()}")
     budgets = budgets or [config.schedule.budget_fraction]
     seeds = seeds if seeds is not None else [config.seed]
     if min(budgets) <= config.warmup.fractions[1]:

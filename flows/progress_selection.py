@@ -32,6 +32,7 @@ from progress_core.reporting.summary import RoundSummary, RunSummary, format_acc
 from progress_core.run.config import RunConfig
 from progress_core.run.lock import hold_run_dir
 from progress_core.run.validation import validate_run
+from progress_core.selection.config import LABEL_STRATEGIES
 from progress_core.selection.schedule import (
     RoundPlan,
     ScheduleState,
@@ -189,6 +190,7 @@ def _select(
         acc_prev=probes[-2],
         acc_now=probes[-1],
         coincide_order=setup.coincide_order,
+        **({"manifest": prepared.manifest} if cfg.selection.strategy in LABEL_STRATEGIES else {}),
         **common,
     )
 

@@ -60,7 +60,7 @@ READS: dict[str, tuple[str, ...]] = {
     "coincide_order": ("features", "kmeans[selection]"),
     "init_model": ("manifest",),
     "commit_warmup": ("warmup_pools",),
-    "select": ("kmeans[annotation]", "coincide_order", "probe", "commit_warmup"),
+    "select": ("kmeans[annotation]", "coincide_order", "probe", "commit_warmup", "manifest"),
     "train": ("init_model", "commit_warmup", "select", "manifest"),
     "probe": ("train", "kmeans[annotation]", "manifest", "commit_warmup", "select"),
     "export_original": ("manifest", "kmeans[annotation]", "warmup_pools", "select", "probe"),

@@ -20,6 +20,11 @@ class PoolSettings(StrictModel):
     synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
     synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
     synthetic_seed: int = Field(0, ge=0, description="Seed of the synthetic pool generator.")
+    headroom: Literal["none", "default"] = Field(
+        "none",
+        description="Bundled pool only: none = the balanced i.i.d. pool; default = the headroom pool (skewed "
+        'mix, label noise, near-duplicates, an already-known family; README "Headroom pool").',
+    )
 
 
 class DataConfig(PoolSettings):
