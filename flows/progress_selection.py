@@ -447,8 +447,11 @@ def select_in_run_dir(cfg: RunConfig, run: Path) -> dict:
 
     prepared, prepare_seconds = _timed(prepare_stages, cfg, shared)
     cfg, notes = cfg.sized_to_pool(prepared.manifest.rows["manifest"])
-    if notes and prepared.manifest.rows["manifest"] != cfg.pool_scale.rows:
-        log.info("scaled to the pool (set these fields to override): %s", "; ".join(notes))
+    scaled = [note for note in notes if not note.startswith("probe.")]
+    if scaled and prepared.manifest.rows["manifest"] != cfg.pool_scale.rows:
+        log.info("scaled to the pool (set these fields to override): %s", "; ".join(scaled))
+    for note in notes[len(scaled) :]:
+        log.info("%s", note)
     setup, state = set_up_rounds(cfg, shared, prepared)
     log.info(
         "%s: pool %d, W1 %d, W2 %d, %d annotation clusters; %d steps planned at batch %d",

@@ -28,6 +28,7 @@ from progress_core.selection.context import (
     basic_table,
     edge_selection,
     make_context,
+    with_probe_noise,
 )
 from progress_core.selection.strategies import tfs_takes
 
@@ -93,7 +94,8 @@ def oracle_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Oracl
     chosen, notes = edge_selection(ctx)
     if chosen is None:
         chosen = _concept_draw(ctx, opts.concepts, rng)
-    return SelectionResult("oracle", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))
+    table = with_probe_noise(basic_table(ctx, chosen), ctx.history)
+    return SelectionResult("oracle", chosen, table, notes, 0, int(chosen.size))
 
 
 def oracle_concepts(labels: pd.DataFrame, ids: list[str] | np.ndarray) -> np.ndarray:
