@@ -45,6 +45,16 @@ class DataConfig(PoolSettings):
         lt=1,
         description="Share of a user's pool held out for evaluation by `progress compare` when eval_json is empty.",
     )
+    concept_labels: str | None = Field(
+        None,
+        description="Concepts of a user's pool for `progress compare`: a JSON object {id: concept}, or a CSV / "
+        "Parquet table with columns id and concept; empty = concept_field or the image's top folder.",
+    )
+    concept_field: str | None = Field(
+        None,
+        description="Concepts of a user's pool for `progress compare` from this key of each JSON row (e.g. "
+        "'source'); empty = concept_labels or the image's top folder.",
+    )
     hash_images: bool = Field(
         False,
         description="Key the features by the content hashes of the pool's images (slower) instead of their "

@@ -72,6 +72,22 @@ def label_refusal(strategy: str) -> str:
     )
 
 
+def concept_source_problems(data) -> list[str]:
+    """``data.concept_labels`` / ``data.concept_field``: one source at most, for a user's pool, the file there."""
+    if not (data.concept_labels or data.concept_field):
+        return []
+    if not data.pool_json:
+        return [
+            "data.concept_labels/concept_field: only a user's pool (data.pool_json) takes them; the bundled "
+            "pool has its own labels"
+        ]
+    if data.concept_labels and data.concept_field:
+        return ["data.concept_labels and data.concept_field are both set; choose one source of concepts"]
+    if data.concept_labels and not Path(data.concept_labels).is_file():
+        return [f"data.concept_labels: file not found: {data.concept_labels!r}; fix the path or leave it empty"]
+    return []
+
+
 def _model_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~"))
 
@@ -95,6 +111,7 @@ def check_run(cfg, check_disk: bool = True, count_rows: bool = True) -> list[str
         n = data.synthetic_n
     if data.pool_json and cfg.selection.strategy in LABEL_STRATEGIES:
         problems.append(label_refusal(cfg.selection.strategy))
+    problems += concept_source_problems(data)
     if data.image_root:
         root = Path(data.image_root)
         if not root.is_dir():
