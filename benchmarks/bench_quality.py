@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 from _common import summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-STRATEGIES = ("progress", "random", "coincide")
+STRATEGIES = ("oracle", "random", "coincide", "progress")
 BENCH_SETTINGS = (
     "clustering.annotation_k=16",
     "clustering.selection_k=60",
@@ -167,7 +167,7 @@ def run_comparisons(run_dir: Path, args: argparse.Namespace) -> None:
     sets = [f"data.synthetic_n={args.n}", f"data.synthetic_n_eval={args.n_eval}", *BENCH_SETTINGS, *args.sets]
     common = [sys.executable, "-m", "progress_cli", "compare", "--run-dir", str(run_dir), "--budgets", args.budgets]
     common += ["--seeds", str(args.seeds)] + [x for s in sets for x in ("--set", s)]
-    strategies = [x for s in STRATEGIES for x in ("-s", s)]
+    strategies = [x for s in args.strategies.split(",") for x in ("-s", s)]
     with prefect_server(home, log=home / "server.log") as api_url:
         env = prefect_env(api_url, home)
         env.update({"PYTHONPATH": str(REPO), "PREFECT_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"})
@@ -210,6 +210,9 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra config override")
     parser.add_argument(
         "--sweep", dest="sweeps", action="append", default=[], help="FIELD=V1,V2: variants of progress (repeatable)"
+    )
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help="comma-separated; oracle needs a bundled pool"
     )
     parser.add_argument("--table-only", action="store_true", help="only print the table of --run-dir")
     args = parser.parse_args()

@@ -29,9 +29,11 @@ from progress_core.data.statistics import majority_baseline
 from progress_core.errors import ConfigError
 from progress_core.io import write_json, write_parquet
 from progress_core.run.config import RunConfig, _merge
+from progress_core.run.validation import concept_source_problems, label_refusal
+from progress_core.selection.config import LABEL_STRATEGIES
 from progress_core.selection.strategies import available_strategies
 from tasks.evaluation import evaluate_stage
-from tasks.holdout import holdout_stage
+from tasks.holdout import file_stamp, holdout_stage
 from tasks.report import publish_comparison_report
 
 DEFAULT_STRATEGIES = ["progress", "random", "tfs", "coincide"]
@@ -164,6 +166,9 @@ def held_out_split(config: RunConfig, shared: Path, log) -> tuple[RunConfig, dic
         fraction=data.holdout_fraction,
         seed=data.synthetic_seed,
         out_dir=shared / "holdout",
+        concept_labels=data.concept_labels,
+        concept_field=data.concept_field,
+        concepts_stamp=file_stamp(data.concept_labels),
     )
     files = {
         "eval_json": split.files["eval_json"],
@@ -204,6 +209,21 @@ def _named(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def check_strategies(strategies: list[str], config: RunConfig) -> None:
+    """Unknown names, a label-reading ``oracle`` on a pool without labels and a bad concept source (a labels
+    file that is not there, two sources at once) refused before any stage."""
+    known = available_strategies() + sorted(LABEL_STRATEGIES)
+    unknown = sorted(set(strategies) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown strategies {unknown}; available: {known}")
+    labelled = sorted(set(strategies) & LABEL_STRATEGIES)
+    if labelled and config.data.pool_json:
+        raise ConfigError(label_refusal(labelled[0]))
+    problems = concept_source_problems(config.data)
+    if problems:
+        raise ConfigError(problems[0])
+
+
 @flow(name="compare-strategies", log_prints=True, validate_parameters=True)
 def compare_strategies(
     config: RunConfig = RunConfig(),
@@ -215,10 +235,8 @@ def compare_strategies(
     include_full: bool = False,
 ) -> dict:
     """Run ``strategies`` × ``budgets`` × ``seeds`` (× sweep values) at equal budgets; evaluate each run."""
+    check_strategies(strategies, config)
     log = get_run_logger()
-    unknown = sorted(set(strategies) - set(available_strategies()))
-    if unknown:
-        raise ConfigError(f"unknown strategies {unknown}; available: {available_strategies()}")
     budgets = budgets or [config.schedule.budget_fraction]
     seeds = seeds if seeds is not None else [config.seed]
     if min(budgets) <= config.warmup.fractions[1]:

@@ -32,6 +32,7 @@ from progress_core.reporting.summary import RoundSummary, RunSummary, format_acc
 from progress_core.run.config import RunConfig
 from progress_core.run.lock import hold_run_dir
 from progress_core.run.validation import validate_run
+from progress_core.selection.config import LABEL_STRATEGIES
 from progress_core.selection.schedule import (
     RoundPlan,
     ScheduleState,
@@ -189,6 +190,7 @@ def _select(
         acc_prev=probes[-2],
         acc_now=probes[-1],
         coincide_order=setup.coincide_order,
+        **({"manifest": prepared.manifest} if cfg.selection.strategy in LABEL_STRATEGIES else {}),
         **common,
     )
 
@@ -445,8 +447,11 @@ def select_in_run_dir(cfg: RunConfig, run: Path) -> dict:
 
     prepared, prepare_seconds = _timed(prepare_stages, cfg, shared)
     cfg, notes = cfg.sized_to_pool(prepared.manifest.rows["manifest"])
-    if notes and prepared.manifest.rows["manifest"] != cfg.pool_scale.rows:
-        log.info("scaled to the pool (set these fields to override): %s", "; ".join(notes))
+    scaled = [note for note in notes if not note.startswith("probe.")]
+    if scaled and prepared.manifest.rows["manifest"] != cfg.pool_scale.rows:
+        log.info("scaled to the pool (set these fields to override): %s", "; ".join(scaled))
+    for note in notes[len(scaled) :]:
+        log.info("%s", note)
     setup, state = set_up_rounds(cfg, shared, prepared)
     log.info(
         "%s: pool %d, W1 %d, W2 %d, %d annotation clusters; %d steps planned at batch %d",

@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from progress_core.probe.config import resolved_samples_per_cluster
 from progress_core.run.config import RunConfig
 from progress_core.run.config_doc import field_paths
 from progress_core.selection.schedule import (
@@ -60,7 +61,7 @@ READS: dict[str, tuple[str, ...]] = {
     "coincide_order": ("features", "kmeans[selection]"),
     "init_model": ("manifest",),
     "commit_warmup": ("warmup_pools",),
-    "select": ("kmeans[annotation]", "coincide_order", "probe", "commit_warmup"),
+    "select": ("kmeans[annotation]", "coincide_order", "probe", "commit_warmup", "manifest"),
     "train": ("init_model", "commit_warmup", "select", "manifest"),
     "probe": ("train", "kmeans[annotation]", "manifest", "commit_warmup", "select"),
     "export_original": ("manifest", "kmeans[annotation]", "warmup_pools", "select", "probe"),
@@ -79,7 +80,7 @@ def probe_samples_per_cluster(plan: RoundPlan, cfg: RunConfig) -> int | None:
     """Samples per cluster the round's probe answers (``docs/algorithm.md#probe-and-judge``): None = all of the
     selection at a warm-up probe of the selected set, 0 = no probe for strategies that never read it."""
     held_out = cfg.probe.source == "held_out"
-    spc = None if plan.kind == "warmup" and not held_out else cfg.probe.samples_per_cluster
+    spc = None if plan.kind == "warmup" and not held_out else resolved_samples_per_cluster(cfg.probe)
     if not (cfg.probe.all_strategies or cfg.selection.strategy in PROBING_STRATEGIES):
         spc = 0
     return spc

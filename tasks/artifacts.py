@@ -177,6 +177,7 @@ CLUSTER_TABLE_COLUMNS = (
     "sample ids",
     "accuracy prev → now",
     "relative change",
+    "probe SE now / change",
     "probability",
     "selected",
     "pool left",
@@ -232,7 +233,8 @@ def round_cluster_table(
 
     Columns: cluster, what it is (concept label and most common question words), a few sample ids selected
     from it, the accuracy of the two probes the selection compared (prev → now) and their relative change,
-    which set the selection probability, selected, the samples of the cluster left in the pool, and the
+    the binomial standard error of the "now" probe and of the change (docs/algorithm.md#probe-noise), the
+    selection probability, selected, the samples of the cluster left in the pool, and the
     accuracy of the probe after the round. Missing facts (warm-up rounds, strategies without scores) show as
     "–". Both probes come from the selection's scores; without scores "now" is ``probe_before`` (the previous
     round's per-cluster probe table).
@@ -268,6 +270,8 @@ def round_cluster_table(
                 "sample ids": ", ".join(picked_ids.get(int(cid), [])),
                 "accuracy prev → now": f"{_fmt(_score(scores, 'acc_prev', cid), '.2f')} → {_fmt(before, '.2f')}",
                 "relative change": "–" if rel is None else f"{rel:+.1%}",
+                "probe SE now / change": f"{_fmt(_score(scores, 'se_now', cid), '.2f')} / "
+                f"{_fmt(_score(scores, 'se_change', cid), '.2f')}",
                 "probability": _fmt(prob, ".3f"),
                 "selected": int(selected[cid]) if cid < k else 0,
                 "pool left": int(left[cid]) if cid < k else 0,
@@ -437,8 +441,9 @@ def publish_round(
         _records(table),
         f"Round {round_index} (steps {step}→{next_step}): clusters it selected from or probed, most selected "
         "first. what it is: concept label · most common question words; accuracy prev → now and relative "
-        "change: the last two probes before the round, which set the probability; accuracy after: this round's "
-        "probe.",
+        "change: the last two probes before the round, which set the probability; probe SE now / change: the "
+        "binomial standard error of the now probe and of the change (a change within 2 SE is noise); accuracy "
+        "after: this round's probe.",
     )
     summary_id = upsert_markdown(
         round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary"

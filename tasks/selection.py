@@ -10,13 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 from prefect import task
 
 from progress_core.id_sets import read_ids
 from progress_core.io import write_parquet
 from progress_core.probe.accuracy_table import read_accuracy_table
-from progress_core.selection.config import SelectionConfig
-from progress_core.selection.context import SelectionHistory
+from progress_core.selection.config import LABEL_STRATEGIES, SelectionConfig
+from progress_core.selection.context import SelectionError, SelectionHistory
+from progress_core.selection.oracle import oracle_concepts, oracle_select
 from progress_core.selection.rounds import commit_round
 from progress_core.selection.strategies import select
 from tasks._tables import cluster_ids, ids_of
@@ -76,6 +79,15 @@ def strategy_options(settings: SelectionConfig) -> dict:
     return settings.progress_options() if settings.strategy == "progress" else {}
 
 
+def pool_concepts(manifest: StageRecord | None) -> np.ndarray:
+    """The ``oracle``'s labels per sample_id (:func:`oracle_concepts` of the pool's ``labels.parquet``)."""
+    labels = manifest.meta.get("labels") if manifest is not None else None
+    if not labels:
+        raise SelectionError("strategy 'oracle' reads the pool's labels; this pool has none (only bundled pools do)")
+    ids = pq.read_table(manifest.files["manifest"], columns=["id"]).column("id").to_numpy(zero_copy_only=False)
+    return oracle_concepts(pd.read_parquet(labels), ids)
+
+
 @task(name="select", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="select[r={round_index}]")
 @stage("select")
 def select_stage(
@@ -92,8 +104,11 @@ def select_stage(
     round_index: int,
     step: int,
     out_dir: str,
+    manifest: StageRecord | None = None,
 ) -> StageRecord:
-    """Select up to ``budget`` new samples and commit them; the per-cluster table explains the choice."""
+    """Select up to ``budget`` new samples and commit them; the per-cluster table explains the choice.
+
+    ``manifest`` is given only to the label-reading ``oracle`` (benchmark-only), which gets its labels from it."""
     history = SelectionHistory(
         acc_prev=read_accuracy_table(acc_prev.files["per_cluster"]) if acc_prev else None,
         acc_now=read_accuracy_table(acc_now.files["per_cluster"]) if acc_now else None,
@@ -101,15 +116,11 @@ def select_stage(
         coincide_order=ids_of(coincide_order, "order"),
     )
     rng = np.random.default_rng([seed, round_index])
-    result = select(
-        settings.strategy,
-        ids_of(remaining_before, "remaining_after"),
-        cluster_ids(annotation),
-        history,
-        budget,
-        rng,
-        **strategy_options(settings),
-    )
+    remaining, clusters = ids_of(remaining_before, "remaining_after"), cluster_ids(annotation)
+    if settings.strategy in LABEL_STRATEGIES:
+        result = oracle_select(remaining, clusters, history, budget, rng, pool_concepts(manifest))
+    else:
+        result = select(settings.strategy, remaining, clusters, history, budget, rng, **strategy_options(settings))
     files, rows = _commit(out_dir, round_index, step, result.sample_ids, selected_before, remaining_before, n_samples)
     files["clusters"] = str(write_parquet(result.cluster_table, Path(out_dir) / "selection_clusters.parquet"))
     return StageRecord(

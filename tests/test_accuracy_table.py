@@ -101,3 +101,22 @@ def test_malformed_parquet(tmp_path):
         read_accuracy_table(tmp_path / "x.parquet")
     with pytest.raises(AccuracyTableError, match="not found"):
         read_accuracy_table(tmp_path / "missing.parquet")
+
+
+def test_probe_standard_errors_are_binomial_and_reach_every_strategys_cluster_table():
+    from progress_core.probe.accuracy_table import probe_standard_errors
+    from progress_core.selection.context import SelectionHistory
+    from progress_core.selection.strategies import select
+
+    def table(acc: dict[int, tuple[int, int]]) -> pd.DataFrame:
+        rows = [(c, n, k, 0, k / n) for c, (k, n) in acc.items()]
+        return pd.DataFrame(rows, columns=["cluster_id", "n", "correct", "unjudged", "accuracy"])
+
+    prev, now = table({0: (3, 12), 1: (0, 12)}), table({0: (6, 12), 2: (12, 12)})
+    se = probe_standard_errors(prev, now)
+    assert se.loc[0].tolist() == pytest.approx([0.125, 0.144338, 0.190941], abs=1e-6)
+    assert se.loc[1, "se_prev"] == 0 and np.isnan(se.loc[1, "se_now"]) and np.isnan(se.loc[2, "se_change"])
+    history = SelectionHistory(acc_prev=prev, acc_now=now)
+    for strategy in ("random", "progress"):
+        t = select(strategy, np.arange(9), np.arange(9) % 3, history, 4, 0).cluster_table.set_index("cluster_id")
+        assert t.loc[0, "se_change"] == pytest.approx(0.190941, abs=1e-6) and np.isnan(t.loc[2, "se_prev"]), strategy

@@ -24,7 +24,12 @@ GROUND = {
 }
 MODEL = {f"progress_core.model.{m}" for m in ("config", "prompt", "checkpoint", "loading", "assembly", "square_images")}
 ALLOWED: dict[str, set[str]] = {
-    "pool": {"progress_core.data.config", "progress_core.data.synthetic", "progress_core.data.scenes"},
+    "pool": {
+        "progress_core.data.config",
+        "progress_core.data.synthetic",
+        "progress_core.data.scenes",
+        "progress_core.data.headroom",
+    },
     "manifest": {"progress_core.data.manifest"},
     "features_shard": {
         "progress_core.features.config",
@@ -51,6 +56,7 @@ ALLOWED: dict[str, set[str]] = {
         "progress_core.selection.context",
         "progress_core.selection.allocation",
         "progress_core.selection.strategies",
+        "progress_core.selection.oracle",
         "progress_core.selection.rounds",
         "progress_core.probe.accuracy_table",
     },

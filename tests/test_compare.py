@@ -13,8 +13,10 @@ import pytest
 from flowkit import REPO, env_for, small_config, write_config
 from PIL import Image
 
-from flows.compare_strategies import RESULT_FILE, config_digest, run_config
+from flows.compare_strategies import RESULT_FILE, check_strategies, compare_strategies, config_digest, run_config
+from progress_core.errors import ConfigError
 from progress_core.run.config import RunConfig
+from progress_core.run.validation import check_run
 
 
 def test_a_seed_sets_init_order_selection_and_probe(tmp_path):
@@ -27,6 +29,21 @@ def test_a_seed_sets_init_order_selection_and_probe(tmp_path):
     assert b.selection.temperature == 1.0 and a.selection.temperature == 0.5
     assert a.run_dir.endswith("b0.3/progress/seed1") and "progress[temperature=1.0]" in b.run_dir
     assert config_digest(a) != config_digest(b) and config_digest(a) == config_digest(a.model_copy())
+
+
+def test_oracle_runs_on_bundled_pools_and_is_refused_in_one_line_on_a_users_pool(tmp_path):
+    bundled = RunConfig.model_validate(small_config(tmp_path / "cmp", **{"data.headroom": "default"}))
+    check_strategies(["oracle", "random"], bundled)
+    assert not check_run(run_config(bundled, tmp_path, tmp_path / "s", "oracle", 0.3, 0), check_disk=False)
+    (tmp_path / "pool.json").write_text("[]")
+    users = RunConfig.model_validate(small_config(tmp_path / "cmp", **{"data.pool_json": str(tmp_path / "pool.json")}))
+    with pytest.raises(ConfigError) as err:
+        compare_strategies.fn(config=users, strategies=["random", "oracle"])
+    assert len(str(err.value).splitlines()) == 1 and "'oracle' reads the pool's labels" in str(err.value)
+    problems = check_run(run_config(users, tmp_path, tmp_path / "s", "oracle", 0.3, 0), count_rows=False)
+    assert [p for p in problems if p.startswith("selection.strategy")] == [str(err.value)]
+    with pytest.raises(ConfigError, match="unknown strategies"):
+        check_strategies(["orcale"], bundled)
 
 
 def _compare(config, api_url, home, *extra):

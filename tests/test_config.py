@@ -160,3 +160,14 @@ def test_a_bad_value_stops_the_cli_before_any_stage(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training.learning_rate" in err and "greater than 0" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_probe_size_follows_the_target_error_and_says_what_it_costs():
+    cfg = load_config(overrides={"probe": {"samples_per_cluster": "auto"}, "clustering": {"annotation_k": 16}})
+    sized, notes = cfg.sized_to_pool(5000)
+    assert sized.probe.samples_per_cluster == 50 == cfg.probe_config().samples_per_cluster
+    assert notes[-1].startswith("probe.samples_per_cluster 50 (auto: SE of a cluster's probe change <= 0.1")
+    assert notes[-1].endswith("up to 50 x 16 clusters = 800 probe answers per round)")
+    coarse = load_config(overrides={"probe": {"samples_per_cluster": "auto", "target_se": 0.2}})
+    assert coarse.probe_config().samples_per_cluster == 13, "ceil(0.5 / 0.04): SE of the change 0.196 at a = 0.5"
+    assert load_config().sized_to_pool(5000)[0].probe.samples_per_cluster == 30, "a number stays as given"

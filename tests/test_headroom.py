@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from progress_core.data.headroom import HeadroomConfig, generate_headroom_pool, oracle_concepts, resolve_headroom
+from progress_core.data.headroom import HeadroomConfig, generate_headroom_pool, resolve_headroom
 from progress_core.data.synthetic import FAMILIES, family_counts, generate_pool
 from progress_core.errors import ConfigError
+from progress_core.selection.oracle import oracle_concepts
 
 
 def test_null_case_is_the_bundled_pool_byte_for_byte(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from progress_core.io import write_parquet
-from progress_core.reporting.report import comparison_report, run_report, spread_table
+from progress_core.reporting.report import comparison_report, probe_noise_table, run_report, spread_table
 from progress_core.reporting.summary import RoundSummary, RunSummary, total_seconds
 
 
@@ -41,6 +41,10 @@ def _round(tmp: Path, i: int, kind: str) -> RoundSummary:
                     "rel": rel,
                     "probability": [0.2, np.nan, np.nan, 0.8],
                     "selected": [4, 1, 0, 11],
+                    "acc_prev": [0.25, 0.5, np.nan, 0.0],
+                    "acc_now": [0.5, 0.5, 0.25, 1.0],
+                    "se_now": [0.25, 0.25, 0.2, 0.0],
+                    "se_change": [0.3, 0.35, np.nan, 0.1],
                 }
             ),
             d / "select" / "selection_clusters.parquet",
@@ -78,6 +82,16 @@ def test_run_report(tmp_path):
     report = run_report(summary, None, None, tmp_path)
     _check(report, tmp_path)
     assert "cluster_changes.png" in report.plots and "redistribute" in report.html.read_text()
+    noise = probe_noise_table([r.model_dump() for r in rounds])
+    assert noise["round"].tolist() == [2, 3], "selection rounds only"
+    assert noise.to_dict("records")[0] == {
+        "round": 2,
+        "clusters": 3,
+        "median SE now": 0.225,
+        "median SE change": 0.3,
+        "changes beyond 2 SE": "33%",
+    }, "one of three changes (0 → 1 at SE 0.1) is beyond the noise"
+    assert "Probe noise" in report.html.read_text()
 
 
 def test_comparison_report(tmp_path):

@@ -82,6 +82,8 @@ def round_files(tmp_path) -> dict:
             "acc_prev": [0.25, np.nan, 0.25],
             "acc_now": [0.5, np.nan, 0.25],
             "rel": [1.0, np.nan, 0.0],
+            "se_now": [0.25, np.nan, 0.2165],
+            "se_change": [0.3062, np.nan, 0.3062],
             "probability": [0.75, 0.25, np.nan],
             "quota": [2, 1, 0],
         }
@@ -117,6 +119,7 @@ def test_cluster_table_columns_formatting_and_order(round_files):
         "sample ids",
         "accuracy prev → now",
         "relative change",
+        "probe SE now / change",
         "probability",
         "selected",
         "pool left",
@@ -137,6 +140,7 @@ def test_cluster_table_columns_formatting_and_order(round_files):
     }, "the selection's two probes, else the previous probe as now; missing: –"
     assert rows["accuracy after"].to_dict() == {0: "1.00", 1: "0.50", 3: "–", 2: "0.25"}
     assert rows["relative change"].to_dict() == {0: "+100.0%", 1: "–", 3: "–", 2: "+0.0%"}
+    assert rows["probe SE now / change"].to_dict() == {0: "0.25 / 0.31", 1: "– / –", 3: "– / –", 2: "0.22 / 0.31"}
     assert rows["probability"].to_dict() == {0: "0.750", 1: "0.250", 3: "–", 2: "0.100"}
     assert rows["selected"].to_dict() == {0: 2, 1: 1, 3: 1, 2: 0}
     assert rows["pool left"].to_dict() == {0: 1, 1: 2, 3: 0, 2: 3}

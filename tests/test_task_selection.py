@@ -11,9 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.selection as selection_mod
+from progress_core.data.config import DataConfig
 from progress_core.id_sets import read_ids, write_ids
 from progress_core.probe.accuracy_table import write_accuracy_table
 from progress_core.selection.config import SelectionConfig
+from progress_core.selection.context import SelectionError
+from tasks.manifest import manifest_stage
+from tasks.pool import prepare_pool
 from tasks.selection import commit_warmup_stage, select_stage, strategy_options
 from tasks.stage import EVENTS, StageRecord
 
@@ -156,3 +160,63 @@ def test_selection_is_seeded_by_run_seed_and_round(tmp_path, inputs, monkeypatch
     assert len(draws) == 4 and EVENTS[-1].action == "reused"
     _select(tmp_path, inputs, warm, random, budget=5)
     assert len(draws) == 5
+
+
+def _assignment(tmp_path, n: int) -> StageRecord:
+    path = tmp_path / "assignment.parquet"
+    pq.write_table(pa.table({"sample_id": np.arange(n), "cluster_id": np.arange(n) % 4}), path)
+    return StageRecord(stage="kmeans", out_dir=str(tmp_path), files={"assignment": str(path)}, content_hash="k")
+
+
+def test_oracle_rounds_on_the_headroom_pool_take_no_waste_until_the_learnable_rows_run_out(tmp_path):
+    data = DataConfig(synthetic_n=200, synthetic_n_eval=0, headroom="default")
+    pool = prepare_pool.fn(data=data, fingerprint="synthetic", out_dir=str(tmp_path / "data"))
+    manifest = manifest_stage.fn(
+        pool=pool, mode="skip", allow_duplicate_ids=False, out_dir=str(tmp_path / "m"), images="x"
+    )
+    ids = pq.read_table(manifest.files["manifest"], columns=["id"]).column("id").to_pylist()
+    lab = pd.read_parquet(pool.files["labels"]).set_index("id").loc[ids]
+    waste = ((lab["duplicate_of"] != "") | lab["noisy"] | lab["known"] | (lab["family"] == "random")).to_numpy()
+    pools = StageRecord(
+        stage="warmup_pools", out_dir=str(tmp_path), files={"w1": str(write_ids(np.arange(10), tmp_path / "w1"))}
+    )
+    before = commit_warmup_stage.fn(
+        pools=pools,
+        pool_name="w1",
+        selected_before=None,
+        remaining_before=None,
+        n_samples=200,
+        round_index=0,
+        step=0,
+        out_dir=str(tmp_path / "r0"),
+    )
+    learnable = int((~waste[10:]).sum())
+    assert 20 < learnable < 150, "the headroom pool has waste of every kind and learnable rows"
+    picks = []
+    for r, budget in enumerate((learnable - 13, 8, 20), start=1):
+        before = select_stage.fn(
+            settings=SelectionConfig(strategy="oracle", selection_num=budget),
+            budget=budget,
+            seed=0,
+            annotation=_assignment(tmp_path, 200),
+            selected_before=before,
+            remaining_before=before,
+            acc_prev=None,
+            acc_now=None,
+            coincide_order=None,
+            n_samples=200,
+            round_index=r,
+            step=r,
+            out_dir=str(tmp_path / f"r{r}"),
+            manifest=manifest,
+        )
+        picks.append(read_ids(before.files["new"]))
+    assert [p.size for p in picks] == [learnable - 13, 8, 20]
+    assert not waste[np.concatenate(picks[:2])].any(), "no duplicate, noised, known or random row while budget allows"
+    assert (~waste[picks[2]]).sum() == 5 and waste[picks[2]].sum() == 15, "then the last learnable rows, then waste"
+
+
+def test_oracle_without_labels_is_a_named_error(tmp_path, inputs):
+    warm = _warmup(tmp_path, inputs["pools"])
+    with pytest.raises(SelectionError, match="reads the pool's labels; this pool has none"):
+        _select(tmp_path, inputs, warm, SelectionConfig(strategy="oracle", selection_num=6))

@@ -20,6 +20,11 @@ class PoolSettings(StrictModel):
     synthetic_n: int = Field(3000, ge=50, description="Synthetic pool size (training pool).")
     synthetic_n_eval: int = Field(600, ge=0, description="Synthetic held-out evaluation split size.")
     synthetic_seed: int = Field(0, ge=0, description="Seed of the synthetic pool generator.")
+    headroom: Literal["none", "default"] = Field(
+        "none",
+        description="Bundled pool only: none = the balanced i.i.d. pool; default = the headroom pool (skewed "
+        'mix, label noise, near-duplicates, an already-known family; README "Headroom pool").',
+    )
 
 
 class DataConfig(PoolSettings):
@@ -39,6 +44,16 @@ class DataConfig(PoolSettings):
         ge=0,
         lt=1,
         description="Share of a user's pool held out for evaluation by `progress compare` when eval_json is empty.",
+    )
+    concept_labels: str | None = Field(
+        None,
+        description="Concepts of a user's pool for `progress compare`: a JSON object {id: concept}, or a CSV / "
+        "Parquet table with columns id and concept; empty = concept_field or the image's top folder.",
+    )
+    concept_field: str | None = Field(
+        None,
+        description="Concepts of a user's pool for `progress compare` from this key of each JSON row (e.g. "
+        "'source'); empty = concept_labels or the image's top folder.",
     )
     hash_images: bool = Field(
         False,

@@ -13,7 +13,8 @@ LLaVA-1.5's 665K mix before any strategy was run on it (the README's registratio
 - already-known families, with a separate ``known`` split for a start that already answers them.
 
 ``labels.parquet`` gains ``duplicate_of`` (the id a near-duplicate copies, empty otherwise), ``noisy``
-and ``known``; :func:`oracle_concepts` turns them into what the benchmark-only ``oracle`` strategy reads.
+and ``known``; :func:`progress_core.selection.oracle.oracle_concepts` turns them into what the benchmark-only ``oracle``
+strategy reads.
 Selection itself never reads labels.
 """
 
@@ -212,18 +213,3 @@ def generate_headroom_pool(
         n_eval=syn.n_eval,
         n_known=k_known,
     )
-
-
-def oracle_concepts(labels: pd.DataFrame, ids: list[str] | np.ndarray) -> np.ndarray:
-    """Per pool row (in ``ids`` order): a concept index for rows worth training, -1 for the rest.
-
-    Not worth training: near-duplicate copies, label-noised rows, the unlearnable ``random`` family and the
-    families the start already knows. This is what the ``oracle`` strategy reads; no real run has it.
-    """
-    lab = labels.drop_duplicates("id").set_index("id").reindex(pd.Index(np.asarray(ids, dtype=str)))
-    dup = lab["duplicate_of"].fillna("").astype(str) != "" if "duplicate_of" in lab else False
-    noisy = lab["noisy"].fillna(False).astype(bool) if "noisy" in lab else False
-    known = lab["known"].fillna(False).astype(bool) if "known" in lab else False
-    waste = dup | noisy | known | (lab["family"] == "random") | lab["concept"].isna()
-    codes = pd.Categorical(lab["concept"].fillna("")).codes.astype(np.int64)
-    return np.where(np.asarray(waste, dtype=bool), -1, codes)

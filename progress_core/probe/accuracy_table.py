@@ -210,3 +210,27 @@ def write_accuracy_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     if Path(path).suffix.lower() == ".json":
         return write_json(accuracy_table_to_original(df), path)
     return write_parquet(pa.Table.from_pandas(df, schema=ACCURACY_SCHEMA, preserve_index=False), path)
+
+
+def accuracy_se(table: pd.DataFrame) -> pd.Series:
+    """Binomial standard error ``sqrt(a (1 - a) / (n - unjudged))`` of each cluster's probe accuracy, by
+    cluster id (docs/algorithm.md#probe-noise): NaN where nothing was judged, 0 where every judged answer
+    agreed (the plug-in estimate, not a bound)."""
+    df = validate_accuracy_table(table)
+    judged = (df["n"] - df["unjudged"]).to_numpy(dtype=np.float64)
+    acc = df["accuracy"].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.where(judged > 0, np.sqrt(acc * (1 - acc) / np.maximum(judged, 1)), np.nan)
+    return pd.Series(se, index=pd.Index(df["cluster_id"].to_numpy(), name="cluster_id"), name="se")
+
+
+def probe_standard_errors(acc_prev: pd.DataFrame | None, acc_now: pd.DataFrame | None) -> pd.DataFrame:
+    """Per cluster of either probe: ``se_prev``, ``se_now`` (:func:`accuracy_se`) and ``se_change``, the
+    standard error of ``a_now - a_prev`` as two independent binomial draws, ``sqrt(se_prev² + se_now²)``
+    (NaN unless the cluster has both). Indexed by cluster id, sorted."""
+    prev = accuracy_se(acc_prev) if acc_prev is not None else pd.Series(dtype=np.float64)
+    now = accuracy_se(acc_now) if acc_now is not None else pd.Series(dtype=np.float64)
+    index = prev.index.union(now.index).astype(np.int64).rename("cluster_id")
+    out = pd.DataFrame({"se_prev": prev.reindex(index), "se_now": now.reindex(index)}, index=index)
+    out["se_change"] = np.sqrt(out["se_prev"] ** 2 + out["se_now"] ** 2)
+    return out.astype(np.float64)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -35,8 +36,17 @@ class JudgeConfig(BaseModel):
 class ProbeConfig(BaseModel):
     """How the accuracy probe samples, generates and judges (docs/algorithm.md#probe-and-judge)."""
 
-    samples_per_cluster: int | None = Field(
-        100, ge=1, description="probe at most this many selected samples per cluster; None = all (warm-up probes)"
+    samples_per_cluster: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        100,
+        description="probe at most this many samples per cluster; None = all (warm-up probes); auto = sized "
+        "from target_se (docs/algorithm.md#probe-noise)",
+    )
+    target_se: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="samples_per_cluster: auto: the standard error the change between two probes of a cluster "
+        "may have at accuracy 0.5 (the worst case): ceil(0.5 / target_se²) samples per cluster, 50 at 0.1",
     )
     source: Literal["held_out", "selected"] = Field(
         "held_out",
@@ -67,3 +77,16 @@ class ProbeConfig(BaseModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="who decides correctness")
     model: ModelConfig = Field(default_factory=ModelConfig, description="how to load the checkpoint (LoRA base)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+
+
+def samples_for_target_se(target_se: float) -> int:
+    """Probe size per cluster whose change between two probes has at most ``target_se`` standard error at
+    accuracy 0.5, where the binomial variance ``a (1 - a) / n`` is largest: ``2 · 0.25 / n <= target_se²``
+    (docs/algorithm.md#probe-noise)."""
+    return max(1, math.ceil(0.5 / target_se**2 - 1e-9))
+
+
+def resolved_samples_per_cluster(settings: BaseModel) -> int | None:
+    """``settings.samples_per_cluster`` with ``auto`` replaced by :func:`samples_for_target_se`."""
+    value = settings.samples_per_cluster
+    return samples_for_target_se(settings.target_se) if value == "auto" else value

@@ -194,6 +194,31 @@ def round_cluster_changes(rounds: Sequence[dict]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def probe_noise_table(rounds: Sequence[dict]) -> pd.DataFrame:
+    """Per selection round: clusters with two probes, the median binomial SE of a probe and of the change,
+    and the share of changes beyond 2 SE (docs/algorithm.md#probe-noise), from ``selection_clusters.parquet``."""
+    rows = []
+    for r in rounds:
+        path = Path(r["dir"]) / "select" / "selection_clusters.parquet"
+        if not path.is_file():
+            continue
+        t = pd.read_parquet(path)
+        if "se_change" not in t or t["se_change"].notna().sum() == 0:
+            continue
+        both = t[t["se_change"].notna() & t["acc_prev"].notna() & t["acc_now"].notna()]
+        beyond = (both["acc_now"] - both["acc_prev"]).abs() > 2 * both["se_change"]
+        rows.append(
+            {
+                "round": r["round"],
+                "clusters": len(both),
+                "median SE now": round(float(t["se_now"].median()), 3),
+                "median SE change": round(float(both["se_change"].median()), 3) if len(both) else None,
+                "changes beyond 2 SE": f"{beyond.mean():.0%}" if len(both) else "–",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def plot_cluster_changes(changes: pd.DataFrame, out_png: str | os.PathLike) -> Path:
     """Relative accuracy change per cluster per round (heat map) beside the samples each cluster received."""
     import matplotlib
@@ -244,6 +269,9 @@ def run_report(summary, manifest_path, labels_path, out_dir: str | os.PathLike) 
     if not changes.empty:
         plot_cluster_changes(changes, out / "cluster_changes.png")
         sections.append(("Relative change per cluster and samples selected", "cluster_changes.png", None))
+    noise = probe_noise_table(rounds)
+    if not noise.empty:
+        sections.append(("Probe noise (binomial standard errors, docs/algorithm.md#probe-noise)", None, noise))
     title = f"PROGRESS run: {summary.strategy}, seed {summary.seed}, {summary.n_selected} of {summary.n_samples}"
     return _write_report(out, title, sections)
 

@@ -28,7 +28,7 @@ from progress_core.clustering.config import ClusteringConfig, WarmupConfig
 from progress_core.data.config import DataConfig
 from progress_core.errors import ConfigError
 from progress_core.features.config import FeatureConfig
-from progress_core.probe.config import ProbeConfig
+from progress_core.probe.config import ProbeConfig, resolved_samples_per_cluster
 from progress_core.run.config_errors import model_field_paths, unknown_field_hint, yaml_error_line
 from progress_core.selection.config import ScheduleConfig, SelectionConfig
 from progress_core.training.config import TrainingConfig
@@ -226,6 +226,15 @@ class RunConfig(StrictModel):
                 value = scale.scaled(reference, n, minimum)
                 update.setdefault(section, {})[name] = value
                 notes.append(f"{section}.{name} {value} ({reference} per {scale.rows:,} rows scaled to {n:,})")
+        if self.probe.samples_per_cluster == "auto":
+            spc = resolved_samples_per_cluster(self.probe)
+            update["probe"] = {"samples_per_cluster": spc}
+            k = update.get("clustering", {}).get("annotation_k", self.clustering.annotation_k)
+            notes.append(
+                f"probe.samples_per_cluster {spc} (auto: SE of a cluster's probe change <= "
+                f"{self.probe.target_se:g} at accuracy 0.5; up to {spc} x {k} clusters = {spc * k:,} probe "
+                "answers per round)"
+            )
         if not update:
             return self, notes
         sections = {key: getattr(self, key).model_copy(update=fields) for key, fields in update.items()}
@@ -242,10 +251,10 @@ class RunConfig(StrictModel):
         return TrainingConfig.model_validate({**self.training.model_dump(), "final_step": final_step})
 
     def probe_config(self) -> ProbeConfig:
-        """The probe loads checkpoints the way the trainer wrote them (same model settings)."""
-        return ProbeConfig.model_validate(
-            {**self.probe.model_dump(), "model": self.training.model.model_dump(), "seed": self.seed}
-        )
+        """The probe loads checkpoints the way the trainer wrote them (same model settings); ``auto`` probe
+        size resolved."""
+        probe = {**self.probe.model_dump(), "samples_per_cluster": resolved_samples_per_cluster(self.probe)}
+        return ProbeConfig.model_validate({**probe, "model": self.training.model.model_dump(), "seed": self.seed})
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -23,6 +23,7 @@ import numpy as np
 from progress_core.data.manifest import ManifestError, iter_json_array
 from progress_core.errors import ConfigError, ProgressError
 from progress_core.run.backend_checks import check_backends
+from progress_core.selection.config import LABEL_STRATEGIES
 
 NAMED_IMAGE_ENCODERS = ("descriptor", "dinov2")
 NAMED_TEXT_ENCODERS = ("minilm",)
@@ -63,6 +64,30 @@ def _pool_rows(pool_json: str) -> tuple[int | None, list[str]]:
         return None, [f"data.pool_json: cannot be read as a LLaVA JSON list ({exc}); fix or replace the file"]
 
 
+def label_refusal(strategy: str) -> str:
+    """The one line that refuses a label-reading strategy on a pool without labels (a user's LLaVA JSON)."""
+    return (
+        f"selection.strategy: {strategy!r} reads the pool's labels, which only the bundled pool has "
+        "(data.pool_json is set); leave data.pool_json empty or choose another strategy"
+    )
+
+
+def concept_source_problems(data) -> list[str]:
+    """``data.concept_labels`` / ``data.concept_field``: one source at most, for a user's pool, the file there."""
+    if not (data.concept_labels or data.concept_field):
+        return []
+    if not data.pool_json:
+        return [
+            "data.concept_labels/concept_field: only a user's pool (data.pool_json) takes them; the bundled "
+            "pool has its own labels"
+        ]
+    if data.concept_labels and data.concept_field:
+        return ["data.concept_labels and data.concept_field are both set; choose one source of concepts"]
+    if data.concept_labels and not Path(data.concept_labels).is_file():
+        return [f"data.concept_labels: file not found: {data.concept_labels!r}; fix the path or leave it empty"]
+    return []
+
+
 def _model_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~"))
 
@@ -84,6 +109,9 @@ def check_run(cfg, check_disk: bool = True, count_rows: bool = True) -> list[str
                 problems.append("data.pool_json: the pool has no rows; give a non-empty LLaVA JSON list")
     else:
         n = data.synthetic_n
+    if data.pool_json and cfg.selection.strategy in LABEL_STRATEGIES:
+        problems.append(label_refusal(cfg.selection.strategy))
+    problems += concept_source_problems(data)
     if data.image_root:
         root = Path(data.image_root)
         if not root.is_dir():

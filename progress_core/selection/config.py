@@ -80,7 +80,9 @@ class ProgressOptions(BaseModel):
         return {name: getattr(self, name) for name in ProgressOptions.model_fields}
 
 
-Strategy = Literal["progress", "random", "coincide", "tfs", "full"]
+Strategy = Literal["progress", "random", "coincide", "tfs", "full", "oracle"]
+LABEL_STRATEGIES = frozenset({"oracle"})
+"""Benchmark-only strategies that read the pool's labels (progress_core/selection/oracle.py), never a default."""
 
 
 class SelectionConfig(ProgressOptions):
@@ -89,7 +91,11 @@ class SelectionConfig(ProgressOptions):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
-    strategy: Strategy = Field("progress", description="Strategy name: progress, random, coincide, tfs, full.")
+    strategy: Strategy = Field(
+        "progress",
+        description="Strategy name: progress, random, coincide, tfs, full; oracle (benchmark-only, reads the "
+        "bundled pool's labels).",
+    )
     selection_num: int | None = Field(
         None,
         ge=1,

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from progress_core.errors import ProgressError
+from progress_core.probe.accuracy_table import probe_standard_errors
 
 
 class SelectionError(ProgressError):
@@ -30,8 +31,12 @@ CLUSTER_TABLE_COLUMNS = (
     "available",
     "quota",
     "selected",
+    "se_prev",
+    "se_now",
+    "se_change",
 )
-"""Columns of :attr:`SelectionResult.cluster_table` (docs/architecture.md#stage-contract: the per-round cluster artifact)."""
+"""Columns of :attr:`SelectionResult.cluster_table` (docs/architecture.md#stage-contract: the per-round cluster artifact);
+``se_*``: the probe's binomial standard errors (:func:`with_probe_noise`, docs/algorithm.md#probe-noise)."""
 
 
 @dataclass
@@ -152,6 +157,18 @@ def cluster_table(cluster_id: np.ndarray, **columns) -> pd.DataFrame:
         else:
             data[col] = np.full(n, np.nan)
     return pd.DataFrame(data)
+
+
+def with_probe_noise(table: pd.DataFrame, history: SelectionHistory | None) -> pd.DataFrame:
+    """``table`` with ``se_prev``, ``se_now`` and ``se_change`` of each row's cluster from the two probes the
+    round saw (NaN for a cluster a probe missed), whatever the strategy: a reader sees which changes are
+    larger than the probe's noise (docs/algorithm.md#probe-noise)."""
+    h = history if history is not None else SelectionHistory()
+    noise = probe_standard_errors(h.acc_prev, h.acc_now).reindex(table["cluster_id"].to_numpy())
+    out = table.copy()
+    for col in ("se_prev", "se_now", "se_change"):
+        out[col] = noise[col].to_numpy(dtype=np.float64)
+    return out
 
 
 def basic_table(ctx: SelectionContext, chosen: np.ndarray) -> pd.DataFrame:

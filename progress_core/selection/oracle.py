@@ -1,20 +1,23 @@
 """The ``oracle`` strategy: the best label-aware allocation stated simply (benchmark-only, never a default).
 
-It reads what no real run has, the labels (:func:`progress_core.data.headroom.oracle_concepts`: one concept index
+It reads what no real run has, the labels (:func:`oracle_concepts` of the pool's ``labels.parquet``: one concept index
 per sample, -1 for near-duplicate copies, label-noised rows, the unlearnable family and what the start
 already knows), and spreads the budget uniformly over the learnable concepts: Tail First Sampling on
 concepts instead of clusters, counting what earlier rounds selected. Only once every learnable sample is
 taken does it fall back to uniform over the rest. ``oracle − random`` is the headroom a pool offers any
 allocator (README "Does selection pay off?").
 
-It is deliberately not in the strategy registry (``progress_core.selection.STRATEGIES``), so no run config
-can name it: :func:`oracle_select` validates its inputs with the same context as ``select()`` and is called
-by the proxy screen (``benchmarks/bench_proxy.py``) beside ``select()`` for every other strategy.
+It is deliberately not in the strategy registry (``progress_core.selection.STRATEGIES``): no strategy
+listing, ``progress select`` or default offers it. A run or a comparison names it as ``selection.strategy:
+oracle`` (``-s oracle``) on a bundled pool, whose ``labels.parquet`` it reads; a user's pool has no labels
+and is refused before any stage. :func:`oracle_select` validates its inputs with the same context as
+``select()``; the select stage and the proxy screen (``benchmarks/bench_proxy.py``) call it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from progress_core.selection.context import (
@@ -25,6 +28,7 @@ from progress_core.selection.context import (
     basic_table,
     edge_selection,
     make_context,
+    with_probe_noise,
 )
 from progress_core.selection.strategies import tfs_takes
 
@@ -90,4 +94,20 @@ def oracle_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Oracl
     chosen, notes = edge_selection(ctx)
     if chosen is None:
         chosen = _concept_draw(ctx, opts.concepts, rng)
-    return SelectionResult("oracle", chosen, basic_table(ctx, chosen), notes, 0, int(chosen.size))
+    table = with_probe_noise(basic_table(ctx, chosen), ctx.history)
+    return SelectionResult("oracle", chosen, table, notes, 0, int(chosen.size))
+
+
+def oracle_concepts(labels: pd.DataFrame, ids: list[str] | np.ndarray) -> np.ndarray:
+    """Per pool row (in ``ids`` order): a concept index for rows worth training, -1 for the rest.
+
+    Not worth training: near-duplicate copies, label-noised rows, the unlearnable ``random`` family and the
+    families the start already knows. This is what the ``oracle`` strategy reads; no real run has it.
+    """
+    lab = labels.drop_duplicates("id").set_index("id").reindex(pd.Index(np.asarray(ids, dtype=str)))
+    dup = lab["duplicate_of"].fillna("").astype(str) != "" if "duplicate_of" in lab else False
+    noisy = lab["noisy"].fillna(False).astype(bool) if "noisy" in lab else False
+    known = lab["known"].fillna(False).astype(bool) if "known" in lab else False
+    waste = dup | noisy | known | (lab["family"] == "random") | lab["concept"].isna()
+    codes = pd.Categorical(lab["concept"].fillna("")).codes.astype(np.int64)
+    return np.where(np.asarray(waste, dtype=bool), -1, codes)

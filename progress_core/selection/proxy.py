@@ -29,13 +29,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from progress_core.clustering.kmeans import spherical_kmeans
-from progress_core.data.headroom import oracle_concepts
 from progress_core.features.config import FeatureConfig
 from progress_core.features.extract import DescriptorEncoder, load_text_encoder, question_text
 from progress_core.features.store import combine_features
 from progress_core.probe.accuracy_table import accuracy_from_verdicts
 from progress_core.selection.context import SelectionHistory
-from progress_core.selection.oracle import oracle_select
+from progress_core.selection.oracle import oracle_concepts, oracle_select
 from progress_core.selection.schedule import ScheduleState, advance, next_round, warmup_sizes
 from progress_core.selection.strategies import select
 

@@ -47,6 +47,7 @@ from progress_core.selection.context import (
     draw_within_clusters,
     edge_selection,
     make_context,
+    with_probe_noise,
 )
 
 Strategy = Callable[["SelectionContext", np.random.Generator, dict], SelectionResult]
@@ -106,6 +107,7 @@ def select(
     ctx = make_context(remaining, cluster_ids, history, budget)
     result = STRATEGIES[strategy](ctx, as_rng(rng), parsed)
     result.sample_ids = np.asarray(result.sample_ids, dtype=np.int64)
+    result.cluster_table = with_probe_noise(result.cluster_table, ctx.history)
     return result
 
 
