@@ -314,7 +314,6 @@ def test_validation_lists_every_problem_at_once(tmp_path):
     fields = [p.split(":")[0] for p in problems]
     assert fields == [
         "clustering.annotation_k",
-        "clustering.selection_k",
         "selection.selection_num",
         "warmup.fractions",
     ], problems
