@@ -16,7 +16,7 @@ from progress_core.probe.accuracy import probe, probe_sample, save_probe
 from progress_core.probe.config import ProbeConfig
 from progress_core.probe.judges import make_judge
 from tasks._tables import cluster_ids, ids_of, manifest_rows
-from tasks.stage import StageRecord, stage, stage_cache_key
+from tasks.stage import StageRecord, retry_unless_disk_full, stage, stage_cache_key
 
 
 @task(
@@ -25,6 +25,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
     persist_result=True,
     tags=["gpu"],
     retries=2,
+    retry_condition_fn=retry_unless_disk_full,
     retry_delay_seconds=[10, 60],
     task_run_name="probe[r={round_index}]",
 )

@@ -20,12 +20,15 @@ One rule decides reuse, here and nowhere else:
 
 ``PROGRESS_FAULT=stage[@n]:point[:mode]`` (points ``start``, ``after_outputs``, ``after_marker``; mode
 ``raise`` or ``exit``) injects a crash for the fault-injection tests; mode ``wait`` writes
-``fault: waiting at stage:point`` to stderr and waits there until a signal stops the run.
+``fault: waiting at stage:point`` to stderr and waits there until a signal stops the run; mode ``fill``
+fills the stage directory's disk with ``<out_dir>.disk-filler`` so the stage's own writes hit a real
+full disk.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -44,6 +47,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from progress_core.errors import DiskFullError, is_disk_full
 from progress_core.io import HASH_NAME, HASHERS, stream_hash, write_json
 
 MARKER = ".stage.json"
@@ -325,7 +329,45 @@ def _say(message: str) -> None:
         _log.info(message)
 
 
-def inject_fault(stage_name: str, point: str) -> None:
+def _fill_disk(out_dir: Path) -> None:
+    """Take every free byte of ``out_dir``'s disk (``<out_dir>.disk-filler``) for the full-disk tests."""
+    filler = out_dir.with_name(out_dir.name + ".disk-filler")
+    with contextlib.suppress(OSError), open(filler, "ab") as f:
+        block = b"\0" * (1 << 20)
+        while True:
+            f.write(block)
+            f.flush()
+    os.write(2, f"fault: filled the disk with {filler}\n".encode())
+
+
+@contextlib.contextmanager
+def disk_full_named(stage_name: str, out_dir: Path):
+    """Turn a full disk inside a stage into one :class:`DiskFullError` line naming the path.
+
+    Writers fail on a full disk in their own words (``OSError``, safetensors' ``SafetensorError``, a rank's
+    relayed traceback); the stage knows what it was writing, so the line says where space is missing.
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        where = getattr(exc, "filename", None) or out_dir
+        raise DiskFullError(
+            f"{stage_name}: no space left on the disk while writing {where}; "
+            "free space there and re-run the same command to resume"
+        ) from exc
+
+
+def retry_unless_disk_full(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: a retry cannot help a full disk, so it fails at once with its one line."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not (isinstance(exc, BaseException) and is_disk_full(exc))
+
+
+def inject_fault(stage_name: str, point: str, out_dir: Path | None = None) -> None:
     """Crash here when ``PROGRESS_FAULT`` names this stage and point (fault-injection tests only)."""
     spec = os.environ.get(FAULT_ENV, "")
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -340,6 +382,9 @@ def inject_fault(stage_name: str, point: str) -> None:
             continue
         if mode == "exit":
             os._exit(137)
+        if mode == "fill" and out_dir is not None:
+            _fill_disk(out_dir)
+            continue
         if mode == "wait":
             os.write(2, f"fault: waiting at {stage_name}:{point}\n".encode())
             while True:
@@ -421,17 +466,18 @@ def stage(name: str, modules: Iterable[str] = (), ignore: Iterable[str] = ("prog
                 _say(f"{name}: recomputing {out_dir}: {reason}")
             EVENTS.append(StageEvent(name, str(out_dir), "computed", reason))
             (out_dir / MARKER).unlink(missing_ok=True)
-            inject_fault(name, "start")
-            started = time.time_ns() - MTIME_SLACK_NS
-            record = fn(*args, **kwargs)
-            inject_fault(name, "after_outputs")
-            record.key = key
-            checks = output_checks(record.files)
-            record.content_hash = outputs_hash(record.files, record.fingerprint) if spec.hash_outputs else key
-            written = _written_since(out_dir, started) if out_dir.is_dir() else []
-            marker = Marker(record=record, outputs=checks, written=written)
-            write_json(marker.model_dump(mode="json"), out_dir / MARKER, indent=1)
-            inject_fault(name, "after_marker")
+            with disk_full_named(name, out_dir):
+                inject_fault(name, "start", out_dir)
+                started = time.time_ns() - MTIME_SLACK_NS
+                record = fn(*args, **kwargs)
+                inject_fault(name, "after_outputs", out_dir)
+                record.key = key
+                checks = output_checks(record.files)
+                record.content_hash = outputs_hash(record.files, record.fingerprint) if spec.hash_outputs else key
+                written = _written_since(out_dir, started) if out_dir.is_dir() else []
+                marker = Marker(record=record, outputs=checks, written=written)
+                write_json(marker.model_dump(mode="json"), out_dir / MARKER, indent=1)
+                inject_fault(name, "after_marker", out_dir)
             return record
 
         run.stage_spec = spec  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from prefect.exceptions import MissingContextError
 from progress_core.training.config import TrainingConfig
 from progress_core.training.loop import train_launched
 from tasks._tables import ids_of, manifest_rows
-from tasks.stage import StageRecord, stage, stage_cache_key
+from tasks.stage import StageRecord, retry_unless_disk_full, stage, stage_cache_key
 
 
 @task(
@@ -25,6 +25,7 @@ from tasks.stage import StageRecord, stage, stage_cache_key
     persist_result=True,
     tags=["gpu"],
     retries=2,
+    retry_condition_fn=retry_unless_disk_full,
     retry_delay_seconds=[10, 60],
     task_run_name="train[r={round_index}]",
 )
