@@ -14,12 +14,14 @@ Relative run directories live under ``$PROGRESS_RUNS_DIR`` (default ``./runs`` o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from prefect import flow, get_run_logger
 
+from progress_core.errors import ProgressError
 from progress_core.run.config import Preset, RunConfig, _merge, load_config
 from progress_core.run.config_doc import describe
 from progress_core.selection.strategies import available_strategies
@@ -110,6 +112,22 @@ def _log_run_dir(cfg: RunConfig) -> None:
     get_run_logger().info("run directory: %s (preset %s, strategy %s)", cfg.run_dir, cfg.preset, cfg.selection.strategy)
 
 
+def _failing_in_one_line(run: Callable[[], dict]) -> Any:
+    """``run()``, or a Failed state whose message is the error's one line (README "Configuration").
+
+    A named error (a bad value in the form, a held run directory, a full disk) is the user's to fix, so the
+    UI run shows that line as its state message and log instead of the engine's traceback; calling the flow
+    still raises the error itself.
+    """
+    from prefect.states import Failed
+
+    try:
+        return run()
+    except ProgressError as exc:
+        get_run_logger().error("error: %s", exc)
+        return Failed(message=str(exc), data=exc)
+
+
 def _run_selection(
     preset: Preset = "demo",
     pool_json: str = "",
@@ -122,9 +140,12 @@ def _run_selection(
 ) -> dict:
     from flows.progress_selection import progress_selection
 
-    cfg = build_config(preset, pool_json, image_root, run_dir, strategy, budget, seed, advanced)
-    _log_run_dir(cfg)
-    return progress_selection.fn(config=cfg)
+    def run() -> dict:
+        cfg = build_config(preset, pool_json, image_root, run_dir, strategy, budget, seed, advanced)
+        _log_run_dir(cfg)
+        return progress_selection.fn(config=cfg)
+
+    return _failing_in_one_line(run)
 
 
 def _compare(
@@ -139,9 +160,12 @@ def _compare(
 ) -> dict:
     from flows.compare_strategies import compare_strategies
 
-    cfg = build_config(preset, pool_json, image_root, run_dir or f"compare-{preset}", None, budget, seed, advanced)
-    _log_run_dir(cfg)
-    return compare_strategies.fn(config=cfg, strategies=list(strategies))
+    def run() -> dict:
+        cfg = build_config(preset, pool_json, image_root, run_dir or f"compare-{preset}", None, budget, seed, advanced)
+        _log_run_dir(cfg)
+        return compare_strategies.fn(config=cfg, strategies=list(strategies))
+
+    return _failing_in_one_line(run)
 
 
 _run_selection.__doc__ = _docstring(
