@@ -174,14 +174,14 @@ def _fmt(value: Any, spec: str) -> str:
 CLUSTER_TABLE_COLUMNS = (
     "cluster",
     "what it is",
-    "sample ids",
+    "selected",
+    "probability",
     "accuracy prev → now",
     "relative change",
     "probe SE now / change",
-    "probability",
-    "selected",
     "pool left",
     "accuracy after",
+    "sample ids",
 )
 
 
@@ -231,11 +231,12 @@ def round_cluster_table(
 ) -> pd.DataFrame:
     """Clusters of one round for a reader, most selected first.
 
-    Columns: cluster, what it is (concept label and most common question words), a few sample ids selected
-    from it, the accuracy of the two probes the selection compared (prev → now) and their relative change,
-    the binomial standard error of the "now" probe and of the change (docs/algorithm.md#probe-noise), the
-    selection probability, selected, the samples of the cluster left in the pool, and the
-    accuracy of the probe after the round. Missing facts (warm-up rounds, strategies without scores) show as
+    Columns: cluster, what it is (concept label and most common question words), selected, the selection
+    probability, the accuracy of the two probes the selection compared (prev → now) and their relative
+    change, the binomial standard error of the "now" probe and of the change (docs/algorithm.md#probe-noise),
+    the samples of the cluster left in the pool, the accuracy of the probe after the round, and a few sample
+    ids selected from it. What the round did comes first, so it stays on screen next to the cluster's name
+    in a narrow window; the free-text ids come last. Missing facts (warm-up rounds, strategies without scores) show as
     "–". Both probes come from the selection's scores; without scores "now" is ``probe_before`` (the previous
     round's per-cluster probe table).
     """

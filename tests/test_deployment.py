@@ -119,6 +119,9 @@ def test_approval_after_warmup_pauses_until_approved(deployed):
     assert sorted(p.name for p in (run_dir / "rounds").iterdir()) == ["r00", "r01"], "paused after the warm-up"
     report = {a.key: a for a in artifacts(api_url, str(run.id))}["approval-approval"]
     assert "Planned" in report.data and "Warm-up" in report.data
+    schema_key = paused.state.state_details.run_input_keyset["schema"]
+    schema = json.loads(client_call(api_url, lambda c: c.read_flow_run_input(run.id, schema_key)))
+    assert schema["properties"]["approve"]["default"] is False, "the Resume dialog's Approve toggle starts off"
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -116,14 +116,14 @@ def test_cluster_table_columns_formatting_and_order(round_files):
     assert list(table.columns) == [
         "cluster",
         "what it is",
-        "sample ids",
+        "selected",
+        "probability",
         "accuracy prev → now",
         "relative change",
         "probe SE now / change",
-        "probability",
-        "selected",
         "pool left",
         "accuracy after",
+        "sample ids",
     ]
     assert table["cluster"].tolist() == [0, 1, 3, 2], "most selected first, then by cluster"
     rows = table.set_index("cluster")

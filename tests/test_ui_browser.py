@@ -139,6 +139,10 @@ def _submit_custom_run(page, ui: str, dep, shots: Path) -> None:
     page.keyboard.press("ArrowDown")
     page.get_by_role("option", name="random", exact=True).click()
     assert field("strategy").locator(".p-select-button__value").inner_text() == "random"
+    for number, default in (("budget", "0"), ("seed", "42")):
+        box = field(number)
+        assert box.locator("input").first.input_value() == default, f"{number} is a plain integer field"
+        assert "type None" not in box.inner_text(), f"{number} shows no int/None toggle"
     field("advanced").locator("textarea").fill(json.dumps(_advanced()))
     page.get_by_text("Run Name").first.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "ui-form.png"))
@@ -164,6 +168,9 @@ def _check_artifact_pages(page, ui: str, final, arts: dict, rounds: list[int], s
     page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
     page.get_by_text(f"{RUN}-summary", exact=True).first.wait_for(timeout=30000)
     page.screenshot(path=str(shots / "ui-run-artifacts.png"), full_page=True)
+    listed = page.locator("body").inner_text()
+    first = min(listed.find(key) for key in arts if key != f"{RUN}-summary" and key in listed)
+    assert listed.find(f"{RUN}-summary") < first, "the run's summary is the first artifact listed"
 
     page.goto(f"{ui}/artifacts/artifact/{arts[f'{RUN}-summary'].id}", wait_until="networkidle")
     plot = page.locator("img[src^='data:image/png']").first
@@ -177,6 +184,9 @@ def _check_artifact_pages(page, ui: str, final, arts: dict, rounds: list[int], s
     page.goto(ui + href, wait_until="networkidle")
     page.get_by_text("accuracy prev → now").first.wait_for(timeout=30000)
     assert f"{RUN}-round-{rounds[-1]:02d}-clusters" in page.locator("body").inner_text()
+    for header in ("what it is", "selected", "probability", "relative change"):
+        box = page.locator("th", has_text=header).first.bounding_box()
+        assert box and box["x"] + box["width"] <= 1400, f"{header!r} column is off-screen at 1400 px: {box}"
     rows = json.loads(arts[f"{RUN}-round-02-clusters"].data)
     assert {"what it is", "accuracy prev → now", "relative change", "selected", "pool left"} <= set(rows[0])
     assert [r["selected"] for r in rows] == sorted((r["selected"] for r in rows), reverse=True)
@@ -216,6 +226,7 @@ def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
         _submit_custom_run(page, ui, dep, shots)
         final = _wait_final(api_url, _flow_run_from_form(api_url, dep).id)
         assert final.state.is_completed(), final.state
+        assert final.name.startswith(f"random · {RUN} · budget preset · seed 42 · "), final.name
         summary = json.loads((runs / RUN / "summary.json").read_text())
         assert {r["strategy"] for r in summary["rounds"][2:]} == {"random"}
         rounds = [r["round"] for r in summary["rounds"]]
