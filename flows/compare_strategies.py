@@ -29,6 +29,7 @@ from progress_core.data.statistics import majority_baseline
 from progress_core.errors import ConfigError
 from progress_core.io import write_json, write_parquet
 from progress_core.run.config import RunConfig, _merge
+from progress_core.run.lock import hold_run_dir
 from progress_core.run.validation import concept_source_problems, label_refusal
 from progress_core.selection.config import LABEL_STRATEGIES
 from progress_core.selection.strategies import available_strategies
@@ -246,6 +247,22 @@ def compare_strategies(
         )
     sweeps: list[tuple[str, Any] | None] = [(sweep_field, v) for v in sweep_values or []] if sweep_field else [None]
     base = Path(config.run_dir).resolve()
+    with hold_run_dir(base, log.warning):
+        return _compare_in(base, config, strategies, budgets, seeds, sweeps, include_full, log)
+
+
+def _compare_in(
+    base: Path,
+    config: RunConfig,
+    strategies: list[str],
+    budgets: list[float],
+    seeds: list[int],
+    sweeps: list[tuple[str, Any] | None],
+    include_full: bool,
+    log,
+) -> dict:
+    """The comparison's runs, evaluations and tables, while ``base`` is held (one comparison per directory;
+    every sub-run holds its own directory as well)."""
     shared = Path(config.shared_dir).resolve() if config.shared_dir else base / "shared"
     config, eval_split = held_out_split(config, shared, log)
     jobs = [(s, b, seed, sw) for b in budgets for sw in sweeps for s in strategies for seed in seeds]

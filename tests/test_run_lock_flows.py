@@ -1,5 +1,5 @@
 """Every way to start a run refuses a run directory another live run holds: the CLI (at once, before any
-Prefect server starts), the selection flow itself (so UI deployments), and each of ``compare``'s sub-runs."""
+Prefect server starts), the selection flow itself (so UI deployments), each of ``compare``'s sub-runs and the comparison's base directory."""
 
 from __future__ import annotations
 
@@ -98,3 +98,14 @@ def test_each_compare_sub_run_holds_its_run_dir(tmp_path, hold, api):
     with pytest.raises(RunDirLockedError, match=f"pid {holder.pid}"):
         compare_strategies(config=cfg, strategies=["random"], seeds=[cfg.seed])
     assert not (Path(sub.run_dir) / "config.json").exists()
+
+
+def test_a_second_comparison_on_the_same_base_directory_is_refused(tmp_path, hold, api):
+    """Two comparisons on one base directory would both write its shared warm-up and ``comparison.parquet``."""
+    from flows.compare_strategies import compare_strategies
+
+    cfg = tiny_config(tmp_path / "compare", **{"data.synthetic_n_eval": 16})
+    holder = hold(tmp_path / "compare")
+    with pytest.raises(RunDirLockedError, match=f"pid {holder.pid}"):
+        compare_strategies(config=cfg, strategies=["random"], seeds=[cfg.seed])
+    assert sorted(p.name for p in (tmp_path / "compare").iterdir()) == [LOCK_FILE], "nothing written"
