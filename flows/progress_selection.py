@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.approval import approve_after_warmup
 from flows.feature_shards import run_feature_shards
+from flows.runners import InterruptibleThreadPoolTaskRunner
 from flows.stage_inputs import kmeans_k, probe_inputs, select_inputs
 from progress_core.features.extract import shard_ranges
 from progress_core.id_sets import read_ids, write_ids
@@ -428,7 +429,12 @@ SWEPT = ("rounds", "export", "final")
 """Run subfolders whose files an older config can leave behind; reports and evaluations beside them stay."""
 
 
-@flow(name="progress-selection", log_prints=True, validate_parameters=True)
+@flow(
+    name="progress-selection",
+    log_prints=True,
+    validate_parameters=True,
+    task_runner=InterruptibleThreadPoolTaskRunner(),
+)
 def progress_selection(config: RunConfig = RunConfig()) -> dict:
     """Run PROGRESS data selection end to end on ``config`` (resumable; see module docstring)."""
     log = get_run_logger()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 
 import typer
 
+from progress_cli.interrupts import RunInterrupted
 from progress_cli.usage import CommandGroup, usage_failure
 from progress_core.environment import apply_defaults
 from progress_core.errors import ProgressError
@@ -73,6 +75,19 @@ def _error(message: str) -> None:
         typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
 
 
+def _exit_without_joining(code: int) -> None:
+    """End the process now when stages abandoned by an interrupt still run in threads.
+
+    Python joins every worker thread at exit, so a command interrupted while feature shards run would wait
+    for each shard to finish; their outputs are atomic (docs/architecture.md#stage-contract), so the process
+    ends as a kill would, after its error line.
+    """
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; every error becomes one line per problem and exit status 1."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -86,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug_enabled():
             traceback.print_exc()
         _error(str(exc))
+        if argv is None and isinstance(exc, RunInterrupted):
+            _exit_without_joining(exc.exit_code)
         return getattr(exc, "exit_code", 1)
     except SystemExit as exc:  # typer/click exits
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 1

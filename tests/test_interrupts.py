@@ -68,6 +68,25 @@ def test_signal_during_a_stage_fails_loudly_and_the_rerun_resumes(tmp_path, pref
         assert (run / "summary.json").is_file()
 
 
+def test_ctrl_c_while_shards_run_in_threads_exits_at_once_naming_them(tmp_path, prefect_api):
+    """Feature shards run in the flow's threads; a Ctrl-C there must not wait for a shard to finish (here it
+    never would) and names the shard task runs, and the re-run goes on from the shards."""
+    run = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(run).model_dump(mode="json")))
+    log = tmp_path / "interrupted.log"
+    proc = _start(config, prefect_api, log, "features_shard:start:wait")
+    try:
+        _wait_for(proc, log, "fault: waiting at features_shard:start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    errors = [line for line in log.read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: interrupted during features["), errors
+    assert errors[0].endswith("; re-run the same command to resume")
+
+
 class SyncTaskRunEngine:
     def __init__(self, name: str):
         self.task_run = SimpleNamespace(name=name)
