@@ -27,11 +27,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/progress demo --out $(DEMO_DIR)
 
+# Two workers, each test file on one of them (module fixtures built once): most of the suite waits on servers,
+# subprocesses and launched ranks, so two files at a time fill both cores. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # The LoRA / ZeRO-3 training tests again with the GPU image's peft and transformers (constraints-gpu.txt)
 # shadowing the CPU set's, installed without dependencies into a folder of their own.
