@@ -84,10 +84,16 @@ def _existing(key: str) -> Any | None:
     return found[0] if found else None
 
 
-def _upsert(key: str, kind: str, data: Any, description: str) -> str:
-    """Create artifact ``key`` on the flow run, or update this flow run's one in place; returns its id."""
+def _upsert(key: str, kind: str, data: Any, description: str, on_task_run: bool = False) -> str:
+    """Create artifact ``key`` on the flow run, or update this flow run's one in place; returns its id.
+
+    With ``on_task_run`` a new artifact also belongs to the task run publishing it: the Prefect UI lists a
+    run's own artifacts apart from its task runs', so the run-level summary, rounds table, report and
+    progress stay together at the top and the per-round tables follow under their ``publish[r=N]`` runs.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+    from prefect.runtime import task_run
 
     run_id = _flow_run_id()
     found = _existing(key)
@@ -95,20 +101,23 @@ def _upsert(key: str, kind: str, data: Any, description: str) -> str:
         if found is not None:
             client.update_artifact(found.id, ArtifactUpdate(data=data, description=description))
             return str(found.id)
+        owner = (task_run.id or None) if on_task_run else None
         created = client.create_artifact(
-            ArtifactCreate(key=key, type=kind, data=data, description=description, flow_run_id=run_id)
+            ArtifactCreate(
+                key=key, type=kind, data=data, description=description, flow_run_id=run_id, task_run_id=owner
+            )
         )
         return str(created.id)
 
 
-def upsert_table(key: str, table: list[dict], description: str) -> str:
+def upsert_table(key: str, table: list[dict], description: str, on_task_run: bool = False) -> str:
     """Create the table artifact ``key``, or update this flow run's one in place; returns its id."""
-    return _upsert(key, "table", json.dumps(TableArtifact._sanitize(table)), description)
+    return _upsert(key, "table", json.dumps(TableArtifact._sanitize(table)), description, on_task_run)
 
 
-def upsert_markdown(key: str, markdown: str, description: str) -> str:
+def upsert_markdown(key: str, markdown: str, description: str, on_task_run: bool = False) -> str:
     """Create the markdown artifact ``key``, or update this flow run's one in place; returns its id."""
-    return _upsert(key, "markdown", markdown, description)
+    return _upsert(key, "markdown", markdown, description, on_task_run)
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -445,9 +454,10 @@ def publish_round(
         "change: the last two probes before the round, which set the probability; probe SE now / change: the "
         "binomial standard error of the now probe and of the change (a change within 2 SE is noise); accuracy "
         "after: this round's probe.",
+        on_task_run=True,
     )
     summary_id = upsert_markdown(
-        round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary"
+        round_key(run_dir, round_index, "summary"), "\n".join(lines), f"Round {round_index} summary", True
     )
     row = _round_row(round_index, step, next_step, commit, probe_meta, seconds, round_dir)
     _update_run_report(run_dir, round_index, row, summary_id, clusters_id)

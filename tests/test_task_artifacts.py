@@ -192,11 +192,11 @@ def published(monkeypatch):
     """What publish_round would send to the server: (kind, key, data) per upsert."""
     sent: list[tuple[str, str, object]] = []
 
-    def table(key, rows, description):
+    def table(key, rows, description, on_task_run=False):
         sent.append(("table", key, rows))
         return f"id-{key}"
 
-    def markdown(key, text, description):
+    def markdown(key, text, description, on_task_run=False):
         sent.append(("markdown", key, text))
         return f"id-{key}"
 

@@ -168,9 +168,13 @@ def _check_artifact_pages(page, ui: str, final, arts: dict, rounds: list[int], s
     page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
     page.get_by_text(f"{RUN}-summary", exact=True).first.wait_for(timeout=30000)
     page.screenshot(path=str(shots / "ui-run-artifacts.png"), full_page=True)
+    page.get_by_text("Task runs", exact=True).first.wait_for(timeout=30000)
     listed = page.locator("body").inner_text()
-    first = min(listed.find(key) for key in arts if key != f"{RUN}-summary" and key in listed)
-    assert listed.find(f"{RUN}-summary") < first, "the run's summary is the first artifact listed"
+    run_section = listed[listed.index("\nFlow run\n") : listed.index("\nTask runs")]
+    run_level = {f"{RUN}-{kind}" for kind in ("summary", "rounds", "report", "progress")}
+    assert all(key + "\n" in run_section for key in run_level), "the run's own artifacts together on top"
+    assert f"{RUN}-round-" not in run_section
+    assert all(arts[key].task_run_id for key in arts if key not in run_level), "round tables under their task runs"
 
     page.goto(f"{ui}/artifacts/artifact/{arts[f'{RUN}-summary'].id}", wait_until="networkidle")
     plot = page.locator("img[src^='data:image/png']").first
