@@ -185,13 +185,15 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batch_product(self) -> RunConfig:
-        """per-device x accumulation x processes must be the global batch (checked before any model loads)."""
+        """per-device x accumulation x processes on all nodes must be the global batch, and the node settings
+        must form a group (checked before any model loads)."""
         n = self.training.nproc_per_node
-        if isinstance(n, int):
-            try:
-                self.training_config(1).micro_batches(n)
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+        try:
+            TrainingConfig.model_construct(**dict(self.training)).check_nodes()
+            if isinstance(n, int):
+                self.training_config(1).micro_batches(n * self.training.nnodes)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     @model_validator(mode="before")

@@ -1,0 +1,91 @@
+"""A node other than node 0 of a multi-node training run (README: Training on two or more nodes).
+
+Node 0 runs the flow; each training piece it starts is published as ``<node_jobs_dir>/<rdzv id>/`` with the
+job file and ``ready.json`` (the launch settings: processes per node, backend, node count, c10d endpoint,
+rendezvous id). Every other node runs ``python -m progress_core.training.node <node_jobs_dir> --node-rank K``,
+which joins each published piece with the same ``torch.distributed.run`` rendezvous; the c10d store forms the
+group, Kubernetes (an indexed Job) keeps the nodes alive, so nothing here tracks which nodes exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from progress_core.training.launch import LaunchError, Nodes, launch
+
+log = logging.getLogger(__name__)
+
+
+def join_piece(job_dir: Path, node_rank: int, log_line: Callable[[str], None], timeout_s: float | None) -> bool:
+    """Run this node's share of the piece in ``job_dir``; False (logged, not raised) when it failed, since
+    node 0's task reports the failure and its retry publishes a new piece."""
+    spec = json.loads((job_dir / "ready.json").read_text())
+    nodes = Nodes(nnodes=spec["nnodes"], node_rank=node_rank, endpoint=spec["endpoint"], rdzv_id=spec["rdzv_id"])
+    try:
+        launch(
+            spec["target"],
+            job_dir / "job.json",
+            spec["nproc_per_node"],
+            spec["backend"],
+            log_line,
+            timeout_s=timeout_s,
+            nodes=nodes,
+        )
+    except LaunchError as exc:
+        log_line(f"piece {job_dir.name} failed on this node: {exc}")
+        return False
+    return True
+
+
+def follow(
+    jobs_dir: str | Path,
+    node_rank: int,
+    pieces: int | None = None,
+    poll_s: float = 0.5,
+    log_line: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
+) -> int:
+    """Join the pieces published in ``jobs_dir`` from now on, oldest first; stop after ``pieces`` of them
+    (None = until the process is stopped: the Job ends when node 0's pod succeeds). Returns how many joined
+    and finished."""
+    emit = log_line or log.info
+    jobs = Path(jobs_dir)
+    jobs.mkdir(parents=True, exist_ok=True)
+    seen = {p.parent.name for p in jobs.glob("*/ready.json")}
+    emit(f"node {node_rank} following {jobs} ({len(seen)} earlier piece(s) skipped)")
+    done = tried = 0
+    while pieces is None or tried < pieces:
+        fresh = sorted(
+            (p for p in jobs.glob("*/ready.json") if p.parent.name not in seen), key=lambda p: p.stat().st_mtime_ns
+        )
+        if not fresh:
+            time.sleep(poll_s)
+            continue
+        job_dir = fresh[0].parent
+        seen.add(job_dir.name)
+        tried += 1
+        done += join_piece(job_dir, node_rank, emit, timeout_s)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m progress_core.training.node", description=__doc__.split("\n")[0])
+    parser.add_argument("jobs_dir", help="training.node_jobs_dir of the run (a directory every node reads)")
+    parser.add_argument("--node-rank", type=int, required=True, help="this node's rank, 1 .. nnodes-1")
+    parser.add_argument("--pieces", type=int, default=None, help="stop after this many pieces (default: never)")
+    args = parser.parse_args(argv)
+    if args.node_rank < 1:
+        parser.error(f"--node-rank must be >= 1 (node 0 runs the flow), got {args.node_rank}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    follow(args.jobs_dir, args.node_rank, pieces=args.pieces, log_line=print)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
