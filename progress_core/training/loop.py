@@ -26,8 +26,7 @@ import os
 import random
 import shutil
 import tempfile
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from progress_core.model.assembly import base_model_path
 from progress_core.model.loading import load_model
 from progress_core.model.prompt import IGNORE_INDEX
 from progress_core.training.config import TrainingConfig
-from progress_core.training.launch import Nodes, launch
+from progress_core.training.node import piece_dir, piece_nodes, start_piece, write_atomic
 from progress_core.training.samples import EncodedRow, Encoder, sample_column, sample_labels, samples_rows
 
 log = logging.getLogger(__name__)
@@ -646,27 +645,11 @@ def train_launched(
         )
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    nodes = piece_nodes(cfg, target_step)
-    if nodes.nnodes > 1:
-        Path(cfg.node_jobs_dir).mkdir(parents=True, exist_ok=True)
-        job_dir = Path(cfg.node_jobs_dir) / nodes.rdzv_id
-        job_dir.mkdir()
-    else:
-        job_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.job.", dir=out.parent))
-    try:
+    nodes = piece_nodes(cfg.nnodes, cfg.rdzv_endpoint, cfg.rdzv_id, f"step{int(target_step)}")
+    with piece_dir(nodes, cfg.node_jobs_dir, out.parent) as job_dir:
         job = _write_job(job_dir, checkpoint, samples, image_root, target_step, cfg, out, progress)
-        spec = {
-            "target": TRAIN_TARGET,
-            "nproc_per_node": cfg.procs_per_node(),
-            "backend": cfg.dist_backend,
-            **asdict(nodes),
-        }
-        if nodes.nnodes > 1:
-            _write_atomic(job_dir / "ready.json", json.dumps(spec))
-        launch(TRAIN_TARGET, job, spec["nproc_per_node"], cfg.dist_backend, log_line, timeout_s=timeout_s, nodes=nodes)
+        start_piece(TRAIN_TARGET, job, cfg.procs_per_node(), cfg.dist_backend, nodes, log_line, timeout_s)
         result = json.loads((job_dir / "result.json").read_text())
-    finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
     return TrainResult(
         checkpoint=Path(result["checkpoint"]),
         step=int(result["step"]),
@@ -676,21 +659,6 @@ def train_launched(
 
 
 TRAIN_TARGET = "progress_core.training.loop:run_train_job"
-
-
-def piece_nodes(cfg: TrainingConfig, target_step: int) -> Nodes:
-    """This node's place in the piece's job; over several nodes a rendezvous id no earlier attempt used
-    (``rdzv_id`` prefix, the target step, a fresh suffix), so a retried piece never joins a stale group."""
-    if cfg.nnodes == 1:
-        return Nodes()
-    rdzv_id = f"{cfg.rdzv_id or 'progress'}-step{int(target_step)}-{uuid.uuid4().hex[:8]}"
-    return Nodes(nnodes=cfg.nnodes, node_rank=cfg.node_rank, endpoint=cfg.rdzv_endpoint, rdzv_id=rdzv_id)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _write_job(job_dir: Path, checkpoint, samples, image_root, target_step: int, cfg, out: Path, progress: bool):
@@ -710,7 +678,7 @@ def _write_job(job_dir: Path, checkpoint, samples, image_root, target_step: int,
         "progress": bool(progress),
     }
     job = job_dir / "job.json"
-    _write_atomic(job, json.dumps(payload))
+    write_atomic(job, json.dumps(payload))
     return job
 
 

@@ -10,16 +10,71 @@ group, Kubernetes (an indexed Job) keeps the nodes alive, so nothing here tracks
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from progress_core.training.launch import LaunchError, Nodes, launch
 
 log = logging.getLogger(__name__)
+
+
+def piece_nodes(nnodes: int, endpoint: str | None, rdzv_prefix: str | None, label: str) -> Nodes:
+    """Node 0's place in a piece's job; over several nodes a rendezvous id no earlier attempt used (the
+    ``rdzv_prefix``, e.g. the flow run id and round, the piece's ``label``, a fresh suffix), so a retried piece
+    never joins a stale group."""
+    if nnodes == 1:
+        return Nodes()
+    rdzv_id = f"{rdzv_prefix or 'progress'}-{label}-{uuid.uuid4().hex[:8]}"
+    return Nodes(nnodes=nnodes, node_rank=0, endpoint=endpoint, rdzv_id=rdzv_id)
+
+
+@contextlib.contextmanager
+def piece_dir(nodes: Nodes, jobs_dir: str | os.PathLike | None, scratch: str | os.PathLike | None) -> Iterator[Path]:
+    """The job directory of one piece, removed afterwards: ``<jobs_dir>/<rdzv id>`` over several nodes (where
+    the other nodes find it), else a fresh directory under ``scratch`` (None = the system's temp dir)."""
+    if nodes.nnodes > 1:
+        Path(jobs_dir).mkdir(parents=True, exist_ok=True)
+        job_dir = Path(jobs_dir) / nodes.rdzv_id
+        job_dir.mkdir()
+    else:
+        job_dir = Path(tempfile.mkdtemp(prefix=".job.", dir=scratch))
+    try:
+        yield job_dir
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def start_piece(
+    target: str,
+    job: Path,
+    nproc_per_node: int,
+    backend: str,
+    nodes: Nodes,
+    log_line: Callable[[str], None] | None,
+    timeout_s: float | None,
+) -> None:
+    """Node 0's share of ``target(job)``; over several nodes ``ready.json`` is published first, so the other
+    nodes' :func:`follow` start the same launch."""
+    if nodes.nnodes > 1:
+        spec = {"target": target, "nproc_per_node": nproc_per_node, "backend": backend}
+        write_atomic(job.parent / "ready.json", json.dumps({**spec, **dataclasses.asdict(nodes)}))
+    launch(target, job, nproc_per_node, backend, log_line, timeout_s=timeout_s, nodes=nodes)
 
 
 def join_piece(job_dir: Path, node_rank: int, log_line: Callable[[str], None], timeout_s: float | None) -> bool:
