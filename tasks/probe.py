@@ -20,6 +20,7 @@ from progress_core.probe.accuracy import probe, probe_sample, save_probe
 from progress_core.probe.config import ProbeConfig
 from progress_core.probe.judges import make_judge
 from progress_core.probe.launched import probe_launched
+from progress_core.training.node import nodes_from_env
 from tasks._tables import cluster_ids, ids_of, manifest_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
 
@@ -61,6 +62,7 @@ def probe_stage(
     rows = manifest_rows(manifest, ids)
     rows = rows.append_column("cluster_id", pa.array(clusters[np.asarray(ids, dtype=np.int64)]))
     image_root = manifest.meta.get("image_root")
+    settings = nodes_from_env(settings)
     if settings.world_size() > 1:
         if settings.nnodes > 1 and settings.rdzv_id is None:
             settings = settings.model_copy(update={"rdzv_id": f"{flow_run.get_id() or 'local'}-r{round_index}"})

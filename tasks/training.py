@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 
 from progress_core.training.config import TrainingConfig
 from progress_core.training.loop import train_launched
+from progress_core.training.node import nodes_from_env
 from tasks._tables import ids_of, manifest_rows
 from tasks.stage import StageRecord, stage, stage_cache_key
 
@@ -55,6 +56,7 @@ def train_stage(
         logger = get_run_logger()
     except MissingContextError:
         logger = logging.getLogger(__name__)
+    settings = nodes_from_env(settings)
     if settings.nnodes > 1 and settings.rdzv_id is None:
         settings = settings.model_copy(update={"rdzv_id": f"{flow_run.get_id() or 'local'}-r{round_index}"})
     result = train_launched(

@@ -4,6 +4,8 @@ its last lines while the retry trains from the last checkpoint (README: Training
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 import sys
 import threading
@@ -19,11 +21,12 @@ from test_model import make_pool, pool_texts
 from progress_core.errors import ConfigError
 from progress_core.model.config import ModelConfig
 from progress_core.model.tiny import build_tiny_model
+from progress_core.probe.config import ProbeConfig
 from progress_core.run.config import load_config
 from progress_core.training.config import TrainingConfig
 from progress_core.training.launch import LaunchError, Nodes, _kill_tree, free_port, launch_command
 from progress_core.training.loop import train_launched
-from progress_core.training.node import follow
+from progress_core.training.node import NODES_ENV, follow, nodes_from_env
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +203,66 @@ def test_nnodes_a_dead_node_fails_the_piece_with_its_last_lines_and_the_retry_re
     )
     follower.join(60)
     assert_same_run(retry, one_node[1])
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _rendered_job(nodes: int) -> dict:
+    """The GPU pool's Job for one flow run, as Prefect's kubernetes worker renders the job template."""
+    from prefect.utilities.templating import apply_values
+
+    template = json.loads((REPO / "deployments" / "gpu-job-template.json").read_text())
+    values = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
+    values.update(nodes=nodes, command="prefect flow-run execute", name="progress", labels={}, env={})
+    return apply_values(template["job_configuration"]["job_manifest"], values)
+
+
+def test_nnodes_job_template_starts_an_indexed_job_whose_pods_find_node_0(tmp_path):
+    """Two pods of one indexed Job: pod 0 runs the flow (the worker's command), pod 1 the node follower;
+    both read the same node settings, which give the trainer the c10d endpoint <job>-0.<service>."""
+    job = _rendered_job(2)
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 2
+    assert spec["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
+    pod = spec["template"]["spec"]
+    service = json.loads((REPO / "deployments" / "trainer-service.json").read_text())
+    assert pod["subdomain"] == service["metadata"]["name"] == "progress-trainers"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    resolved = env["PROGRESS_NODES"].replace("$(JOB_NAME)", "progress-abc12")
+    cfg = nodes_from_env(
+        TrainingConfig(nproc_per_node=4, global_batch_size=128, per_device_batch_size=16), {NODES_ENV: resolved}
+    )
+    assert (cfg.nnodes, cfg.rdzv_endpoint) == (2, "progress-abc12-0.progress-trainers:29400")
+    assert cfg.node_jobs_dir == env["PROGRESS_NODE_JOBS_DIR"].replace("$(JOB_NAME)", "progress-abc12")
+    assert cfg.micro_batches(cfg.world_size()) == (16, 1)
+    single = nodes_from_env(TrainingConfig(), {NODES_ENV: json.dumps({"nnodes": 1})})
+    assert single.nnodes == 1 and _rendered_job(1)["spec"]["completions"] == 1
+
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text('#!/bin/sh\necho "python $*"\n')
+    (shim / "python").chmod(0o755)
+    assert container["args"] == "prefect flow-run execute"  # the worker splits it into the container's args
+
+    def pod(index: str, args: list[str]) -> str:
+        env = {"PATH": f"{shim}:/usr/bin:/bin", "JOB_COMPLETION_INDEX": index, "PROGRESS_NODE_JOBS_DIR": "/d/j"}
+        return subprocess.run([*container["command"], *args], env=env, capture_output=True, text=True).stdout.strip()
+
+    assert pod("0", ["echo", "the", "flow"]) == "the flow"
+    assert pod("1", shlex.split(container["args"])) == "python -m progress_core.training.node /d/j --node-rank 1"
+
+
+def test_nnodes_come_from_the_job_and_bad_settings_are_one_line():
+    env = {NODES_ENV: json.dumps({"nnodes": 2, "rdzv_endpoint": "j-0.s:29400", "node_jobs_dir": "/data/nj/j"})}
+    with pytest.raises(ConfigError, match=r"^PROGRESS_NODES: training.nnodes 2 needs training.nproc_per_node set$"):
+        nodes_from_env(TrainingConfig(), env)
+    with pytest.raises(ConfigError, match="PROGRESS_NODES must be a JSON object"):
+        nodes_from_env(TrainingConfig(), {NODES_ENV: "two"})
+    own = TrainingConfig(nnodes=3, nproc_per_node=1, rdzv_endpoint="h:1", node_jobs_dir="/x", global_batch_size=6)
+    assert nodes_from_env(own, env) is own
+    probe = nodes_from_env(ProbeConfig(nproc_per_node=2), env)
+    assert (probe.world_size(), probe.rdzv_endpoint, probe.node_jobs_dir) == (4, "j-0.s:29400", "/data/nj/j")

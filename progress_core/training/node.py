@@ -23,9 +23,40 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from pydantic import BaseModel, ValidationError
+
+from progress_core.errors import ConfigError
 from progress_core.training.launch import LaunchError, Nodes, launch
 
 log = logging.getLogger(__name__)
+
+NODES_ENV = "PROGRESS_NODES"
+"""The node settings the Kubernetes Job gives its pods (``deployments/gpu-job-template.json``), as JSON:
+``{"nnodes": 2, "rdzv_endpoint": "<job>-0.<service>:29400", "node_jobs_dir": "/data/node-jobs/<job>"}``."""
+
+NODE_FIELDS = ("nnodes", "rdzv_endpoint", "node_jobs_dir")
+
+
+def nodes_from_env(cfg: BaseModel, env: dict[str, str] | None = None) -> BaseModel:
+    """``cfg`` (training or probe settings) on the nodes the engine started: with :data:`NODES_ENV` naming
+    more than one node and ``cfg`` on one node, its node count, endpoint and jobs dir come from there (the
+    pods' count and addresses are the Job's, known only once it runs); node settings in ``cfg`` win."""
+    raw = (os.environ if env is None else env).get(NODES_ENV, "").strip()
+    if not raw or getattr(cfg, "nnodes", 1) > 1:
+        return cfg
+    try:
+        given = json.loads(raw)
+        nnodes = int(given.get("nnodes", 1))
+    except (ValueError, TypeError, AttributeError):
+        raise ConfigError(f"{NODES_ENV} must be a JSON object of {', '.join(NODE_FIELDS)}, got {raw!r}") from None
+    if nnodes <= 1:
+        return cfg
+    update = {key: given[key] for key in NODE_FIELDS if key in given and getattr(cfg, key) in (None, 1)}
+    try:
+        return type(cfg).model_validate({**cfg.model_dump(), **update, "nnodes": nnodes})
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{NODES_ENV}: {reason}") from None
 
 
 def piece_nodes(nnodes: int, endpoint: str | None, rdzv_prefix: str | None, label: str) -> Nodes:
