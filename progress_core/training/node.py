@@ -111,9 +111,9 @@ def start_piece(
 def join_piece(job_dir: Path, node_rank: int, log_line: Callable[[str], None], timeout_s: float | None) -> bool:
     """Run this node's share of the piece in ``job_dir``; False (logged, not raised) when it failed, since
     node 0's task reports the failure and its retry publishes a new piece."""
-    spec = json.loads((job_dir / "ready.json").read_text())
-    nodes = Nodes(nnodes=spec["nnodes"], node_rank=node_rank, endpoint=spec["endpoint"], rdzv_id=spec["rdzv_id"])
     try:
+        spec = json.loads((job_dir / "ready.json").read_text())
+        nodes = Nodes(nnodes=spec["nnodes"], node_rank=node_rank, endpoint=spec["endpoint"], rdzv_id=spec["rdzv_id"])
         launch(
             spec["target"],
             job_dir / "job.json",
@@ -123,7 +123,7 @@ def join_piece(job_dir: Path, node_rank: int, log_line: Callable[[str], None], t
             timeout_s=timeout_s,
             nodes=nodes,
         )
-    except LaunchError as exc:
+    except (LaunchError, OSError, ValueError, KeyError) as exc:  # a piece node 0 already removed, or that failed
         log_line(f"piece {job_dir.name} failed on this node: {exc}")
         return False
     return True
@@ -148,16 +148,26 @@ def follow(
     done = tried = 0
     while pieces is None or tried < pieces:
         fresh = sorted(
-            (p for p in jobs.glob("*/ready.json") if p.parent.name not in seen), key=lambda p: p.stat().st_mtime_ns
+            (t, p.parent)
+            for p in jobs.glob("*/ready.json")
+            if p.parent.name not in seen and (t := _mtime(p)) is not None
         )
         if not fresh:
             time.sleep(poll_s)
             continue
-        job_dir = fresh[0].parent
+        job_dir = fresh[0][1]
         seen.add(job_dir.name)
         tried += 1
         done += join_piece(job_dir, node_rank, emit, timeout_s)
     return done
+
+
+def _mtime(path: Path) -> int | None:
+    """When ``path`` was written; None once node 0 has removed its piece."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
