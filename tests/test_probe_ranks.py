@@ -105,3 +105,44 @@ def test_probe_ranks_over_two_nnodes_merge_to_the_one_process_probe(probed, tmp_
     reversed_one = probe(checkpoint, pool.iloc[::-1], root / "images", ExactMatchJudge(), pcfg, progress=False)
     assert_same_probe(two, reversed_one)
     assert reversed_one.per_cluster.equals(one.per_cluster)
+
+
+class CountingJudge(ExactMatchJudge):
+    """The exact judge, counting its calls (an LLM judge stands for it: only where it runs is checked)."""
+
+    calls: list[int] = []
+
+    def judge(self, questions, predictions, references):
+        self.calls.append(len(predictions))
+        return super().judge(questions, predictions, references)
+
+
+def test_probe_ranks_an_llm_judge_runs_once_after_the_ranks_on_all_rows(tmp_path, monkeypatch):
+    """Ranks that only answered (an LLM judge) leave the judging to the caller: one call on all rows, in order."""
+    from progress_core.io import write_parquet
+    from progress_core.probe import launched
+    from progress_core.probe.accuracy import ProbeError
+
+    answers = pd.DataFrame(
+        {
+            "sample_id": [10, 11, 12, 13, 14],
+            "cluster_id": [0, 1, 0, 1, 0],
+            "prompt": list("abcde"),
+            "prediction": ["red", "x", "blue", "y", "green"],
+            "reference": ["red", "z", "blue", "y", "grey"],
+        }
+    )
+    for rank in range(2):
+        rows = np.arange(rank, 5, 2)
+        write_parquet(answers.iloc[rows].assign(row=rows), tmp_path / f"samples{rank}.parquet")
+    monkeypatch.setattr(launched, "make_judge", lambda cfg: CountingJudge())
+    cfg = ProbeConfig(nproc_per_node=2, judge={"kind": "llm"})
+    assert not launched.judged_on_ranks(cfg)
+    result = launched._merged(tmp_path, cfg)
+    assert CountingJudge.calls == [5]
+    assert result.per_sample["sample_id"].tolist() == [10, 11, 12, 13, 14]
+    assert result.per_sample["verdict"].tolist() == [1, 0, 1, 1, 0]
+    assert result.per_cluster[["n", "correct"]].to_numpy().tolist() == [[3, 2], [2, 1]]
+    write_parquet(answers.iloc[[1]].assign(row=[3]), tmp_path / "samples1.parquet")
+    with pytest.raises(ProbeError, match="do not cover the rows exactly once"):
+        launched._merged(tmp_path, cfg)
