@@ -147,8 +147,9 @@ def _other_nodes_report(job_dir: Path, node_rank: int) -> str:
     for path in sorted(job_dir.glob("node*.log")):
         rank = path.stem[4:]
         if rank.isdigit() and int(rank) != node_rank:
-            lines = path.read_text(errors="replace").splitlines()[-ERROR_LINES:]
-            parts.append(f"\nlast lines of node {rank}:\n" + "\n".join(lines))
+            with contextlib.suppress(OSError):
+                lines = path.read_text(errors="replace").splitlines()[-ERROR_LINES:]
+                parts.append(f"\nlast lines of node {rank}:\n" + "\n".join(lines))
     return "".join(parts)
 
 
