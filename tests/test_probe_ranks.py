@@ -80,7 +80,9 @@ def test_probe_ranks_two_ranks_merge_to_the_one_process_probe(probed):
         timeout_s=120,
     )
     assert any("run_probe_job on 2 process(es), gloo" in line for line in lines)
-    assert sum("joined the process group of 2 ranks" in line for line in lines) == 2
+    assert {line for line in lines if "joined the process group" in line} == {
+        f"[rank {r}] joined the process group of 2 ranks" for r in (0, 1)
+    }
     assert_same_probe(two, one)
 
 

@@ -270,7 +270,9 @@ def _worker(target: str, job: str) -> int:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
-        print(f"[rank {rank}] joined the process group of {dist.get_world_size()} ranks", flush=True)
+        # One write per line: the ranks share the launcher's pipe, so two ranks' lines never interleave.
+        sys.stdout.write(f"[rank {rank}] joined the process group of {dist.get_world_size()} ranks\n")
+        sys.stdout.flush()
         module_name, _, func_name = target.partition(":")
         getattr(importlib.import_module(module_name), func_name)(job)
         return 0
