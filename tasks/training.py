@@ -12,9 +12,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
+from prefect.runtime import flow_run
 
 from progress_core.training.config import TrainingConfig
 from progress_core.training.loop import train_launched
+from progress_core.training.node import nodes_from_env
 from tasks._tables import ids_of, manifest_rows
 from tasks.stage import StageRecord, retry_unless_disk_full, stage, stage_cache_key
 
@@ -42,7 +44,9 @@ def train_stage(
     """Continue ``start``'s checkpoint to ``target_step`` on the round's new samples.
 
     With ``settings.nproc_per_node`` set the piece runs as a launched multi-process job (one rank per GPU)
-    whose output streams into this task's log.
+    whose output streams into this task's log; with ``settings.nnodes`` > 1 this flow's node is node 0 and
+    the rendezvous ids start with the flow run id and round, each attempt adding a fresh suffix (README:
+    Training on two or more nodes), so a retry never joins the failed attempt's group.
     """
     rows = manifest_rows(manifest, ids_of(samples, "new"))
     checkpoint = start.files.get("checkpoint")
@@ -53,6 +57,9 @@ def train_stage(
         logger = get_run_logger()
     except MissingContextError:
         logger = logging.getLogger(__name__)
+    settings = nodes_from_env(settings)
+    if settings.nnodes > 1 and settings.rdzv_id is None:
+        settings = settings.model_copy(update={"rdzv_id": f"{flow_run.get_id() or 'local'}-r{round_index}"})
     result = train_launched(
         checkpoint,
         rows,

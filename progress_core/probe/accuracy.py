@@ -166,43 +166,57 @@ def probe(
     prompt, prediction, reference, verdict 1/0/null, judge, judge_output, unjudged_reason) and the
     per-cluster table (cluster_id, n, correct, unjudged, accuracy).
     """
+    return judge_answers(answer_table(checkpoint, samples, image_root, cfg, progress), judge)
+
+
+def answer_table(
+    checkpoint: str | os.PathLike, samples: Any, image_root: str | os.PathLike | None, cfg: ProbeConfig, progress: bool
+) -> pd.DataFrame:
+    """The model's answers to ``samples``: sample_id, cluster_id, prompt, prediction, reference (row order)."""
     sample_ids = np.asarray(sample_column(samples, "sample_id"), dtype=object)
     cluster_ids = np.asarray(sample_column(samples, "cluster_id"), dtype=object)
     for name, col in (("sample_id", sample_ids), ("cluster_id", cluster_ids)):
         missing = np.flatnonzero(pd.isna(col))
         if missing.size:
             raise ProbeError(f"row {int(missing[0])}: {name} is missing")
-    rows = samples_rows(samples)
-    turns = [first_turn(conv) for conv, _ in rows]
-    questions = [q for q, _ in turns]
-    references = [r for _, r in turns]
+    turns = [first_turn(conv) for conv, _ in samples_rows(samples)]
     predictions = generate_answers(checkpoint, samples, image_root, cfg, progress=progress)
     release_cuda_memory()
-    verdicts = judge.judge(questions, predictions, references)
-    per_sample = pd.DataFrame(
+    return pd.DataFrame(
         {
             "sample_id": sample_ids.astype(np.int64),
             "cluster_id": cluster_ids.astype(np.int64),
-            "prompt": questions,
+            "prompt": [q for q, _ in turns],
             "prediction": predictions,
-            "reference": references,
-            "verdict": pd.array([v.verdict for v in verdicts], dtype="Int8"),
-            "judge": judge.name,
-            "judge_output": [v.raw for v in verdicts],
-            "unjudged_reason": [v.reason for v in verdicts],
+            "reference": [r for _, r in turns],
         }
     )
+
+
+def judge_answers(answers: pd.DataFrame, judge: Judge) -> ProbeResult:
+    """:func:`answer_table`'s rows with the judge's verdicts, and the per-cluster counts."""
+    verdicts = judge.judge(answers["prompt"].tolist(), answers["prediction"].tolist(), answers["reference"].tolist())
+    per_sample = answers.assign(
+        verdict=pd.array([v.verdict for v in verdicts], dtype="Int8"),
+        judge=judge.name,
+        judge_output=[v.raw for v in verdicts],
+        unjudged_reason=[v.reason for v in verdicts],
+    )
     per_cluster = accuracy_from_verdicts(per_sample["cluster_id"].to_numpy(), [v.verdict for v in verdicts])
+    return ProbeResult(per_sample=per_sample, per_cluster=per_cluster, stats=probe_stats(per_sample, per_cluster))
+
+
+def probe_stats(per_sample: pd.DataFrame, per_cluster: pd.DataFrame) -> dict[str, int]:
+    """n, correct, unjudged and clusters of a probe (the stage's meta); warns when answers went unjudged."""
     n_unjudged = int(per_sample["verdict"].isna().sum())
-    stats = {
+    if n_unjudged:
+        log.warning("probe: %d of %d answers unjudged", n_unjudged, len(per_sample))
+    return {
         "n": len(per_sample),
         "correct": int(per_sample["verdict"].fillna(0).sum()),
         "unjudged": n_unjudged,
         "clusters": len(per_cluster),
     }
-    if n_unjudged:
-        log.warning("probe: %d of %d answers unjudged", n_unjudged, len(per_sample))
-    return ProbeResult(per_sample=per_sample, per_cluster=per_cluster, stats=stats)
 
 
 def save_probe(result: ProbeResult, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -127,18 +127,39 @@ def accuracy_from_verdicts(
     n = np.bincount(inverse, minlength=clusters.size).astype(np.int64)
     correct = np.bincount(inverse, weights=np.where(judged, v, 0.0), minlength=clusters.size).astype(np.int64)
     unjudged = np.bincount(inverse, weights=(~judged).astype(np.float64), minlength=clusters.size).astype(np.int64)
+    return _table_of_counts(clusters, n, correct, unjudged)
+
+
+def _table_of_counts(clusters: np.ndarray, n: np.ndarray, correct: np.ndarray, unjudged: np.ndarray) -> pd.DataFrame:
     denom = n - unjudged
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.where(denom > 0, correct / np.maximum(denom, 1), np.nan)
     return pd.DataFrame(
         {
             "cluster_id": clusters.astype(np.int64),
-            "n": n,
-            "correct": correct,
-            "unjudged": unjudged,
+            "n": n.astype(np.int64),
+            "correct": correct.astype(np.int64),
+            "unjudged": unjudged.astype(np.int64),
             "accuracy": acc.astype(np.float64),
         }
     )
+
+
+def merge_accuracy_tables(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One table from the tables of disjoint parts of one probe (e.g. one per rank): per cluster the sums of
+    ``n``, ``correct`` and ``unjudged`` and the accuracy of those sums, as the original's
+    ``combine_results.py`` merges its per-GPU judge files (docs/algorithm.md#probe-and-judge)."""
+    parts = [validate_accuracy_table(t, f"accuracy table {i}") for i, t in enumerate(tables)]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return empty_accuracy_table()
+    cids = np.concatenate([p["cluster_id"].to_numpy() for p in parts])
+    clusters, inverse = np.unique(cids, return_inverse=True)
+    sums = {
+        col: np.bincount(inverse, weights=np.concatenate([p[col].to_numpy() for p in parts]), minlength=clusters.size)
+        for col in ("n", "correct", "unjudged")
+    }
+    return _table_of_counts(clusters, np.rint(sums["n"]), np.rint(sums["correct"]), np.rint(sums["unjudged"]))
 
 
 def accuracy_table_from_original(obj: Any, source: str = "judge JSON") -> pd.DataFrame:

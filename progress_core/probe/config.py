@@ -77,6 +77,28 @@ class ProbeConfig(BaseModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="who decides correctness")
     model: ModelConfig = Field(default_factory=ModelConfig, description="how to load the checkpoint (LoRA base)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+    nproc_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1,
+        description="launcher ranks per node the probe's prompts are sharded over (one per GPU; auto = the GPUs "
+        "visible); 1 = generate inside the calling process (README: The probe on every GPU)",
+    )
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="from training.dist_backend")
+    nnodes: int = Field(1, ge=1, description="from training.nnodes: the probe spans the training's nodes")
+    rdzv_endpoint: str | None = Field(None, description="from training.rdzv_endpoint")
+    rdzv_id: str | None = Field(None, description="from training.rdzv_id")
+    node_jobs_dir: str | None = Field(None, description="from training.node_jobs_dir")
+
+    def procs_per_node(self) -> int:
+        """Ranks a probe launcher starts on this node (auto = visible CUDA devices, >= 1)."""
+        if self.nproc_per_node == "auto":
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        return int(self.nproc_per_node)
+
+    def world_size(self) -> int:
+        """Ranks the prompts are sharded over: 1 = today's in-process probe."""
+        return self.nnodes * self.procs_per_node()
 
 
 def samples_for_target_se(target_se: float) -> int:

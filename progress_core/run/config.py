@@ -60,7 +60,8 @@ def _strict_copy(cls: type[BaseModel], name: str, exclude: tuple[str, ...] = ())
 FeatureSettings = _strict_copy(FeatureConfig, "FeatureSettings")
 ClusteringSettings = _strict_copy(ClusteringConfig, "ClusteringSettings")
 TrainingSettings = _strict_copy(TrainingConfig, "TrainingSettings", exclude=("final_step",))
-ProbeSettings = _strict_copy(ProbeConfig, "ProbeSettings", exclude=("model", "seed"))
+PROBE_FROM_TRAINING = ("dist_backend", "nnodes", "rdzv_endpoint", "rdzv_id", "node_jobs_dir")
+ProbeSettings = _strict_copy(ProbeConfig, "ProbeSettings", exclude=("model", "seed", *PROBE_FROM_TRAINING))
 
 
 class OrchestrationConfig(StrictModel):
@@ -185,13 +186,15 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batch_product(self) -> RunConfig:
-        """per-device x accumulation x processes must be the global batch (checked before any model loads)."""
+        """per-device x accumulation x processes on all nodes must be the global batch, and the node settings
+        must form a group (checked before any model loads)."""
         n = self.training.nproc_per_node
-        if isinstance(n, int):
-            try:
-                self.training_config(1).micro_batches(n)
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+        try:
+            TrainingConfig.model_construct(**dict(self.training)).check_nodes()
+            if isinstance(n, int):
+                self.training_config(1).micro_batches(n * self.training.nnodes)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     @model_validator(mode="before")
@@ -251,10 +254,13 @@ class RunConfig(StrictModel):
         return TrainingConfig.model_validate({**self.training.model_dump(), "final_step": final_step})
 
     def probe_config(self) -> ProbeConfig:
-        """The probe loads checkpoints the way the trainer wrote them (same model settings); ``auto`` probe
-        size resolved."""
+        """The probe loads checkpoints the way the trainer wrote them (same model settings) and spans the
+        training's nodes (README: The probe on every GPU); ``auto`` probe size resolved."""
         probe = {**self.probe.model_dump(), "samples_per_cluster": resolved_samples_per_cluster(self.probe)}
-        return ProbeConfig.model_validate({**probe, "model": self.training.model.model_dump(), "seed": self.seed})
+        nodes = {key: getattr(self.training, key) for key in PROBE_FROM_TRAINING}
+        return ProbeConfig.model_validate(
+            {**probe, **nodes, "model": self.training.model.model_dump(), "seed": self.seed}
+        )
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from progress_core.errors import ConfigError
 from progress_core.model.config import ModelConfig
@@ -38,6 +38,25 @@ class TrainingConfig(BaseModel):
         description="processes a launcher starts per training piece (one per GPU); auto = the GPUs visible; "
         "empty = train inside the calling process",
     )
+    nnodes: int = Field(
+        1,
+        ge=1,
+        description="nodes a launched piece spans (torchrun c10d rendezvous); README: Training on two or more nodes",
+    )
+    node_rank: int = Field(0, ge=0, description="this node's rank: 0 runs the flow, the others join its pieces")
+    rdzv_endpoint: str | None = Field(
+        None, description="host:port of the c10d rendezvous store that node 0 hosts; required when nnodes > 1"
+    )
+    rdzv_id: str | None = Field(
+        None,
+        description="prefix of each piece's rendezvous id (e.g. the flow run id); every launch appends the target "
+        "step and a fresh suffix, so a retried piece never joins a stale group",
+    )
+    node_jobs_dir: str | None = Field(
+        None,
+        description="directory every node reads (the shared volume) where node 0 publishes each piece's job "
+        "for the other nodes; required when nnodes > 1",
+    )
     dist_backend: Literal["auto", "nccl", "gloo"] = Field(
         "auto", description="torch.distributed backend of launched jobs; auto = nccl on GPUs, gloo on CPU"
     )
@@ -50,6 +69,36 @@ class TrainingConfig(BaseModel):
         "package's deployments/ folder",
     )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+
+    @model_validator(mode="after")
+    def _nodes(self) -> TrainingConfig:
+        try:
+            self.check_nodes()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def check_nodes(self) -> None:
+        """One clear line when the multi-node settings cannot form a group (README: Training on two or more nodes)."""
+        if self.node_rank >= self.nnodes:
+            raise ConfigError(f"training.node_rank {self.node_rank} is not below training.nnodes {self.nnodes}")
+        if self.nnodes == 1:
+            return
+        missing = [
+            name
+            for name, value in (
+                ("nproc_per_node", self.nproc_per_node),
+                ("rdzv_endpoint", self.rdzv_endpoint),
+                ("node_jobs_dir", self.node_jobs_dir),
+            )
+            if value is None
+        ]
+        if missing:
+            names = ", ".join(f"training.{m}" for m in missing)
+            raise ConfigError(f"training.nnodes {self.nnodes} needs {names} set")
+        host, _, port = self.rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"training.rdzv_endpoint must be host:port, got {self.rdzv_endpoint!r}")
 
     def lr(self) -> float:
         if self.learning_rate is not None:
@@ -86,8 +135,9 @@ class TrainingConfig(BaseModel):
             )
         return per_device, accum
 
-    def world_size(self) -> int:
-        """Processes per piece: 1 in-process, else ``nproc_per_node`` (auto = visible CUDA devices, >= 1)."""
+    def procs_per_node(self) -> int:
+        """Processes a launcher starts on this node: 1 in-process, else ``nproc_per_node`` (auto = visible CUDA
+        devices, >= 1)."""
         if self.nproc_per_node is None:
             return 1
         if self.nproc_per_node == "auto":
@@ -95,3 +145,7 @@ class TrainingConfig(BaseModel):
 
             return max(1, torch.cuda.device_count())
         return int(self.nproc_per_node)
+
+    def world_size(self) -> int:
+        """Processes per piece over all nodes: ``nnodes`` x :meth:`procs_per_node` (every node alike)."""
+        return self.nnodes * self.procs_per_node()

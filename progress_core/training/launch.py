@@ -9,6 +9,11 @@ environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) instead of falling back t
 A rank that fails writes its traceback to ``rank<N>.error`` beside the job file; a non-zero exit of the
 job raises :class:`LaunchError` carrying the first failing rank's last error lines.
 
+Over several nodes (:class:`Nodes`; README: Training on two or more nodes) every node's launcher is started
+with the same node count, c10d rendezvous endpoint and rendezvous id, and the job file lies in a directory all
+nodes read; each node also writes its output to ``node<K>.log`` there, so a node that dies without an error
+file still shows its last lines in node 0's :class:`LaunchError`.
+
 Run as ``python -m progress_core.training.launch <module:function> <job file>`` this module is the rank's entry point.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -57,16 +63,42 @@ def resolve_backend(backend: Literal["auto", "nccl", "gloo"] = "auto") -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def launch_command(target: str, job: str | os.PathLike, nproc_per_node: int, port: int, host: str) -> list[str]:
-    """The ``torch.distributed.run`` command line of a single-node job."""
+@dataclasses.dataclass(frozen=True)
+class Nodes:
+    """Where this launcher sits in a job over several nodes (README: Training on two or more nodes).
+
+    Every node runs ``torch.distributed.run`` with the same ``nnodes``, ``endpoint`` and ``rdzv_id``; the c10d
+    rendezvous (hosted by node 0's launcher at ``endpoint``) forms the group, so no node list is kept here.
+    """
+
+    nnodes: int = 1
+    node_rank: int = 0
+    endpoint: str | None = None
+    rdzv_id: str | None = None
+
+
+def launch_command(
+    target: str, job: str | os.PathLike, nproc_per_node: int, port: int, host: str, nodes: Nodes | None = None
+) -> list[str]:
+    """The ``torch.distributed.run`` command line: one node with a free master port, or this node's share of a
+    job over ``nodes.nnodes`` nodes that meet at a c10d rendezvous (which numbers the ranks itself: torchrun
+    ignores ``--node-rank`` there, so only node 0's ``is_host`` is passed)."""
+    if nodes is None or nodes.nnodes == 1:
+        where = ["--nnodes=1", f"--master-addr={host}", f"--master-port={port}"]
+    else:
+        where = [
+            f"--nnodes={nodes.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={nodes.endpoint}",
+            f"--rdzv-id={nodes.rdzv_id}",
+            f"--rdzv-conf=is_host={int(nodes.node_rank == 0)}",
+        ]
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nnodes=1",
+        *where,
         f"--nproc-per-node={nproc_per_node}",
-        f"--master-addr={host}",
-        f"--master-port={port}",
         "--max-restarts=0",
         "-m",
         "progress_core.training.launch",
@@ -108,6 +140,19 @@ def _error_report(job_dir: Path, tail: collections.deque) -> tuple[str, str]:
     return "the launcher", "\n".join(list(tail)[-ERROR_LINES:])
 
 
+def _other_nodes_report(job_dir: Path, node_rank: int) -> str:
+    """The last lines every other node's launcher wrote to ``node<K>.log`` beside the job (a shared directory):
+    a node that died leaves no error file, only the output it had printed."""
+    parts = []
+    for path in sorted(job_dir.glob("node*.log")):
+        rank = path.stem[4:]
+        if rank.isdigit() and int(rank) != node_rank:
+            with contextlib.suppress(OSError):
+                lines = path.read_text(errors="replace").splitlines()[-ERROR_LINES:]
+                parts.append(f"\nlast lines of node {rank}:\n" + "\n".join(lines))
+    return "".join(parts)
+
+
 def launch(
     target: str,
     job: str | os.PathLike,
@@ -117,30 +162,51 @@ def launch(
     env: dict[str, str] | None = None,
     host: str = "127.0.0.1",
     timeout_s: float | None = None,
+    nodes: Nodes | None = None,
 ) -> None:
     """Run ``target(job)`` on ``nproc_per_node`` ranks; return when all exited 0, else raise :class:`LaunchError`.
 
-    With ``timeout_s`` the whole job (launcher and ranks) is killed after that many seconds, e.g. when a
-    collective waits forever.
+    With ``nodes`` this is one node's share of a job over several nodes: every node calls this with the same
+    job file (in a directory all of them read), its output also goes to ``node<K>.log`` there, and a failure
+    reports the first failing rank and the other nodes' last lines. With ``timeout_s`` the whole job (launcher
+    and ranks) is killed after that many seconds, e.g. when a collective or the rendezvous waits forever.
     """
     if nproc_per_node < 1:
         raise ConfigError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
+    nodes = nodes or Nodes()
     job = Path(job)
-    for stale in job.parent.glob("rank*.error"):
-        stale.unlink()
+    if nodes.node_rank == 0:
+        for stale in job.parent.glob("rank*.error"):
+            stale.unlink()
     port = free_port(host)
-    cmd = launch_command(target, job, nproc_per_node, port, host)
+    cmd = launch_command(target, job, nproc_per_node, port, host, nodes)
     child_env = _rank_env(env, backend, nproc_per_node)
-    emit = log_line or log.info
-    emit(f"launching {target} on {nproc_per_node} process(es), {child_env[BACKEND_ENV]}, {host}:{port}")
+    where = f"{host}:{port}" if nodes.nnodes == 1 else f"node {nodes.node_rank} of {nodes.nnodes}, {nodes.endpoint}"
+    emit = _node_log(log_line or log.info, job.parent / f"node{nodes.node_rank}.log" if nodes.nnodes > 1 else None)
+    emit(f"launching {target} on {nproc_per_node} process(es), {child_env[BACKEND_ENV]}, {where}")
     tail: collections.deque = collections.deque(maxlen=200)
     code, timed_out = _run_streaming(cmd, child_env, emit, tail, timeout_s)
+    others = _other_nodes_report(job.parent, nodes.node_rank) if nodes.nnodes > 1 else ""
     if timed_out:
         lines = "\n".join(list(tail)[-ERROR_LINES:])
-        raise LaunchError(f"{target} did not finish within {timeout_s:g} s and was stopped:\n{lines}")
+        raise LaunchError(f"{target} did not finish within {timeout_s:g} s and was stopped:\n{lines}{others}")
     if code != 0:
         where, lines = _error_report(job.parent, tail)
-        raise LaunchError(f"{target} failed on {where} (exit code {code}):\n{lines}")
+        raise LaunchError(f"{target} failed on {where} (exit code {code}):\n{lines}{others}")
+
+
+def _node_log(emit: Callable[[str], None], path: Path | None) -> Callable[[str], None]:
+    """``emit`` that also appends each line to ``path`` (flushed, so the other nodes see it if this one dies)."""
+    if path is None:
+        return emit
+    path.write_text("")
+
+    def both(line: str) -> None:
+        emit(line)
+        with contextlib.suppress(OSError), path.open("a") as f:  # node 0 removes the piece's folder when it ends
+            f.write(line + "\n")
+
+    return both
 
 
 def _rank_env(env: dict[str, str] | None, backend: Literal["auto", "nccl", "gloo"], nproc_per_node: int) -> dict:
@@ -204,6 +270,9 @@ def _worker(target: str, job: str) -> int:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
+        # One write per line: the ranks share the launcher's pipe, so two ranks' lines never interleave.
+        sys.stdout.write(f"[rank {rank}] joined the process group of {dist.get_world_size()} ranks\n")
+        sys.stdout.flush()
         module_name, _, func_name = target.partition(":")
         getattr(importlib.import_module(module_name), func_name)(job)
         return 0

@@ -37,7 +37,7 @@ from progress_core.model.assembly import base_model_path
 from progress_core.model.loading import load_model
 from progress_core.model.prompt import IGNORE_INDEX
 from progress_core.training.config import TrainingConfig
-from progress_core.training.launch import launch
+from progress_core.training.node import piece_dir, piece_nodes, start_piece, write_atomic
 from progress_core.training.samples import EncodedRow, Encoder, sample_column, sample_labels, samples_rows
 
 log = logging.getLogger(__name__)
@@ -631,49 +631,55 @@ def train_launched(
 
     The batch product is checked for the launched world size before anything starts; the samples go to a
     job file beside ``out_dir``; :func:`progress_core.training.launch` starts one process per device
-    (``docs/architecture.md#orchestration``) and streams their output to ``log_line``.
+    (``docs/architecture.md#orchestration``) and streams their output to ``log_line``. With ``cfg.nnodes`` > 1
+    this is node 0: the job goes to ``cfg.node_jobs_dir`` under a fresh rendezvous id, where the other nodes'
+    :func:`progress_core.training.node.follow` find it and join (README: Training on two or more nodes).
     """
     if cfg.nproc_per_node is None:
         return train_to_step(checkpoint, samples, image_root, target_step, cfg, out_dir, progress=progress)
-    world = cfg.world_size()
-    cfg.micro_batches(world)
-    rows = samples_rows(samples)
+    cfg.micro_batches(cfg.world_size())
+    if cfg.node_rank != 0:
+        raise ConfigError(
+            f"training.node_rank {cfg.node_rank}: only node 0 starts a piece; the other nodes run "
+            "python -m progress_core.training.node <node_jobs_dir> --node-rank <K>"
+        )
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    job_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.job.", dir=out.parent))
-    try:
-        payload = {
-            "checkpoint": None if checkpoint is None else str(checkpoint),
-            "samples": [
-                {"conversations": c, "image": im, "sample_id": sid, "id": rid}
-                for (c, im), sid, rid in zip(rows, sample_column(samples, "sample_id"), sample_column(samples, "id"))
-            ],
-            "image_root": None if image_root is None else str(image_root),
-            "target_step": int(target_step),
-            "config": cfg.model_dump(mode="json"),
-            "out_dir": str(out),
-            "result": str(job_dir / "result.json"),
-            "progress": bool(progress),
-        }
-        job = job_dir / "job.json"
-        job.write_text(json.dumps(payload))
-        launch(
-            "progress_core.training.loop:run_train_job",
-            job,
-            nproc_per_node=world,
-            backend=cfg.dist_backend,
-            log_line=log_line,
-            timeout_s=timeout_s,
-        )
+    nodes = piece_nodes(cfg.nnodes, cfg.rdzv_endpoint, cfg.rdzv_id, f"step{int(target_step)}")
+    with piece_dir(nodes, cfg.node_jobs_dir, out.parent) as job_dir:
+        job = _write_job(job_dir, checkpoint, samples, image_root, target_step, cfg, out, progress)
+        start_piece(TRAIN_TARGET, job, cfg.procs_per_node(), cfg.dist_backend, nodes, log_line, timeout_s)
         result = json.loads((job_dir / "result.json").read_text())
-    finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
     return TrainResult(
         checkpoint=Path(result["checkpoint"]),
         step=int(result["step"]),
         losses=[float(x) for x in result["losses"]],
         samples_seen=int(result["samples_seen"]),
     )
+
+
+TRAIN_TARGET = "progress_core.training.loop:run_train_job"
+
+
+def _write_job(job_dir: Path, checkpoint, samples, image_root, target_step: int, cfg, out: Path, progress: bool):
+    """The job file every rank reads: samples, config, where to save and where rank 0 reports."""
+    rows = samples_rows(samples)
+    payload = {
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "samples": [
+            {"conversations": c, "image": im, "sample_id": sid, "id": rid}
+            for (c, im), sid, rid in zip(rows, sample_column(samples, "sample_id"), sample_column(samples, "id"))
+        ],
+        "image_root": None if image_root is None else str(image_root),
+        "target_step": int(target_step),
+        "config": cfg.model_dump(mode="json"),
+        "out_dir": str(out),
+        "result": str(job_dir / "result.json"),
+        "progress": bool(progress),
+    }
+    job = job_dir / "job.json"
+    write_atomic(job, json.dumps(payload))
+    return job
 
 
 def run_train_job(job: str | os.PathLike) -> None:
