@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from progress_core.probe.config import resolved_samples_per_cluster
-from progress_core.run.config import RunConfig
+from progress_core.run.config import RunConfig, _merge
 from progress_core.run.config_doc import field_paths
 from progress_core.selection.schedule import (
     RoundPlan,
@@ -229,6 +229,15 @@ def changed_config(cfg: RunConfig, path: str) -> RunConfig | None:
     return None
 
 
+ONLY_WITH: dict[str, dict] = {
+    "training.node_rank": {
+        "training": {"nnodes": 2, "nproc_per_node": 1, "rdzv_endpoint": "127.0.0.1:29500", "node_jobs_dir": "nodes"}
+    },
+}
+"""Fields that can take another value only together with others (a node rank needs a second node): the
+settings :func:`stages_keyed_by` changes them from."""
+
+
 def stages_keyed_by(path: str, cfg: RunConfig | None = None, n: int = EXPLAIN_POOL_ROWS) -> list[str] | None:
     """The stages whose key the field ``path`` enters, in flow order (a section: any of its fields), computed
     by changing the field and comparing :func:`stage_inputs`; None when no other valid value was found."""
@@ -237,11 +246,15 @@ def stages_keyed_by(path: str, cfg: RunConfig | None = None, n: int = EXPLAIN_PO
     found: set[str] = set()
     computed = False
     for leaf in leaves:
-        other = changed_config(base, leaf)
+        start = base
+        other = changed_config(start, leaf)
+        if other is None and leaf in ONLY_WITH:
+            start = RunConfig.model_validate(_merge(base.model_dump(mode="python"), ONLY_WITH[leaf]))
+            other = changed_config(start, leaf)
         if other is None:
             continue
         computed = True
-        before, after = stage_inputs(base, n), stage_inputs(other, n)
+        before, after = stage_inputs(start, n), stage_inputs(other, n)
         for stage in set(before) | set(after):
             if {k: _dump(v) for k, v in before.get(stage, {}).items()} != {
                 k: _dump(v) for k, v in after.get(stage, {}).items()

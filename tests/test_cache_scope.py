@@ -67,10 +67,10 @@ ALLOWED: dict[str, set[str]] = {
         "progress_core.data.captions",
         "progress_core.data.scenes",
     },
-    "train": MODEL | {f"progress_core.training.{m}" for m in ("config", "samples", "loop", "launch")},
+    "train": MODEL | {f"progress_core.training.{m}" for m in ("config", "samples", "loop", "launch", "node")},
     "probe": MODEL
-    | {f"progress_core.probe.{m}" for m in ("config", "accuracy", "accuracy_table", "judges", "batches")}
-    | {"progress_core.training.samples"},
+    | {f"progress_core.probe.{m}" for m in ("config", "accuracy", "accuracy_table", "judges", "batches", "launched")}
+    | {f"progress_core.training.{m}" for m in ("samples", "launch", "node")},
     "export_original": {
         "progress_core.reporting.export",
         "progress_core.data.manifest",
@@ -174,7 +174,7 @@ def test_a_one_line_edit_rekeys_only_the_stages_of_its_family():
     assert rekeyed["progress_core.selection.strategies"] == ["commit_warmup", "select"]
     assert rekeyed["progress_core.data.synthetic"] == ["pool"]
     assert rekeyed["progress_core.data.manifest"] == ["manifest", "export_original"]
-    assert rekeyed["progress_core.training.launch"] == ["train"]
+    assert rekeyed["progress_core.training.launch"] == ["train", "probe"], "the probe's ranks start the same way"
     assert rekeyed["progress_core.training.loop"] == ["train"]
     assert rekeyed["progress_core.probe.judges"] == ["probe", "evaluate"]
     assert rekeyed["progress_core.clustering.kmeans"] == ["kmeans"]

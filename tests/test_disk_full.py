@@ -47,7 +47,10 @@ def _run(config: Path, api, log: Path, fault: str | None) -> int:
 
 
 def _train_run_counts(api_url: str) -> list[int]:
-    runs = client_call(api_url, lambda c: c.read_flow_runs(limit=1))
+    """Run counts of the train task runs of the server's latest flow run (this test's, which just ended)."""
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = client_call(api_url, lambda c: c.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1))
     return [t.run_count for t in task_runs(api_url, str(runs[0].id)) if t.name.startswith("train[")]
 
 
