@@ -135,10 +135,15 @@ def _submit_custom_run(page, ui: str, dep, shots: Path) -> None:
         return page.locator(".schema-form-property", has=page.get_by_text(f"{label} (Optional)", exact=True))
 
     field("run_dir").locator("textarea, input").first.fill(RUN)
-    field("strategy").locator(".p-select-button__control").focus()
-    page.keyboard.press("ArrowDown")
-    page.get_by_role("option", name="random", exact=True).click()
-    assert field("strategy").locator(".p-select-button__value").inner_text() == "random"
+    chosen = field("strategy").locator(".p-select-button__value")
+    for _ in range(3):
+        field("strategy").locator(".p-select-button__control").focus()
+        page.keyboard.press("ArrowDown")
+        page.get_by_role("option", name="random", exact=True).click()
+        if chosen.inner_text() == "random":
+            break
+        page.keyboard.press("Escape")
+    assert chosen.inner_text() == "random"
     for number, default in (("budget", "0"), ("seed", "42")):
         box = field(number)
         assert box.locator("input").first.input_value() == default, f"{number} is a plain integer field"
@@ -173,6 +178,8 @@ def _check_artifact_pages(page, ui: str, final, arts: dict, rounds: list[int], s
     run_section = listed[listed.index("\nFlow run\n") : listed.index("\nTask runs")]
     run_level = {f"{RUN}-{kind}" for kind in ("summary", "rounds", "report", "progress")}
     assert all(key + "\n" in run_section for key in run_level), "the run's own artifacts together on top"
+    others = [run_section.index(key + "\n") for key in run_level - {f"{RUN}-summary"}]
+    assert run_section.index(f"{RUN}-summary\n") < min(others), "the summary is the first card"
     assert f"{RUN}-round-" not in run_section
     assert all(arts[key].task_run_id for key in arts if key not in run_level), "round tables under their task runs"
 
