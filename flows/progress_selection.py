@@ -429,11 +429,28 @@ SWEPT = ("rounds", "export", "final")
 """Run subfolders whose files an older config can leave behind; reports and evaluations beside them stay."""
 
 
+def _selection_run_name() -> str:
+    """The run's name in the UI's run list, as the deployments name theirs (``flows/entry.py``): strategy,
+    run directory, budget, seed and start time, for runs started by ``progress run`` and ``progress demo``."""
+    from datetime import datetime
+
+    from flows.entry import flow_run_name
+
+    given = prefect_runtime.flow_run.parameters.get("config")
+    try:
+        cfg = given if isinstance(given, RunConfig) else RunConfig.model_validate(given or {})
+    except (ValueError, TypeError):
+        return f"progress-selection · {datetime.now():%m-%d %H:%M:%S}"
+    short = {"strategy": cfg.selection.strategy, "run_dir": cfg.run_dir, "budget": cfg.selection.selection_num}
+    return flow_run_name({**short, "seed": cfg.seed}, datetime.now())
+
+
 @flow(
     name="progress-selection",
     log_prints=True,
     validate_parameters=True,
     task_runner=InterruptibleThreadPoolTaskRunner(),
+    flow_run_name=_selection_run_name,
 )
 def progress_selection(config: RunConfig = RunConfig()) -> dict:
     """Run PROGRESS data selection end to end on ``config`` (resumable; see module docstring)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from flowkit import artifacts, run_cli, run_to_end, small_config, states_by_stage, task_runs, write_config
+from flowkit import artifacts, client_call, run_cli, run_to_end, small_config, states_by_stage, task_runs, write_config
 
 from progress_core.id_sets import read_ids
 
@@ -65,6 +65,8 @@ def test_run_writes_every_round(baseline, server):
     )
 
     api_url, _ = server
+    name = client_call(api_url, lambda c: c.read_flow_run(summary["flow_run_id"])).name
+    assert name.startswith("progress · run · budget "), "a command-line run is named like a UI run"
     arts = artifacts(api_url, summary["flow_run_id"])
     keys = {a.key for a in arts if a.key}
     for r in rounds:
