@@ -1,4 +1,5 @@
-"""A held-out evaluation split of a user's pool, stratified by concept (docs/architecture.md#file-kinds)."""
+"""A held-out evaluation split of a user's pool, drawn uniformly at random, each row labelled with its concept so
+accuracy is reported per concept (docs/architecture.md#file-kinds)."""
 
 from __future__ import annotations
 
