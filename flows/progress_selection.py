@@ -441,7 +441,11 @@ def _selection_run_name() -> str:
         cfg = given if isinstance(given, RunConfig) else RunConfig.model_validate(given or {})
     except (ValueError, TypeError):
         return f"progress-selection · {datetime.now():%m-%d %H:%M:%S}"
-    short = {"strategy": cfg.selection.strategy, "run_dir": cfg.run_dir, "budget": cfg.selection.selection_num}
+    short = {
+        "strategy": cfg.selection.strategy,
+        "run_dir": cfg.run_dir,
+        "budget": cfg.selection.selection_num or "auto",
+    }
     return flow_run_name({**short, "seed": cfg.seed}, datetime.now())
 
 
