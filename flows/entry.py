@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 
 from prefect import flow, get_run_logger
 
+from flows.run_names import flow_run_name
 from progress_core.errors import ProgressError
 from progress_core.run.config import Preset, RunConfig, _merge, load_config
 from progress_core.run.config_doc import describe
@@ -176,16 +177,6 @@ _compare.__doc__ = _docstring(
     "Compare selection strategies at equal budgets from one shared warm-up.",
     ["preset", "pool_json", "image_root", "run_dir", "strategies", "budget", "seed", "advanced"],
 )
-
-
-def flow_run_name(parameters: dict[str, Any], started: datetime) -> str:
-    """A name that tells runs apart in the UI's run list: what runs, where, with which budget and seed, and
-    when it was started (``random · ui-run · budget 32 · seed 7 · 12-04 13:05:09``)."""
-    what = parameters.get("strategy") or "compare " + ",".join(parameters.get("strategies") or [])
-    where = Path(parameters.get("run_dir") or parameters.get("preset") or "run").name
-    budget = parameters.get("budget") or "preset"
-    seed = parameters.get("seed", 42)
-    return f"{what} · {where} · budget {budget} · seed {seed} · {started:%m-%d %H:%M:%S}"
 
 
 def _named_run() -> str:

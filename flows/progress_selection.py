@@ -434,7 +434,7 @@ def _selection_run_name() -> str:
     run directory, budget, seed and start time, for runs started by ``progress run`` and ``progress demo``."""
     from datetime import datetime
 
-    from flows.entry import flow_run_name
+    from flows.run_names import flow_run_name
 
     given = prefect_runtime.flow_run.parameters.get("config")
     try:
