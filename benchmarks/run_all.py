@@ -19,6 +19,7 @@ QUICK_ARGS = {
     "bench_quality.py": ["--n", "600", "--n-eval", "200", "--seeds", "1", "--budgets", "0.3"]
     + ["--run-dir", "runs/bench/quality-quick"],
     "bench_faults.py": [],
+    "bench_signals.py": [],
 }
 """Benchmarks whose quick size is not spelt ``--quick``."""
 
