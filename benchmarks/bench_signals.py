@@ -12,7 +12,6 @@ finish with the same final selection as an uninterrupted run (README "Reliabilit
 from __future__ import annotations
 
 import filecmp
-import os
 import signal
 import subprocess
 import sys
@@ -27,21 +26,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from faultkit import tiny_config  # noqa: E402
+from flowkit import run_cli  # noqa: E402
 
 from deployments.setup import temporary_server  # noqa: E402
 from tasks.stage import MARKER, read_marker_file  # noqa: E402
 
 SIGNALS = ((signal.SIGINT, "SIGINT", 130), (signal.SIGTERM, "SIGTERM", 143))
-
-
-def _start(config: Path, api_url: str, log: Path, fault: str | None) -> subprocess.Popen:
-    env = dict(os.environ, PREFECT_API_URL=api_url, PYTHONPATH=str(REPO), PREFECT_LOGGING_LEVEL="WARNING")
-    env.pop("PROGRESS_FAULT", None)
-    if fault:
-        env["PROGRESS_FAULT"] = fault
-    with open(log, "w") as out:
-        cmd = [sys.executable, "-m", "progress_cli", "run", "--config", str(config)]
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _held(proc: subprocess.Popen, log: Path, stage: str, timeout: float = 300) -> bool:
@@ -55,10 +45,10 @@ def _held(proc: subprocess.Popen, log: Path, stage: str, timeout: float = 300) -
     return True
 
 
-def interrupt_cell(config: Path, api_url: str, logs: Path, stage: str, signum, name: str, code: int) -> dict:
+def interrupt_cell(config: Path, api: tuple[str, Path], logs: Path, stage: str, signum, name: str, code: int) -> dict:
     """One stage x signal: held at the stage's start, signalled, judged by exit code and error lines."""
     log = logs / f"{stage}-{name}.log"
-    proc = _start(config, api_url, log, f"{stage}:start:wait")
+    proc = run_cli(config, *api, log, f"{stage}:start:wait")
     if not _held(proc, log, stage):
         return {"stage": stage, "signal": name, "outcome": "not reached"}
     proc.send_signal(signum)
@@ -90,18 +80,19 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, temporary_server(home=Path(tmp) / "prefect") as api_url:
         tmp = Path(tmp)
+        api = (api_url, tmp / "prefect")
         configs = {}
         for name in ("interrupted", "baseline"):
             configs[name] = tmp / f"{name}.yaml"
             configs[name].write_text(yaml.safe_dump(tiny_config(tmp / name).model_dump(mode="json")))
-        assert _start(configs["baseline"], api_url, tmp / "baseline.log", None).wait(timeout=600) == 0
+        assert run_cli(configs["baseline"], *api, tmp / "baseline.log").wait(timeout=600) == 0
         stages = stages_in_run_order(tmp / "baseline")
         cells = [
-            interrupt_cell(configs["interrupted"], api_url, tmp, stage, signum, name, code)
+            interrupt_cell(configs["interrupted"], api, tmp, stage, signum, name, code)
             for stage in stages
             for signum, name, code in SIGNALS
         ]
-        final = _start(configs["interrupted"], api_url, tmp / "final.log", None).wait(timeout=600)
+        final = run_cli(configs["interrupted"], *api, tmp / "final.log").wait(timeout=600)
         resumed = final == 0 and _same_selection(tmp / "interrupted", tmp / "baseline")
     print(f"{'stage':<16}{'SIGINT (130)':>16}{'SIGTERM (143)':>16}  task named")
     for stage in stages:

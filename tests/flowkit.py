@@ -59,16 +59,21 @@ def write_config(cfg: dict, path: Path) -> Path:
     return path
 
 
-def run_cli(config_path: Path, api_url: str, home: Path, log: Path) -> subprocess.Popen:
-    """Start ``progress run --config`` in a subprocess (so a test can SIGKILL it)."""
-    out = open(log, "w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "progress_cli", "run", "--config", str(config_path)],
-        cwd=REPO,
-        env=env_for(api_url, home),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+def run_cli(config_path: Path, api_url: str, home: Path, log: Path, fault: str | None = None) -> subprocess.Popen:
+    """Start ``progress run --config`` in a subprocess (so a test can signal or SIGKILL it), with
+    ``PROGRESS_FAULT=fault`` when given (tasks/stage.py's fault injection)."""
+    env = env_for(api_url, home)
+    env["PYTHONPATH"] = str(REPO)
+    if fault:
+        env["PROGRESS_FAULT"] = fault
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "progress_cli", "run", "--config", str(config_path)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def run_to_end(config_path: Path, api_url: str, home: Path, log: Path, timeout: float = 400) -> dict:

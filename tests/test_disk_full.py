@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import yaml
 from progress_core.errors import DiskFullError, is_disk_full
 from tasks.stage import disk_full_named
 from tests.faultkit import tiny_config
-from tests.flowkit import REPO, client_call, env_for, task_runs
+from tests.flowkit import client_call, run_cli, task_runs
 
 
 @pytest.fixture
@@ -37,13 +36,7 @@ def small_disk(tmp_path):
 
 
 def _run(config: Path, api, log: Path, fault: str | None) -> int:
-    env = env_for(*api)
-    env["PYTHONPATH"] = str(REPO)
-    if fault:
-        env["PROGRESS_FAULT"] = fault
-    with open(log, "w") as out:
-        cmd = [sys.executable, "-m", "progress_cli", "run", "--config", str(config)]
-        return subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600).returncode
+    return run_cli(config, *api, log, fault).wait(timeout=600)
 
 
 def _train_run_counts(api_url: str) -> list[int]:

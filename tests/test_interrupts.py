@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,24 +15,9 @@ import yaml
 
 from progress_cli.interrupts import interrupted_stage
 from tests.faultkit import tiny_config
-from tests.flowkit import REPO, env_for
+from tests.flowkit import run_cli
 
 WAITING = "fault: waiting at train:start"
-
-
-def _start(config: Path, api, log: Path, fault: str | None) -> subprocess.Popen:
-    env = env_for(*api)
-    env["PYTHONPATH"] = str(REPO)
-    if fault:
-        env["PROGRESS_FAULT"] = fault
-    with open(log, "w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "progress_cli", "run", "--config", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float = 240) -> None:
@@ -44,45 +28,44 @@ def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float = 240
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize(("signum", "code", "rerun"), [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)])
-def test_signal_during_a_stage_fails_loudly_and_the_rerun_resumes(tmp_path, prefect_api, signum, code, rerun):
-    """Both signals fail with their code and one line; the re-run after Ctrl-C completes the run (the resume
-    path is the same whichever signal stopped it)."""
+def _interrupted(
+    tmp_path: Path, api, fault: str, waiting: str, signum: int, code: int, timeout: float = 120
+) -> tuple[Path, Path, list]:
+    """A tiny run held by ``fault`` until it prints ``waiting``, then sent ``signum``: it must exit ``code``
+    within ``timeout`` seconds.
+    Returns the run directory, its config and the ``error:`` lines it printed."""
     run = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_config(run).model_dump(mode="json")))
     log = tmp_path / "interrupted.log"
-    proc = _start(config, prefect_api, log, "train@1:start:wait")
+    proc = run_cli(config, *api, log, fault)
     try:
-        _wait_for(proc, log, WAITING)
+        _wait_for(proc, log, waiting)
         proc.send_signal(signum)
-        assert proc.wait(timeout=120) == code, log.read_text()[-3000:]
+        assert proc.wait(timeout=timeout) == code, log.read_text()[-3000:]
     finally:
         proc.kill()
-    errors = [line for line in log.read_text().splitlines() if line.startswith("error:")]
+    return run, config, [line for line in log.read_text().splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize(("signum", "code", "rerun"), [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)])
+def test_signal_during_a_stage_fails_loudly_and_the_rerun_resumes(tmp_path, prefect_api, signum, code, rerun):
+    """Both signals fail with their code and one line; the re-run after Ctrl-C completes the run (the resume
+    path is the same whichever signal stopped it)."""
+    run, config, errors = _interrupted(tmp_path, prefect_api, "train@1:start:wait", WAITING, signum, code)
     assert errors == ["error: interrupted during train[r=0]; re-run the same command to resume"]
     assert not (run / "summary.json").exists()
     if rerun:
-        again = _start(config, prefect_api, tmp_path / "rerun.log", None)
+        again = run_cli(config, *prefect_api, tmp_path / "rerun.log")
         assert again.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
         assert (run / "summary.json").is_file()
 
 
 def test_ctrl_c_while_shards_run_in_threads_exits_at_once_naming_them(tmp_path, prefect_api):
     """Feature shards run in the flow's threads; a Ctrl-C there must not wait for a shard to finish (here it
-    never would) and names the shard task runs, and the re-run goes on from the shards."""
-    run = tmp_path / "run"
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(run).model_dump(mode="json")))
-    log = tmp_path / "interrupted.log"
-    proc = _start(config, prefect_api, log, "features_shard:start:wait")
-    try:
-        _wait_for(proc, log, "fault: waiting at features_shard:start")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
-    finally:
-        proc.kill()
-    errors = [line for line in log.read_text().splitlines() if line.startswith("error:")]
+    never would, so a wait shows as the exit timing out) and the line names the shard task runs."""
+    waiting = "fault: waiting at features_shard:start"
+    _, _, errors = _interrupted(tmp_path, prefect_api, "features_shard:start:wait", waiting, signal.SIGINT, 130, 60)
     assert len(errors) == 1 and errors[0].startswith("error: interrupted during features["), errors
     assert errors[0].endswith("; re-run the same command to resume")
 
