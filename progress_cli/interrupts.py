@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from progress_core.errors import ProgressError
+from progress_core.errors import ProgressError, exception_chain
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -37,14 +37,6 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def _chain(exc: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def _run_names(frames: Iterator[Any]) -> tuple[list[str], list[str]]:
     """Names of the task runs and flow runs whose Prefect engines own ``frames``, outermost first."""
     tasks: list[str] = []
@@ -59,7 +51,7 @@ def _run_names(frames: Iterator[Any]) -> tuple[list[str], list[str]]:
 
 
 def _traceback_frames(exc: BaseException) -> Iterator[Any]:
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         tb = link.__traceback__
         while tb is not None:
             yield tb.tb_frame
@@ -93,7 +85,7 @@ def interrupted_stage(exc: BaseException) -> str:
 
 
 def _is_termination(exc: BaseException) -> bool:
-    return any(type(link).__name__ in ("Terminated", "TerminationSignal") for link in _chain(exc))
+    return any(type(link).__name__ in ("Terminated", "TerminationSignal") for link in exception_chain(exc))
 
 
 @contextlib.contextmanager

@@ -5,6 +5,8 @@ Every failure a user can cause (bad input, impossible parameters, a missing file
 instead of a traceback from deep inside numpy or faiss.
 """
 
+from collections.abc import Iterator
+
 
 class ProgressError(Exception):
     """Base class of every user-facing error of progress-flows."""
@@ -21,6 +23,15 @@ class DiskFullError(ProgressError):
 _NO_SPACE = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
 
 
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and every exception it was raised from or during, innermost last, each once."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """True when ``exc`` or an exception it was raised from is a full disk.
 
@@ -29,12 +40,9 @@ def is_disk_full(exc: BaseException) -> bool:
     """
     import errno
 
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DiskFullError) or isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(mark in str(exc) for mark in _NO_SPACE):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(
+        isinstance(e, DiskFullError)
+        or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        or any(mark in str(e) for mark in _NO_SPACE)
+        for e in exception_chain(exc)
+    )
