@@ -16,13 +16,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 
 class InterruptibleThreadPoolTaskRunner(ThreadPoolTaskRunner):
-    """``ThreadPoolTaskRunner`` that does not wait for running tasks when left by an interrupt."""
+    """``ThreadPoolTaskRunner`` that does not wait for running tasks when left by an interrupt (its own exit
+    then sets the tasks' cancel events and finds no pool left to wait on)."""
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         interrupted = exc_type is not None and not issubclass(exc_type, Exception)
         if interrupted and self._executor is not None:
-            for event in self._cancel_events.values():
-                event.set()
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         super().__exit__(exc_type, exc_value, traceback)
