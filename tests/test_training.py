@@ -85,6 +85,23 @@ def test_bad_requests_are_named_errors(setup, tmp_path):
         cfg.model_copy(update={"per_device_batch_size": 3}).micro_batches()
 
 
+def test_data_workers_prepare_the_same_batches(setup, tmp_path):
+    """Batches prepared by DataLoader worker processes train exactly as batches prepared in the training
+    process, and a row a worker cannot read is raised in the training process as the row's one line."""
+    root, pool, cfg, init = setup
+    with_workers = cfg.model_copy(update={"data_workers": 2})
+    here = train_to_step(init, pool.iloc[:24], root / "images", 6, cfg, tmp_path / "here", progress=False)
+    forked = train_to_step(init, pool.iloc[:24], root / "images", 6, with_workers, tmp_path / "w", progress=False)
+    assert forked.losses == here.losses
+    assert cfg.loader_workers() == 0 and with_workers.loader_workers() == 2
+    bad = pool.iloc[:12].copy()
+    bad.loc[bad.index[9], "image"] = "colour/missing.png"
+    with pytest.raises(TrainingDataError, match=r"^sample_id 9 \(id 's9'\): image file not found") as err:
+        train_to_step(init, bad, root / "images", 3, with_workers, tmp_path / "bad", progress=False)
+    assert "DataLoader worker" not in str(err.value)
+    assert not (tmp_path / "bad").exists()
+
+
 def _cli_pool(tmp_path: Path) -> tuple[Path, Path]:
     """A 40-sample pool's manifest and image root; ``w1`` = samples 0-15, ``w2`` = 16-39, ``a`` = three
     annotation clusters (sample id mod 3), each a Parquet file in ``tmp_path``."""

@@ -69,6 +69,13 @@ class TrainingConfig(BaseModel):
         "package's deployments/ folder",
     )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+    data_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes per rank that tokenise, read images and collate the next batches "
+        "while the current one trains; 0 = in the training process; None = 4 on a GPU (as LLaVA's trainer), "
+        "0 on CPU, where the training threads already use every core",
+    )
 
     @model_validator(mode="after")
     def _nodes(self) -> TrainingConfig:
@@ -109,6 +116,16 @@ class TrainingConfig(BaseModel):
         if self.projector_lr is not None:
             return self.projector_lr
         return 2e-5 if self.model.mode == "real" else self.lr()
+
+    def loader_workers(self) -> int:
+        """Worker processes of each rank's DataLoader (docs/algorithm.md#training, data preparation): on a GPU
+        the CPU is idle while a step runs, so workers hide tokenising, image decoding and collation; on CPU they
+        take cores from the step itself (benchmarks/README.md: bench_training)."""
+        if self.data_workers is not None:
+            return self.data_workers
+        import torch
+
+        return 4 if torch.cuda.is_available() else 0
 
     def micro_batches(self, world_size: int = 1) -> tuple[int, int]:
         """(per-device batch, gradient accumulation) with per_device x accumulation x world = global batch.

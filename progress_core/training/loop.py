@@ -26,13 +26,14 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from progress_core.errors import ConfigError
+from progress_core.errors import ConfigError, ProgressError
 from progress_core.model.assembly import base_model_path
 from progress_core.model.loading import load_model
 from progress_core.model.prompt import IGNORE_INDEX
@@ -69,6 +70,9 @@ class TrainResult:
     step: int
     losses: list[float] = field(default_factory=list)
     samples_seen: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the piece's time went on this rank: ``setup`` (load, optimiser, restored state), ``data`` (waiting
+    for batches), ``steps`` (forward, backward, optimiser) and ``save`` (benchmarks/README.md: bench_training)."""
 
 
 def read_train_state(checkpoint: str | os.PathLike | None) -> dict[str, Any]:
@@ -332,6 +336,7 @@ def train_to_step(
     """
     import torch
 
+    started = time.perf_counter()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     state_info = read_train_state(checkpoint)
@@ -348,7 +353,9 @@ def train_to_step(
     run = _prepare_run(model, cfg, ds_cfg, checkpoint, saved, _Layout(world, rank, per_device, accum))
     order = data_order(len(rows), n_steps * cfg.global_batch_size, cfg.seed, start, cfg.shuffle)
     show = progress and rank == 0
-    losses = _train_steps(run, encoder, rows, order, n_steps, cfg, f"train {start}->{target_step}", show)
+    seconds = {"setup": time.perf_counter() - started, "data": 0.0, "steps": 0.0}
+    losses = _train_steps(run, encoder, rows, order, n_steps, cfg, f"train {start}->{target_step}", show, seconds)
+    saving = time.perf_counter()
 
     samples_seen = int(state_info.get("samples_seen", 0)) + n_steps * cfg.global_batch_size
     info = _state_info(run, cfg, target_step, samples_seen, losses)
@@ -359,7 +366,8 @@ def train_to_step(
         import torch.distributed as dist
 
         dist.barrier()
-    return TrainResult(checkpoint=out, step=target_step, losses=losses, samples_seen=samples_seen)
+    seconds["save"] = time.perf_counter() - saving
+    return TrainResult(checkpoint=out, step=target_step, losses=losses, samples_seen=samples_seen, seconds=seconds)
 
 
 def _check_target_step(checkpoint, start: int, target_step: int, cfg: TrainingConfig) -> None:
@@ -459,30 +467,106 @@ def _restore_state(run: _Run, saved: Path) -> None:
 
 
 def _train_steps(
-    run: _Run, encoder: Encoder, rows: list, order: np.ndarray, n_steps: int, cfg: TrainingConfig, desc: str, show: bool
+    run: _Run,
+    encoder: Encoder,
+    rows: list,
+    order: np.ndarray,
+    n_steps: int,
+    cfg: TrainingConfig,
+    desc: str,
+    show: bool,
+    seconds: dict[str, float],
 ) -> list[float]:
-    """Run ``n_steps`` optimizer steps over the global batches of ``order``; the loss of each step."""
+    """Run ``n_steps`` optimizer steps over the global batches of ``order``; the loss of each step. Adds the time
+    spent waiting for batches and in the steps to ``seconds["data"]`` and ``seconds["steps"]``."""
     from tqdm.auto import tqdm
 
-    cache: dict[int, EncodedRow] = {}
     world = run.layout.world
     keep_vision = run.engine is not None or world > 1
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     losses: list[float] = []
     bar = tqdm(total=n_steps, desc=desc, disable=not show, unit="step")
-    for k in range(n_steps):
-        step_rows = order[k * cfg.global_batch_size : (k + 1) * cfg.global_batch_size]
-        batches = _micro_batches(step_rows, run.layout, encoder, rows, cache)
+    steps = StepBatches(order, n_steps, cfg.global_batch_size, run.layout, encoder, rows)
+    clock = time.perf_counter()
+    for batches in step_loader(steps, cfg.loader_workers()):
+        now = time.perf_counter()
+        seconds["data"] += now - clock
         total = _backward_micro_batches(run, batches, keep_vision)
         if run.engine is None:
             _optimizer_step(run, trainable, cfg.max_grad_norm)
         if world > 1:
             total = _all_reduce_sum(total, run.device)
         losses.append(total)
+        clock = time.perf_counter()
+        seconds["steps"] += clock - now
         bar.update(1)
         bar.set_postfix(loss=f"{total:.3f}")
     bar.close()
     return losses
+
+
+class StepBatches:
+    """Step ``k`` of a piece -> this rank's ``accum`` collated micro-batches of global batch ``k`` of ``order``.
+
+    A map-style dataset for :func:`step_loader`: the rows are tokenised (once per process, cached), their images
+    read and the micro-batches collated wherever the loader calls it, a worker process or this one
+    (docs/algorithm.md#training: data preparation). A row that cannot be used comes back as its
+    :class:`ProgressError`, so the training process raises the row's one line, not a worker's traceback.
+    """
+
+    def __init__(self, order: np.ndarray, n_steps: int, global_batch: int, layout: _Layout, encoder: Encoder, rows):
+        self.order, self.n_steps, self.global_batch = order, n_steps, global_batch
+        self.layout, self.encoder, self.rows = layout, encoder, rows
+        self.cache: dict[int, EncodedRow] = {}
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+    def __getitem__(self, k: int) -> list[dict] | ProgressError:
+        from torch.utils.data import get_worker_info
+
+        step_rows = self.order[k * self.global_batch : (k + 1) * self.global_batch]
+        try:
+            batches = _micro_batches(step_rows, self.layout, self.encoder, self.rows, self.cache)
+        except ProgressError as exc:
+            return exc
+        if get_worker_info() is None:
+            return batches
+        return [{name: value.numpy() for name, value in b.items()} for b in batches]
+
+
+def _as_is(item):
+    return item
+
+
+def step_loader(steps: StepBatches, workers: int):
+    """The micro-batches of every step in order, prepared by ``workers`` DataLoader processes up to two steps
+    ahead of training; 0 prepares each step in this process when it is due. A row's :class:`ProgressError` is
+    raised here.
+
+    Workers are forked, so they share the rows and the tokenizer without pickling them, and hand back numpy
+    arrays (one copy through the pipe) rather than tensors in shared memory, whose per-tensor file handles cost
+    more than the copy for batches of this size (benchmarks/README.md: bench_training). The loader seeds from a
+    generator of its own: drawing its base seed from torch's global RNG would shift the dropout stream that a
+    run in pieces must continue exactly (docs/algorithm.md#training).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        steps,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_is,
+        prefetch_factor=2 if workers else None,
+        multiprocessing_context="fork" if workers else None,
+        generator=torch.Generator().manual_seed(0),
+    )
+    for batches in loader:
+        if isinstance(batches, ProgressError):
+            raise batches
+        yield [{name: torch.as_tensor(value) for name, value in b.items()} for b in batches] if workers else batches
 
 
 def _micro_batches(
@@ -655,6 +739,7 @@ def train_launched(
         step=int(result["step"]),
         losses=[float(x) for x in result["losses"]],
         samples_seen=int(result["samples_seen"]),
+        seconds={k: float(v) for k, v in result.get("seconds", {}).items()},
     )
 
 
@@ -705,6 +790,7 @@ def run_train_job(job: str | os.PathLike) -> None:
                     "step": result.step,
                     "losses": result.losses,
                     "samples_seen": result.samples_seen,
+                    "seconds": result.seconds,
                 }
             )
         )
