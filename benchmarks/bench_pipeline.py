@@ -296,6 +296,7 @@ def stage_export(ctx: dict) -> tuple[dict, str]:
         steps=ctx["steps"],
         selection_num=ctx["selection_num"],
         out_dir=_dir(ctx, "export"),
+        remaining=ctx["export_remaining"],
     )
     files = [f for f in rec.rows if f.endswith(".json")]
     rows = sum(rec.rows[f] for f in files)
@@ -455,6 +456,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=5, help="selection rounds after the two warm-up rounds")
     ap.add_argument("--selection-num", type=int, default=None, help="default: 7500 scaled to --rows")
     ap.add_argument("--no-baselines", action="store_true", help="skip the original scripts' way")
+    ap.add_argument(
+        "--export-remaining",
+        choices=("every_round", "last"),
+        default="every_round",
+        help="export_remaining of the run config: every round's remaining-pool file or only the last (3M rows)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -477,6 +484,7 @@ def _context(args: argparse.Namespace, work: Path, run: Path) -> dict[str, Any]:
             "selection": resolve_k(args.selection_k, n, PAPER_SELECTION_K),
         },
         "selection_num": args.selection_num or max(1, round(PAPER_SELECTION_NUM * n / REAL_ROWS)),
+        "export_remaining": args.export_remaining,
     }
 
 

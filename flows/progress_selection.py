@@ -370,6 +370,7 @@ def finish_rounds(
             probes=probes,
             steps=steps,
             selection_num=cfg.selection.selection_num,
+            remaining=cfg.export_remaining,
             out_dir=run / "export",
         )
     concept = None

@@ -114,7 +114,11 @@ def _schedule_inputs(cfg: RunConfig, n: int) -> dict[str, dict[str, Any]]:
         "init_model": {"settings": cfg.training.model, "out_dir": cfg.shared_dir or cfg.run_dir},
         "commit_warmup": {"n_samples": n, "out_dir": cfg.run_dir},
         "train": {"settings": cfg.training_config(final_step)},
-        "export_original": {"enabled": cfg.export_original, "selection_num": cfg.selection.selection_num},
+        "export_original": {
+            "enabled": cfg.export_original,
+            "selection_num": cfg.selection.selection_num,
+            "remaining": cfg.export_remaining,
+        },
     }
     if cfg.selection.strategy == "coincide":
         budget = coincide_budget(final_step, cfg.training.global_batch_size, n, warmup)

@@ -21,11 +21,13 @@ def export_stage(
     steps: list[int],
     selection_num: int,
     out_dir: str,
+    remaining: str = "every_round",
 ) -> StageRecord:
     """``Top_50K.json`` … ``Selected_until_{step}.json``, ``step_list.txt`` and the judge JSON per stop.
 
     Every exported file is an output of the record, so the marker verifies each one and a damaged file is
-    rewritten rather than reused (docs/architecture.md#stage-contract).
+    rewritten rather than reused (docs/architecture.md#stage-contract). ``remaining="last"`` writes only the last
+    remaining-pool file (``export_remaining`` in the run config).
     """
     exports = [
         RoundExport(
@@ -49,6 +51,7 @@ def export_stage(
         exports,
         step_list=steps,
         accuracy_tables=tables,
+        remaining=remaining,
     )
     files = {name: f"{out_dir}/{name}" for name in counts}
     files.update(step_list=f"{out_dir}/step_list.txt", summary=f"{out_dir}/export_summary.json")

@@ -10,7 +10,7 @@ from prefect import task
 from progress_core.clustering.coincide import coincide_selection, warmup_pools
 from progress_core.clustering.config import PruningSettings, WarmupConfig
 from progress_core.clustering.store import load_clustering
-from progress_core.features.store import load_features
+from progress_core.features.store import PagedRows, load_features
 from progress_core.id_sets import write_ids
 from tasks.stage import StageRecord, stage, stage_cache_key
 
@@ -21,7 +21,7 @@ def warmup_stage(
     features: StageRecord, selection_clusters: StageRecord, settings: WarmupConfig, out_dir: str
 ) -> StageRecord:
     """Both pruning runs on the selection clustering; files ``w1``, ``w2``, ``remaining``, ``order``."""
-    x = load_features(features.files["features"], mmap=False)
+    x = PagedRows(load_features(features.files["features"], mmap=True))
     fine = load_clustering(Path(selection_clusters.out_dir), selection_clusters.meta["name"])
     pools = warmup_pools(
         x, fine, fractions=tuple(settings.fractions), temperature=settings.temperature, sigma=settings.sigma
@@ -41,7 +41,7 @@ def coincide_order_stage(
     features: StageRecord, selection_clusters: StageRecord, budget: int, settings: PruningSettings, out_dir: str
 ) -> StageRecord:
     """The COINCIDE baseline's whole budget chosen at once by cluster-wise pruning (docs/algorithm.md#baseline-strategies)."""
-    x = load_features(features.files["features"], mmap=False)
+    x = PagedRows(load_features(features.files["features"], mmap=True))
     fine = load_clustering(Path(selection_clusters.out_dir), selection_clusters.meta["name"])
     ids = coincide_selection(x, fine, budget, temperature=settings.temperature, sigma=settings.sigma)
     path = write_ids(ids, Path(out_dir) / "coincide_order.parquet")

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from progress_core.clustering.coincide import (
 )
 from progress_core.clustering.kmeans import spherical_kmeans
 from progress_core.clustering.store import KMeansResult
+from progress_core.features.store import PagedRows, load_features
 
 
 def naive_greedy_mmd(K, M):
@@ -163,3 +165,48 @@ def test_warmup_rejects_mismatched_clustering(blob_clustering):
         warmup_pools(x, short)
     with pytest.raises(CoincideError):
         warmup_pools(x, fine, (0.09, 0.075))
+
+
+def _mapped_rss_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0]
+        if "-" in first and not first.endswith(":"):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and first == "Rss:":
+            total += int(line.split()[1])
+    return total
+
+
+def test_paged_rows_prune_the_same_pools_as_the_array_in_memory(blob_clustering, tmp_path):
+    x, fine = blob_clustering
+    np.save(tmp_path / "features.npy", x)
+    whole = warmup_pools(x, fine, (0.075, 0.09))
+    paged = warmup_pools(
+        PagedRows(load_features(tmp_path / "features.npy"), release_bytes=1 << 16), fine, (0.075, 0.09)
+    )
+    for name in ("w1", "w2", "remaining", "order"):
+        np.testing.assert_array_equal(getattr(paged, name), getattr(whole, name))
+    np.testing.assert_array_equal(
+        coincide_selection(PagedRows(load_features(tmp_path / "features.npy")), fine, 321),
+        coincide_selection(x, fine, 321),
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")
+def test_paged_rows_hold_a_bounded_part_of_the_mapped_file(tmp_path):
+    """Scattered gathers, as COINCIDE's cluster by cluster reads, keep at most ``release_bytes`` plus one gather's
+    faults of the mapped file resident, not the file (the 3M-row memory goal); the rows are the file's rows."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24_000, 2048)).astype(np.float16)
+    path = (tmp_path / "features.npy").resolve()
+    np.save(path, x)
+    rows = PagedRows(load_features(path), release_bytes=16 << 20)
+    peak = 0
+    for _ in range(100):
+        ids = np.sort(rng.choice(len(x), 4, replace=False))
+        np.testing.assert_array_equal(rows[ids], x[ids])
+        peak = max(peak, _mapped_rss_kb(path))
+    file_kb = path.stat().st_size // 1024
+    assert 0 < peak <= 16 * 1024 < file_kb / 5, f"{peak} kB of the {file_kb} kB file resident at once"

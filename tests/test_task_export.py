@@ -135,3 +135,21 @@ def test_a_damaged_export_file_is_rewritten_not_reused(run, exports):
     again = export_stage.fn(**run)
     assert exports == [1, 1], "a file of the export changed after it was written"
     assert target.read_bytes() == good and again.content_hash == first.content_hash
+
+
+def test_last_remaining_writes_only_the_last_rounds_remaining_pool(run):
+    """``export_remaining: last`` (a pool of millions of rows): of the remaining-pool files only the one the
+    original scripts continue from is written; everything else is as with every round's."""
+    every = export_stage.fn(**run)
+    last = export_stage.fn(**{**run, "out_dir": run["out_dir"] + "-last", "remaining": "last"})
+    remaining = {name for name in every.rows if name.startswith("Remaining")}
+    assert remaining == {"Remaining_6.json", "Remaining_after_3.json", "Remaining_after_5.json"}
+    assert {name for name in last.rows if name.startswith("Remaining")} == {"Remaining_after_5.json"}
+    assert {k: v for k, v in every.rows.items() if k not in remaining} == {
+        k: v for k, v in last.rows.items() if k != "Remaining_after_5.json"
+    }
+    out = Path(run["out_dir"] + "-last")
+    assert not (out / "Remaining_after_3.json").exists() and not (out / "Remaining_6.json").exists()
+    assert (out / "Remaining_after_5.json").read_bytes() == (
+        Path(run["out_dir"]) / "Remaining_after_5.json"
+    ).read_bytes()

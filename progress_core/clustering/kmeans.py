@@ -10,13 +10,13 @@ score is the cosine similarity to the centre (the original calls it ``dist_to_ce
 from __future__ import annotations
 
 import logging
-import mmap
 from typing import Literal
 
 import numpy as np
 
 from progress_core.clustering.faiss_gpu import device_capabilities, first_line, unsupported_gpu_reason
 from progress_core.clustering.store import ClusteringError, KMeansResult
+from progress_core.features.store import release_pages
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +97,16 @@ ASSIGN_ROWS = 1 << 16
 """Rows converted to float32 and assigned at a time (a multiple of faiss's 4096-row BLAS query block)."""
 
 
-def _release_pages(features: np.ndarray) -> None:
-    """Drop a memory-mapped array's pages from this process's resident set (they stay in the page cache)."""
-    mapping = getattr(features, "_mmap", None)
-    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
-
-
 def _float32_rows(features: np.ndarray, start: int, stop: int) -> np.ndarray:
     rows = np.ascontiguousarray(features[start:stop], dtype=np.float32)
-    _release_pages(features)
+    release_pages(features)
     return rows
 
 
 def _check_finite(x: np.ndarray, chunk: int = ASSIGN_ROWS) -> None:
     for s in range(0, x.shape[0], chunk):
         ok = np.isfinite(x[s : s + chunk]).all(axis=1)
-        _release_pages(x)
+        release_pages(x)
         if not ok.all():
             raise NonFiniteFeaturesError(f"features hold NaN/inf, first at row {s + int(np.flatnonzero(~ok)[0])}")
 
@@ -140,7 +133,7 @@ def _gather_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         if a < b:
             out[order[a:b]] = features[in_file_order[a:b]]
-            _release_pages(features)
+            release_pages(features)
     return out
 
 

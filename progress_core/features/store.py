@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,47 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
     if feats.ndim != 2:
         raise FeatureError(f"features {path} must be 2-D, got shape {feats.shape}")
     return feats
+
+
+def release_pages(features: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set (they stay in the page cache)."""
+    mapping = getattr(features, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+FAULT_BYTES = 2 << 20
+"""What one read fault in a file mapping can make resident: the page cache holds large folios (up to 2 MB on
+x86-64) and a fault maps the whole folio, so one scattered 2.8 KB row can add 2 MB to the resident set."""
+
+
+class PagedRows:
+    """Row gathers (``rows[ids]``, ``shape``) from a memory-mapped feature matrix that keep the resident set small.
+
+    COINCIDE's per-cluster kernels (docs/algorithm.md#warm-up-pools) read every row three times in cluster
+    order, i.e. scattered over the file. Every row read is counted as :data:`FAULT_BYTES` and the mapped pages
+    are dropped once ``release_bytes`` are counted, so a pool whose features exceed the memory goal (3M rows x
+    1408 float16 = 8.4 GB) is pruned holding about ``release_bytes`` of them plus one cluster's reads
+    (benchmarks/README.md: the CPU path at 3M rows). A plain array is indexed as is.
+    """
+
+    def __init__(self, features: np.ndarray, release_bytes: int = 1 << 30):
+        self.features = features
+        self.shape = features.shape
+        self.dtype = features.dtype
+        self._mapping = getattr(features, "_mmap", None)
+        self._page_bytes = max(FAULT_BYTES, features.shape[1] * features.dtype.itemsize)
+        self._release_bytes = release_bytes
+        self._read = 0
+
+    def __getitem__(self, rows) -> np.ndarray:
+        out = np.asarray(self.features[rows])
+        if self._mapping is not None:
+            self._read += len(out) * self._page_bytes
+            if self._read >= self._release_bytes:
+                release_pages(self.features)
+                self._read = 0
+        return out
 
 
 def l2_rows(x: np.ndarray) -> np.ndarray:

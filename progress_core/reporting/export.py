@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -189,23 +190,25 @@ class OriginalExporter:
         self._all_rows = (path, spans)
         return path
 
-    def write_warmup(self, w1, w2) -> None:
-        """``Top_50K.json`` (W1), ``Top_50K_to_60K.json`` (W2 \\ W1), ``Top_60K.json`` (W1 ∪ W2) and
-        ``Remaining_605K.json`` (the pool left for selection) on LLaVA-665K, named by the real counts
+    def write_warmup(self, w1, w2, remaining: bool = True) -> None:
+        """``Top_50K.json`` (W1), ``Top_50K_to_60K.json`` (W2 \\ W1), ``Top_60K.json`` (W1 ∪ W2) and, with
+        ``remaining``, ``Remaining_605K.json`` (the pool left for selection) on LLaVA-665K, named by the real counts
         elsewhere (:func:`warmup_file_names`), docs/algorithm.md#warm-up-pools."""
         w2_only, union, pool = warmup_sets(self.n_samples, w1, w2)
         names = warmup_file_names(len(w1), union.size, pool.size)
         self.write_rows(w1, names["w1"])
         self.write_rows(w2_only, names["w2"])
         self.write_rows(union, names["warmup"])
-        self.write_rows(pool, names["pool"])
+        if remaining:
+            self.write_rows(pool, names["pool"])
 
-    def write_round(self, r: RoundExport) -> None:
-        """One round's files: ``Selected_until_{step}.json``, ``Remaining_after_{step}.json``,
+    def write_round(self, r: RoundExport, remaining: bool = True) -> None:
+        """One round's files: ``Selected_until_{step}.json``, ``Remaining_after_{step}.json`` (with ``remaining``),
         ``selection_step_{step}/fastest_acc_data_{num}.json`` and
         ``selection_step_{step}/fastest_selected_cluster_accuracies_{num}.json`` ({cid: probability})."""
         self.write_rows(r.selected_until, f"Selected_until_{r.step}.json")
-        self.write_rows(r.remaining_after, f"Remaining_after_{r.step}.json")
+        if remaining:
+            self.write_rows(r.remaining_after, f"Remaining_after_{r.step}.json")
         self.write_rows(r.new_ids, f"selection_step_{r.step}/fastest_acc_data_{r.num}.json")
         probs = {str(int(c)): float(p) for c, p in sorted(r.probabilities.items(), key=lambda kv: (-kv[1], kv[0]))}
         name = f"selection_step_{r.step}/fastest_selected_cluster_accuracies_{r.num}.json"
@@ -246,17 +249,23 @@ def export_original(
     rounds: Sequence[RoundExport] = (),
     step_list: Sequence[int] | None = None,
     accuracy_tables: Mapping[int, pd.DataFrame] | None = None,
+    remaining: Literal["every_round", "last"] = "every_round",
 ) -> dict[str, int]:
     """Export a run (warm-up pools, rounds, step list, accuracy tables) to the original's files.
 
     Returns ``{relative file name: rows}``. The per-round pieces are methods of
-    :class:`OriginalExporter`, so the orchestration can also export round by round.
+    :class:`OriginalExporter`, so the orchestration can also export round by round. ``remaining="last"`` writes
+    the remaining pool only after the last set (``Remaining_after_<last step>.json``, or ``Remaining_605K.json``
+    without rounds): each such file is nearly the whole pool, and the original scripts continue from the last.
     """
+    if remaining not in ("every_round", "last"):
+        raise ExportError(f"remaining must be every_round or last, got {remaining!r}")
+    every = remaining == "every_round"
     exporter = OriginalExporter(out_dir, manifest, assignment)
     exporter.write_all()
-    exporter.write_warmup(w1, w2)
-    for r in rounds:
-        exporter.write_round(r)
+    exporter.write_warmup(w1, w2, remaining=every or not rounds)
+    for k, r in enumerate(rounds):
+        exporter.write_round(r, remaining=every or k == len(rounds) - 1)
     for step, table in sorted((accuracy_tables or {}).items()):
         exporter.write_accuracy(step, table)
     if step_list is not None:
