@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from progress_core.base import keyed_dump
 from progress_core.probe.config import resolved_samples_per_cluster
 from progress_core.run.config import RunConfig, _merge
 from progress_core.run.config_doc import field_paths
@@ -169,7 +170,7 @@ def downstream_of(stages: list[str]) -> list[str]:
 
 
 def _dump(value: Any) -> Any:
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return keyed_dump(value) if isinstance(value, BaseModel) else value
 
 
 def _field_at(model: type[BaseModel], path: str):

@@ -7,3 +7,22 @@ from pydantic import BaseModel, ConfigDict
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+UNKEYED = {"keyed": False}
+"""``json_schema_extra`` of a setting that changes how a stage runs, never what it writes (e.g. how many processes
+prepare its data): :func:`keyed_dump` leaves it out, so changing it re-runs nothing
+(docs/architecture.md#stage-contract)."""
+
+
+def keyed_dump(model: BaseModel) -> dict:
+    """``model.model_dump(mode="json")`` without the :data:`UNKEYED` settings, at any depth: what a stage's cache
+    key covers of a configuration section."""
+    dumped = model.model_dump(mode="json")
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("keyed") is False:
+            dumped.pop(name, None)
+        elif isinstance(value, BaseModel) and isinstance(dumped.get(name), dict):
+            dumped[name] = keyed_dump(value)
+    return dumped

@@ -47,6 +47,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from progress_core.base import keyed_dump
 from progress_core.errors import DiskFullError, is_disk_full
 from progress_core.io import HASH_NAME, HASHERS, stream_hash, write_json
 
@@ -117,7 +118,7 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, StageRecord):
         return {"stage": value.stage, "content_hash": value.content_hash}
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return keyed_dump(value)
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):

@@ -130,6 +130,7 @@ def test_the_costly_stages_ignore_data_generation_selection_and_the_probe():
         ("data.allow_duplicate_ids", ["manifest"]),
         ("selection.temperature", ["select"]),
         ("training.learning_rate", ["train"]),
+        ("training.data_workers", []),
         ("probe.judge.kind", ["probe"]),
         ("export_original", ["export_original"]),
         ("orchestration.n_workers", []),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,14 @@ from progress_core.model.config import ModelConfig
 from progress_core.model.tiny import build_tiny_model
 from progress_core.selection.rounds import steps_for
 from progress_core.training.config import TrainingConfig
-from progress_core.training.loop import STATE_JSON, data_order, read_train_state, train_to_step
+from progress_core.training.loop import (
+    STATE_JSON,
+    DataWorkerError,
+    data_order,
+    read_train_state,
+    step_loader,
+    train_to_step,
+)
 from progress_core.training.samples import TrainingDataError
 
 
@@ -100,6 +109,23 @@ def test_data_workers_prepare_the_same_batches(setup, tmp_path):
         train_to_step(init, bad, root / "images", 3, with_workers, tmp_path / "bad", progress=False)
     assert "DataLoader worker" not in str(err.value)
     assert not (tmp_path / "bad").exists()
+
+
+class _DiesAtStep:
+    """Three steps of one micro-batch whose worker is killed (as the kernel's OOM killer would) at step 1."""
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, k: int) -> list[dict]:
+        if k == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [{"input_ids": torch.zeros(2, dtype=torch.long)}]
+
+
+def test_a_data_worker_that_dies_is_one_named_error():
+    with pytest.raises(DataWorkerError, match=r"DataLoader worker .*set training.data_workers: 0"):
+        list(step_loader(_DiesAtStep(), workers=1))
 
 
 def _cli_pool(tmp_path: Path) -> tuple[Path, Path]:

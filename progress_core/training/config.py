@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from progress_core.base import UNKEYED
 from progress_core.errors import ConfigError
 from progress_core.model.config import ModelConfig
 
@@ -74,7 +75,9 @@ class TrainingConfig(BaseModel):
         ge=0,
         description="DataLoader worker processes per rank that tokenise, read images and collate the next batches "
         "while the current one trains; 0 = in the training process; None = 4 on a GPU (as LLaVA's trainer), "
-        "0 on CPU, where the training threads already use every core",
+        "0 on CPU, where the training threads already use every core; the batches are the same either way, so "
+        "changing it re-runs nothing",
+        json_schema_extra=UNKEYED,
     )
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -539,10 +540,22 @@ def _as_is(item):
     return item
 
 
+class DataWorkerError(ProgressError):
+    """A DataLoader worker preparing training batches died (killed for memory, a crash in a decoder)."""
+
+
+def _worker_signals(_worker_id: int) -> None:
+    """A worker leaves interrupts to the training process, which stops the loader and its workers when it handles
+    one: Ctrl-C is ignored here and SIGTERM (sent to the whole process group by ``timeout``, a scheduler's cancel)
+    ends the worker at once and quietly, so the user sees the training process's one line, not a worker's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+
 def step_loader(steps: StepBatches, workers: int):
-    """The micro-batches of every step in order, prepared by ``workers`` DataLoader processes up to two steps
-    ahead of training; 0 prepares each step in this process when it is due. A row's :class:`ProgressError` is
-    raised here.
+    """The micro-batches of every step in order, prepared by ``workers`` DataLoader processes (each up to two steps
+    ahead of training); 0 prepares each step in this process when it is due. A row's :class:`ProgressError` is
+    raised here, and a worker that dies is a :class:`DataWorkerError`.
 
     Workers are forked, so they share the rows and the tokenizer without pickling them, and hand back numpy
     arrays (one copy through the pipe) rather than tensors in shared memory, whose per-tensor file handles cost
@@ -561,9 +574,22 @@ def step_loader(steps: StepBatches, workers: int):
         collate_fn=_as_is,
         prefetch_factor=2 if workers else None,
         multiprocessing_context="fork" if workers else None,
+        worker_init_fn=_worker_signals if workers else None,
         generator=torch.Generator().manual_seed(0),
     )
-    for batches in loader:
+    batches_of = iter(loader)
+    while True:
+        try:
+            batches = next(batches_of)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if workers and str(exc).startswith("DataLoader worker"):
+                raise DataWorkerError(
+                    f"{exc}; re-run to resume, or set training.data_workers: 0 to prepare batches in the training "
+                    "process"
+                ) from exc
+            raise
         if isinstance(batches, ProgressError):
             raise batches
         yield [{name: torch.as_tensor(value) for name, value in b.items()} for b in batches] if workers else batches
