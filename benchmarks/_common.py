@@ -178,3 +178,53 @@ def run_phase(fn: Callable[..., Any], *args: Any) -> Any:
 def summary(name: str, metric: str, value: str) -> None:
     """One ``SUMMARY:`` line for ``make bench``'s closing table."""
     print(f"SUMMARY: {name} | {metric} | {value}", flush=True)
+
+
+T95 = {
+    n: v
+    for n, v in zip(
+        range(2, 31),
+        (
+            12.71,
+            4.30,
+            3.18,
+            2.78,
+            2.57,
+            2.45,
+            2.36,
+            2.31,
+            2.26,
+            2.23,
+            2.20,
+            2.18,
+            2.16,
+            2.14,
+            2.13,
+            2.12,
+            2.11,
+            2.10,
+            2.09,
+            2.09,
+            2.08,
+            2.07,
+            2.07,
+            2.06,
+            2.06,
+            2.06,
+            2.05,
+            2.05,
+            2.05,
+        ),
+    )
+}
+"""Two-sided 95 % Student t quantiles by sample size (df = n - 1)."""
+
+
+def paired_interval(diff) -> str:
+    """``mean [low, high]`` of paired per-seed differences: the 95 % t-interval of their mean."""
+    import numpy as np
+
+    if len(diff) < 2:
+        return f"{diff.mean():+.3f}" if len(diff) else "-"
+    half = T95.get(len(diff), 1.96) * diff.std() / np.sqrt(len(diff))
+    return f"{diff.mean():+.3f} [{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}]"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from _common import summary  # noqa: E402
+from _common import paired_interval, summary  # noqa: E402
 
 VARIANTS = {
     "random": ("random", {}),
@@ -38,44 +38,6 @@ VARIANTS = {
     "damped[uniform 0.2]": ("progress", {"allocation": "damped", "uniform_share": 0.2}),
 }
 """The registered strategies and variants (README "Headroom pool and allocation variants")."""
-T95 = {
-    n: v
-    for n, v in zip(
-        range(2, 31),
-        (
-            12.71,
-            4.30,
-            3.18,
-            2.78,
-            2.57,
-            2.45,
-            2.36,
-            2.31,
-            2.26,
-            2.23,
-            2.20,
-            2.18,
-            2.16,
-            2.14,
-            2.13,
-            2.12,
-            2.11,
-            2.10,
-            2.09,
-            2.09,
-            2.08,
-            2.07,
-            2.07,
-            2.06,
-            2.06,
-            2.06,
-            2.05,
-            2.05,
-            2.05,
-        ),
-    )
-}
-"""Two-sided 95 % Student t quantiles by sample size (df = n - 1)."""
 
 _DATA = {}
 
@@ -120,13 +82,6 @@ def prepare_pools(run_dir: Path, n: int, n_eval: int, pools: list[str]) -> dict:
     return dirs
 
 
-def _ci(diff: pd.Series) -> str:
-    if len(diff) < 2:
-        return f"{diff.mean():+.3f}" if len(diff) else "-"
-    half = T95.get(len(diff), 1.96) * diff.std() / np.sqrt(len(diff))
-    return f"{diff.mean():+.3f} [{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}]"
-
-
 def _paired(part: pd.DataFrame, a: str, b: str) -> pd.Series:
     wide = part.pivot_table(index="seed", columns="variant", values="accuracy")
     return (wide[a] - wide[b]).dropna() if a in wide and b in wide else pd.Series(dtype=float)
@@ -166,13 +121,15 @@ def pool_table(rows: pd.DataFrame, pool: str) -> str:
         head = _paired(cell, "oracle", "random")
         se = head.std() / np.sqrt(len(head)) if len(head) > 1 else float("nan")
         verdict = "yes" if len(head) > 1 and head.mean() > 2 * se else "no"
-        diffs = [_ci(_paired(cell, v, "random")) for v in VARIANTS if v not in ("random", "oracle")]
+        diffs = [paired_interval(_paired(cell, v, "random")) for v in VARIANTS if v not in ("random", "oracle")]
         shares = ", ".join(
             f"{v} {_paired(cell, v, 'random').mean() / head.mean():+.2f}"
             for v in VARIANTS
             if v not in ("random", "oracle") and len(head) and head.mean() != 0
         )
-        lines.append(f"| {b:g} | {_ci(head)} ({verdict}, SE {se:.3f}) | " + " | ".join(diffs) + f" | {shares} |")
+        lines.append(
+            f"| {b:g} | {paired_interval(head)} ({verdict}, SE {se:.3f}) | " + " | ".join(diffs) + f" | {shares} |"
+        )
     return "\n".join(lines)
 
 
@@ -205,7 +162,9 @@ def main() -> None:
     print("\n" + text)
     last = max(float(b) for b in args.budgets.split(","))
     part = rows[(rows["pool"] == pools[-1]) & (rows["budget"] == last)]
-    summary("bench_proxy", f"damped − random at {last:g} ({pools[-1]})", _ci(_paired(part, "damped", "random")))
+    summary(
+        "bench_proxy", f"damped − random at {last:g} ({pools[-1]})", paired_interval(_paired(part, "damped", "random"))
+    )
 
 
 def _run_grid(run_dir: Path, args, pools: list[str], rows: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
-from _common import summary  # noqa: E402
+from _common import paired_interval, summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGIES = ("oracle", "random", "coincide", "progress")
@@ -132,6 +132,35 @@ def variant_table(table: pd.DataFrame, variants: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
+def headroom_table(table: pd.DataFrame, variants: pd.DataFrame | None = None) -> str:
+    """Per budget: ``oracle − random`` first with its verdict (headroom when above 2 paired standard errors),
+    then every other strategy and variant of ``progress`` against ``random`` as a paired 95 % t-interval, and
+    the share of the oracle's headroom each captures ((method − random) / (oracle − random), only where there
+    is headroom); README "Headroom pool and allocation variants"."""
+    import numpy as np
+
+    both = table if variants is None else pd.concat([table, variants], ignore_index=True)
+    others = [s for s in ("coincide", "progress") if s in set(table["strategy"])]
+    if variants is not None:
+        others += [f"progress[{v}]" for v in variants["variant"].drop_duplicates()]
+    header = ["budget", "oracle − random (headroom?)", *(f"{s} − random" for s in others), "share of headroom"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for b in sorted(x for x in table["budget"].unique() if x < 1.0):
+        head = _paired_diff(both, b, "oracle", "random")
+        se = head.std() / np.sqrt(len(head)) if len(head) > 1 else float("nan")
+        room = len(head) > 1 and head.mean() > 2 * se
+        verdict = f"{'yes' if room else 'no'}, SE {se:.3f}" if len(head) > 1 else "not run"
+        diffs = [_paired_diff(both, b, s, "random") for s in others]
+        shares = (
+            ", ".join(f"{s} {d.mean() / head.mean():+.2f}" for s, d in zip(others, diffs) if len(d))
+            if room
+            else "no headroom"
+        )
+        cells = [f"{b:g}", f"{paired_interval(head)} ({verdict})", *(paired_interval(d) for d in diffs), shares]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def concept_table(concepts: pd.DataFrame) -> str:
     """Per concept: held-out accuracy at the largest budget per strategy and on the full pool (mean over seeds)."""
     largest = max(b for b in concepts["budget"].unique() if b < 1.0)
@@ -192,9 +221,14 @@ def report(run_dir: Path) -> str:
             pd.read_parquet(concepts_path)
         )
     variants_path = run_dir / "variants.parquet"
-    if variants_path.is_file():
+    variants = pd.read_parquet(variants_path) if variants_path.is_file() else None
+    if "oracle" in set(table["strategy"]):
+        text += "\n\nAgainst random, paired by seed (95 % t-intervals), oracle first:\n\n" + headroom_table(
+            table, variants
+        )
+    if variants is not None:
         text += "\n\nVariants of progress (same random runs; differences paired by seed):\n\n" + variant_table(
-            table, pd.read_parquet(variants_path)
+            table, variants
         )
     header = f"Measured {date.today().isoformat()} on {_machine()}; {table['seed'].nunique()} seeds.\n\n"
     return header + text

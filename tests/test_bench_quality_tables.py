@@ -1,0 +1,52 @@
+"""The quality benchmark's paired table (benchmarks/bench_quality.py): the oracle's headroom verdict, paired
+95 % t-intervals against random and the share of the headroom each method captures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from _common import paired_interval  # noqa: E402
+from bench_quality import headroom_table  # noqa: E402
+
+
+def _rows(budget: float, accuracy: dict[str, list[float]]) -> list[dict]:
+    return [
+        {"strategy": s, "budget": budget, "seed": k, "accuracy": a, "n_selected": 100, "steps": 10}
+        for s, values in accuracy.items()
+        for k, a in enumerate(values)
+    ]
+
+
+def test_the_oracle_row_decides_whether_shares_of_headroom_are_reported():
+    room = {
+        "random": [0.20, 0.22, 0.21, 0.19, 0.20],
+        "oracle": [0.30, 0.33, 0.31, 0.29, 0.30],
+        "progress": [0.25, 0.27, 0.26, 0.24, 0.25],
+    }
+    none = {
+        "random": [0.20, 0.22, 0.21, 0.19, 0.20],
+        "oracle": [0.18, 0.25, 0.20, 0.19, 0.22],
+        "progress": room["progress"],
+    }
+    table = pd.DataFrame(_rows(0.2, room) + _rows(0.3, none))
+    variants = pd.DataFrame(_rows(0.2, {"progress[allocation=damped]": [0.20, 0.22, 0.21, 0.19, 0.20]}))
+    variants["variant"] = "allocation=damped"
+    text = headroom_table(table, variants).splitlines()
+    assert text[0].split(" | ")[1:4] == [
+        "oracle − random (headroom?)",
+        "progress − random",
+        "progress[allocation=damped] − random",
+    ]
+    at_20, at_30 = text[2], text[3]
+    assert "+0.102 [+0.096, +0.108] (yes, SE 0.002)" in at_20
+    assert at_20.endswith("progress +0.49, progress[allocation=damped] +0.00 |"), "half the oracle's gain"
+    assert "(no, SE" in at_30 and at_30.endswith("no headroom |")
+
+
+def test_paired_interval_is_a_t_interval_of_the_mean_difference():
+    assert paired_interval(pd.Series([0.1, 0.3])) == "+0.200 [-1.071, +1.471]"
+    assert paired_interval(pd.Series([0.05])) == "+0.050" and paired_interval(pd.Series([], dtype=float)) == "-"
