@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -110,6 +111,10 @@ def test_sigkill_mid_round_then_rerun_gives_same_selection(baseline, server, tmp
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before round 2 was reached"
+    cache_record = Path(home) / "storage" / json.loads(marker.read_text())["record"]["key"]
+    while not cache_record.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before round 2's selection was cached"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "run" / "summary.json").exists()
