@@ -124,7 +124,7 @@ def _demo_deployment(api_url: str):
     return dep
 
 
-def _submit_custom_run(page, ui: str, dep, shots: Path) -> None:
+def _submit_custom_run(page, ui: str, api_url: str, dep, shots: Path) -> None:
     """Fill the deployment's Custom run form (run_dir, strategy ``random``, the advanced JSON) and submit it."""
     page.goto(f"{ui}/deployments/deployment/{dep.id}", wait_until="networkidle")
     page.get_by_role("button", name="Run", exact=True).click()
@@ -151,7 +151,25 @@ def _submit_custom_run(page, ui: str, dep, shots: Path) -> None:
     field("advanced").locator("textarea").fill(json.dumps(_advanced()))
     page.get_by_text("Run Name").first.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "ui-form.png"))
-    page.get_by_role("button", name="Submit").click()
+    _click_until_created(page, api_url, dep)
+
+
+def _created(api_url: str, dep) -> list:
+    return [r for r in client_call(api_url, lambda c: c.read_flow_runs(limit=20)) if r.deployment_id == dep.id]
+
+
+def _click_until_created(page, api_url: str, dep, attempts: int = 3) -> None:
+    """Submit the form; a click lost on a loaded machine (no flow run after 20 s) is repeated, never a second
+    click once the deployment has a run."""
+    for _ in range(attempts):
+        if _created(api_url, dep):
+            return
+        page.get_by_role("button", name="Submit").click()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if _created(api_url, dep):
+                return
+            time.sleep(0.5)
 
 
 def _flow_run_from_form(api_url: str, dep):
@@ -159,7 +177,7 @@ def _flow_run_from_form(api_url: str, dep):
     deadline = time.monotonic() + 60
     created = []
     while not created and time.monotonic() < deadline:
-        created = [r for r in client_call(api_url, lambda c: c.read_flow_runs(limit=20)) if r.deployment_id == dep.id]
+        created = _created(api_url, dep)
         time.sleep(0.5)
     assert created, "the form created no flow run"
     run = created[0]
@@ -234,7 +252,7 @@ def test_form_run_artifacts_retry_and_second_make_ui(make_ui):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        _submit_custom_run(page, ui, dep, shots)
+        _submit_custom_run(page, ui, api_url, dep, shots)
         final = _wait_final(api_url, _flow_run_from_form(api_url, dep).id)
         assert final.state.is_completed(), final.state
         assert final.name.startswith(f"random · {RUN} · budget preset · seed 42 · "), final.name
