@@ -228,3 +228,14 @@ def paired_interval(diff) -> str:
         return f"{diff.mean():+.3f}" if len(diff) else "-"
     half = T95.get(len(diff), 1.96) * diff.std() / np.sqrt(len(diff))
     return f"{diff.mean():+.3f} [{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}]"
+
+
+def oracle_headroom(oracle_minus_random) -> tuple[bool, float]:
+    """(is there headroom, paired standard error) of the per-seed ``oracle − random`` differences: headroom when
+    their mean is above 2 paired standard errors (README "Headroom pool and allocation variants")."""
+    import numpy as np
+
+    if len(oracle_minus_random) < 2:
+        return False, float("nan")
+    se = oracle_minus_random.std() / np.sqrt(len(oracle_minus_random))
+    return bool(oracle_minus_random.mean() > 2 * se), float(se)

@@ -25,9 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from _common import paired_interval, summary  # noqa: E402
+from _common import oracle_headroom, paired_interval, summary  # noqa: E402
 
 VARIANTS = {
     "random": ("random", {}),
@@ -119,8 +118,8 @@ def pool_table(rows: pd.DataFrame, pool: str) -> str:
     for b in budgets:
         cell = part[part["budget"] == b]
         head = _paired(cell, "oracle", "random")
-        se = head.std() / np.sqrt(len(head)) if len(head) > 1 else float("nan")
-        verdict = "yes" if len(head) > 1 and head.mean() > 2 * se else "no"
+        room, se = oracle_headroom(head)
+        verdict = "yes" if room else "no"
         diffs = [paired_interval(_paired(cell, v, "random")) for v in VARIANTS if v not in ("random", "oracle")]
         shares = ", ".join(
             f"{v} {_paired(cell, v, 'random').mean() / head.mean():+.2f}"

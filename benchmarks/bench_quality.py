@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
-from _common import paired_interval, summary  # noqa: E402
+from _common import oracle_headroom, paired_interval, summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGIES = ("oracle", "random", "coincide", "progress")
@@ -137,8 +137,6 @@ def headroom_table(table: pd.DataFrame, variants: pd.DataFrame | None = None) ->
     then every other strategy and variant of ``progress`` against ``random`` as a paired 95 % t-interval, and
     the share of the oracle's headroom each captures ((method − random) / (oracle − random), only where there
     is headroom); README "Headroom pool and allocation variants"."""
-    import numpy as np
-
     both = table if variants is None else pd.concat([table, variants], ignore_index=True)
     others = [s for s in ("coincide", "progress") if s in set(table["strategy"])]
     if variants is not None:
@@ -147,8 +145,7 @@ def headroom_table(table: pd.DataFrame, variants: pd.DataFrame | None = None) ->
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for b in sorted(x for x in table["budget"].unique() if x < 1.0):
         head = _paired_diff(both, b, "oracle", "random")
-        se = head.std() / np.sqrt(len(head)) if len(head) > 1 else float("nan")
-        room = len(head) > 1 and head.mean() > 2 * se
+        room, se = oracle_headroom(head)
         verdict = f"{'yes' if room else 'no'}, SE {se:.3f}" if len(head) > 1 else "not run"
         diffs = [_paired_diff(both, b, s, "random") for s in others]
         shares = (

@@ -592,7 +592,7 @@ def step_loader(steps: StepBatches, workers: int):
             raise
         if isinstance(batches, ProgressError):
             raise batches
-        yield [{name: torch.as_tensor(value) for name, value in b.items()} for b in batches] if workers else batches
+        yield [{name: torch.as_tensor(value) for name, value in b.items()} for b in batches]
 
 
 def _micro_batches(
