@@ -35,8 +35,12 @@ VARIANTS = {
     "damped": ("progress", {"allocation": "damped"}),
     "damped[gain]": ("progress", {"allocation": "damped", "progress_signal": "gain"}),
     "damped[uniform 0.2]": ("progress", {"allocation": "damped", "uniform_share": 0.2}),
+    "oracle[every round]": ("oracle_every_round", {}),
+    "balanced": ("progress", {"allocation": "balanced"}),
 }
-"""The registered strategies and variants (README "Headroom pool and allocation variants")."""
+"""The registered strategies and variants (README "Headroom pool and allocation variants", "A learner that
+forgets")."""
+ORACLES = ("oracle", "oracle[every round]")
 
 _DATA = {}
 
@@ -96,7 +100,8 @@ def pool_table(rows: pd.DataFrame, pool: str) -> str:
         ", ".join(f"random @ {b:g}: {r['mean']:.3f} ± {r['std']:.3f}" for b, r in curve.iterrows())
         + (f"; full: {full.mean():.3f} ± {full.std():.3f}" if len(full) else "")
     )
-    lines += ["", "| budget | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
+    shown = [v for v in VARIANTS if v in set(part["variant"])]
+    lines += ["", "| budget | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
     budgets = sorted(b for b in part["budget"].unique() if b < 1.0)
     for b in budgets:
         cell = part[part["budget"] == b]
@@ -104,31 +109,30 @@ def pool_table(rows: pd.DataFrame, pool: str) -> str:
         lines.append(
             f"| {b:g} | "
             + " | ".join(
-                f"{stats.loc[v, 'mean']:.3f} ± {stats.loc[v, 'std']:.3f}" if v in stats.index else "-" for v in VARIANTS
+                f"{stats.loc[v, 'mean']:.3f} ± {stats.loc[v, 'std']:.3f}" if v in stats.index else "-" for v in shown
             )
             + " |"
         )
-    lines += [
-        "",
-        "| budget | oracle − random (headroom?) | "
-        + " | ".join(f"{v} − random" for v in VARIANTS if v not in ("random", "oracle"))
-        + " | share of headroom captured |",
-        "|---|---|" + "---|" * (len(VARIANTS) - 1),
-    ]
+    oracles = [v for v in ORACLES if v in set(part["variant"])]
+    others = [v for v in shown if v not in ("random", *ORACLES)]
+    header = [*(f"{o} − random (headroom?)" for o in oracles), *(f"{v} − random" for v in others)]
+    lines += ["", "| budget | " + " | ".join(header) + " | share of headroom captured |"]
+    lines.append("|---|" + "---|" * (len(header) + 1))
     for b in budgets:
         cell = part[part["budget"] == b]
-        head = _paired(cell, "oracle", "random")
-        room, se = oracle_headroom(head)
-        verdict = "yes" if room else "no"
-        diffs = [paired_interval(_paired(cell, v, "random")) for v in VARIANTS if v not in ("random", "oracle")]
-        shares = ", ".join(
-            f"{v} {_paired(cell, v, 'random').mean() / head.mean():+.2f}"
-            for v in VARIANTS
-            if v not in ("random", "oracle") and len(head) and head.mean() != 0
+        cells, best = [], None
+        for o in oracles:
+            head = _paired(cell, o, "random")
+            room, se = oracle_headroom(head)
+            cells.append(f"{paired_interval(head)} ({'yes' if room else 'no'}, SE {se:.3f})")
+            if len(head) and head.mean() != 0 and (best is None or head.mean() > best[1].mean()):
+                best = (o, head)
+        cells += [paired_interval(_paired(cell, v, "random")) for v in others]
+        shares = (
+            ", ".join(f"{v} {_paired(cell, v, 'random').mean() / best[1].mean():+.2f}" for v in others) if best else ""
         )
-        lines.append(
-            f"| {b:g} | {paired_interval(head)} ({verdict}, SE {se:.3f}) | " + " | ".join(diffs) + f" | {shares} |"
-        )
+        shares = f"of {best[0]}: {shares}" if best and len(oracles) > 1 else shares
+        lines.append(f"| {b:g} | " + " | ".join(cells) + f" | {shares} |")
     return "\n".join(lines)
 
 

@@ -79,13 +79,16 @@ def strategy_options(settings: SelectionConfig) -> dict:
     return settings.progress_options() if settings.strategy == "progress" else {}
 
 
-def pool_concepts(manifest: StageRecord | None) -> np.ndarray:
-    """The ``oracle``'s labels per sample_id (:func:`oracle_concepts` of the pool's ``labels.parquet``)."""
+def pool_concepts(manifest: StageRecord | None, strategy: str = "oracle") -> np.ndarray:
+    """The oracle's labels per sample_id (:func:`oracle_concepts` of the pool's ``labels.parquet``); the start's
+    known concepts count as learnable for ``oracle_every_round``."""
     labels = manifest.meta.get("labels") if manifest is not None else None
     if not labels:
-        raise SelectionError("strategy 'oracle' reads the pool's labels; this pool has none (only bundled pools do)")
+        raise SelectionError(
+            f"strategy '{strategy}' reads the pool's labels; this pool has none (only bundled pools do)"
+        )
     ids = pq.read_table(manifest.files["manifest"], columns=["id"]).column("id").to_numpy(zero_copy_only=False)
-    return oracle_concepts(pd.read_parquet(labels), ids)
+    return oracle_concepts(pd.read_parquet(labels), ids, skip_known=strategy == "oracle")
 
 
 @task(name="select", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="select[r={round_index}]")
@@ -118,7 +121,9 @@ def select_stage(
     rng = np.random.default_rng([seed, round_index])
     remaining, clusters = ids_of(remaining_before, "remaining_after"), cluster_ids(annotation)
     if settings.strategy in LABEL_STRATEGIES:
-        result = oracle_select(remaining, clusters, history, budget, rng, pool_concepts(manifest))
+        every_round = settings.strategy == "oracle_every_round"
+        concepts = pool_concepts(manifest, settings.strategy)
+        result = oracle_select(remaining, clusters, history, budget, rng, concepts, every_round=every_round)
     else:
         result = select(settings.strategy, remaining, clusters, history, budget, rng, **strategy_options(settings))
     files, rows = _commit(out_dir, round_index, step, result.sample_ids, selected_before, remaining_before, n_samples)

@@ -75,3 +75,23 @@ def test_damped_without_signal_is_stratified_random_and_needs_a_probe():
     assert np.bincount(CIDS[r.sample_ids], minlength=4).tolist() == [40, 30, 3, 2]
     with pytest.raises(MissingHistoryError, match="two probes"):
         select("progress", np.arange(CIDS.size), CIDS, SelectionHistory(), 10, 0, **DAMPED)
+
+
+def test_balanced_gives_every_cluster_the_same_untilted_share_whatever_its_size():
+    flat = table({0: (12, 6), 1: (12, 6), 2: (12, 6), 3: (12, 6)})
+    history = SelectionHistory(flat, flat)
+    r = select("progress", np.arange(CIDS.size), CIDS, history, 80, 1, allocation="balanced")
+    assert np.bincount(CIDS[r.sample_ids], minlength=4).tolist() == [20, 20, 20, 20]
+    full = select("progress", np.arange(CIDS.size), CIDS, history, 200, 1, allocation="balanced")
+    picks = np.bincount(CIDS[full.sample_ids], minlength=4)
+    assert picks.tolist()[2:] == [30, 20] and picks[0] == picks[1] == 75, "an exhausted cluster's quota moves on"
+    assert "balanced allocation" in " ".join(full.notes)
+
+
+def test_balanced_tilts_towards_a_moving_cluster_by_at_most_max_tilt():
+    prev = table({0: (100, 50), 1: (100, 50), 2: (100, 10), 3: (100, 50)})
+    now = table({0: (100, 50), 1: (100, 50), 2: (100, 60), 3: (100, 50)})
+    r = select("progress", np.arange(CIDS.size), CIDS, SelectionHistory(prev, now), 60, 0, allocation="balanced")
+    picks = np.bincount(CIDS[r.sample_ids], minlength=4)
+    assert picks[2] > picks[0] and picks[2] <= 3 * picks[0] + 1 and picks.sum() == 60
+    assert r.cluster_table["probability"].sum() == pytest.approx(1)

@@ -50,3 +50,36 @@ def test_the_oracle_row_decides_whether_shares_of_headroom_are_reported():
 def test_paired_interval_is_a_t_interval_of_the_mean_difference():
     assert paired_interval(pd.Series([0.1, 0.3])) == "+0.200 [-1.071, +1.471]"
     assert paired_interval(pd.Series([0.05])) == "+0.050" and paired_interval(pd.Series([], dtype=float)) == "-"
+
+
+def test_a_second_oracle_gets_its_own_verdict_and_shares_follow_the_one_with_most_headroom():
+    accuracy = {
+        "random": [0.20, 0.22, 0.21, 0.19, 0.20],
+        "oracle": [0.18, 0.25, 0.20, 0.19, 0.22],
+        "oracle_every_round": [0.30, 0.33, 0.31, 0.29, 0.30],
+        "progress": [0.25, 0.27, 0.26, 0.24, 0.25],
+    }
+    header, _, row = headroom_table(pd.DataFrame(_rows(0.2, accuracy))).splitlines()
+    assert header.split(" | ")[1:3] == ["oracle − random (headroom?)", "oracle_every_round − random (headroom?)"]
+    assert "(no, SE" in row.split(" | ")[1] and "(yes, SE 0.002)" in row.split(" | ")[2]
+    assert row.endswith("of oracle_every_round: progress +0.49 |")
+
+
+def test_proxy_table_reports_both_oracles_and_only_the_variants_that_ran():
+    from bench_proxy import pool_table
+
+    accuracy = {
+        "random": [0.20, 0.22, 0.21, 0.19, 0.20],
+        "oracle": [0.30, 0.33, 0.31, 0.29, 0.30],
+        "oracle[every round]": [0.18, 0.25, 0.20, 0.19, 0.22],
+        "balanced": [0.25, 0.27, 0.26, 0.24, 0.25],
+    }
+    rows = pd.DataFrame(_rows(0.2, accuracy)).rename(columns={"strategy": "variant"}).assign(pool="default")
+    lines = pool_table(rows, "default").splitlines()
+    assert lines[4] == "| budget | random | oracle | oracle[every round] | balanced |"
+    assert lines[-3].split(" | ")[1:4] == [
+        "oracle − random (headroom?)",
+        "oracle[every round] − random (headroom?)",
+        "balanced − random",
+    ]
+    assert lines[-1].endswith("| of oracle: balanced +0.49 |")

@@ -30,3 +30,13 @@ def test_oracle_is_not_a_configurable_strategy_and_checks_its_labels():
         oracle_select(np.arange(5), CLUSTERS, None, 2, 0, np.zeros(3, dtype=np.int64))
     with pytest.raises(SelectionError, match="1-D integer"):
         oracle_select(np.arange(5), CLUSTERS, None, 2, 0, np.zeros(CONCEPTS.size))
+
+
+def test_oracle_every_round_levels_this_round_only():
+    history = SelectionHistory(selected=np.flatnonzero(CONCEPTS == 0)[:40])
+    remaining = np.setdiff1d(np.arange(CONCEPTS.size), history.selected)
+    r = oracle_select(remaining, CLUSTERS, history, 45, 0, CONCEPTS, every_round=True)
+    assert np.bincount(CONCEPTS[r.sample_ids] + 1, minlength=4).tolist() == [0, 15, 15, 15]
+    assert r.strategy == "oracle_every_round"
+    cumulative = oracle_select(remaining, CLUSTERS, history, 45, 0, CONCEPTS)
+    assert np.bincount(CONCEPTS[cumulative.sample_ids] + 1, minlength=4).tolist() == [0, 0, 20, 25]

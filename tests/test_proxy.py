@@ -24,7 +24,7 @@ def _data(n=480, seed=0):
     label = np.where(concept < 4, answer, rng.integers(3, size=n + 100))
     oracle = np.where(concept[:n] < 4, concept[:n], -1)
     return ProxyData(
-        x[:n], label[:n], x[n:], label[n:], concept[n:].astype(str), x[:0], label[:0], concept[:n], oracle, 3
+        x[:n], label[:n], x[n:], label[n:], concept[n:].astype(str), x[:0], label[:0], concept[:n], oracle, 3, oracle
     )
 
 
@@ -36,7 +36,9 @@ def test_every_strategy_selects_and_trains_the_same_samples_and_steps_at_a_budge
     runs = [
         run_proxy(data, "random", 0.3, 1, SETTINGS),
         run_proxy(data, "oracle", 0.3, 1, SETTINGS),
+        run_proxy(data, "oracle_every_round", 0.3, 1, SETTINGS),
         run_proxy(data, "progress", 0.3, 1, SETTINGS, {"allocation": "damped"}),
+        run_proxy(data, "progress", 0.3, 1, SETTINGS, {"allocation": "balanced"}),
         run_proxy(data, "progress", 0.3, 1, SETTINGS),
     ]
     # warm-up 14 + 10 (2 + 2 steps), then rounds of 40, 40 and the 32 left before step ceil(0.3 * 480 / 8) = 18

@@ -168,7 +168,8 @@ def _assignment(tmp_path, n: int) -> StageRecord:
     return StageRecord(stage="kmeans", out_dir=str(tmp_path), files={"assignment": str(path)}, content_hash="k")
 
 
-def test_oracle_rounds_on_the_headroom_pool_take_no_waste_until_the_learnable_rows_run_out(tmp_path):
+def _headroom_start(tmp_path):
+    """A 200-row headroom pool's manifest, its labels in manifest order and warm-up round 0 (10 rows)."""
     data = DataConfig(synthetic_n=200, synthetic_n_eval=0, headroom="default")
     pool = prepare_pool.fn(data=data, fingerprint="synthetic", out_dir=str(tmp_path / "data"))
     manifest = manifest_stage.fn(
@@ -190,30 +191,49 @@ def test_oracle_rounds_on_the_headroom_pool_take_no_waste_until_the_learnable_ro
         step=0,
         out_dir=str(tmp_path / "r0"),
     )
+    return manifest, lab, waste, before
+
+
+def _oracle_round(tmp_path, strategy, manifest, before, budget, r):
+    return select_stage.fn(
+        settings=SelectionConfig(strategy=strategy, selection_num=budget),
+        budget=budget,
+        seed=0,
+        annotation=_assignment(tmp_path, 200),
+        selected_before=before,
+        remaining_before=before,
+        acc_prev=None,
+        acc_now=None,
+        coincide_order=None,
+        n_samples=200,
+        round_index=r,
+        step=r,
+        out_dir=str(tmp_path / f"{strategy}{r}"),
+        manifest=manifest,
+    )
+
+
+def test_oracle_rounds_on_the_headroom_pool_take_no_waste_until_the_learnable_rows_run_out(tmp_path):
+    manifest, _, waste, before = _headroom_start(tmp_path)
     learnable = int((~waste[10:]).sum())
     assert 20 < learnable < 150, "the headroom pool has waste of every kind and learnable rows"
     picks = []
     for r, budget in enumerate((learnable - 13, 8, 20), start=1):
-        before = select_stage.fn(
-            settings=SelectionConfig(strategy="oracle", selection_num=budget),
-            budget=budget,
-            seed=0,
-            annotation=_assignment(tmp_path, 200),
-            selected_before=before,
-            remaining_before=before,
-            acc_prev=None,
-            acc_now=None,
-            coincide_order=None,
-            n_samples=200,
-            round_index=r,
-            step=r,
-            out_dir=str(tmp_path / f"r{r}"),
-            manifest=manifest,
-        )
+        before = _oracle_round(tmp_path, "oracle", manifest, before, budget, r)
         picks.append(read_ids(before.files["new"]))
     assert [p.size for p in picks] == [learnable - 13, 8, 20]
     assert not waste[np.concatenate(picks[:2])].any(), "no duplicate, noised, known or random row while budget allows"
     assert (~waste[picks[2]]).sum() == 5 and waste[picks[2]].sum() == 15, "then the last learnable rows, then waste"
+
+
+def test_oracle_every_round_feeds_the_known_family_and_still_skips_the_rest_of_the_waste(tmp_path):
+    manifest, lab, waste, before = _headroom_start(tmp_path)
+    other_waste = ((lab["duplicate_of"] != "") | lab["noisy"] | (lab["family"] == "random")).to_numpy()
+    known = lab["known"].to_numpy() & ~other_waste
+    worth = int((~other_waste[10:]).sum())
+    picks = read_ids(_oracle_round(tmp_path, "oracle_every_round", manifest, before, worth, 1).files["new"])
+    assert picks.size == worth and known[picks].sum() == known[10:].sum() > 0
+    assert not other_waste[picks].any(), "no duplicate, noised or random row while learnable rows are left"
 
 
 def test_oracle_without_labels_is_a_named_error(tmp_path, inputs):

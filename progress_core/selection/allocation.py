@@ -16,6 +16,11 @@ into their bandit:
   a cluster's quota is ``budget * available * r / Σ available * r``, capped by what it has left, the cap's
   overflow spread over the others by the same rates (water-filling). With no signal it is ``random``
   stratified by cluster.
+
+``selection.allocation: balanced`` keeps the signal, the tilt and the uniform share, but gives every cluster
+with samples left the same untilted share of the round instead of a share proportional to its size
+(:func:`balanced_rates`): the label-free reading of the oracle's even spread over concepts, so the small
+sources a size-proportional draw underfeeds get their share every round (README "A learner that forgets").
 """
 
 from __future__ import annotations
@@ -72,6 +77,18 @@ def sample_rates(avail: np.ndarray, signal: np.ndarray, uniform_share: float, ma
     return uniform_share + (1.0 - uniform_share) * weight / mean_weight
 
 
+def balanced_rates(avail: np.ndarray, signal: np.ndarray, uniform_share: float, max_tilt: float) -> np.ndarray:
+    """Per-sample rates under which every cluster with samples left has the same untilted mass
+    (``uniform_share + (1 - uniform_share) * w / mean(w)``, the mean over those clusters); module doc."""
+    has = avail > 0
+    if not has.any():
+        return np.zeros(avail.shape, dtype=np.float64)
+    top = float(signal[has].max())
+    weight = 1.0 + (max_tilt - 1.0) * (signal / top if top > 0 else np.zeros_like(signal, dtype=np.float64))
+    mass = uniform_share + (1.0 - uniform_share) * weight / float(weight[has].mean())
+    return np.where(has, mass / np.maximum(avail, 1), 0.0)
+
+
 def capped_quotas(budget: int, avail: np.ndarray, rates: np.ndarray) -> np.ndarray:
     """Integer quotas ``min(avail, λ · avail · rate)`` summing to ``min(budget, Σ avail)``: λ by bisection, the
     rounding remainder to the largest fractional parts among clusters with room."""
@@ -116,7 +133,8 @@ def damped_progress(ctx: SelectionContext, rng: np.random.Generator, opts: Progr
     avail[: ctx.n_clusters] = ctx.available
     signal = np.zeros(k)
     signal[ids] = scores["signal"].to_numpy()
-    rates = sample_rates(avail, np.where(avail > 0, signal, 0.0), opts.uniform_share, opts.max_tilt)
+    rate_of = balanced_rates if opts.allocation == "balanced" else sample_rates
+    rates = rate_of(avail, np.where(avail > 0, signal, 0.0), opts.uniform_share, opts.max_tilt)
     _, notes = edge_selection(ctx)
     quota = capped_quotas(ctx.budget, avail, rates)
     order = np.lexsort((np.arange(k), -rates))
@@ -139,6 +157,7 @@ def damped_progress(ctx: SelectionContext, rng: np.random.Generator, opts: Progr
         table[col] = s[src].to_numpy()
     n_uniform = int(round(opts.uniform_share * chosen.size))
     notes.append(
-        f"damped allocation: {int((signal[avail > 0] > 0).sum())} cluster(s) tilted, max tilt {opts.max_tilt:g}"
+        f"{opts.allocation} allocation: {int((signal[avail > 0] > 0).sum())} cluster(s) tilted, "
+        f"max tilt {opts.max_tilt:g}"
     )
     return SelectionResult("progress", chosen, table, notes, int(chosen.size) - n_uniform, n_uniform)

@@ -56,12 +56,13 @@ class ProgressOptions(BaseModel):
         ),
     )
 
-    allocation: Literal["paper", "damped"] = Field(
+    allocation: Literal["paper", "damped", "balanced"] = Field(
         "paper",
         description=(
             "paper: the softmax over clusters above (PROGRESS §3.3). damped: size-aware shares with a uniform "
             "share over samples and a bounded tilt by the probe change in standard errors "
-            "(progress_core/selection/allocation.py); the knobs below apply to it only."
+            "(progress_core/selection/allocation.py); the knobs below apply to it only. balanced: damped's "
+            "signal and tilt with every cluster's untilted share equal instead of proportional to its size."
         ),
     )
     uniform_share: float = Field(0.5, ge=0, le=1, description="damped: budget share spread uniformly over samples.")
@@ -80,8 +81,8 @@ class ProgressOptions(BaseModel):
         return {name: getattr(self, name) for name in ProgressOptions.model_fields}
 
 
-Strategy = Literal["progress", "random", "coincide", "tfs", "full", "oracle"]
-LABEL_STRATEGIES = frozenset({"oracle"})
+Strategy = Literal["progress", "random", "coincide", "tfs", "full", "oracle", "oracle_every_round"]
+LABEL_STRATEGIES = frozenset({"oracle", "oracle_every_round"})
 """Benchmark-only strategies that read the pool's labels (progress_core/selection/oracle.py), never a default."""
 
 
@@ -93,8 +94,8 @@ class SelectionConfig(ProgressOptions):
 
     strategy: Strategy = Field(
         "progress",
-        description="Strategy name: progress, random, coincide, tfs, full; oracle (benchmark-only, reads the "
-        "bundled pool's labels).",
+        description="Strategy name: progress, random, coincide, tfs, full; oracle, oracle_every_round "
+        "(benchmark-only, read the bundled pool's labels).",
     )
     selection_num: int | None = Field(
         None,

@@ -7,6 +7,11 @@ concepts instead of clusters, counting what earlier rounds selected. Only once e
 taken does it fall back to uniform over the rest. ``oracle − random`` is the headroom a pool offers any
 allocator (README "Does selection pay off?").
 
+``oracle_every_round`` is the same water-filling for a learner that forgets what it is not fed (each
+PROGRESS round trains only on its new samples, §3.3): every round spreads its budget evenly over all
+learnable concepts, the ones the start already knows included, without counting earlier rounds (README
+"A learner that forgets").
+
 It is deliberately not in the strategy registry (``progress_core.selection.STRATEGIES``): no strategy
 listing, ``progress select`` or default offers it. A run or a comparison names it as ``selection.strategy:
 oracle`` (``-s oracle``) on a bundled pool, whose ``labels.parquet`` it reads; a user's pool has no labels
@@ -39,6 +44,7 @@ class OracleOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     concepts: np.ndarray = Field(description="concept index per sample_id, -1 = not worth training")
+    every_round: bool = Field(False, description="even over concepts within each round, earlier rounds not counted")
 
     @field_validator("concepts", mode="before")
     @classmethod
@@ -49,12 +55,15 @@ class OracleOptions(BaseModel):
         return arr.astype(np.int64, copy=False)
 
 
-def _concept_draw(ctx: SelectionContext, concepts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Water-filling over learnable concepts (as ``tfs``), then uniform over the remaining rows if any budget is left."""
+def _concept_draw(
+    ctx: SelectionContext, concepts: np.ndarray, rng: np.random.Generator, every_round: bool = False
+) -> np.ndarray:
+    """Water-filling over learnable concepts (as ``tfs``), then uniform over the remaining rows if any budget is
+    left; ``every_round`` levels this round's picks only (module doc)."""
     remaining = ctx.remaining
     learnable = remaining[concepts[remaining] >= 0]
     k = int(concepts.max()) + 1 if (concepts >= 0).any() else 0
-    sel = ctx.history.selected
+    sel = ctx.history.selected if not every_round else np.empty(0, dtype=np.int64)
     sel = sel[concepts[sel] >= 0] if sel.size else sel
     counts = np.bincount(concepts[sel], minlength=k)[:k].astype(np.int64) if k else np.zeros(0, np.int64)
     avail = np.bincount(concepts[learnable], minlength=k)[:k].astype(np.int64) if k else np.zeros(0, np.int64)
@@ -76,10 +85,12 @@ def _concept_draw(ctx: SelectionContext, concepts: np.ndarray, rng: np.random.Ge
     return chosen
 
 
-def oracle_select(remaining, cluster_ids, history, budget: int, rng, concepts) -> SelectionResult:
+def oracle_select(
+    remaining, cluster_ids, history, budget: int, rng, concepts, every_round: bool = False
+) -> SelectionResult:
     """``select("oracle", ...)`` with the labels as ``concepts`` (module doc); same checks, same result type."""
     try:
-        opts = OracleOptions(concepts=concepts)
+        opts = OracleOptions(concepts=concepts, every_round=every_round)
     except ValueError as exc:
         raise SelectionError(f"strategy 'oracle': option concepts: {exc.errors()[0]['msg']}") from None
     return oracle_strategy(make_context(remaining, cluster_ids, history, budget), as_rng(rng), opts)
@@ -93,21 +104,23 @@ def oracle_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Oracl
         )
     chosen, notes = edge_selection(ctx)
     if chosen is None:
-        chosen = _concept_draw(ctx, opts.concepts, rng)
+        chosen = _concept_draw(ctx, opts.concepts, rng, opts.every_round)
     table = with_probe_noise(basic_table(ctx, chosen), ctx.history)
-    return SelectionResult("oracle", chosen, table, notes, 0, int(chosen.size))
+    name = "oracle_every_round" if opts.every_round else "oracle"
+    return SelectionResult(name, chosen, table, notes, 0, int(chosen.size))
 
 
-def oracle_concepts(labels: pd.DataFrame, ids: list[str] | np.ndarray) -> np.ndarray:
+def oracle_concepts(labels: pd.DataFrame, ids: list[str] | np.ndarray, skip_known: bool = True) -> np.ndarray:
     """Per pool row (in ``ids`` order): a concept index for rows worth training, -1 for the rest.
 
-    Not worth training: near-duplicate copies, label-noised rows, the unlearnable ``random`` family and the
-    families the start already knows. This is what the ``oracle`` strategy reads; no real run has it.
+    Not worth training: near-duplicate copies, label-noised rows, the unlearnable ``random`` family and, with
+    ``skip_known`` (``oracle``, not ``oracle_every_round``), the families the start already knows. This is
+    what the oracle strategies read; no real run has it.
     """
     lab = labels.drop_duplicates("id").set_index("id").reindex(pd.Index(np.asarray(ids, dtype=str)))
     dup = lab["duplicate_of"].fillna("").astype(str) != "" if "duplicate_of" in lab else False
     noisy = lab["noisy"].fillna(False).astype(bool) if "noisy" in lab else False
-    known = lab["known"].fillna(False).astype(bool) if "known" in lab else False
+    known = lab["known"].fillna(False).astype(bool) if "known" in lab and skip_known else False
     waste = dup | noisy | known | (lab["family"] == "random") | lab["concept"].isna()
     codes = pd.Categorical(lab["concept"].fillna("")).codes.astype(np.int64)
     return np.where(np.asarray(waste, dtype=bool), -1, codes)

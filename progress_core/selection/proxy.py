@@ -33,6 +33,7 @@ from progress_core.features.config import FeatureConfig
 from progress_core.features.extract import DescriptorEncoder, load_text_encoder, question_text
 from progress_core.features.store import combine_features
 from progress_core.probe.accuracy_table import accuracy_from_verdicts
+from progress_core.selection.config import LABEL_STRATEGIES
 from progress_core.selection.context import SelectionHistory
 from progress_core.selection.oracle import oracle_concepts, oracle_select
 from progress_core.selection.schedule import ScheduleState, advance, next_round, warmup_sizes
@@ -67,6 +68,7 @@ class ProxyData:
     cluster_ids: np.ndarray
     oracle: np.ndarray
     n_classes: int
+    oracle_with_known: np.ndarray
 
 
 def encode_rows(rows: list[dict], image_root: Path, batch: int = 256) -> np.ndarray:
@@ -117,10 +119,10 @@ def load_proxy_data(pool_dir: str | Path, settings: ProxySettings) -> ProxyData:
     labels = pd.read_parquet(pool_dir / "labels.parquet")
     eval_ids = [r["id"] for r in splits["eval"]]
     concept = labels.drop_duplicates("id").set_index("id").reindex(eval_ids)["concept"].to_numpy()
-    oracle = oracle_concepts(labels, [r["id"] for r in splits["pool"]])
-    return ProxyData(
-        x["pool"], y["pool"], x["eval"], y["eval"], concept, x["known"], y["known"], clusters, oracle, len(vocab)
-    )
+    pool_ids = [r["id"] for r in splits["pool"]]
+    oracle, oracle_all = oracle_concepts(labels, pool_ids), oracle_concepts(labels, pool_ids, skip_known=False)
+    splits_x = (x["pool"], y["pool"], x["eval"], y["eval"], concept, x["known"], y["known"])
+    return ProxyData(*splits_x, clusters, oracle, len(vocab), oracle_all)
 
 
 class ProxyStudent:
@@ -198,8 +200,10 @@ def run_proxy(
     """One proxy run: start on ``known``, warm-up W1 and W2, then select/train/probe rounds as the flow does."""
     n = len(data.pool_y)
     options = dict(options or {})
-    if strategy == "oracle":
-        options.setdefault("concepts", data.oracle)
+    if strategy in LABEL_STRATEGIES:
+        every_round = strategy == "oracle_every_round"
+        options.setdefault("concepts", data.oracle_with_known if every_round else data.oracle)
+        options.setdefault("every_round", every_round)
     student = ProxyStudent(data.pool_x.shape[1], data.n_classes, settings, seed)
     train_rng, select_rng = np.random.default_rng([seed, 3]), np.random.default_rng([seed, 2])
     keys = np.random.default_rng([seed, 4]).permutation(n)
@@ -217,7 +221,7 @@ def run_proxy(
             new = warm[start : start + plan.budget]
         else:
             history = SelectionHistory(acc_prev, acc_now, np.concatenate(selected))
-            pick = oracle_select if strategy == "oracle" else partial(select, strategy)
+            pick = oracle_select if strategy in LABEL_STRATEGIES else partial(select, strategy)
             new = pick(
                 np.flatnonzero(remaining), data.cluster_ids, history, plan.budget, select_rng, **options
             ).sample_ids
