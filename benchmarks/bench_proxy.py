@@ -37,10 +37,11 @@ VARIANTS = {
     "damped[uniform 0.2]": ("progress", {"allocation": "damped", "uniform_share": 0.2}),
     "oracle[every round]": ("oracle_every_round", {}),
     "balanced": ("progress", {"allocation": "balanced"}),
+    "oracle[clean]": ("oracle_clean", {}),
 }
 """The registered strategies and variants (README "Headroom pool and allocation variants", "A learner that
 forgets")."""
-ORACLES = ("oracle", "oracle[every round]")
+ORACLES = ("oracle", "oracle[every round]", "oracle[clean]")
 
 _DATA = {}
 

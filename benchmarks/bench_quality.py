@@ -34,8 +34,8 @@ from _common import oracle_headroom, paired_interval, summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGIES = ("oracle", "random", "coincide", "progress")
-ORACLES = ("oracle", "oracle_every_round")
-"""The label-reading strategies, reported first (README "A learner that forgets" for the second)."""
+ORACLES = ("oracle", "oracle_every_round", "oracle_clean")
+"""The label-reading strategies, reported first (README "A learner that forgets" for the other two)."""
 BENCH_SETTINGS = (
     "clustering.annotation_k=16",
     "clustering.selection_k=60",
@@ -171,7 +171,7 @@ def concept_table(concepts: pd.DataFrame) -> str:
     largest = max(b for b in concepts["budget"].unique() if b < 1.0)
     part = concepts[(concepts["budget"] == largest) | (concepts["strategy"] == "full")]
     wide = part.pivot_table(index="concept", columns="strategy", values="accuracy", aggfunc="mean")
-    cols = [c for c in (*STRATEGIES, "oracle_every_round", "full") if c in wide.columns]
+    cols = [c for c in (*STRATEGIES, *ORACLES[1:], "full") if c in wide.columns]
     lines = [f"| concept | {' | '.join(f'{c} @ {largest:g}' if c != 'full' else 'full' for c in cols)} |"]
     lines.append("|" + "---|" * (len(cols) + 1))
     lines += [f"| {c} | " + " | ".join(f"{r[k]:.2f}" for k in cols) + " |" for c, r in wide.iterrows()]

@@ -72,7 +72,12 @@ def register(app: typer.Typer) -> None:
             None, "--run-dir", help="Base directory: b<budget>/<strategy>/seed<k>/ per run, shared/ for common stages."
         ),
         strategies: list[str] = typer.Option(
-            list(COMPARED), "--strategy", "-s", metavar="NAME", help="Strategy to compare (repeatable)."
+            list(COMPARED),
+            "--strategy",
+            "-s",
+            metavar="NAME",
+            help="Strategy to compare (repeatable): progress, random, coincide, tfs; oracle and oracle_every_round "
+            'read a bundled pool\'s labels (benchmark-only, README "Does selection pay off?").',
         ),
         budgets: Optional[str] = typer.Option(
             None, "--budgets", help="Comma-separated pool shares, e.g. 0.1,0.2,0.3 (default: schedule.budget_fraction)."

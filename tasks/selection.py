@@ -19,7 +19,7 @@ from progress_core.io import write_parquet
 from progress_core.probe.accuracy_table import read_accuracy_table
 from progress_core.selection.config import LABEL_STRATEGIES, SelectionConfig
 from progress_core.selection.context import SelectionError, SelectionHistory
-from progress_core.selection.oracle import oracle_concepts, oracle_select
+from progress_core.selection.oracle import ORACLE_RULES, oracle_concepts, oracle_select
 from progress_core.selection.rounds import commit_round
 from progress_core.selection.strategies import select
 from tasks._tables import cluster_ids, ids_of
@@ -81,14 +81,14 @@ def strategy_options(settings: SelectionConfig) -> dict:
 
 def pool_concepts(manifest: StageRecord | None, strategy: str = "oracle") -> np.ndarray:
     """The oracle's labels per sample_id (:func:`oracle_concepts` of the pool's ``labels.parquet``); the start's
-    known concepts count as learnable for ``oracle_every_round``."""
+    known concepts count as learnable for the rules that do not skip them."""
     labels = manifest.meta.get("labels") if manifest is not None else None
     if not labels:
         raise SelectionError(
             f"strategy '{strategy}' reads the pool's labels; this pool has none (only bundled pools do)"
         )
     ids = pq.read_table(manifest.files["manifest"], columns=["id"]).column("id").to_numpy(zero_copy_only=False)
-    return oracle_concepts(pd.read_parquet(labels), ids, skip_known=strategy == "oracle")
+    return oracle_concepts(pd.read_parquet(labels), ids, skip_known=ORACLE_RULES[strategy].skips_known)
 
 
 @task(name="select", cache_key_fn=stage_cache_key, persist_result=True, task_run_name="select[r={round_index}]")
@@ -121,9 +121,8 @@ def select_stage(
     rng = np.random.default_rng([seed, round_index])
     remaining, clusters = ids_of(remaining_before, "remaining_after"), cluster_ids(annotation)
     if settings.strategy in LABEL_STRATEGIES:
-        every_round = settings.strategy == "oracle_every_round"
         concepts = pool_concepts(manifest, settings.strategy)
-        result = oracle_select(remaining, clusters, history, budget, rng, concepts, every_round=every_round)
+        result = oracle_select(remaining, clusters, history, budget, rng, concepts, rule=settings.strategy)
     else:
         result = select(settings.strategy, remaining, clusters, history, budget, rng, **strategy_options(settings))
     files, rows = _commit(out_dir, round_index, step, result.sample_ids, selected_before, remaining_before, n_samples)

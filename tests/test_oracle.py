@@ -35,8 +35,27 @@ def test_oracle_is_not_a_configurable_strategy_and_checks_its_labels():
 def test_oracle_every_round_levels_this_round_only():
     history = SelectionHistory(selected=np.flatnonzero(CONCEPTS == 0)[:40])
     remaining = np.setdiff1d(np.arange(CONCEPTS.size), history.selected)
-    r = oracle_select(remaining, CLUSTERS, history, 45, 0, CONCEPTS, every_round=True)
+    r = oracle_select(remaining, CLUSTERS, history, 45, 0, CONCEPTS, rule="oracle_every_round")
     assert np.bincount(CONCEPTS[r.sample_ids] + 1, minlength=4).tolist() == [0, 15, 15, 15]
     assert r.strategy == "oracle_every_round"
     cumulative = oracle_select(remaining, CLUSTERS, history, 45, 0, CONCEPTS)
     assert np.bincount(CONCEPTS[cumulative.sample_ids] + 1, minlength=4).tolist() == [0, 0, 20, 25]
+
+
+def test_oracle_clean_draws_learnable_rows_in_the_pools_proportions_then_waste():
+    remaining = np.arange(CONCEPTS.size)
+    half = oracle_select(remaining, CLUSTERS, SelectionHistory(), 85, 3, CONCEPTS, rule="oracle_clean")
+    picks = np.bincount(CONCEPTS[half.sample_ids] + 1, minlength=4)
+    assert picks[0] == 0 and np.abs(picks[1:] - [50, 10, 25]).max() <= 10, picks
+    everything = oracle_select(remaining, CLUSTERS, SelectionHistory(), 200, 3, CONCEPTS, rule="oracle_clean")
+    assert (CONCEPTS[everything.sample_ids] >= 0).sum() == 170 and everything.strategy == "oracle_clean"
+    with pytest.raises(SelectionError, match="strategy 'oracle_best': option rule"):
+        oracle_select(remaining, CLUSTERS, None, 2, 0, CONCEPTS, rule="oracle_best")
+
+
+def test_every_oracle_rule_is_a_label_strategy_of_the_config():
+    from progress_core.selection.config import LABEL_STRATEGIES, SelectionConfig
+    from progress_core.selection.oracle import ORACLE_RULES
+
+    assert set(ORACLE_RULES) == LABEL_STRATEGIES
+    assert {SelectionConfig(strategy=name).strategy for name in ORACLE_RULES} == LABEL_STRATEGIES

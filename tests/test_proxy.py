@@ -37,6 +37,7 @@ def test_every_strategy_selects_and_trains_the_same_samples_and_steps_at_a_budge
         run_proxy(data, "random", 0.3, 1, SETTINGS),
         run_proxy(data, "oracle", 0.3, 1, SETTINGS),
         run_proxy(data, "oracle_every_round", 0.3, 1, SETTINGS),
+        run_proxy(data, "oracle_clean", 0.3, 1, SETTINGS),
         run_proxy(data, "progress", 0.3, 1, SETTINGS, {"allocation": "damped"}),
         run_proxy(data, "progress", 0.3, 1, SETTINGS, {"allocation": "balanced"}),
         run_proxy(data, "progress", 0.3, 1, SETTINGS),

@@ -81,8 +81,9 @@ class ProgressOptions(BaseModel):
         return {name: getattr(self, name) for name in ProgressOptions.model_fields}
 
 
-Strategy = Literal["progress", "random", "coincide", "tfs", "full", "oracle", "oracle_every_round"]
-LABEL_STRATEGIES = frozenset({"oracle", "oracle_every_round"})
+OracleRule = Literal["oracle", "oracle_every_round", "oracle_clean"]
+Strategy = Literal["progress", "random", "coincide", "tfs", "full", "oracle", "oracle_every_round", "oracle_clean"]
+LABEL_STRATEGIES = frozenset(OracleRule.__args__)
 """Benchmark-only strategies that read the pool's labels (progress_core/selection/oracle.py), never a default."""
 
 
@@ -94,7 +95,7 @@ class SelectionConfig(ProgressOptions):
 
     strategy: Strategy = Field(
         "progress",
-        description="Strategy name: progress, random, coincide, tfs, full; oracle, oracle_every_round "
+        description="Strategy name: progress, random, coincide, tfs, full; oracle, oracle_every_round, oracle_clean "
         "(benchmark-only, read the bundled pool's labels).",
     )
     selection_num: int | None = Field(

@@ -7,10 +7,11 @@ concepts instead of clusters, counting what earlier rounds selected. Only once e
 taken does it fall back to uniform over the rest. ``oracle − random`` is the headroom a pool offers any
 allocator (README "Does selection pay off?").
 
-``oracle_every_round`` is the same water-filling for a learner that forgets what it is not fed (each
-PROGRESS round trains only on its new samples, §3.3): every round spreads its budget evenly over all
-learnable concepts, the ones the start already knows included, without counting earlier rounds (README
-"A learner that forgets").
+Two more rules of the same family (:data:`ORACLE_RULES`; README "A learner that forgets"), for a learner that
+forgets what it is not fed (each PROGRESS round trains only on its new samples, §3.3): ``oracle_every_round``
+spreads every round evenly over all learnable concepts, the ones the start already knows included, without
+counting earlier rounds; ``oracle_clean`` draws uniformly from the rows worth training, known ones included,
+so the budget follows the pool's proportions as ``random`` does and only the waste is skipped.
 
 It is deliberately not in the strategy registry (``progress_core.selection.STRATEGIES``): no strategy
 listing, ``progress select`` or default offers it. A run or a comparison names it as ``selection.strategy:
@@ -21,10 +22,13 @@ and is refused before any stage. :func:`oracle_select` validates its inputs with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from progress_core.selection.config import OracleRule
 from progress_core.selection.context import (
     SelectionContext,
     SelectionError,
@@ -38,13 +42,32 @@ from progress_core.selection.context import (
 from progress_core.selection.strategies import tfs_takes
 
 
+@dataclass(frozen=True)
+class OracleSpread:
+    """How an oracle rule spends a round on the learnable rows (module doc)."""
+
+    even: bool
+    """Level the picks over concepts (water-filling) rather than draw uniformly over rows."""
+    counts_earlier_rounds: bool
+    """Level counting what earlier rounds selected (``even`` only)."""
+    skips_known: bool
+    """Treat the families the start already knows as not worth training."""
+
+
+ORACLE_RULES: dict[str, OracleSpread] = {
+    "oracle": OracleSpread(even=True, counts_earlier_rounds=True, skips_known=True),
+    "oracle_every_round": OracleSpread(even=True, counts_earlier_rounds=False, skips_known=False),
+    "oracle_clean": OracleSpread(even=False, counts_earlier_rounds=False, skips_known=False),
+}
+
+
 class OracleOptions(BaseModel):
     """``concepts``: int64 per sample_id of the manifest, a learnable concept's index or -1 (module doc)."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     concepts: np.ndarray = Field(description="concept index per sample_id, -1 = not worth training")
-    every_round: bool = Field(False, description="even over concepts within each round, earlier rounds not counted")
+    rule: OracleRule = Field("oracle", description="which oracle rule of ORACLE_RULES spends the round")
 
     @field_validator("concepts", mode="before")
     @classmethod
@@ -55,15 +78,16 @@ class OracleOptions(BaseModel):
         return arr.astype(np.int64, copy=False)
 
 
-def _concept_draw(
-    ctx: SelectionContext, concepts: np.ndarray, rng: np.random.Generator, every_round: bool = False
-) -> np.ndarray:
-    """Water-filling over learnable concepts (as ``tfs``), then uniform over the remaining rows if any budget is
-    left; ``every_round`` levels this round's picks only (module doc)."""
+def _concept_draw(ctx: SelectionContext, concepts: np.ndarray, rng: np.random.Generator, spread: OracleSpread):
+    """Water-filling over learnable concepts (as ``tfs``) or, not ``spread.even``, a uniform draw of learnable
+    rows; then uniform over the remaining rows if any budget is left (module doc)."""
     remaining = ctx.remaining
     learnable = remaining[concepts[remaining] >= 0]
+    if not spread.even:
+        chosen = learnable[rng.choice(learnable.size, size=min(ctx.budget, learnable.size), replace=False)]
+        return _fill_with_waste(ctx, concepts, chosen, rng)
     k = int(concepts.max()) + 1 if (concepts >= 0).any() else 0
-    sel = ctx.history.selected if not every_round else np.empty(0, dtype=np.int64)
+    sel = ctx.history.selected if spread.counts_earlier_rounds else np.empty(0, dtype=np.int64)
     sel = sel[concepts[sel] >= 0] if sel.size else sel
     counts = np.bincount(concepts[sel], minlength=k)[:k].astype(np.int64) if k else np.zeros(0, np.int64)
     avail = np.bincount(concepts[learnable], minlength=k)[:k].astype(np.int64) if k else np.zeros(0, np.int64)
@@ -78,44 +102,47 @@ def _concept_draw(
             members = grouped[starts[c] : starts[c + 1]]
             parts.append(members[rng.choice(members.size, size=int(takes[c]), replace=False)])
     chosen = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    return _fill_with_waste(ctx, concepts, chosen, rng)
+
+
+def _fill_with_waste(ctx: SelectionContext, concepts: np.ndarray, chosen: np.ndarray, rng) -> np.ndarray:
+    """What is left of the budget once the learnable rows are gone, uniformly from the rest."""
     rest = ctx.budget - chosen.size
     if rest > 0:
-        others = remaining[concepts[remaining] < 0]
+        others = ctx.remaining[concepts[ctx.remaining] < 0]
         chosen = np.concatenate([chosen, others[rng.choice(others.size, size=min(rest, others.size), replace=False)]])
     return chosen
 
 
-def oracle_select(
-    remaining, cluster_ids, history, budget: int, rng, concepts, every_round: bool = False
-) -> SelectionResult:
-    """``select("oracle", ...)`` with the labels as ``concepts`` (module doc); same checks, same result type."""
+def oracle_select(remaining, cluster_ids, history, budget: int, rng, concepts, rule: str = "oracle") -> SelectionResult:
+    """``select(rule, ...)`` with the labels as ``concepts`` (module doc); same checks, same result type."""
     try:
-        opts = OracleOptions(concepts=concepts, every_round=every_round)
+        opts = OracleOptions(concepts=concepts, rule=rule)
     except ValueError as exc:
-        raise SelectionError(f"strategy 'oracle': option concepts: {exc.errors()[0]['msg']}") from None
+        err = exc.errors()[0]
+        raise SelectionError(f"strategy '{rule}': option {err['loc'][0]}: {err['msg']}") from None
     return oracle_strategy(make_context(remaining, cluster_ids, history, budget), as_rng(rng), opts)
 
 
 def oracle_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: OracleOptions) -> SelectionResult:
-    """Uniform over learnable, not-yet-known concepts, no duplicates, no noised rows (module doc)."""
+    """The learnable rows by ``opts.rule``, no duplicates, no noised rows (module doc)."""
     if opts.concepts.size != ctx.cluster_ids.size:
         raise SelectionError(
-            f"strategy 'oracle': concepts has {opts.concepts.size} entries for {ctx.cluster_ids.size} samples"
+            f"strategy '{opts.rule}': concepts has {opts.concepts.size} entries for {ctx.cluster_ids.size} samples"
         )
     chosen, notes = edge_selection(ctx)
     if chosen is None:
-        chosen = _concept_draw(ctx, opts.concepts, rng, opts.every_round)
+        chosen = _concept_draw(ctx, opts.concepts, rng, ORACLE_RULES[opts.rule])
     table = with_probe_noise(basic_table(ctx, chosen), ctx.history)
-    name = "oracle_every_round" if opts.every_round else "oracle"
-    return SelectionResult(name, chosen, table, notes, 0, int(chosen.size))
+    return SelectionResult(opts.rule, chosen, table, notes, 0, int(chosen.size))
 
 
 def oracle_concepts(labels: pd.DataFrame, ids: list[str] | np.ndarray, skip_known: bool = True) -> np.ndarray:
     """Per pool row (in ``ids`` order): a concept index for rows worth training, -1 for the rest.
 
     Not worth training: near-duplicate copies, label-noised rows, the unlearnable ``random`` family and, with
-    ``skip_known`` (``oracle``, not ``oracle_every_round``), the families the start already knows. This is
-    what the oracle strategies read; no real run has it.
+    ``skip_known`` (the rule's ``skips_known``), the families the start already knows. This is what the oracle
+    rules read; no real run has it.
     """
     lab = labels.drop_duplicates("id").set_index("id").reindex(pd.Index(np.asarray(ids, dtype=str)))
     dup = lab["duplicate_of"].fillna("").astype(str) != "" if "duplicate_of" in lab else False

@@ -35,7 +35,7 @@ from progress_core.features.store import combine_features
 from progress_core.probe.accuracy_table import accuracy_from_verdicts
 from progress_core.selection.config import LABEL_STRATEGIES
 from progress_core.selection.context import SelectionHistory
-from progress_core.selection.oracle import oracle_concepts, oracle_select
+from progress_core.selection.oracle import ORACLE_RULES, oracle_concepts, oracle_select
 from progress_core.selection.schedule import ScheduleState, advance, next_round, warmup_sizes
 from progress_core.selection.strategies import select
 
@@ -201,9 +201,8 @@ def run_proxy(
     n = len(data.pool_y)
     options = dict(options or {})
     if strategy in LABEL_STRATEGIES:
-        every_round = strategy == "oracle_every_round"
-        options.setdefault("concepts", data.oracle_with_known if every_round else data.oracle)
-        options.setdefault("every_round", every_round)
+        options.setdefault("concepts", data.oracle if ORACLE_RULES[strategy].skips_known else data.oracle_with_known)
+        options.setdefault("rule", strategy)
     student = ProxyStudent(data.pool_x.shape[1], data.n_classes, settings, seed)
     train_rng, select_rng = np.random.default_rng([seed, 3]), np.random.default_rng([seed, 2])
     keys = np.random.default_rng([seed, 4]).permutation(n)
