@@ -62,6 +62,12 @@ def format_comparison(table, majority: float | None) -> str:
     return "\n".join(lines)
 
 
+STRATEGY_HELP = (
+    "Strategy to compare (repeatable): progress, random, coincide, tfs; oracle, oracle_every_round and "
+    'oracle_clean read a bundled pool\'s labels (benchmark-only, README "Does selection pay off?").'
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``compare``."""
 
@@ -71,14 +77,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Optional[str] = typer.Option(
             None, "--run-dir", help="Base directory: b<budget>/<strategy>/seed<k>/ per run, shared/ for common stages."
         ),
-        strategies: list[str] = typer.Option(
-            list(COMPARED),
-            "--strategy",
-            "-s",
-            metavar="NAME",
-            help="Strategy to compare (repeatable): progress, random, coincide, tfs; oracle and oracle_every_round "
-            'read a bundled pool\'s labels (benchmark-only, README "Does selection pay off?").',
-        ),
+        strategies: list[str] = typer.Option(list(COMPARED), "--strategy", "-s", metavar="NAME", help=STRATEGY_HELP),
         budgets: Optional[str] = typer.Option(
             None, "--budgets", help="Comma-separated pool shares, e.g. 0.1,0.2,0.3 (default: schedule.budget_fraction)."
         ),

@@ -3,6 +3,7 @@ that exist; comparison tables and a report whose plots exist."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -29,6 +30,16 @@ def test_a_seed_sets_init_order_selection_and_probe(tmp_path):
     assert b.selection.temperature == 1.0 and a.selection.temperature == 0.5
     assert a.run_dir.endswith("b0.3/progress/seed1") and "progress[temperature=1.0]" in b.run_dir
     assert config_digest(a) != config_digest(b) and config_digest(a) == config_digest(a.model_copy())
+
+
+def test_settings_that_change_how_a_run_goes_not_what_it_writes_keep_finished_runs(tmp_path):
+    base = RunConfig.model_validate(small_config(tmp_path / "cmp"))
+    a = run_config(base, tmp_path, tmp_path / "shared", "random", 0.3, 1)
+    workers = a.model_copy(update={"training": a.training.model_copy(update={"data_workers": 3})})
+    assert config_digest(workers) == config_digest(a), "training.data_workers enters no stage key"
+    assert config_digest(a) == hashlib.sha256(a.model_dump_json().encode()).hexdigest()[:16], "earlier digests hold"
+    reseeded = a.model_copy(update={"training": a.training.model_copy(update={"seed": 7})})
+    assert config_digest(reseeded) != config_digest(a)
 
 
 def test_oracle_runs_on_bundled_pools_and_is_refused_in_one_line_on_a_users_pool(tmp_path):
