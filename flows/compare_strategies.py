@@ -25,6 +25,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.progress_selection import progress_selection, run_stage
+from progress_core.base import unkeyed_at_defaults
 from progress_core.data.statistics import majority_baseline
 from progress_core.errors import ConfigError
 from progress_core.io import write_json, write_parquet
@@ -83,7 +84,9 @@ def run_config(
 
 
 def config_digest(cfg: RunConfig) -> str:
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    """What decides whether a finished run is reused: the whole configuration, its UNKEYED settings (how a run
+    goes, not what it writes, e.g. ``training.data_workers``) taken at their defaults."""
+    return hashlib.sha256(unkeyed_at_defaults(cfg).model_dump_json().encode()).hexdigest()[:16]
 
 
 def _reusable(run_dir: Path, digest: str) -> dict | None:

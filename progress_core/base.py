@@ -26,3 +26,17 @@ def keyed_dump(model: BaseModel) -> dict:
         elif isinstance(value, BaseModel) and isinstance(dumped.get(name), dict):
             dumped[name] = keyed_dump(value)
     return dumped
+
+
+def unkeyed_at_defaults(model: BaseModel) -> BaseModel:
+    """A copy of ``model`` with every :data:`UNKEYED` setting at its default, at any depth: what a digest of
+    the whole configuration covers when it must ignore them as a stage's key does, and still digest a
+    configuration that leaves them at their defaults exactly as before they existed."""
+    updates = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("keyed") is False:
+            updates[name] = info.get_default(call_default_factory=True)
+        elif isinstance(value, BaseModel):
+            updates[name] = unkeyed_at_defaults(value)
+    return model.model_copy(update=updates)
