@@ -6,8 +6,8 @@
 
 Generates each pool once (``progress_core.data.headroom``, ``headroom: none`` and ``default``), encodes its selection
 features once, then runs ``progress_core.selection.proxy.run_proxy`` for the registered strategies (README "Does
-selection pay off?": random, oracle, the paper's rule, damped and its two registered variants) on 2
-processes. Reports first the learning curve of ``random`` and ``full``, then ``oracle − random`` (headroom:
+selection pay off?" and "A learner that forgets": random, the three label oracles, the paper's rule, damped,
+its two registered variants and balanced; ``--variants`` picks some) on 2 processes. Reports first the learning curve of ``random`` and ``full``, then ``oracle − random`` (headroom:
 > 2 paired SE), then per budget mean ± sd and paired differences against ``random`` with 95 % t-intervals
 and the share of the oracle's headroom each method captures. Rows go to ``<run-dir>/proxy.parquet``;
 finished (pool, strategy, budget, seed) rows are reused.
@@ -126,11 +126,13 @@ def pool_table(rows: pd.DataFrame, pool: str) -> str:
             head = _paired(cell, o, "random")
             room, se = oracle_headroom(head)
             cells.append(f"{paired_interval(head)} ({'yes' if room else 'no'}, SE {se:.3f})")
-            if len(head) and head.mean() != 0 and (best is None or head.mean() > best[1].mean()):
+            if room and (best is None or head.mean() > best[1].mean()):
                 best = (o, head)
         cells += [paired_interval(_paired(cell, v, "random")) for v in others]
         shares = (
-            ", ".join(f"{v} {_paired(cell, v, 'random').mean() / best[1].mean():+.2f}" for v in others) if best else ""
+            ", ".join(f"{v} {_paired(cell, v, 'random').mean() / best[1].mean():+.2f}" for v in others)
+            if best
+            else "no headroom"
         )
         shares = f"of {best[0]}: {shares}" if best and len(oracles) > 1 else shares
         lines.append(f"| {b:g} | " + " | ".join(cells) + f" | {shares} |")

@@ -76,7 +76,7 @@ def quality_table(table: pd.DataFrame, majority: float | None) -> str:
     """The README table: one row per budget (module docstring)."""
     full = table[table["strategy"] == "full"]["accuracy"]
     budgets = sorted(b for b in table["budget"].unique() if b < 1.0)
-    strategies = [s for s in (*ORACLES, *STRATEGIES[1:]) if s in set(table["strategy"])]
+    strategies = [s for s in (*ORACLES, *(x for x in STRATEGIES if x not in ORACLES)) if s in set(table["strategy"])]
     header = ["budget"] + strategies + ["progress − random", "progress − coincide"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     within = None
@@ -171,7 +171,7 @@ def concept_table(concepts: pd.DataFrame) -> str:
     largest = max(b for b in concepts["budget"].unique() if b < 1.0)
     part = concepts[(concepts["budget"] == largest) | (concepts["strategy"] == "full")]
     wide = part.pivot_table(index="concept", columns="strategy", values="accuracy", aggfunc="mean")
-    cols = [c for c in (*STRATEGIES, *ORACLES[1:], "full") if c in wide.columns]
+    cols = [c for c in dict.fromkeys((*STRATEGIES, *ORACLES, "full")) if c in wide.columns]
     lines = [f"| concept | {' | '.join(f'{c} @ {largest:g}' if c != 'full' else 'full' for c in cols)} |"]
     lines.append("|" + "---|" * (len(cols) + 1))
     lines += [f"| {c} | " + " | ".join(f"{r[k]:.2f}" for k in cols) + " |" for c, r in wide.iterrows()]

@@ -30,8 +30,8 @@ def keyed_dump(model: BaseModel) -> dict:
 
 def unkeyed_at_defaults(model: BaseModel) -> BaseModel:
     """A copy of ``model`` with every :data:`UNKEYED` setting at its default, at any depth: what a digest of
-    the whole configuration covers when it must ignore them as a stage's key does, and still digest a
-    configuration that leaves them at their defaults exactly as before they existed."""
+    the whole configuration covers when it must ignore them as a stage's key does; a configuration that
+    leaves them at their defaults digests exactly as its ``model_dump_json()`` does."""
     updates = {}
     for name, info in type(model).model_fields.items():
         value = getattr(model, name, None)

@@ -111,7 +111,7 @@ def select_stage(
 ) -> StageRecord:
     """Select up to ``budget`` new samples and commit them; the per-cluster table explains the choice.
 
-    ``manifest`` is given only to the label-reading ``oracle`` (benchmark-only), which gets its labels from it."""
+    ``manifest`` is given only to the label-reading oracle rules (benchmark-only), which get their labels from it."""
     history = SelectionHistory(
         acc_prev=read_accuracy_table(acc_prev.files["per_cluster"]) if acc_prev else None,
         acc_now=read_accuracy_table(acc_now.files["per_cluster"]) if acc_now else None,

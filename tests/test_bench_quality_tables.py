@@ -83,3 +83,16 @@ def test_proxy_table_reports_both_oracles_and_only_the_variants_that_ran():
         "balanced − random",
     ]
     assert lines[-1].endswith("| of oracle: balanced +0.49 |")
+
+
+def test_proxy_table_gives_no_share_when_no_oracle_has_headroom():
+    from bench_proxy import pool_table
+
+    accuracy = {
+        "random": [0.20, 0.22, 0.21, 0.19, 0.20],
+        "oracle": [0.18, 0.20, 0.19, 0.18, 0.19],
+        "paper": [0.15, 0.17, 0.16, 0.14, 0.15],
+    }
+    rows = pd.DataFrame(_rows(0.2, accuracy)).rename(columns={"strategy": "variant"}).assign(pool="none")
+    last = pool_table(rows, "none").splitlines()[-1]
+    assert "(no, SE" in last and last.endswith("| no headroom |"), "a share of a negative gain flips its sign"

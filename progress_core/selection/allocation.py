@@ -155,7 +155,7 @@ def damped_progress(ctx: SelectionContext, rng: np.random.Generator, opts: Progr
         ("rel", "signal"),
     ):
         table[col] = s[src].to_numpy()
-    n_uniform = int(round(opts.uniform_share * chosen.size))
+    n_uniform = int(round(opts.uniform_share * chosen.size))  # over samples (damped) or clusters (balanced)
     notes.append(
         f"{opts.allocation} allocation: {int((signal[avail > 0] > 0).sum())} cluster(s) tilted, "
         f"max tilt {opts.max_tilt:g}"

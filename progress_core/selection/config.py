@@ -61,15 +61,20 @@ class ProgressOptions(BaseModel):
         description=(
             "paper: the softmax over clusters above (PROGRESS §3.3). damped: size-aware shares with a uniform "
             "share over samples and a bounded tilt by the probe change in standard errors "
-            "(progress_core/selection/allocation.py); the knobs below apply to it only. balanced: damped's "
-            "signal and tilt with every cluster's untilted share equal instead of proportional to its size."
+            "(progress_core/selection/allocation.py); balanced: damped's signal and tilt with every "
+            "cluster's untilted share equal instead of proportional to its size; the knobs below apply to these two."
         ),
     )
-    uniform_share: float = Field(0.5, ge=0, le=1, description="damped: budget share spread uniformly over samples.")
-    max_tilt: float = Field(3.0, ge=1, description="damped: largest per-sample weight relative to an untilted cluster.")
+    uniform_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="damped: budget share spread uniformly over samples; balanced: evenly over clusters.",
+    )
+    max_tilt: float = Field(3.0, ge=1, description="damped, balanced: largest weight relative to an untilted cluster.")
     progress_signal: Literal["abs_change", "gain"] = Field(
         "abs_change",
-        description="damped: |change| / SE (forgetting re-attracts budget) or the signed gain / SE, minus 1 SE.",
+        description="damped, balanced: |change| / SE (forgetting re-attracts budget) or the signed gain / SE, minus 1 SE.",
     )
 
     @property

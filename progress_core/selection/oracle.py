@@ -13,10 +13,10 @@ spreads every round evenly over all learnable concepts, the ones the start alrea
 counting earlier rounds; ``oracle_clean`` draws uniformly from the rows worth training, known ones included,
 so the budget follows the pool's proportions as ``random`` does and only the waste is skipped.
 
-It is deliberately not in the strategy registry (``progress_core.selection.STRATEGIES``): no strategy
-listing, ``progress select`` or default offers it. A run or a comparison names it as ``selection.strategy:
-oracle`` (``-s oracle``) on a bundled pool, whose ``labels.parquet`` it reads; a user's pool has no labels
-and is refused before any stage. :func:`oracle_select` validates its inputs with the same context as
+The rules are deliberately not in the strategy registry (``progress_core.selection.STRATEGIES``): no
+strategy listing, ``progress select`` or default offers them. A run or a comparison names one as
+``selection.strategy: oracle`` (``-s oracle``, ``-s oracle_every_round``, ``-s oracle_clean``) on a bundled
+pool, whose ``labels.parquet`` it reads; a user's pool has no labels and is refused before any stage. :func:`oracle_select` validates its inputs with the same context as
 ``select()``; the select stage and the proxy screen (``benchmarks/bench_proxy.py``) call it.
 """
 

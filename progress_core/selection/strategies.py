@@ -349,7 +349,8 @@ def progress_strategy(ctx: SelectionContext, rng: np.random.Generator, opts: Pro
     budget). No improving cluster: ``explore`` (default) spends the whole budget uniformly; ``original``
     takes the exploration share only.
     Clusters whose current accuracy is NaN (nothing judged) count as not probed.
-    ``allocation: damped`` or ``balanced`` hands the round to :func:`progress_core.selection.allocation.damped_progress`.
+    ``allocation: damped`` or ``balanced`` hands the round to
+    :func:`progress_core.selection.allocation.damped_progress`.
     """
     if opts.allocation in ("damped", "balanced"):
         return damped_progress(ctx, rng, opts)
