@@ -38,6 +38,7 @@ VARIANTS = {
     "oracle[every round]": ("oracle_every_round", {}),
     "balanced": ("progress", {"allocation": "balanced"}),
     "oracle[clean]": ("oracle_clean", {}),
+    "damped[2 SE]": ("progress", {"allocation": "damped", "progress_signal": "abs_change_2se"}),
 }
 """The registered strategies and variants (README "Headroom pool and allocation variants", "A learner that
 forgets")."""

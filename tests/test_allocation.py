@@ -95,3 +95,23 @@ def test_balanced_tilts_towards_a_moving_cluster_by_at_most_max_tilt():
     picks = np.bincount(CIDS[r.sample_ids], minlength=4)
     assert picks[2] > picks[0] and picks[2] <= 3 * picks[0] + 1 and picks.sum() == 60
     assert r.cluster_table["probability"].sum() == pytest.approx(1)
+
+
+def test_two_se_threshold_keeps_only_changes_beyond_two_standard_errors():
+    prev = table({0: (100, 50), 1: (100, 50), 2: (100, 10)})
+    now = table({0: (100, 60), 1: (100, 35), 2: (100, 60)})  # z ≈ 1.4, -2.1, 7.5
+    one = probe_change_signal(prev, now).set_index("cluster_id")["signal"]
+    two = probe_change_signal(prev, now, "abs_change_2se").set_index("cluster_id")["signal"]
+    assert one[0] > 0.3, "1.4 SE passes the one-SE threshold"
+    assert two[0] == 0.0 and 0 < two[1] < one[1] and np.isclose(one[2] - two[2], 1.0)
+    picks = select(
+        "progress",
+        np.arange(CIDS.size),
+        CIDS,
+        SelectionHistory(prev, now),
+        60,
+        0,
+        allocation="damped",
+        progress_signal="abs_change_2se",
+    )
+    assert picks.cluster_table.set_index("cluster_id").loc[0, "rel"] == 0.0

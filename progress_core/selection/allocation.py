@@ -8,8 +8,8 @@ into their bandit:
 
 - signal per cluster: the probe change in standard errors, ``z = Δ / SE`` with the binomial SE of the two
   probes (pooled accuracy), soft-thresholded at one SE: ``s = max(|z| - 1, 0)`` (``abs_change``: forgetting
-  re-attracts budget) or ``max(z - 1, 0)`` (``gain``). A change within the probe's noise gives no tilt;
-  a cluster without two probes gets none either.
+  re-attracts budget) or ``max(z - 1, 0)`` (``gain``); ``abs_change_2se`` thresholds ``|z|`` at two SE. A
+  change within the probe's noise gives no tilt; a cluster without two probes gets none either.
 - per-sample weight ``w = 1 + (max_tilt - 1) * s / max(s)``, so no cluster's samples weigh more than
   ``max_tilt`` times an untilted cluster's.
 - per-sample rate ``r = uniform_share + (1 - uniform_share) * w / mean(w)`` (mean over remaining samples);
@@ -39,6 +39,10 @@ from progress_core.selection.context import (
     edge_selection,
 )
 
+NOISE_THRESHOLD_SE = {"abs_change": 1.0, "gain": 1.0, "abs_change_2se": 2.0}
+"""Standard errors of probe change that give no tilt, per ``progress_signal`` (README "A learner that forgets":
+at one SE, noise alone tilts a third of the clusters)."""
+
 
 def probe_change_signal(
     acc_prev: pd.DataFrame | None, acc_now: pd.DataFrame, signal: str = "abs_change"
@@ -63,8 +67,8 @@ def probe_change_signal(
     out["se"] = se
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.where(both & (se > 0), out["delta"].to_numpy() / se, 0.0)
-    z = np.abs(z) if signal == "abs_change" else z
-    out["signal"] = np.maximum(z - 1.0, 0.0)
+    z = z if signal == "gain" else np.abs(z)
+    out["signal"] = np.maximum(z - NOISE_THRESHOLD_SE[signal], 0.0)
     return out
 
 

@@ -72,9 +72,10 @@ class ProgressOptions(BaseModel):
         description="damped: budget share spread uniformly over samples; balanced: evenly over clusters.",
     )
     max_tilt: float = Field(3.0, ge=1, description="damped, balanced: largest weight relative to an untilted cluster.")
-    progress_signal: Literal["abs_change", "gain"] = Field(
+    progress_signal: Literal["abs_change", "gain", "abs_change_2se"] = Field(
         "abs_change",
-        description="damped, balanced: |change| / SE (forgetting re-attracts budget) or the signed gain / SE, minus 1 SE.",
+        description="damped, balanced: |change| / SE (forgetting re-attracts budget) or the signed gain / SE, minus "
+        "1 SE; abs_change_2se: |change| / SE minus 2 SE.",
     )
 
     @property
