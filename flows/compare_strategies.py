@@ -47,7 +47,12 @@ def _budget_label(budget: float) -> str:
 
 
 def _variant_label(field: str | None, value: Any) -> str:
-    return "" if field is None else f"{field.split('.')[-1]}={value}"
+    """``temperature=0.25``; a mapping of several fields is ``allocation=damped,progress_signal=gain``."""
+    if field is None:
+        return ""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return f"{field.split('.')[-1]}={value}"
 
 
 def run_config(

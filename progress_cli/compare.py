@@ -29,12 +29,19 @@ def _floats(text: str) -> list[float]:
 
 
 def parse_sweep(text: str | None) -> tuple[str | None, list]:
-    """``selection.temperature=0.25,0.5,1.0`` → ``("selection.temperature", [0.25, 0.5, 1.0])``."""
+    """``selection.temperature=0.25,0.5,1.0`` → ``("selection.temperature", [0.25, 0.5, 1.0])``; a section
+    with one YAML mapping sets several of its fields in one variant: ``selection={allocation: damped,
+    progress_signal: gain}``."""
     if not text:
         return None, []
     if "=" not in text:
         raise ConfigError(f"--sweep expects FIELD=V1,V2,..., got {text!r}")
     field, values = text.split("=", 1)
+    if values.strip().startswith("{"):
+        mapping = yaml.safe_load(values)
+        if not isinstance(mapping, dict) or not mapping:
+            raise ConfigError(f"--sweep {field}: expected one mapping like {{a: 1, b: 2}}, got {values!r}")
+        return field.strip(), [mapping]
     parsed = [yaml.safe_load(v) for v in values.split(",") if v.strip()]
     if not parsed:
         raise ConfigError(f"--sweep {field}: no values given")

@@ -20,6 +20,26 @@ def test_parse_sweep_any_field():
         parse_sweep("selection.temperature=")
 
 
+def test_a_sweep_mapping_sets_several_fields_of_one_variant(tmp_path):
+    from flowkit import small_config
+
+    from flows.compare_strategies import run_config
+    from progress_core.run.config import RunConfig
+
+    field, values = parse_sweep("selection={allocation: damped, progress_signal: abs_change_2se}")
+    assert (field, values) == ("selection", [{"allocation": "damped", "progress_signal": "abs_change_2se"}])
+    base = RunConfig.model_validate(small_config(tmp_path / "cmp"))
+    cfg = run_config(base, tmp_path, tmp_path / "shared", "progress", 0.3, 1, (field, values[0]))
+    assert (cfg.selection.strategy, cfg.selection.allocation, cfg.selection.progress_signal) == (
+        "progress",
+        "damped",
+        "abs_change_2se",
+    )
+    assert cfg.run_dir.endswith("progress[allocation=damped,progress_signal=abs_change_2se]/seed1")
+    with pytest.raises(ConfigError, match="one mapping"):
+        parse_sweep("selection={}")
+
+
 def test_budgets_and_table():
     assert _floats("0.1,0.2, 0.3") == [0.1, 0.2, 0.3]
     with pytest.raises(ConfigError, match="--budgets"):
