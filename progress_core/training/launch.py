@@ -259,7 +259,9 @@ def _run_streaming(
 
 
 def _worker(target: str, job: str) -> int:
-    """One rank: join the process group, run ``target(job)``, record a failure for the launcher."""
+    """One rank: join the process group, run ``target(job)``, record a failure for the launcher. A rank that
+    finished waits for the others before the group is torn down: gloo aborts (SIGABRT) a rank whose peer has
+    already closed its connections, which would fail a piece whose checkpoint is complete."""
     import torch
     import torch.distributed as dist
 
@@ -275,6 +277,7 @@ def _worker(target: str, job: str) -> int:
         sys.stdout.flush()
         module_name, _, func_name = target.partition(":")
         getattr(importlib.import_module(module_name), func_name)(job)
+        dist.barrier()
         return 0
     except BaseException:  # noqa: BLE001  (every failure must reach the launcher's report)
         text = traceback.format_exc()
