@@ -239,3 +239,25 @@ def oracle_headroom(oracle_minus_random) -> tuple[bool, float]:
         return False, float("nan")
     se = oracle_minus_random.std() / np.sqrt(len(oracle_minus_random))
     return bool(oracle_minus_random.mean() > 2 * se), float(se)
+
+
+def oracle_cells(heads: dict) -> tuple[list[str], tuple | None]:
+    """Per oracle, its paired ``− random`` interval with the headroom verdict; and ``(name, differences)`` of the
+    oracle with the most headroom, None when no oracle has any (README "A learner that forgets")."""
+    cells, best = [], None
+    for name, head in heads.items():
+        room, se = oracle_headroom(head)
+        verdict = f"{'yes' if room else 'no'}, SE {se:.3f}" if len(head) > 1 else "not run"
+        cells.append(f"{paired_interval(head)} ({verdict})")
+        if room and (best is None or head.mean() > best[1].mean()):
+            best = (name, head)
+    return cells, best
+
+
+def headroom_shares(diffs: dict, best: tuple | None, n_oracles: int) -> str:
+    """Each method's ``(method − random) / (oracle − random)`` against the oracle with the most headroom, named
+    when there are several oracles; "no headroom" when none has any."""
+    if best is None:
+        return "no headroom"
+    shares = ", ".join(f"{name} {d.mean() / best[1].mean():+.2f}" for name, d in diffs.items() if len(d))
+    return f"of {best[0]}: {shares}" if n_oracles > 1 else shares

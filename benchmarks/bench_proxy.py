@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
-from _common import oracle_headroom, paired_interval, summary  # noqa: E402
+from _common import headroom_shares, oracle_cells, paired_interval, summary  # noqa: E402
 
 VARIANTS = {
     "random": ("random", {}),
@@ -122,20 +122,10 @@ def pool_table(rows: pd.DataFrame, pool: str) -> str:
     lines.append("|---|" + "---|" * (len(header) + 1))
     for b in budgets:
         cell = part[part["budget"] == b]
-        cells, best = [], None
-        for o in oracles:
-            head = _paired(cell, o, "random")
-            room, se = oracle_headroom(head)
-            cells.append(f"{paired_interval(head)} ({'yes' if room else 'no'}, SE {se:.3f})")
-            if room and (best is None or head.mean() > best[1].mean()):
-                best = (o, head)
-        cells += [paired_interval(_paired(cell, v, "random")) for v in others]
-        shares = (
-            ", ".join(f"{v} {_paired(cell, v, 'random').mean() / best[1].mean():+.2f}" for v in others)
-            if best
-            else "no headroom"
-        )
-        shares = f"of {best[0]}: {shares}" if best and len(oracles) > 1 else shares
+        cells, best = oracle_cells({o: _paired(cell, o, "random") for o in oracles})
+        diffs = {v: _paired(cell, v, "random") for v in others}
+        cells += [paired_interval(d) for d in diffs.values()]
+        shares = headroom_shares(diffs, best, len(oracles))
         lines.append(f"| {b:g} | " + " | ".join(cells) + f" | {shares} |")
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
-from _common import oracle_headroom, paired_interval, summary  # noqa: E402
+from _common import headroom_shares, oracle_cells, paired_interval, summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGIES = ("oracle", "random", "coincide", "progress")
@@ -148,20 +148,10 @@ def headroom_table(table: pd.DataFrame, variants: pd.DataFrame | None = None) ->
     header = ["budget", *(f"{o} − random (headroom?)" for o in oracles), *(f"{s} − random" for s in others)]
     lines = ["| " + " | ".join([*header, "share of headroom"]) + " |", "|" + "---|" * (len(header) + 1)]
     for b in sorted(x for x in table["budget"].unique() if x < 1.0):
-        cells, best = [f"{b:g}"], None
-        for o in oracles:
-            head = _paired_diff(both, b, o, "random")
-            room, se = oracle_headroom(head)
-            verdict = f"{'yes' if room else 'no'}, SE {se:.3f}" if len(head) > 1 else "not run"
-            cells.append(f"{paired_interval(head)} ({verdict})")
-            if room and (best is None or head.mean() > best[1].mean()):
-                best = (o, head)
-        diffs = [_paired_diff(both, b, s, "random") for s in others]
-        shares = "no headroom"
-        if best is not None:
-            shares = ", ".join(f"{s} {d.mean() / best[1].mean():+.2f}" for s, d in zip(others, diffs) if len(d))
-            shares = f"of {best[0]}: {shares}" if len(oracles) > 1 else shares
-        cells += [paired_interval(d) for d in diffs] + [shares]
+        heads, best = oracle_cells({o: _paired_diff(both, b, o, "random") for o in oracles})
+        diffs = {s: _paired_diff(both, b, s, "random") for s in others}
+        cells = [f"{b:g}", *heads, *(paired_interval(d) for d in diffs.values())]
+        cells.append(headroom_shares(diffs, best, len(oracles)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
+from pydantic.fields import FieldInfo
 
 
 class StrictModel(BaseModel):
@@ -15,13 +16,17 @@ prepare its data): :func:`keyed_dump` leaves it out, so changing it re-runs noth
 (docs/architecture.md#stage-contract)."""
 
 
+def _unkeyed(info: FieldInfo) -> bool:
+    return isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("keyed") is False
+
+
 def keyed_dump(model: BaseModel) -> dict:
     """``model.model_dump(mode="json")`` without the :data:`UNKEYED` settings, at any depth: what a stage's cache
     key covers of a configuration section."""
     dumped = model.model_dump(mode="json")
     for name, info in type(model).model_fields.items():
         value = getattr(model, name, None)
-        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("keyed") is False:
+        if _unkeyed(info):
             dumped.pop(name, None)
         elif isinstance(value, BaseModel) and isinstance(dumped.get(name), dict):
             dumped[name] = keyed_dump(value)
@@ -35,7 +40,7 @@ def unkeyed_at_defaults(model: BaseModel) -> BaseModel:
     updates = {}
     for name, info in type(model).model_fields.items():
         value = getattr(model, name, None)
-        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("keyed") is False:
+        if _unkeyed(info):
             updates[name] = info.get_default(call_default_factory=True)
         elif isinstance(value, BaseModel):
             updates[name] = unkeyed_at_defaults(value)

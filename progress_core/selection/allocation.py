@@ -72,10 +72,15 @@ def probe_change_signal(
     return out
 
 
+def tilt_weights(signal: np.ndarray, max_tilt: float) -> np.ndarray:
+    """``w = 1 + (max_tilt - 1) * s / max(s)`` per cluster, all 1 without signal (module doc)."""
+    top = float(signal.max()) if signal.size else 0.0
+    return 1.0 + (max_tilt - 1.0) * (signal / top if top > 0 else np.zeros_like(signal, dtype=np.float64))
+
+
 def sample_rates(avail: np.ndarray, signal: np.ndarray, uniform_share: float, max_tilt: float) -> np.ndarray:
     """Per-sample selection rate of each cluster relative to uniform (module doc); mean over samples is 1."""
-    top = float(signal.max()) if signal.size else 0.0
-    weight = 1.0 + (max_tilt - 1.0) * (signal / top if top > 0 else np.zeros_like(signal))
+    weight = tilt_weights(signal, max_tilt)
     total = float(avail.sum())
     mean_weight = float((avail * weight).sum() / total) if total > 0 else 1.0
     return uniform_share + (1.0 - uniform_share) * weight / mean_weight
@@ -87,8 +92,7 @@ def balanced_rates(avail: np.ndarray, signal: np.ndarray, uniform_share: float, 
     has = avail > 0
     if not has.any():
         return np.zeros(avail.shape, dtype=np.float64)
-    top = float(signal[has].max())
-    weight = 1.0 + (max_tilt - 1.0) * (signal / top if top > 0 else np.zeros_like(signal, dtype=np.float64))
+    weight = tilt_weights(np.where(has, signal, 0.0), max_tilt)
     mass = uniform_share + (1.0 - uniform_share) * weight / float(weight[has].mean())
     return np.where(has, mass / np.maximum(avail, 1), 0.0)
 
